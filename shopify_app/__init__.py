@@ -1,0 +1,67 @@
+"""Pairwell: a Shopify embedded app that learns which products pair well together."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from flask import Flask, jsonify, request
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from werkzeug.exceptions import HTTPException
+
+from . import config
+from .models import db
+from .signatures import is_valid_shop_domain
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(__name__, template_folder=str(config.ROOT / "templates"), instance_path=str(config.INSTANCE_DIR))
+    app.config.from_mapping(config.from_env(), MAX_CONTENT_LENGTH=8 * 1024 * 1024,
+                            SESSION_COOKIE_SAMESITE="Lax")
+    if test_config:
+        app.config.update(test_config)
+    app.config["SESSION_COOKIE_SECURE"] = app.config["SHOPIFY_APP_URL"].startswith("https://")
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
+        config.INSTANCE_DIR.mkdir(exist_ok=True)
+
+    db.init_app(app)
+
+    from worker.celery_app import celery_init_app
+
+    celery_init_app(app)
+
+    from . import admin_api, auth, webhooks
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(admin_api.bp)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        """Every refusal is JSON with a sentence saying what was wrong."""
+        response = jsonify(error=error.name, message=error.description)
+        response.status_code = error.code or 500
+        return response
+
+    @app.after_request
+    def allow_shopify_framing(response):
+        """Embedded apps load in the admin's iframe: allow exactly that shop's admin to frame us."""
+        shop = request.args.get("shop", "")
+        ancestors = "https://admin.shopify.com"
+        if is_valid_shop_domain(shop):
+            ancestors = f"https://{shop} " + ancestors
+        response.headers.setdefault("Content-Security-Policy", f"frame-ancestors {ancestors};")
+        return response
+
+    return app
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, _record):
+    """SQLite: enforce foreign keys (cascades) and let readers run beside the writer."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()

@@ -1,0 +1,136 @@
+"""Install and authentication: the embedded entry (session token + token exchange) and the legacy
+authorization-code redirect for non-embedded installs. Also the `session_token_required` guard."""
+
+from __future__ import annotations
+
+import functools
+import secrets
+import time
+from urllib.parse import urlencode, urlparse
+
+from flask import Blueprint, abort, current_app, g, redirect, render_template, request, session
+from shopify import session_token
+from sqlalchemy import select
+
+from . import shopify_api, shops
+from .models import SyncRun, db
+from .shopify_api import ShopifyError
+from .signatures import is_valid_shop_domain, verify_oauth_query
+
+bp = Blueprint("auth", __name__)
+
+OAUTH_MAX_AGE_SECONDS = 24 * 3600
+
+
+def _bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header.removeprefix("Bearer ").strip()
+    return request.args.get("id_token") if request.endpoint == "auth.embedded_entry" else None
+
+
+def verify_session_token(token: str) -> dict:
+    """Claims of a valid App Bridge session token, or 401."""
+    try:
+        return session_token.decode_from_header(
+            f"Bearer {token}", current_app.config["SHOPIFY_API_KEY"], current_app.config["SHOPIFY_API_SECRET"])
+    except session_token.SessionTokenError as exc:
+        abort(401, f"Invalid session token: {exc}")
+
+
+def session_token_required(view):
+    """Admin JSON endpoints: the caller must present `Authorization: Bearer <session token>`."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        token = _bearer_token()
+        if not token:
+            abort(401, "Missing session token (send Authorization: Bearer <token> from App Bridge).")
+        g.session_claims = verify_session_token(token)
+        g.shop_domain = urlparse(g.session_claims["dest"]).hostname
+        return view(*args, **kwargs)
+
+    return guarded
+
+
+def _valid_shop_arg() -> str | None:
+    shop = request.args.get("shop")
+    if shop is not None and not is_valid_shop_domain(shop):
+        abort(400, f"Invalid shop domain {shop!r}: expected something like your-store.myshopify.com.")
+    return shop
+
+
+def _install_and_sync(domain: str, grant: shopify_api.TokenGrant):
+    from worker.tasks import enqueue_full_sync
+
+    shop = shops.install(domain, grant)
+    enqueue_full_sync(shop)
+    return shop
+
+
+@bp.get("/")
+def embedded_entry():
+    """Shopify admin loads us here with `?shop=…&id_token=…`. First visit (or after an uninstall): install."""
+    shop_arg = _valid_shop_arg()
+    token = _bearer_token()
+    if not token:
+        if shop_arg:
+            return redirect(f"/auth/install?{urlencode({'shop': shop_arg})}")
+        abort(400, "Open Pairwell from your Shopify admin: the request carries no shop and no session token.")
+    claims = verify_session_token(token)
+    domain = urlparse(claims["dest"]).hostname
+    if shop_arg and shop_arg != domain:
+        abort(401, "The session token was issued for a different shop.")
+
+    shop = shops.get_shop(domain)
+    if shop is None or not shop.is_installed or shops.refresh_expired(shop):
+        try:
+            grant = shopify_api.exchange_session_token(domain, token, **shops.app_credentials())
+        except ShopifyError as exc:
+            abort(401 if exc.status in (400, 401) else 502, f"Token exchange failed: {exc}")
+        shop = _install_and_sync(domain, grant)
+
+    runs = db.session.scalars(
+        select(SyncRun).where(SyncRun.shop_id == shop.id).order_by(SyncRun.id.desc()).limit(5)).all()
+    return render_template("admin.html", shop=shop, runs=runs, api_key=current_app.config["SHOPIFY_API_KEY"])
+
+
+@bp.get("/auth/install")
+def install():
+    """Non-embedded install: send the merchant to Shopify's grant screen with a nonce in a signed cookie."""
+    shop = _valid_shop_arg()
+    if not shop:
+        abort(400, "Missing shop parameter.")
+    session["oauth_state"] = state = secrets.token_urlsafe(24)
+    params = {
+        "client_id": current_app.config["SHOPIFY_API_KEY"],
+        "scope": current_app.config["SHOPIFY_SCOPES"],
+        "redirect_uri": current_app.config["SHOPIFY_APP_URL"] + "/auth/callback",
+        "state": state,
+    }
+    return redirect(f"https://{shop}/admin/oauth/authorize?{urlencode(params)}")
+
+
+@bp.get("/auth/callback")
+def callback():
+    shop = _valid_shop_arg()
+    if not shop:
+        abort(400, "Missing shop parameter.")
+    pairs = list(request.args.items(multi=True))
+    if not verify_oauth_query(pairs, current_app.config["SHOPIFY_API_SECRET"]):
+        abort(401, "HMAC verification failed.")
+    expected_state = session.pop("oauth_state", None)
+    if not expected_state or not secrets.compare_digest(expected_state, request.args.get("state", "")):
+        abort(401, "The state parameter does not match this browser's install attempt.")
+    try:
+        issued = int(request.args.get("timestamp", "0"))
+    except ValueError:
+        abort(400, "timestamp must be an integer.")
+    if abs(time.time() - issued) > OAUTH_MAX_AGE_SECONDS:
+        abort(401, "The callback is too old.")
+    try:
+        grant = shopify_api.exchange_authorization_code(shop, request.args.get("code", ""), **shops.app_credentials())
+    except ShopifyError as exc:
+        abort(401 if exc.status in (400, 401) else 502, f"Code exchange failed: {exc}")
+    _install_and_sync(shop, grant)
+    return redirect(f"https://{shop}/admin/apps/{current_app.config['SHOPIFY_API_KEY']}")

@@ -1,0 +1,41 @@
+"""Configuration from the environment, with defaults that run the demo on one machine."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCE_DIR = ROOT / "instance"
+
+API_VERSION = "2026-10"
+"""The one place the Admin API version is pinned."""
+
+DEFAULT_SCOPES = "read_products,read_orders,read_all_orders,write_app_proxy"
+
+
+def _derived_key(secret: str, purpose: str) -> str:
+    """A stable dev-only key derived from the app secret, so a fresh checkout needs no setup."""
+    digest = hashlib.sha256(f"pairwell:{purpose}:{secret}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def from_env(env: dict[str, str] | None = None) -> dict:
+    """Flask config keys read from environment variables (see README, Configuration)."""
+    env = dict(os.environ if env is None else env)
+    secret = env.get("SHOPIFY_API_SECRET", "pairwell-development-secret-change-me")
+    return {
+        "SHOPIFY_API_KEY": env.get("SHOPIFY_API_KEY", "pairwell-development-client-id"),
+        "SHOPIFY_API_SECRET": secret,
+        "SHOPIFY_APP_URL": env.get("SHOPIFY_APP_URL", "http://127.0.0.1:8000").rstrip("/"),
+        "SHOPIFY_SCOPES": env.get("SHOPIFY_SCOPES", DEFAULT_SCOPES),
+        # Where Admin API calls go; unset means the real https://{shop}. The sample store sets it to loopback.
+        "SHOPIFY_ADMIN_ORIGIN": env.get("SHOPIFY_ADMIN_ORIGIN") or None,
+        "SQLALCHEMY_DATABASE_URI": env.get("DATABASE_URL", f"sqlite:///{INSTANCE_DIR / 'pairwell.db'}"),
+        "REDIS_URL": env.get("REDIS_URL") or None,
+        "OLLAMA_HOST": env.get("OLLAMA_HOST") or None,
+        "PAIRWELL_ENCRYPTION_KEY": env.get("PAIRWELL_ENCRYPTION_KEY") or _derived_key(secret, "tokens"),
+        "SECRET_KEY": env.get("SECRET_KEY") or _derived_key(secret, "cookies"),
+    }

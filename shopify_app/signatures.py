@@ -1,0 +1,64 @@
+"""Shopify's signing schemes: OAuth query HMAC, App Proxy signature, webhook HMAC, shop domains.
+
+Each check is a pure function over what arrived, tested against Shopify's published vectors.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Iterable
+
+SHOP_DOMAIN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]*\.myshopify\.com$")
+PROXY_MAX_SKEW_SECONDS = 90
+
+
+def is_valid_shop_domain(shop: str | None) -> bool:
+    return bool(shop) and SHOP_DOMAIN.fullmatch(shop) is not None
+
+
+def _hex_hmac(secret: str, message: str) -> str:
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def oauth_hmac(pairs: Iterable[tuple[str, str]], secret: str) -> str:
+    """Hex HMAC of the query without `hmac` (and legacy `signature`), `k=v` sorted and joined with `&`."""
+    message = "&".join(sorted(f"{k}={v}" for k, v in pairs if k not in ("hmac", "signature")))
+    return _hex_hmac(secret, message)
+
+
+def verify_oauth_query(pairs: list[tuple[str, str]], secret: str) -> bool:
+    given = dict(pairs).get("hmac", "")
+    return bool(given) and hmac.compare_digest(oauth_hmac(pairs, secret), given)
+
+
+def app_proxy_signature(pairs: Iterable[tuple[str, str]], secret: str) -> str:
+    """Hex HMAC of the proxy query: repeated keys joined with `,`, `k=v` sorted, no separator."""
+    values: dict[str, list[str]] = {}
+    for key, value in pairs:
+        if key != "signature":
+            values.setdefault(key, []).append(value)
+    message = "".join(sorted(f"{k}={','.join(v)}" for k, v in values.items()))
+    return _hex_hmac(secret, message)
+
+
+def verify_app_proxy_query(pairs: list[tuple[str, str]], secret: str, now: float | None = None) -> bool:
+    given = dict(pairs).get("signature", "")
+    if not given or not hmac.compare_digest(app_proxy_signature(pairs, secret), given):
+        return False
+    try:
+        timestamp = int(dict(pairs).get("timestamp", ""))
+    except ValueError:
+        return False
+    return abs((now if now is not None else time.time()) - timestamp) <= PROXY_MAX_SKEW_SECONDS
+
+
+def webhook_hmac(body: bytes, secret: str) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def verify_webhook(body: bytes, header_value: str | None, secret: str) -> bool:
+    return bool(header_value) and hmac.compare_digest(webhook_hmac(body, secret), header_value)

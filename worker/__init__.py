@@ -1,0 +1,1 @@
+"""Background work: the Celery app and the pipeline stages its tasks run."""

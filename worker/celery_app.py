@@ -1,0 +1,36 @@
+"""The Celery app, bound to a Flask app so every task runs inside its app context (Flask's own pattern).
+
+Without `REDIS_URL` tasks run in-process (eagerly), which is how the demo and SQLite setups work.
+"""
+
+from __future__ import annotations
+
+from celery import Celery, Task
+from flask import Flask
+
+QUEUES = ("default", "gpu")
+
+
+def celery_init_app(app: Flask) -> Celery:
+    class FlaskTask(Task):
+        def __call__(self, *args, **kwargs):
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    redis_url = app.config["REDIS_URL"]
+    celery = Celery(app.name, task_cls=FlaskTask)
+    celery.conf.update(
+        broker_url=redis_url or "memory://",
+        result_backend=redis_url,
+        task_always_eager=redis_url is None,
+        task_eager_propagates=True,
+        task_default_queue="default",
+        task_routes={"worker.tasks.train": {"queue": "gpu"}},
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        include=["worker.tasks"],
+    )
+    celery.set_default()
+    app.extensions["celery"] = celery
+    return celery

@@ -1,0 +1,153 @@
+"""What each webhook topic does to our data. One function a topic; `handle_delivery` dispatches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from sqlalchemy import delete, or_, select
+
+from shopify_app import shops
+from shopify_app.models import Order, OrderLine, Product, Shop, SyncRun, Variant, WebhookDelivery, db, utcnow
+
+from .ingest import order_rows_from_webhook, product_rows_from_webhook, upsert
+
+HANDLERS: dict[str, Callable[[Shop | None, dict, str], dict | None]] = {}
+
+
+def handles(*topics: str):
+    def register(fn):
+        for topic in topics:
+            HANDLERS[topic] = fn
+        return fn
+    return register
+
+
+@handles("products/create", "products/update")
+def product_changed(shop: Shop | None, payload: dict, domain: str) -> dict | None:
+    if shop is None:
+        return {"ignored": "unknown shop"}
+    product, variants = product_rows_from_webhook(payload, shop.id)
+    current = db.session.get(Product, (shop.id, product["id"]))
+    if current is not None and current.updated_at >= product["updated_at"]:
+        return {"ignored": "stale update", "stored_updated_at": current.updated_at.isoformat()}
+    upsert(Product, [product])
+    db.session.execute(delete(Variant).where(
+        Variant.shop_id == shop.id, Variant.product_id == product["id"],
+        Variant.id.not_in([v["id"] for v in variants])))
+    upsert(Variant, variants)
+    return {"product": product["id"], "variants": len(variants)}
+
+
+@handles("products/delete")
+def product_deleted(shop: Shop | None, payload: dict, domain: str) -> dict | None:
+    if shop is None:
+        return {"ignored": "unknown shop"}
+    deleted = db.session.execute(delete(Product).where(Product.shop_id == shop.id, Product.id == payload["id"]))
+    return {"deleted": deleted.rowcount}
+
+
+@handles("orders/create", "orders/updated")
+def order_changed(shop: Shop | None, payload: dict, domain: str) -> dict | None:
+    if shop is None:
+        return {"ignored": "unknown shop"}
+    order, lines = order_rows_from_webhook(payload, shop.id)
+    current = db.session.get(Order, (shop.id, order["id"]))
+    if current is not None and current.updated_at >= order["updated_at"]:
+        return {"ignored": "stale update"}
+    upsert(Order, [order])
+    upsert(OrderLine, lines)
+    return {"order": order["id"], "lines": len(lines)}
+
+
+@handles("app/uninstalled")
+def app_uninstalled(shop: Shop | None, payload: dict, domain: str) -> dict | None:
+    shops.uninstall(domain)
+    return {"uninstalled": domain}
+
+
+@handles("app/scopes_update")
+def scopes_updated(shop: Shop | None, payload: dict, domain: str) -> dict | None:
+    if shop is not None:
+        shop.scopes = ",".join(payload.get("current") or [])
+    return {"scopes": payload.get("current")}
+
+
+@handles("bulk_operations/finish")
+def bulk_operation_finished(shop: Shop | None, payload: dict, domain: str) -> dict | None:
+    """The sync task polls the operation itself; this records a failure early on the run waiting for it."""
+    operation_id = payload.get("admin_graphql_api_id")
+    runs = db.session.scalars(select(SyncRun).where(SyncRun.status == "running")).all() if shop else []
+    for run in runs:
+        if run.shop_id == shop.id and operation_id in (run.bulk_operation_ids or []):
+            if payload.get("status") != "completed":
+                run.error = f"bulk operation {operation_id} {payload.get('status')}: {payload.get('error_code')}"
+            return {"sync_run": run.id, "status": payload.get("status")}
+    return {"ignored": "no running sync waits for this operation"}
+
+
+def _customer_orders(shop: Shop, payload: dict) -> list[Order]:
+    customer_id = (payload.get("customer") or {}).get("id")
+    order_ids = set(payload.get("orders_requested") or []) | set(payload.get("orders_to_redact") or [])
+    conditions = [Order.id.in_(order_ids)] if order_ids else []
+    if customer_id is not None:
+        conditions.append(Order.customer_ref == str(customer_id))
+    if not conditions:
+        return []
+    return db.session.scalars(select(Order).where(Order.shop_id == shop.id, or_(*conditions))).all()
+
+
+@handles("customers/data_request")
+def customer_data_request(shop: Shop | None, payload: dict, domain: str) -> dict | None:
+    """Everything we hold on the customer: their orders' ids, dates and line items, nothing else."""
+    if shop is None:
+        return {"customer": (payload.get("customer") or {}).get("id"), "orders": []}
+    return {
+        "customer": (payload.get("customer") or {}).get("id"),
+        "orders": [{
+            "id": order.id, "name": order.name, "created_at": order.created_at.isoformat(),
+            "lines": [{"product_id": line.product_id, "variant_id": line.variant_id, "quantity": line.quantity}
+                      for line in order.lines],
+        } for order in _customer_orders(shop, payload)],
+    }
+
+
+@handles("customers/redact")
+def customer_redact(shop: Shop | None, payload: dict, domain: str) -> dict | None:
+    orders = _customer_orders(shop, payload) if shop else []
+    for order in orders:
+        db.session.delete(order)
+    return {"orders_deleted": len(orders)}
+
+
+@handles("shop/redact")
+def shop_redact(shop: Shop | None, payload: dict, domain: str) -> dict | None:
+    """Forget the shop entirely: its rows cascade from the shop, its stored webhook bodies go too."""
+    if shop is not None:
+        db.session.delete(shop)
+    db.session.execute(delete(WebhookDelivery).where(
+        WebhookDelivery.shop_domain == domain, WebhookDelivery.topic != "shop/redact"))
+    return {"shop_deleted": shop is not None}
+
+
+def handle_delivery(delivery_id: int) -> WebhookDelivery:
+    delivery = db.session.get(WebhookDelivery, delivery_id)
+    if delivery is None or delivery.status not in ("received", "failed"):
+        return delivery
+    handler = HANDLERS.get(delivery.topic)
+    try:
+        if handler is None:
+            delivery.status = "ignored"
+        else:
+            shop = shops.get_shop(delivery.shop_domain)
+            delivery.result = handler(shop, json.loads(delivery.raw_body), delivery.shop_domain)
+            delivery.status = "processed"
+    except Exception as exc:
+        db.session.rollback()
+        delivery = db.session.get(WebhookDelivery, delivery_id)
+        delivery.status, delivery.error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        delivery.processed_at = utcnow()
+        db.session.commit()
+    return delivery
