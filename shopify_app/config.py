@@ -37,5 +37,7 @@ def from_env(env: dict[str, str] | None = None) -> dict:
         "REDIS_URL": env.get("REDIS_URL") or None,
         "OLLAMA_HOST": env.get("OLLAMA_HOST") or None,
         "PAIRWELL_ENCRYPTION_KEY": env.get("PAIRWELL_ENCRYPTION_KEY") or _derived_key(secret, "tokens"),
+        "BULK_POLL_SECONDS": float(env.get("PAIRWELL_BULK_POLL_SECONDS", "1.0")),
+        "ADMIN_API_MAX_ATTEMPTS": 8,
         "SECRET_KEY": env.get("SECRET_KEY") or _derived_key(secret, "cookies"),
     }

@@ -86,6 +86,7 @@ def access_token(shop: Shop, now: datetime | None = None) -> str:
 
 
 def admin_client(shop: Shop, **kwargs) -> AdminClient:
+    kwargs.setdefault("max_attempts", current_app.config["ADMIN_API_MAX_ATTEMPTS"])
     return AdminClient.for_shop(shop.domain, access_token(shop),
                                 origin=current_app.config["SHOPIFY_ADMIN_ORIGIN"], **kwargs)
 

@@ -32,7 +32,7 @@ def receive():
     if db.session.scalar(select(WebhookDelivery.id).where(WebhookDelivery.webhook_id == webhook_id)):
         return {"status": "duplicate"}
     delivery = WebhookDelivery(
-        webhook_id=webhook_id, topic=topic, shop_domain=shop, raw_body=body,
+        webhook_id=webhook_id, topic=topic, shop_domain=shop, raw_body=body, status="received",
         api_version=request.headers.get("X-Shopify-API-Version"),
         triggered_at=request.headers.get("X-Shopify-Triggered-At"),
     )

@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from markupsafe import Markup
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from shopify_app.models import Order, OrderLine, Product, Variant, db
@@ -123,13 +123,17 @@ def ingest_jsonl(lines: Iterable[bytes | str], shop_id: int, *, batch_size: int 
     counts: Counter = Counter()
     seen: dict[type, set[int]] = {model: set() for model in PARENT_FIRST}
     pending: dict[type, list[dict]] = {model: [] for model in PARENT_FIRST}
-    size = 0
+    size = flushed = 0
 
     def flush():
+        nonlocal flushed
         for model in PARENT_FIRST:  # parents before children: a batch may hold both
             upsert(model, pending[model])
             pending[model].clear()
         db.session.commit()
+        if flushed == 0:
+            refresh_planner_statistics()
+        flushed += 1
         if on_batch:
             on_batch(counts)
 
@@ -146,6 +150,14 @@ def ingest_jsonl(lines: Iterable[bytes | str], shop_id: int, *, batch_size: int 
             size = 0
     flush()
     return counts, seen
+
+
+def refresh_planner_statistics() -> None:
+    """Postgres plans foreign-key checks once per connection; planned on never-analysed (empty) tables they
+    scan sequentially and a first sync crawls (2k rows/s instead of 30k). ANALYZE after the first batch."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(text("ANALYZE " + ", ".join(m.__tablename__ for m in PARENT_FIRST)))
+        db.session.commit()
 
 
 def delete_missing(model: type[db.Model], shop_id: int, keep: set[int]) -> int:

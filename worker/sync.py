@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+from flask import current_app
+
 from shopify_app import shops
 from shopify_app.models import Product, Shop, SyncRun, Variant, db, utcnow
 from shopify_app.shopify_api import AdminClient, ShopifyError, stream_lines
@@ -77,8 +79,9 @@ def wait_for_bulk_operation(client: AdminClient, operation_id: str, *, poll_seco
         time.sleep(poll_seconds)
 
 
-def run_full_sync(run: SyncRun, *, poll_seconds: float = 1.0) -> SyncRun:
+def run_full_sync(run: SyncRun) -> SyncRun:
     """Reconcile one shop with Shopify: products (deleting what vanished), then orders."""
+    poll_seconds = current_app.config["BULK_POLL_SECONDS"]
     shop = db.session.get(Shop, run.shop_id)
     run.status, run.started_at, run.error = "running", utcnow(), None
     db.session.commit()

@@ -1,0 +1,31 @@
+# Pairwell: `make demo` to see it work, `make test` to check it.
+PYTHON ?= python3
+VENV := .venv
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install demo test serve benchmark clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first and exactly this CPU build: it comes from a local wheel, a looser pin pulls CUDA builds.
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(INSTALLED)
+
+demo: install
+	$(VENV)/bin/pairwell demo
+
+test: install
+	scripts/install-test-packages
+	VENV=$(VENV) scripts/run-tests
+
+serve: install
+	$(VENV)/bin/pairwell serve
+
+benchmark: install
+	$(VENV)/bin/python benchmarks/sync_ingest.py
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache

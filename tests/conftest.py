@@ -1,0 +1,85 @@
+"""Fixtures: the app on the database named by DATABASE_URL (make test runs SQLite and Postgres), migrated
+once, emptied between tests; and the loopback sample Shopify that the app installs into and syncs from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from shopify_app import create_app, migrations
+from shopify_app.models import Base, db
+from shopify_app.sample_store import SampleShopify, generate_store
+
+API_KEY = "test-client-id"
+API_SECRET = "test-client-secret-long-enough-for-hs256"
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory) -> str:
+    url = os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+    migrations.upgrade(database_url=url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def store():
+    return generate_store(seed=11, orders=400)
+
+
+@pytest.fixture
+def shopify(store):
+    with SampleShopify(store, api_key=API_KEY, api_secret=API_SECRET, shop="outdoor-test.myshopify.com") as server:
+        yield server
+
+
+@pytest.fixture
+def app(database_url, shopify):
+    app = create_app({
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SHOPIFY_API_KEY": API_KEY,
+        "SHOPIFY_API_SECRET": API_SECRET,
+        "SHOPIFY_APP_URL": "https://pairwell.test",
+        "SHOPIFY_ADMIN_ORIGIN": shopify.origin,
+        "REDIS_URL": None,
+        "BULK_POLL_SECONDS": 0.01,
+    })
+    with app.app_context():
+        yield app
+        db.session.remove()
+        with db.engine.begin() as connection:
+            for table in reversed(Base.metadata.sorted_tables):
+                connection.execute(table.delete())
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def installed_shop(client, shopify):
+    """The sample shop after a real embedded install (token exchange + full sync)."""
+    response = client.get(f"/?shop={shopify.shop}&id_token={shopify.session_token()}")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    from shopify_app import shops
+
+    return shops.get_shop(shopify.shop)
+
+
+def scratch_database(database_url: str, name: str) -> str:
+    """A second, empty database beside the test one (for migration round trips)."""
+    if database_url.startswith("sqlite"):
+        path = Path(database_url.removeprefix("sqlite:///")).with_name(f"{name}.db")
+        path.unlink(missing_ok=True)
+        return f"sqlite:///{path}"
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return database_url.rsplit("/", 1)[0] + f"/{name}"
