@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
+from urllib.parse import urlencode
 
 import click
 from flask import current_app
-from urllib.parse import urlencode
 
 from . import migrations, shops
 from .models import SyncRun, db
@@ -50,8 +49,8 @@ def run_demo(*, port: int, serve: bool) -> dict:
     if serve:
         from waitress import serve as waitress_serve
 
-        click.echo(f"Serving Pairwell on http://127.0.0.1:{port} (Ctrl-C to stop). Open it from the admin with:")
-        click.echo(f"  http://127.0.0.1:{port}/?shop={shopify.shop}&id_token=<session token>")
+        click.echo(f"Serving Pairwell on http://127.0.0.1:{port} (Ctrl-C to stop).")
+        click.echo(f"Open it as the sample store's admin would: {shopify.origin}/admin/apps/pairwell")
         waitress_serve(app, host="127.0.0.1", port=port, threads=8)
     shopify.stop()
     return counts

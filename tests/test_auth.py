@@ -160,3 +160,12 @@ def test_callback_rejects_forgeries(client, shopify):
     client.get(f"/auth/install?shop={shopify.shop}")
     assert client.get("/auth/callback?" + stale).status_code == 401
     assert shops.get_shop(shopify.shop) is None
+
+
+def test_sample_admin_opens_the_app_with_a_fresh_session_token(client, shopify):
+    import requests
+
+    shopify.app_url = "https://pairwell.test"
+    location = requests.get(f"{shopify.origin}/admin/apps/pairwell", allow_redirects=False).headers["Location"]
+    assert location.startswith("https://pairwell.test/?") and "id_token=" in location
+    assert client.get(location.removeprefix("https://pairwell.test")).status_code == 200

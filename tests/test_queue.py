@@ -12,8 +12,6 @@ from shopify_app import create_app
 from shopify_app.models import SyncRun, WebhookDelivery, db
 from shopify_app.sample_store.server import product_webhook_payload
 
-from .conftest import API_KEY, API_SECRET
-
 REDIS_URL = os.environ.get("TEST_REDIS_URL")
 pytestmark = pytest.mark.skipif(not REDIS_URL, reason="needs TEST_REDIS_URL (make test starts a Redis)")
 

@@ -17,7 +17,8 @@ from worker.tasks import enqueue_full_sync
 
 
 def counts(shop_id):
-    return {model.__tablename__: db.session.scalar(select(func.count()).select_from(model).where(model.shop_id == shop_id))
+    query = select(func.count()).select_from
+    return {model.__tablename__: db.session.scalar(query(model).where(model.shop_id == shop_id))
             for model in (Product, Variant, Order, OrderLine)}
 
 

@@ -1,8 +1,7 @@
 """`POST /webhooks` end to end: signatures, de-duplication, ordering, malformed bodies, compliance topics."""
 
 import copy
-import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 

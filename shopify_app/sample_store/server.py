@@ -14,10 +14,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from urllib.parse import urlencode
 
 import jwt
 import requests
-from flask import Flask, Response, abort, jsonify, request
+from flask import Flask, Response, abort, jsonify, redirect, request
 from graphql import OperationDefinitionNode, parse
 from graphql.error import GraphQLSyntaxError
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -268,7 +269,15 @@ class SampleShopify:
         app.add_url_rule("/admin/oauth/access_token", view_func=self._access_token, methods=["POST"])
         app.add_url_rule(f"/admin/api/{API_VERSION}/graphql.json", view_func=self._graphql, methods=["POST"])
         app.add_url_rule("/bulk/<name>.jsonl", view_func=self._bulk_file)
+        app.add_url_rule("/admin/apps/pairwell", view_func=self._open_app)
         return app
+
+    def _open_app(self):
+        """What the admin does when a merchant clicks the app: load it with a fresh session token."""
+        if not self.app_url:
+            abort(404)
+        query = urlencode({"embedded": "1", "shop": self.shop, "id_token": self.session_token()})
+        return redirect(f"{self.app_url}/?{query}")
 
     def _request_shop(self) -> str:
         shop = request.host.split(":")[0]
@@ -301,7 +310,8 @@ class SampleShopify:
             return jsonify(self._issue(shop, expiring=True))
         elif grant == "authorization_code":
             if form.get("code") not in self.codes:
-                return jsonify(error="invalid_request", error_description="The authorization code was not found or was already used"), 400
+                return jsonify(error="invalid_request",
+                               error_description="The authorization code was not found or was already used"), 400
             self.codes.discard(form.get("code"))
         else:
             return jsonify(error="unsupported_grant_type"), 400
@@ -370,13 +380,12 @@ class SampleShopify:
             inner = parse(query)
             root = inner.definitions[0].selection_set.selections[0].name.value
         except (GraphQLSyntaxError, IndexError, AttributeError) as exc:
-            return {"bulkOperation": None, "userErrors": [{"field": ["query"], "message": f"Invalid bulk query: {exc}"}]}
+            return self._bulk_refusal(["query"], f"Invalid bulk query: {exc}")
         if root not in ("products", "orders"):
-            return {"bulkOperation": None, "userErrors": [{"field": ["query"], "message": f"Unsupported root field {root}"}]}
+            return self._bulk_refusal(["query"], f"Unsupported root field {root}")
         running = [op for op in self.operations.values() if op.shop == shop and op.status in ("CREATED", "RUNNING")]
         if len(running) >= 5:
-            return {"bulkOperation": None, "userErrors": [{"field": None, "message":
-                    "A maximum of 5 bulk queries can run at the same time for this app and shop."}]}
+            return self._bulk_refusal(None, "A maximum of 5 bulk queries can run at once for this app and shop.")
         operation = _BulkOperation(_gid("BulkOperation", len(self.operations) + 1), shop, root,
                                    datetime.now(timezone.utc))
         self.operations[operation.id] = operation
@@ -384,6 +393,10 @@ class SampleShopify:
         operation.object_count = len(lines)
         operation.body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
         return {"bulkOperation": {"id": operation.id, "status": operation.status}, "userErrors": []}
+
+    @staticmethod
+    def _bulk_refusal(field: list[str] | None, message: str) -> dict:
+        return {"bulkOperation": None, "userErrors": [{"field": field, "message": message}]}
 
     def _jsonl(self, root: str, shop: str, scope: str) -> list[dict]:
         if root == "products":
