@@ -16,26 +16,25 @@ cli = FlaskGroup(create_app=create_app, add_default_commands=False,
                  help="Pairwell: AI 'pairs well with' recommendations for Shopify stores.")
 
 
-@cli.group()
-def db_cli():
+@cli.group("db")
+def db_group():
     """Database migrations."""
 
 
-cli.add_command(db_cli, name="db")
-
-
-@db_cli.command()
+@db_group.command()
 @click.argument("revision", default="head")
 def upgrade(revision):
     """Apply migrations up to REVISION (default: head)."""
     migrations.upgrade(revision)
+    click.echo(f"Database upgraded to {revision}.")
 
 
-@db_cli.command()
+@db_group.command()
 @click.argument("revision", default="-1")
 def downgrade(revision):
     """Revert migrations down to REVISION (default: one step)."""
     migrations.downgrade(revision)
+    click.echo(f"Database downgraded to {revision}.")
 
 
 @cli.command()
