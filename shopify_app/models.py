@@ -77,6 +77,7 @@ class Shop(db.Model):
     refresh_token_encrypted: Mapped[str | None] = mapped_column(Text)
     refresh_token_expires_at: Mapped[datetime | None] = mapped_column(Timestamp())
     scopes: Mapped[str] = mapped_column(Text, default="")
+    policies: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")  # merchant policies by kind: shipping, returns, …
     installed_at: Mapped[datetime | None] = mapped_column(Timestamp())
     uninstalled_at: Mapped[datetime | None] = mapped_column(Timestamp())
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
@@ -195,3 +196,52 @@ class WebhookDelivery(db.Model):
     error: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(Timestamp())
+
+
+class TrainingRun(db.Model):
+    """One pass of the pipeline for a shop: dataset → train → export. The admin reads progress from here."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    stage: Mapped[str] = mapped_column(String(32), default="")
+    base_model: Mapped[str] = mapped_column(Text, default="")
+    dataset_version: Mapped[str | None] = mapped_column(String(64))
+    dataset_stats: Mapped[dict] = mapped_column(JSON, default=dict)
+    hyperparameters: Mapped[dict] = mapped_column(JSON, default=dict)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    loss: Mapped[float | None] = mapped_column()
+    eval_loss: Mapped[float | None] = mapped_column()
+    tokens_per_second: Mapped[float | None] = mapped_column()
+    eta_seconds: Mapped[float | None] = mapped_column()
+    history: Mapped[list[dict]] = mapped_column(JSON, default=list)
+    artifact_dir: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp())
+
+
+class ModelVersion(db.Model):
+    """A verified GGUF ready to serve: where it is, what it came from, how it scored."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), index=True)
+    training_run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id", ondelete="SET NULL"))
+    version: Mapped[int] = mapped_column(Integer)
+    gguf_path: Mapped[str] = mapped_column(Text)
+    quantization: Mapped[str] = mapped_column(String(16))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    base_model: Mapped[str] = mapped_column(Text)
+    dataset_version: Mapped[str | None] = mapped_column(String(64))
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="verified")
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    deployed_at: Mapped[datetime | None] = mapped_column(Timestamp())
