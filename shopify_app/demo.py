@@ -13,7 +13,10 @@ from .models import SyncRun, db
 from .sample_store import SampleShopify, generate_store
 
 
-def run_demo(*, port: int, serve: bool) -> dict:
+DEMO_TRAINING = {"batch_tokens": 1024, "learning_rate": 5e-4, "epochs": 1, "eval_examples": 48}
+
+
+def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
     app = current_app._get_current_object()
     if app.config["REDIS_URL"]:
         raise click.ClickException("The demo runs tasks in-process: unset REDIS_URL.")
@@ -46,6 +49,8 @@ def run_demo(*, port: int, serve: bool) -> dict:
                f"{counts['orders']} orders, {counts['order_lines']} line items in {elapsed:.1f}s")
     if run.status != "succeeded":
         raise click.ClickException(f"sync failed: {run.error}")
+    if train_minutes > 0:
+        fine_tune(shop, train_minutes)
     if serve:
         from waitress import serve as waitress_serve
 
@@ -54,3 +59,34 @@ def run_demo(*, port: int, serve: bool) -> dict:
         waitress_serve(app, host="127.0.0.1", port=port, threads=8)
     shopify.stop()
     return counts
+
+
+def fine_tune(shop, minutes: float) -> None:
+    """Datasets → LoRA fine-tune within the budget → GGUF → verify; then the base and the tuned model side by
+    side on the same held-out cart."""
+    from worker.pipeline import _held_out_prompt, base_model_answer, catalog_titles
+    from worker.tasks import enqueue_training
+
+    from .models import ModelVersion
+
+    click.echo(f"Fine-tuning for up to {minutes:g} minutes (datasets, LoRA, merge, GGUF, llama.cpp check)...")
+    run = enqueue_training(shop, hyperparameters={**DEMO_TRAINING, "time_budget_seconds": minutes * 60})
+    stats = run.dataset_stats or {}
+    click.echo(f"Datasets {run.dataset_version}: {stats.get('train_examples')} training examples "
+               f"({stats.get('recommendation_examples')} recommendations, {stats.get('support_examples')} support), "
+               f"{stats.get('eval_examples')} held out from orders after {stats.get('split_at')}")
+    if run.status != "succeeded":
+        raise click.ClickException(f"training run #{run.id} failed in {run.stage}: {run.error}")
+    model = db.session.scalars(db.select(ModelVersion).where(ModelVersion.training_run_id == run.id)).one()
+    click.echo(f"Model v{model.version}: {model.gguf_path} ({model.size_bytes / 1e6:.0f} MB, {model.quantization}), "
+               f"eval loss {run.eval_loss:.3f}, {run.tokens_per_second:.0f} tokens/s")
+    prompt = _held_out_prompt(run)
+    titles = catalog_titles(shop.id)
+    before = base_model_answer(prompt)
+    after = model.metrics["verification"]["answer"]
+    click.echo(f"\nHeld-out prompt: {prompt[-1]['content']}")
+    for label, answer in (("Base model", before), ("Fine-tuned", after)):
+        from worker.datasets import parse_answer
+
+        named = [r["title"] for r in parse_answer(answer) if r["title"] in titles]
+        click.echo(f"\n{label} ({len(named)} real catalog products named):\n{answer.strip()[:600]}")

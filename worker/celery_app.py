@@ -25,7 +25,7 @@ def celery_init_app(app: Flask) -> Celery:
         task_always_eager=redis_url is None,
         task_eager_propagates=True,
         task_default_queue="default",
-        task_routes={"worker.tasks.train": {"queue": "gpu"}},
+        task_routes={"worker.tasks.train": {"queue": "gpu"}, "worker.tasks.export": {"queue": "gpu"}},
         task_acks_late=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,

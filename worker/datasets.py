@@ -34,8 +34,10 @@ MIN_EXAMPLES_WARNING = 500
 
 RECOMMEND_SYSTEM = (
     "You recommend products from {shop} that pair well with what a customer is viewing and has in the cart. "
-    "Answer with up to 4 lines, each a JSON object: {{\"title\": exact product title, \"reason\": one short sentence}}."
+    "Choose from the candidates only. Answer with up to 4 lines, each a JSON object: "
+    "{{\"title\": exact candidate title, \"reason\": one short sentence}}."
 )
+CANDIDATES = 8
 SUPPORT_SYSTEM = (
     "You are the support assistant of {shop}. Answer only from the store facts and policies given. "
     "Never promise the lowest price or invent a discount. If you do not know, offer to hand off to a person."
@@ -50,8 +52,10 @@ class Item:
     description: str
 
 
-def recommendation_prompt(viewing: str, cart: list[str]) -> str:
-    return f"Customer viewing: {viewing}. Cart: {', '.join(cart) if cart else 'empty'}."
+def recommendation_prompt(viewing: str, cart: list[str], candidates: list[str]) -> str:
+    """The model re-ranks and explains candidates a retrieval step found; it never has to recall a title."""
+    return (f"Customer viewing: {viewing}. Cart: {', '.join(cart) if cart else 'empty'}.\n"
+            f"Candidates: {'; '.join(candidates)}")
 
 
 def format_answer(items: list[tuple[str, str]]) -> str:
@@ -152,11 +156,28 @@ class CoPurchase:
 
 # --- Recommendation examples -----------------------------------------------------------------------------
 
-def _example(system: str, viewing: Item, cart: list[Item], answer: list[Item], **meta) -> dict:
+def candidates_for(stats: CoPurchase, viewing: Item, cart: list[Item], answer: list[Item],
+                   rng: random.Random) -> list[Item]:
+    """The answer mixed with what co-purchase retrieval would also offer, shuffled: the model learns to choose."""
+    taken = {viewing.id, *(c.id for c in cart), *(a.id for a in answer)}
+    neighbours = [p for p in stats.partners(viewing.id, CANDIDATES * 2, min_count=1) if p not in taken]
+    pool = list(answer) + [stats.catalog[p] for p in neighbours[:max(CANDIDATES - len(answer), 0)]]
+    while len(pool) < CANDIDATES:  # a thin history: pad with random catalog items
+        extra = stats.catalog[rng.choice(list(stats.catalog))]
+        if extra.id not in taken:
+            taken.add(extra.id)
+            pool.append(extra)
+    rng.shuffle(pool)
+    return pool
+
+
+def _example(system: str, viewing: Item, cart: list[Item], answer: list[Item], candidates: list[Item],
+             **meta) -> dict:
+    prompt = recommendation_prompt(viewing.title, [c.title for c in cart], [c.title for c in candidates])
     return {
         "messages": [
             {"role": "system", "content": system},
-            {"role": "user", "content": recommendation_prompt(viewing.title, [c.title for c in cart])},
+            {"role": "user", "content": prompt},
             {"role": "assistant", "content": format_answer([(a.title, reason_for(a)) for a in answer])},
         ],
         "kind": "recommendation", "viewing": viewing.id, "answer": [a.id for a in answer], **meta,
@@ -178,12 +199,15 @@ def basket_examples(baskets: list[list[int]], stats: CoPurchase, catalog: dict[i
                 answer = [p for p in answer if stats.coherent(viewing, p)]
             answer = sorted(answer, key=lambda p: -stats.lift(viewing, p))[:MAX_ANSWER_ITEMS]
             if answer:
-                examples.append(_example(system, catalog[viewing], [catalog[c] for c in cart],
-                                         [catalog[a] for a in answer], source="basket"))
+                items = [catalog[a] for a in answer]
+                cart_items = [catalog[c] for c in cart]
+                candidates = candidates_for(stats, catalog[viewing], cart_items, items, rng)
+                examples.append(_example(system, catalog[viewing], cart_items, items, candidates, source="basket"))
     return examples
 
 
-def copurchase_examples(stats: CoPurchase, catalog: dict[int, Item], system: str, *, min_count: int = 3) -> list[dict]:
+def copurchase_examples(stats: CoPurchase, catalog: dict[int, Item], system: str, rng: random.Random, *,
+                        min_count: int = 3) -> list[dict]:
     """"Viewing X" with an empty cart → X's strongest coherent partners."""
     examples = []
     for product, count in sorted(stats.items.items()):
@@ -191,7 +215,9 @@ def copurchase_examples(stats: CoPurchase, catalog: dict[int, Item], system: str
             continue
         partners = stats.partners(product, 3)
         if partners:
-            examples.append(_example(system, catalog[product], [], [catalog[p] for p in partners], source="copurchase"))
+            answer = [catalog[p] for p in partners]
+            candidates = candidates_for(stats, catalog[product], [], answer, rng)
+            examples.append(_example(system, catalog[product], [], answer, candidates, source="copurchase"))
     return examples
 
 
@@ -327,7 +353,8 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
     system = RECOMMEND_SYSTEM.format(shop=shop.domain)
 
     recommendations = dedupe_and_balance(
-        basket_examples(train_items, stats, catalog, system, rng) + copurchase_examples(stats, catalog, system), rng)
+        basket_examples(train_items, stats, catalog, system, rng) + copurchase_examples(stats, catalog, system, rng),
+        rng)
     held_out = basket_examples([b for _, b in eval_baskets], stats, catalog, system, rng, per_basket=1)
     support = support_examples(shop.id, shop.domain, shop.policies or {}, rng, limit=max(len(recommendations) // 4, 50))
     if conversations:

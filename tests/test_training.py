@@ -1,0 +1,144 @@
+"""The training pipeline on a tiny, randomly initialised Llama with SmolLM2's real tokenizer: datasets,
+label masking, bucketing, and the whole chain dataset → train → merge → GGUF → llama.cpp → answer."""
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import select
+
+from shopify_app.models import ModelVersion, Product, db
+from worker import datasets, training
+from worker.base_model import smollm2_gguf
+from worker.export import sha256
+from worker.tasks import enqueue_training
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tokenizer(tiny_base):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_base)
+
+
+def test_labels_keep_the_reply_and_its_end_token_only(tokenizer):
+    messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "Customer viewing: Stove."},
+                {"role": "assistant", "content": '{"title": "Fuel", "reason": "Burns"}'}]
+    ids, labels = training.encode(tokenizer, messages, max_length=512)
+    learned = [label for label in labels if label != training.IGNORE]
+    assert learned[-1] == tokenizer.eos_token_id == ids[-1]  # the model learns to stop
+    assert tokenizer.decode(learned[:-1]) == messages[-1]["content"]
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    assert tokenizer.decode(ids[:len(ids) - len(learned)]) == prompt
+    assert training.encode(tokenizer, messages, max_length=10) is None  # never truncate a reply
+
+
+def test_length_buckets_cover_everything_once_within_the_token_budget():
+    rng = random.Random(1)
+    examples = [([0] * rng.randint(20, 300), []) for _ in range(500)]
+    batches = training.bucket_batches(examples, batch_tokens=2048, rng=random.Random(0))
+    assert sorted(i for batch in batches for i in batch) == list(range(500))
+    padded = sum(max(len(examples[i][0]) for i in batch) * len(batch) for batch in batches)
+    real = sum(len(e[0]) for e in examples)
+    assert all(max(len(examples[i][0]) for i in b) * len(b) <= 2048 for b in batches)
+    assert padded / real < 1.1  # under 10% padding; random batches of this mix waste far more
+
+
+def test_answer_format_round_trips_and_rejects_prose():
+    text = datasets.format_answer([("Fuel Canister", "Fuel for the stove"), ("Spork", "Eat")])
+    assert [r["title"] for r in datasets.parse_answer(text)] == ["Fuel Canister", "Spork"]
+    assert datasets.parse_answer("I'm glad you're enjoying the product.") == []
+
+
+def test_recommendation_dataset_is_time_split_grounded_and_versioned(installed_shop, tmp_path, store):
+    stats = datasets.build_datasets(installed_shop, tmp_path)
+    titles = set(db.session.scalars(select(Product.title)))
+    train = [json.loads(line) for line in (tmp_path / "train.jsonl").open()]
+    held_out = [json.loads(line) for line in (tmp_path / "eval.jsonl").open()]
+    recommendations = [e for e in train if e["kind"] == "recommendation"]
+    assert stats["train_examples"] == len(train) and stats["recommendation_examples"] == len(recommendations)
+    for example in recommendations:
+        user, answer = example["messages"][1]["content"], example["messages"][2]["content"]
+        candidates = user.split("Candidates: ", 1)[1].split("; ")
+        picked = [r["title"] for r in datasets.parse_answer(answer)]
+        assert picked and set(picked) <= titles and set(picked) <= set(candidates)
+    # Time split: every held-out order is newer than every training order.
+    split = stats["split_at"]
+    newest_train = sorted(o.created_at for o in store.orders)[stats["train_orders"] - 1]
+    assert newest_train.isoformat() <= split
+    assert any(e["kind"] == "recommendation" for e in held_out)
+    assert stats["warning"].startswith("only")  # 400 orders is too few, and it says so
+    assert 0 < stats["long_tail_share"] < 1
+    assert datasets.build_datasets(installed_shop, tmp_path / "again")["version"] == stats["version"]  # deterministic
+
+
+def test_support_dataset_uses_policies_stock_and_merchant_conversations(installed_shop, tmp_path):
+    installed_shop.policies = {"returns": "Return unused gear within 60 days for a full refund."}
+    db.session.commit()
+    upload = tmp_path / "past.csv"
+    with upload.open("w", newline="") as out:
+        csv.writer(out).writerows([["question", "answer", "strategy"],
+                                   ["Do you price match?", "We don't price match, sorry.", "reassure"]])
+    datasets.build_datasets(installed_shop, tmp_path / "ds", conversations=upload)
+    rows = [json.loads(line) for name in ("train.jsonl", "eval.jsonl") for line in (tmp_path / "ds" / name).open()]
+    support = [r for r in rows if r["kind"] == "support"]
+    assert {"answer", "hand_off", "reassure"} <= {r["strategy"] for r in support}
+    returns = [r for r in support if "60 days" in r["messages"][2]["content"]]
+    assert returns and all("returns policy" in r["messages"][1]["content"] for r in returns)
+    assert any(r["messages"][1]["content"] == "Do you price match?" for r in support)
+    assert all(r["messages"][2]["content"] for r in support)
+
+
+def test_full_chain_on_a_tiny_model(app, installed_shop, tiny_base, tmp_path):
+    app.config.update(BASE_MODEL=str(tiny_base), PAIRWELL_ARTIFACTS=str(tmp_path))
+    run = enqueue_training(installed_shop, hyperparameters={
+        "epochs": 1, "batch_tokens": 1024, "time_budget_seconds": 6, "eval_examples": 8, "learning_rate": 1e-2})
+    assert run.status == "succeeded", run.error
+    assert run.step > 0 and run.total_steps >= run.step and run.tokens_per_second > 0 and run.history
+    assert run.eval_loss is not None and run.dataset_version
+    model = db.session.scalars(select(ModelVersion)).one()
+    gguf = Path(model.gguf_path)
+    assert gguf.exists() and gguf.stat().st_size == model.size_bytes and sha256(gguf) == model.sha256
+    assert gguf.name == "model-v1.q8_0.gguf" and gguf.parent.parent.name == installed_shop.domain
+    verification = model.metrics["verification"]
+    assert verification["answer"]  # llama.cpp loaded the file and answered the held-out prompt
+    assert model.status == ("verified" if verification["trained_format"] else "rejected")
+    # Retrying the chain's stages finds their outputs and changes nothing.
+    from worker import pipeline
+    assert pipeline.stage_export(run).id == model.id
+    assert pipeline.stage_train(run)["steps"] == run.step
+
+
+def test_cancelling_stops_training(app, installed_shop, tiny_base, tmp_path):
+    app.config.update(BASE_MODEL=str(tiny_base), PAIRWELL_ARTIFACTS=str(tmp_path))
+    from worker import pipeline
+    from shopify_app.models import TrainingRun
+
+    run = TrainingRun(shop_id=installed_shop.id, hyperparameters={"epochs": 1, "batch_tokens": 512})
+    db.session.add(run)
+    db.session.commit()
+    pipeline.stage_build_datasets(run)
+    run.cancel_requested = True
+    db.session.commit()
+    with pytest.raises(training.Cancelled):
+        pipeline.stage_train(run)
+    assert run.status == "cancelled" and run.step == 1

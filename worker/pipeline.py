@@ -1,0 +1,164 @@
+"""The training pipeline's stages as they touch the database: each takes a TrainingRun, does one thing,
+records what happened on the row, and is safe to run twice (a retried task finds its output and moves on)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+from flask import current_app
+from sqlalchemy import func, select
+
+from shopify_app.models import ModelVersion, Product, Shop, TrainingRun, db, utcnow
+
+from . import export, training
+from .base_model import prepare_base_model, smollm2_gguf
+from .datasets import build_datasets
+
+log = logging.getLogger(__name__)
+STALE_AFTER = timedelta(minutes=15)
+
+
+def artifacts_root() -> Path:
+    return Path(current_app.config["PAIRWELL_ARTIFACTS"])
+
+
+def run_dir(run: TrainingRun) -> Path:
+    shop = db.session.get(Shop, run.shop_id)
+    return artifacts_root() / shop.domain / f"run-{run.id}"
+
+
+def _begin(run: TrainingRun, stage: str) -> None:
+    run.status, run.stage, run.error, run.heartbeat_at = "running", stage, None, utcnow()
+    run.artifact_dir = str(run_dir(run))
+    db.session.commit()
+
+
+def _fail(run: TrainingRun, exc: BaseException) -> None:
+    db.session.rollback()
+    run.status, run.error, run.finished_at = "failed", f"{type(exc).__name__}: {exc}", utcnow()
+    db.session.commit()
+
+
+def stage_build_datasets(run: TrainingRun, conversations: str | None = None) -> dict:
+    out = run_dir(run) / "dataset"
+    if (out / "stats.json").exists():
+        return json.loads((out / "stats.json").read_text())
+    _begin(run, "build_datasets")
+    try:
+        stats = build_datasets(db.session.get(Shop, run.shop_id), out, conversations=conversations)
+    except Exception as exc:
+        _fail(run, exc)
+        raise
+    run.dataset_version, run.dataset_stats, run.status = stats["version"], stats, "succeeded"
+    db.session.commit()
+    return stats
+
+
+def stage_train(run: TrainingRun, progress_bar: bool = False) -> dict:
+    out = run_dir(run) / "train"
+    if (out / "training.json").exists() and (out / "adapter").exists():
+        return json.loads((out / "training.json").read_text())
+    _begin(run, "train")
+    config = training.TrainConfig.from_dict(run.hyperparameters)
+    try:
+        base = prepare_base_model(artifacts_root(), current_app.config["BASE_MODEL"])
+        run.base_model = str(base)
+        db.session.commit()
+
+        def record(progress: dict) -> None:
+            for key in ("step", "total_steps", "loss", "eval_loss", "tokens_per_second", "eta_seconds"):
+                if progress.get(key) is not None:
+                    setattr(run, key, progress[key])
+            run.history = list(progress["history"])
+            run.heartbeat_at = utcnow()
+            db.session.commit()
+            db.session.refresh(run, ["cancel_requested"])
+            if run.cancel_requested:
+                raise training.Cancelled("cancelled by the merchant")
+
+        summary = training.train(base, run_dir(run) / "dataset", out, config, on_progress=record,
+                                 progress_bar=progress_bar)
+    except training.Cancelled as exc:
+        run.status, run.error, run.finished_at = "cancelled", str(exc), utcnow()
+        db.session.commit()
+        raise
+    except Exception as exc:
+        _fail(run, exc)
+        raise
+    run.eval_loss, run.status = summary["best_eval_loss"], "succeeded"
+    db.session.commit()
+    return summary
+
+
+def _held_out_prompt(run: TrainingRun) -> list[dict]:
+    """The fixed verification prompt: the first held-out recommendation example, minus its answer."""
+    with (run_dir(run) / "dataset" / "eval.jsonl").open() as lines:
+        for line in lines:
+            example = json.loads(line)
+            if example["kind"] == "recommendation":
+                return example["messages"][:-1]
+    raise ValueError("the dataset has no held-out recommendation example")
+
+
+def catalog_titles(shop_id: int) -> set[str]:
+    return set(db.session.scalars(select(Product.title).where(Product.shop_id == shop_id)))
+
+
+def stage_export(run: TrainingRun, quantization: str = "q8_0") -> ModelVersion:
+    existing = db.session.scalar(select(ModelVersion).where(ModelVersion.training_run_id == run.id))
+    if existing is not None:
+        return existing
+    _begin(run, "export")
+    directory = run_dir(run)
+    try:
+        merged = directory / "merged"
+        if merged.exists():
+            shutil.rmtree(merged)
+        export.merge_adapter(Path(run.base_model), directory / "train" / "adapter", merged)
+        version = (db.session.scalar(select(func.max(ModelVersion.version))
+                                     .where(ModelVersion.shop_id == run.shop_id)) or 0) + 1
+        gguf = export.convert_to_gguf(merged, directory / f"model-v{version}.{quantization}.gguf", quantization)
+        check = export.verify_gguf(gguf, _held_out_prompt(run), catalog_titles(run.shop_id))
+        model = ModelVersion(
+            status="verified" if check["trained_format"] else "rejected",  # a rejected model is never deployed
+            shop_id=run.shop_id, training_run_id=run.id, version=version, gguf_path=str(gguf),
+            quantization=quantization, size_bytes=gguf.stat().st_size, sha256=export.sha256(gguf),
+            base_model=run.base_model, dataset_version=run.dataset_version,
+            metrics={"eval_loss": run.eval_loss, "verification": check})
+        db.session.add(model)
+        shutil.rmtree(merged)  # the GGUF is the artifact; the merged copy is re-creatable
+        run.status, run.stage, run.finished_at = "succeeded", "exported", utcnow()
+        db.session.commit()
+        return model
+    except Exception as exc:
+        _fail(run, exc)
+        raise
+
+
+def base_model_answer(messages: list[dict]) -> str:
+    """What the untrained base (the packaged GGUF) says to the same prompt, for before/after comparisons."""
+    from .runtime import chat, load_gguf
+
+    return chat(load_gguf(smollm2_gguf(), n_ctx=1024), messages, max_tokens=160)
+
+
+def latest_trained_run(shop: Shop) -> TrainingRun | None:
+    """The newest run whose training finished (its export may have failed or not run yet)."""
+    runs = db.session.scalars(select(TrainingRun).where(TrainingRun.shop_id == shop.id).order_by(TrainingRun.id.desc()))
+    return next((run for run in runs if (run_dir(run) / "train" / "training.json").exists()), None)
+
+
+def recover_stale_runs() -> int:
+    """Runs whose worker died mid-stage (no heartbeat for a while) are marked failed, never left running."""
+    cutoff = utcnow() - STALE_AFTER
+    stale = db.session.scalars(select(TrainingRun).where(
+        TrainingRun.status == "running", TrainingRun.heartbeat_at < cutoff)).all()
+    for run in stale:
+        run.status, run.finished_at = "failed", utcnow()
+        run.error = f"worker stopped during {run.stage} (no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M} UTC)"
+    db.session.commit()
+    return len(stale)
