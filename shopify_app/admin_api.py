@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, g
+from flask import Blueprint, abort, g, request
 from sqlalchemy import func, select
 
 from . import shops
 from .auth import session_token_required
-from .models import Order, OrderLine, Product, SyncRun, Variant, db
+from .models import Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api")
 
@@ -47,6 +47,54 @@ def shop_summary():
         "counts": {"products": count(Product), "variants": count(Variant), "orders": count(Order),
                    "order_lines": count(OrderLine)},
     }
+
+
+POLICY_KINDS = ("shipping", "returns", "invoices", "payment", "discounts")
+
+
+@bp.put("/policies")
+def update_policies():
+    """The merchant's own answers for the support assistant, by kind; an empty text removes one."""
+    shop = _current_shop()
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
+        abort(400, 'Send a JSON object of policy texts, for example {"returns": "..."}.')
+    unknown = sorted(set(body) - set(POLICY_KINDS))
+    if unknown:
+        abort(400, f"Unknown policy kinds {unknown}; expected some of {list(POLICY_KINDS)}.")
+    policies = {**(shop.policies or {}), **{k: v.strip() for k, v in body.items()}}
+    shop.policies = {k: v for k, v in policies.items() if v}
+    db.session.commit()
+    return {"policies": shop.policies}
+
+
+def training_run_json(run: TrainingRun) -> dict:
+    return {
+        "id": run.id, "status": run.status, "stage": run.stage, "step": run.step, "total_steps": run.total_steps,
+        "loss": run.loss, "eval_loss": run.eval_loss, "tokens_per_second": run.tokens_per_second,
+        "eta_seconds": run.eta_seconds, "history": run.history, "dataset_version": run.dataset_version,
+        "dataset_stats": run.dataset_stats, "error": run.error,
+    }
+
+
+@bp.get("/training-runs")
+def training_runs():
+    shop = _current_shop()
+    runs = db.session.scalars(select(TrainingRun).where(TrainingRun.shop_id == shop.id)
+                              .order_by(TrainingRun.id.desc()).limit(10)).all()
+    return {"training_runs": [training_run_json(run) for run in runs]}
+
+
+@bp.post("/training-runs/<int:run_id>/cancel")
+def cancel_training(run_id: int):
+    run = db.session.get(TrainingRun, run_id)
+    if run is None or run.shop_id != _current_shop().id:
+        abort(404, f"No training run {run_id} for this shop.")
+    if run.status not in ("queued", "running"):
+        abort(409, f"Training run {run_id} is {run.status}; only queued or running runs can be cancelled.")
+    run.cancel_requested = True
+    db.session.commit()
+    return training_run_json(run), 202
 
 
 @bp.get("/sync-runs")

@@ -13,7 +13,7 @@ from shopify import session_token
 from sqlalchemy import select
 
 from . import shopify_api, shops
-from .models import SyncRun, db
+from .models import SyncRun, TrainingRun, db
 from .shopify_api import ShopifyError
 from .signatures import is_valid_shop_domain, verify_oauth_query
 
@@ -92,7 +92,10 @@ def embedded_entry():
 
     runs = db.session.scalars(
         select(SyncRun).where(SyncRun.shop_id == shop.id).order_by(SyncRun.id.desc()).limit(5)).all()
-    return render_template("admin.html", shop=shop, runs=runs, api_key=current_app.config["SHOPIFY_API_KEY"])
+    training = db.session.scalars(
+        select(TrainingRun).where(TrainingRun.shop_id == shop.id).order_by(TrainingRun.id.desc())).first()
+    return render_template("admin.html", shop=shop, runs=runs, training=training,
+                           api_key=current_app.config["SHOPIFY_API_KEY"])
 
 
 @bp.get("/auth/install")

@@ -147,12 +147,11 @@ def train(shop, minutes, epochs, learning_rate, lora_r):
 @click.option("--quantization", type=click.Choice(["q8_0", "f16"]), default="q8_0")
 def export_command(shop, quantization):
     """Merge SHOP's latest trained adapter, convert it to GGUF and verify it in llama.cpp."""
-    from worker.pipeline import stage_export
-
-    from worker.pipeline import latest_trained_run
+    from worker.pipeline import latest_trained_run, stage_export
 
     run = latest_trained_run(_installed_shop(shop))
     if run is None:
         raise click.ClickException(f"{shop} has no trained run to export: run `pairwell train {shop}` first.")
     model = stage_export(run, quantization)
-    click.echo(f"model v{model.version}: {model.gguf_path} ({model.size_bytes / 1e6:.1f} MB, sha256 {model.sha256[:12]})")
+    click.echo(f"model v{model.version} ({model.status}): {model.gguf_path} "
+               f"({model.size_bytes / 1e6:.1f} MB, sha256 {model.sha256[:12]})")

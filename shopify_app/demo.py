@@ -11,7 +11,7 @@ from flask import current_app
 from . import migrations, shops
 from .models import SyncRun, db
 from .sample_store import SampleShopify, generate_store
-
+from .sample_store.catalog import MERCHANT_POLICIES
 
 DEMO_TRAINING = {"batch_tokens": 1024, "learning_rate": 5e-4, "epochs": 1, "eval_examples": 48}
 
@@ -49,6 +49,9 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
                f"{counts['orders']} orders, {counts['order_lines']} line items in {elapsed:.1f}s")
     if run.status != "succeeded":
         raise click.ClickException(f"sync failed: {run.error}")
+    shop.policies = {**MERCHANT_POLICIES, **shop.policies}  # as the merchant would enter them in the admin
+    db.session.commit()
+    click.echo(f"Policies: {', '.join(sorted(shop.policies))}")
     if train_minutes > 0:
         fine_tune(shop, train_minutes)
     if serve:

@@ -77,7 +77,8 @@ class Shop(db.Model):
     refresh_token_encrypted: Mapped[str | None] = mapped_column(Text)
     refresh_token_expires_at: Mapped[datetime | None] = mapped_column(Timestamp())
     scopes: Mapped[str] = mapped_column(Text, default="")
-    policies: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")  # merchant policies by kind: shipping, returns, …
+    # The merchant's policies by kind (shipping, returns, invoices, payment, discounts): support answers cite them.
+    policies: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     installed_at: Mapped[datetime | None] = mapped_column(Timestamp())
     uninstalled_at: Mapped[datetime | None] = mapped_column(Timestamp())
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)

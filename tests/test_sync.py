@@ -119,3 +119,20 @@ def test_jsonl_streams_in_batches_with_children_across_batch_edges(app, installe
     assert result == Counter(products=20, variants=sum(len(p.variants) for p in store.products[:20]),
                              orders=50, order_lines=sum(len(o.lines) for o in store.orders[:50]))
     assert seen[Product] == {p.id for p in store.products[:20]}
+
+
+def test_sync_brings_shopify_policies_and_keeps_merchant_ones(client, shopify):
+    from shopify_app.sample_store.catalog import SHOP_POLICIES
+
+    client.get(f"/?id_token={shopify.session_token()}")
+    shop = shops.get_shop(shopify.shop)
+    assert "60 days" in shop.policies["returns"] and "<p>" not in shop.policies["returns"]
+    assert set(shop.policies) == {"shipping", "returns"} and len(SHOP_POLICIES) == 2
+    token = {"Authorization": f"Bearer {shopify.session_token()}"}
+    response = client.put("/api/policies", json={"payment": "Cards and PayPal."}, headers=token)
+    assert response.status_code == 200
+    assert client.put("/api/policies", json={"warranty": "x"}, headers=token).status_code == 400
+    assert client.put("/api/policies", data="not json", headers=token).status_code == 400
+    enqueue_full_sync(shop)
+    db.session.refresh(shop)
+    assert shop.policies["payment"] == "Cards and PayPal." and "shipping" in shop.policies

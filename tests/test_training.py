@@ -130,8 +130,8 @@ def test_full_chain_on_a_tiny_model(app, installed_shop, tiny_base, tmp_path):
 
 def test_cancelling_stops_training(app, installed_shop, tiny_base, tmp_path):
     app.config.update(BASE_MODEL=str(tiny_base), PAIRWELL_ARTIFACTS=str(tmp_path))
-    from worker import pipeline
     from shopify_app.models import TrainingRun
+    from worker import pipeline
 
     run = TrainingRun(shop_id=installed_shop.id, hyperparameters={"epochs": 1, "batch_tokens": 512})
     db.session.add(run)
@@ -142,3 +142,35 @@ def test_cancelling_stops_training(app, installed_shop, tiny_base, tmp_path):
     with pytest.raises(training.Cancelled):
         pipeline.stage_train(run)
     assert run.status == "cancelled" and run.step == 1
+
+
+def test_a_run_whose_worker_died_is_marked_failed(installed_shop):
+    from datetime import timedelta
+
+    from shopify_app.models import TrainingRun, utcnow
+    from worker.pipeline import recover_stale_runs
+
+    alive = TrainingRun(shop_id=installed_shop.id, status="running", stage="train", heartbeat_at=utcnow())
+    dead = TrainingRun(shop_id=installed_shop.id, status="running", stage="train",
+                       heartbeat_at=utcnow() - timedelta(hours=1))
+    db.session.add_all([alive, dead])
+    db.session.commit()
+    assert recover_stale_runs() == 1
+    assert dead.status == "failed" and "no heartbeat" in dead.error and alive.status == "running"
+
+
+def test_admin_api_shows_and_cancels_training_runs(client, installed_shop, shopify):
+    from shopify_app.models import TrainingRun
+
+    run = TrainingRun(shop_id=installed_shop.id, status="running", stage="train", step=3, total_steps=10,
+                      history=[{"step": 3, "loss": 1.5}])
+    db.session.add(run)
+    db.session.commit()
+    headers = {"Authorization": f"Bearer {shopify.session_token()}"}
+    listed = client.get("/api/training-runs", headers=headers).json["training_runs"]
+    assert listed[0]["step"] == 3 and listed[0]["history"] == [{"step": 3, "loss": 1.5}]
+    assert client.post(f"/api/training-runs/{run.id}/cancel", headers=headers).status_code == 202
+    db.session.refresh(run)
+    assert run.cancel_requested
+    assert client.post("/api/training-runs/999/cancel", headers=headers).status_code == 404
+    assert client.get("/api/training-runs").status_code == 401

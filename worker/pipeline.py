@@ -28,7 +28,8 @@ def artifacts_root() -> Path:
 
 def run_dir(run: TrainingRun) -> Path:
     shop = db.session.get(Shop, run.shop_id)
-    return artifacts_root() / shop.domain / f"run-{run.id}"
+    # The creation time keeps a recreated database's run #1 from finding an older run #1's files.
+    return artifacts_root() / shop.domain / f"run-{run.id}-{run.created_at:%Y%m%d%H%M%S}"
 
 
 def _begin(run: TrainingRun, stage: str) -> None:
@@ -45,11 +46,12 @@ def _fail(run: TrainingRun, exc: BaseException) -> None:
 
 def stage_build_datasets(run: TrainingRun, conversations: str | None = None) -> dict:
     out = run_dir(run) / "dataset"
-    if (out / "stats.json").exists():
-        return json.loads((out / "stats.json").read_text())
     _begin(run, "build_datasets")
     try:
-        stats = build_datasets(db.session.get(Shop, run.shop_id), out, conversations=conversations)
+        if (out / "stats.json").exists():  # a retried task: the datasets are already written
+            stats = json.loads((out / "stats.json").read_text())
+        else:
+            stats = build_datasets(db.session.get(Shop, run.shop_id), out, conversations=conversations)
     except Exception as exc:
         _fail(run, exc)
         raise
@@ -60,7 +62,7 @@ def stage_build_datasets(run: TrainingRun, conversations: str | None = None) -> 
 
 def stage_train(run: TrainingRun, progress_bar: bool = False) -> dict:
     out = run_dir(run) / "train"
-    if (out / "training.json").exists() and (out / "adapter").exists():
+    if (out / "training.json").exists() and (out / "adapter").exists():  # a retried task: already trained
         return json.loads((out / "training.json").read_text())
     _begin(run, "train")
     config = training.TrainConfig.from_dict(run.hyperparameters)

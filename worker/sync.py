@@ -6,6 +6,7 @@ import time
 from collections import Counter
 
 from flask import current_app
+from markupsafe import Markup
 
 from shopify_app import shops
 from shopify_app.models import Product, Shop, SyncRun, Variant, db, utcnow
@@ -55,6 +56,18 @@ query BulkOperation($id: ID!) {
   bulkOperation(id: $id) { id status errorCode objectCount fileSize url partialDataUrl }
 }
 """
+
+
+SHOP_POLICIES_QUERY = "query ShopPolicies { shop { shopPolicies { type body } } }"
+POLICY_KINDS = {"SHIPPING_POLICY": "shipping", "REFUND_POLICY": "returns"}
+
+
+def sync_policies(client: AdminClient, shop: Shop) -> int:
+    """Shopify's shipping and refund policy pages; kinds the merchant entered in Pairwell stay as they are."""
+    policies = client.execute(SHOP_POLICIES_QUERY)["shop"]["shopPolicies"]
+    found = {POLICY_KINDS[p["type"]]: Markup(p["body"]).striptags() for p in policies if p["type"] in POLICY_KINDS}
+    shop.policies = {**(shop.policies or {}), **found}
+    return len(found)
 
 
 def submit_bulk_query(client: AdminClient, query: str) -> str:
@@ -112,6 +125,7 @@ def run_full_sync(run: SyncRun) -> SyncRun:
             if name == "products":
                 totals["products_deleted"] = delete_missing(Product, shop.id, seen[Product])
                 totals["variants_deleted"] = delete_missing(Variant, shop.id, seen[Variant])
+        totals["policies"] = sync_policies(client, shop)
         run.counts = dict(totals)
         run.status, run.stage, run.progress = "succeeded", "done", 1.0
     except Exception as exc:

@@ -275,3 +275,18 @@ def generate_store(seed: int = 7, orders: int = 3000, end: datetime = DEFAULT_EN
             order.lines.append(SampleLine(line_id, product.id, variant.id, quantity))
         sold.append(order)
     return SampleStore(products=products, orders=sold)
+
+# What the sample merchant wrote in Shopify's policy pages (served as shop.shopPolicies, HTML bodies) ...
+SHOP_POLICIES = {
+    "SHIPPING_POLICY": "<p>Orders ship within 1 business day from Denver. Standard shipping (3-5 days) is free over "
+                       "$75, otherwise $6.95; express (1-2 days) is $19. We ship to the US and Canada.</p>",
+    "REFUND_POLICY": "<p>Return unused gear within 60 days for a full refund; worn footwear within 30 days for store "
+                     "credit. Start a return from your order page; return shipping is free.</p>",
+}
+# ... and what they entered in Pairwell's admin for the questions Shopify has no policy page for.
+MERCHANT_POLICIES = {
+    "invoices": "Every order confirmation email has a PDF invoice; for a VAT invoice reply to it with your company "
+                "details.",
+    "payment": "We accept Visa, Mastercard, American Express, PayPal, Shop Pay and our gift cards.",
+    "discounts": "Sign up for the newsletter for 10% off your first order; codes cannot be combined.",
+}

@@ -25,7 +25,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from ..config import API_VERSION, DEFAULT_SCOPES
 from ..signatures import webhook_hmac
-from .catalog import SampleOrder, SampleProduct, SampleStore, generate_store
+from .catalog import SHOP_POLICIES, SampleOrder, SampleProduct, SampleStore, generate_store
 
 BUCKET_SIZE = 2000.0
 RESTORE_RATE = 100.0
@@ -364,6 +364,10 @@ class SampleShopify:
             data = {root: self._run_bulk_query(shop, token, variables.get("query", ""))}
         elif root == "bulkOperation":
             data = {root: self._poll_bulk_operation(variables.get("id", ""))}
+        elif root == "shop":
+            data = {"shop": {"name": "Pairwell Outdoor Demo", "myshopifyDomain": shop, "shopPolicies": [
+                {"type": kind, "title": kind.replace("_", " ").title(), "body": body}
+                for kind, body in SHOP_POLICIES.items()]}}
         else:
             return jsonify(errors=[{"message": f"Field '{root}' doesn't exist on type 'QueryRoot'",
                                     "extensions": {"code": "undefinedField", "typeName": "QueryRoot",
