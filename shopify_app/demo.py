@@ -1,4 +1,4 @@
-"""`pairwell demo`: the whole install-and-sync path against the loopback sample store."""
+"""`pairwell demo`: install, sync and fine-tune against the loopback sample store, then serve."""
 
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
 def fine_tune(shop, minutes: float) -> None:
     """Datasets → LoRA fine-tune within the budget → GGUF → verify; then the base and the tuned model side by
     side on the same held-out cart."""
-    from worker.pipeline import _held_out_prompt, base_model_answer, catalog_titles
+    from worker.datasets import parse_answer
+    from worker.pipeline import base_model_answer, catalog_titles, held_out_prompt
     from worker.tasks import enqueue_training
 
     from .models import ModelVersion
@@ -83,13 +84,11 @@ def fine_tune(shop, minutes: float) -> None:
     model = db.session.scalars(db.select(ModelVersion).where(ModelVersion.training_run_id == run.id)).one()
     click.echo(f"Model v{model.version}: {model.gguf_path} ({model.size_bytes / 1e6:.0f} MB, {model.quantization}), "
                f"eval loss {run.eval_loss:.3f}, {run.tokens_per_second:.0f} tokens/s")
-    prompt = _held_out_prompt(run)
+    prompt = held_out_prompt(run)
     titles = catalog_titles(shop.id)
     before = base_model_answer(prompt)
     after = model.metrics["verification"]["answer"]
     click.echo(f"\nHeld-out prompt: {prompt[-1]['content']}")
     for label, answer in (("Base model", before), ("Fine-tuned", after)):
-        from worker.datasets import parse_answer
-
         named = [r["title"] for r in parse_answer(answer) if r["title"] in titles]
         click.echo(f"\n{label} ({len(named)} real catalog products named):\n{answer.strip()[:600]}")

@@ -174,3 +174,20 @@ def test_admin_api_shows_and_cancels_training_runs(client, installed_shop, shopi
     assert run.cancel_requested
     assert client.post("/api/training-runs/999/cancel", headers=headers).status_code == 404
     assert client.get("/api/training-runs").status_code == 401
+
+
+def test_training_resumes_from_its_checkpoint(tiny_base, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"messages": [{"role": "user", "content": f"Customer viewing: item {i}."},
+                          {"role": "assistant", "content": datasets.format_answer([(f"Item {i + 1}", "Goes with it")])}]}
+            for i in range(24)]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    config = dict(epochs=1, batch_tokens=128, checkpoint_every=1, eval_examples=4)
+
+    first = training.train(tiny_base, data, tmp_path / "out", training.TrainConfig(**config, time_budget_seconds=1e-6))
+    assert first["stopped"] == "time budget" and first["steps"] == 1  # "crashed" after one step
+    second = training.train(tiny_base, data, tmp_path / "out", training.TrainConfig(**config))
+    assert second["resumed_from_step"] == 1 and second["steps"] == second["total_steps"] > 1
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()

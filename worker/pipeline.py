@@ -96,7 +96,7 @@ def stage_train(run: TrainingRun, progress_bar: bool = False) -> dict:
     return summary
 
 
-def _held_out_prompt(run: TrainingRun) -> list[dict]:
+def held_out_prompt(run: TrainingRun) -> list[dict]:
     """The fixed verification prompt: the first held-out recommendation example, minus its answer."""
     with (run_dir(run) / "dataset" / "eval.jsonl").open() as lines:
         for line in lines:
@@ -124,7 +124,7 @@ def stage_export(run: TrainingRun, quantization: str = "q8_0") -> ModelVersion:
         version = (db.session.scalar(select(func.max(ModelVersion.version))
                                      .where(ModelVersion.shop_id == run.shop_id)) or 0) + 1
         gguf = export.convert_to_gguf(merged, directory / f"model-v{version}.{quantization}.gguf", quantization)
-        check = export.verify_gguf(gguf, _held_out_prompt(run), catalog_titles(run.shop_id))
+        check = export.verify_gguf(gguf, held_out_prompt(run), catalog_titles(run.shop_id))
         model = ModelVersion(
             status="verified" if check["trained_format"] else "rejected",  # a rejected model is never deployed
             shop_id=run.shop_id, training_run_id=run.id, version=version, gguf_path=str(gguf),
