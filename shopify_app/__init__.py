@@ -30,11 +30,12 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     celery_init_app(app)
 
-    from . import admin_api, auth, webhooks
+    from . import admin_api, auth, proxy, webhooks
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(admin_api.bp)
+    app.register_blueprint(proxy.bp)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 from flask import current_app
@@ -155,3 +156,23 @@ def export_command(shop, quantization):
     model = stage_export(run, quantization)
     click.echo(f"model v{model.version} ({model.status}): {model.gguf_path} "
                f"({model.size_bytes / 1e6:.1f} MB, sha256 {model.sha256[:12]})")
+
+
+@cli.command("proxy-url")
+@click.argument("shop")
+@click.argument("product_id", type=int)
+@click.option("--cart", default="", help="Comma-separated product ids in the cart.")
+@click.option("--limit", default=4, type=int)
+def proxy_url(shop, product_id, cart, limit):
+    """Print a freshly signed App Proxy URL (valid 90 s) for SHOP's recommendations, as Shopify would send it."""
+    from urllib.parse import urlencode
+
+    from .signatures import app_proxy_signature
+
+    params = {"shop": shop, "logged_in_customer_id": "", "path_prefix": "/apps/pairwell",
+              "timestamp": str(int(time.time())), "product_id": str(product_id), "limit": str(limit)}
+    if cart:
+        params["cart"] = cart
+    params["signature"] = app_proxy_signature(params.items(), current_app.config["SHOPIFY_API_SECRET"])
+    base = current_app.config["SHOPIFY_APP_URL"]
+    click.echo(f"{base}/proxy/recommendations?{urlencode(params)}")

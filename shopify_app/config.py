@@ -41,5 +41,8 @@ def from_env(env: dict[str, str] | None = None) -> dict:
         "ADMIN_API_MAX_ATTEMPTS": 8,
         "PAIRWELL_ARTIFACTS": env.get("PAIRWELL_ARTIFACTS") or str(INSTANCE_DIR / "artifacts"),
         "BASE_MODEL": env.get("BASE_MODEL") or None,
+        "MODEL_BUDGET_SECONDS": float(env.get("PAIRWELL_MODEL_BUDGET_SECONDS", "1.5")),
+        "PROXY_LIMIT_PER_IP": int(env.get("PAIRWELL_PROXY_LIMIT_PER_IP", "120")),
+        "PROXY_LIMIT_PER_SHOP": int(env.get("PAIRWELL_PROXY_LIMIT_PER_SHOP", "6000")),
         "SECRET_KEY": env.get("SECRET_KEY") or _derived_key(secret, "cookies"),
     }

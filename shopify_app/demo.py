@@ -59,6 +59,9 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
 
         click.echo(f"Serving Pairwell on http://127.0.0.1:{port} (Ctrl-C to stop).")
         click.echo(f"Open it as the sample store's admin would: {shopify.origin}/admin/apps/pairwell")
+        product = store.products[0].id
+        click.echo("Ask for recommendations as the storefront does (a signed App Proxy request):\n"
+                   f"  curl \"$(.venv/bin/pairwell proxy-url {shopify.shop} {product})\"")
         waitress_serve(app, host="127.0.0.1", port=port, threads=8)
     shopify.stop()
     return counts
@@ -92,3 +95,6 @@ def fine_tune(shop, minutes: float) -> None:
     for label, answer in (("Base model", before), ("Fine-tuned", after)):
         named = [r["title"] for r in parse_answer(answer) if r["title"] in titles]
         click.echo(f"\n{label} ({len(named)} real catalog products named):\n{answer.strip()[:600]}")
+    if model.status == "deployed":
+        click.echo(f"\nModel v{model.version} is live on the embedded llama.cpp host; storefront blocks for the "
+                   "best-sellers are precomputed.")

@@ -7,30 +7,12 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 from sqlalchemy import select
 
 from shopify_app.models import ModelVersion, Product, db
 from worker import datasets, training
-from worker.base_model import smollm2_gguf
 from worker.export import sha256
 from worker.tasks import enqueue_training
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    gguf = smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture
@@ -179,9 +161,9 @@ def test_admin_api_shows_and_cancels_training_runs(client, installed_shop, shopi
 def test_training_resumes_from_its_checkpoint(tiny_base, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
+    answers = [datasets.format_answer([(f"Item {i + 1}", "Goes with it")]) for i in range(24)]
     rows = [{"messages": [{"role": "user", "content": f"Customer viewing: item {i}."},
-                          {"role": "assistant", "content": datasets.format_answer([(f"Item {i + 1}", "Goes with it")])}]}
-            for i in range(24)]
+                          {"role": "assistant", "content": answer}]} for i, answer in enumerate(answers)]
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (data / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
     config = dict(epochs=1, batch_tokens=128, checkpoint_every=1, eval_examples=4)

@@ -141,6 +141,28 @@ def stage_export(run: TrainingRun, quantization: str = "q8_0") -> ModelVersion:
         raise
 
 
+def stage_deploy(run: TrainingRun) -> ModelVersion | None:
+    """Make the run's verified model the shop's live one on the embedded host; a rejected one never goes live."""
+    from shopify_app import recommendations
+
+    model = db.session.scalar(select(ModelVersion).where(ModelVersion.training_run_id == run.id))
+    if model is None or model.status == "deployed":
+        return model
+    if model.status != "verified":
+        run.stage = "deploy refused"
+        model.metrics = {**model.metrics, "deploy": f"refused: model v{model.version} is {model.status}"}
+        db.session.commit()
+        return model
+    for live in db.session.scalars(select(ModelVersion).where(
+            ModelVersion.shop_id == run.shop_id, ModelVersion.status == "deployed")):
+        live.status = "retired"
+    model.status, model.deployed_at = "deployed", utcnow()
+    run.stage = "deployed"
+    db.session.commit()
+    recommendations.invalidate(run.shop_id)
+    return model
+
+
 def base_model_answer(messages: list[dict]) -> str:
     """What the untrained base (the packaged GGUF) says to the same prompt, for before/after comparisons."""
     from .runtime import chat, load_gguf

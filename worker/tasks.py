@@ -55,8 +55,19 @@ def evaluate(run_id: int) -> int:
 
 @shared_task(name="worker.tasks.deploy")
 def deploy(run_id: int) -> int:
-    """Hook for the serving issue: pushes the verified GGUF to the model host when the evaluation gate passes."""
+    model = pipeline.stage_deploy(db.session.get(TrainingRun, run_id))
+    if model is not None and model.status == "deployed":
+        precompute_recommendations.delay(model.shop_id)
     return run_id
+
+
+@shared_task(name="worker.tasks.precompute_recommendations", bind=True)
+def precompute_recommendations(self, shop_id: int) -> dict:
+    from shopify_app import recommendations
+
+    # In-process (the demo) keeps it to a minute: the rest fills in on first request.
+    budget = 60.0 if self.app.conf.task_always_eager else None
+    return recommendations.precompute(db.session.get(Shop, shop_id), budget_seconds=budget)
 
 
 def enqueue_full_sync(shop: Shop) -> SyncRun:

@@ -271,7 +271,8 @@ def train(base_dir: Path, dataset_dir: Path, out_dir: Path, config: TrainConfig,
     if bar:
         bar.close()
     elapsed = time.perf_counter() - started - eval_seconds
-    summary = {"steps": state["step"], "total_steps": total_steps, "resumed_from_step": first_step, "best_eval_loss": state["best_eval"],
+    summary = {"steps": state["step"], "total_steps": total_steps, "resumed_from_step": first_step,
+               "best_eval_loss": state["best_eval"],
                "final_loss": last_loss, "tokens": tokens_seen, "seconds": round(elapsed, 1),
                "tokens_per_second": round(tokens_seen / elapsed, 1) if elapsed else None,
                "stopped": stopped or "completed", "bf16": use_bf16, "device": device.type,

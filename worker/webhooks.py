@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from sqlalchemy import delete, or_, select
 
-from shopify_app import shops
+from shopify_app import recommendations, shops
 from shopify_app.models import Order, OrderLine, Product, Shop, SyncRun, Variant, WebhookDelivery, db, utcnow
 
 from .ingest import order_rows_from_webhook, product_rows_from_webhook, upsert
@@ -36,6 +36,7 @@ def product_changed(shop: Shop | None, payload: dict, domain: str) -> dict | Non
         Variant.shop_id == shop.id, Variant.product_id == product["id"],
         Variant.id.not_in([v["id"] for v in variants])))
     upsert(Variant, variants)
+    recommendations.invalidate(shop.id)
     return {"product": product["id"], "variants": len(variants)}
 
 
@@ -44,6 +45,7 @@ def product_deleted(shop: Shop | None, payload: dict, domain: str) -> dict | Non
     if shop is None:
         return {"ignored": "unknown shop"}
     deleted = db.session.execute(delete(Product).where(Product.shop_id == shop.id, Product.id == payload["id"]))
+    recommendations.invalidate(shop.id)
     return {"deleted": deleted.rowcount}
 
 

@@ -1,0 +1,61 @@
+"""`/proxy/*`: what the storefront reaches through Shopify's App Proxy (`/apps/pairwell/...`).
+Every request must carry Shopify's signature; replies are JSON (passed through, not rendered as Liquid)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, g, jsonify, request
+
+from . import cache, recommendations, shops
+from .models import Product, db
+from .signatures import is_valid_shop_domain, verify_app_proxy_query
+
+bp = Blueprint("proxy", __name__, url_prefix="/proxy")
+MAX_CART_ITEMS = 50
+
+
+@bp.before_request
+def verify_signature_and_rate():
+    pairs = list(request.args.items(multi=True))
+    if not verify_app_proxy_query(pairs, current_app.config["SHOPIFY_API_SECRET"]):
+        abort(401, "App Proxy signature is missing, wrong or expired.")
+    domain = request.args.get("shop", "")
+    shop = shops.get_shop(domain) if is_valid_shop_domain(domain) else None
+    if shop is None or not shop.is_installed:
+        abort(404, f"Pairwell is not installed on {domain}.")
+    g.shop = shop
+    config = current_app.config
+    for scope, identity, limit in (("ip", request.access_route[0] if request.access_route else "-",
+                                    config["PROXY_LIMIT_PER_IP"]),
+                                   ("shop", domain, config["PROXY_LIMIT_PER_SHOP"])):
+        wait = cache.over_limit(scope, identity, limit)
+        if wait is not None:
+            response = jsonify(error="Too Many Requests", message=f"Over {limit} requests a minute; retry later.")
+            response.status_code, response.headers["Retry-After"] = 429, str(wait)
+            return response
+
+
+def _product_id(value: str, what: str) -> int:
+    if not value.isdigit():
+        abort(400, f"{what} must be a numeric Shopify product id, got {value[:40]!r}.")
+    return int(value)
+
+
+def _product(product_id: int) -> Product:
+    product = db.session.get(Product, (g.shop.id, product_id))
+    if product is None:
+        abort(400, f"Unknown product {product_id}.")
+    return product
+
+
+@bp.get("/recommendations")
+def product_recommendations():
+    viewing = _product(_product_id(request.args.get("product_id", ""), "product_id"))
+    cart_ids = [part for part in request.args.get("cart", "").split(",") if part.strip()]
+    if len(cart_ids) > MAX_CART_ITEMS:
+        abort(400, f"cart has {len(cart_ids)} items; at most {MAX_CART_ITEMS}.")
+    cart = [p for p in (db.session.get(Product, (g.shop.id, _product_id(c.strip(), "cart item"))) for c in cart_ids)
+            if p is not None]  # a cart may hold products deleted since: ignore them
+    limit = request.args.get("limit", "4")
+    if not limit.isdigit() or not 1 <= int(limit) <= 10:
+        abort(400, "limit must be a whole number from 1 to 10.")
+    return recommendations.serve(g.shop, viewing, cart, int(limit))

@@ -1,0 +1,170 @@
+""""Pairs well with": co-purchase and catalog candidates, the model picks and explains among them under a
+grammar, and the answer is matched back to real, active, in-stock catalog products. Whatever the model
+does not fill comes from the co-purchase ranking, so the storefront always gets real products."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import select
+
+from worker.datasets import RECOMMEND_SYSTEM, CoPurchase, Item, load_baskets, parse_answer, reason_for
+
+from . import cache
+from .model_host import ModelUnavailable, embedded_host
+from .models import ModelVersion, Product, Shop, db
+
+log = logging.getLogger(__name__)
+CANDIDATES = 8
+INDEX_TTL_SECONDS = 600
+_indexes: dict[int, tuple[float, CoPurchase]] = {}
+
+
+@dataclass
+class Pick:
+    product: Product
+    reason: str
+
+
+def cache_key(shop_id: int, product_id: int, cart: list[int], limit: int) -> str:
+    generation = cache.store().get(f"generation:{shop_id}") or "0"
+    return f"rec:{shop_id}:{generation}:{product_id}:{','.join(map(str, sorted(set(cart))))}:{limit}"
+
+
+def invalidate(shop_id: int) -> None:
+    """Forget every cached reply of the shop (a new model, a changed catalog): new keys, old ones expire."""
+    cache.store().set(f"generation:{shop_id}", str(time.time_ns()), 30 * 86400)
+    _indexes.pop(shop_id, None)
+
+
+def copurchase_index(shop_id: int, catalog: dict[int, Item]) -> CoPurchase:
+    """Co-purchase statistics over the shop's orders, rebuilt every few minutes."""
+    built = _indexes.get(shop_id)
+    if built is None or time.monotonic() - built[0] > INDEX_TTL_SECONDS:
+        built = (time.monotonic(), CoPurchase([b for _, b in load_baskets(shop_id, catalog)], catalog))
+        _indexes[shop_id] = built
+    return built[1]
+
+
+def ranked_candidates(index: CoPurchase, sellable: dict[int, Product], viewing: int, cart: list[int]) -> list[int]:
+    """Sellable products by lift with the viewed item (and half-weight with the cart), then by popularity
+    within the viewed item's department, then overall: always enough to fill a block."""
+    excluded = {viewing, *cart}
+    score = {p: index.lift(viewing, p) + 0.5 * sum(index.lift(c, p) for c in cart)
+             for p in sellable if p not in excluded}
+    department = sellable[viewing].product_type if viewing in sellable else None
+    return sorted(score, key=lambda p: (-score[p], sellable[p].product_type != department, -index.items[p], p))
+
+
+def title_grammar(titles: list[str], lines: int) -> str:
+    """GBNF: up to `lines` JSON lines whose title is exactly one of the candidates (never the whole catalog)."""
+    def literal(text: str) -> str:
+        return json.dumps(json.dumps(text)[1:-1])  # the title as it appears inside a JSON string, as GBNF
+
+    alternatives = " | ".join(literal(t) for t in titles)
+    return "\n".join([
+        f'root ::= line ("\\n" line){{0,{max(lines - 1, 0)}}}',
+        'line ::= "{\\"title\\": \\"" title "\\", \\"reason\\": \\"" reason "\\"}"',
+        f"title ::= {alternatives}",
+        'reason ::= [^"\\\\\\n]{1,80}',
+    ])
+
+
+def model_picks(shop: Shop, model: ModelVersion, viewing: Product, cart: list[Product],
+                candidates: list[Product], limit: int) -> tuple[list[Pick], int]:
+    """The model's choice among the candidates; returns the picks and how many names matched nothing."""
+    from worker.datasets import recommendation_prompt
+
+    messages = [{"role": "system", "content": RECOMMEND_SYSTEM.format(shop=shop.domain)},
+                {"role": "user", "content": recommendation_prompt(viewing.title, [c.title for c in cart],
+                                                                  [c.title for c in candidates])}]
+    text = embedded_host.chat(model.gguf_path, messages, grammar=title_grammar([c.title for c in candidates], limit),
+                              timeout=current_app.config["MODEL_BUDGET_SECONDS"])
+    by_title = {c.title.casefold(): c for c in candidates}
+    picks, misses = [], 0
+    for record in parse_answer(text):
+        product = by_title.get(record["title"].strip().casefold())
+        if product is None:
+            misses += 1
+        elif all(p.product.id != product.id for p in picks):
+            picks.append(Pick(product, str(record.get("reason") or "").strip()))
+    return picks, misses
+
+
+def live_model(shop: Shop) -> ModelVersion | None:
+    return db.session.scalars(select(ModelVersion).where(
+        ModelVersion.shop_id == shop.id, ModelVersion.status.in_(("deployed", "verified")))
+        .order_by((ModelVersion.status == "deployed").desc(), ModelVersion.version.desc())).first()
+
+
+def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int) -> tuple[list[Pick], str]:
+    products = db.session.scalars(select(Product).where(Product.shop_id == shop.id)).all()
+    catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products if p.status == "ACTIVE"}
+    sellable = {p.id: p for p in products
+                if p.status == "ACTIVE" and any(v.available_for_sale and v.inventory_quantity > 0 for v in p.variants)}
+    index = copurchase_index(shop.id, catalog)
+    ranking = ranked_candidates(index, sellable, viewing.id, [c.id for c in cart])
+    picks, source = [], "fallback"
+    model = live_model(shop)
+    if model is not None:
+        try:
+            picks, misses = model_picks(shop, model, viewing, cart, [sellable[p] for p in ranking[:CANDIDATES]],
+                                        min(limit, 4))
+            source = "model"
+            if misses:
+                log.info("model named %d products outside the candidates", misses)
+        except ModelUnavailable as exc:
+            log.warning("serving fallback for %s: %s", shop.domain, exc)
+    chosen = {p.product.id for p in picks}
+    for product_id in ranking:
+        if len(picks) >= limit:
+            break
+        if product_id not in chosen:
+            product = sellable[product_id]
+            picks.append(Pick(product, reason_for(catalog[product_id])))
+    return picks[:limit], source
+
+
+def as_json(pick: Pick) -> dict:
+    product = pick.product
+    return {
+        "id": product.id, "handle": product.handle, "title": product.title,
+        "url": product.online_store_url or f"/products/{product.handle}", "image": product.image_url,
+        "price": str(min(v.price for v in product.variants)) if product.variants else None,
+        "reason": pick.reason,
+    }
+
+
+def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int) -> dict:
+    """The proxy's reply, from the cache when it can be."""
+    key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit)
+    cached = cache.store().get(key)
+    if cached is not None:
+        return {"products": json.loads(cached), "source": "cache"}
+    picks, source = recommend(shop, viewing, cart, limit)
+    products = [as_json(pick) for pick in picks]
+    # Model answers keep until the next deploy or catalog change; a fallback only briefly (the model may be back).
+    cache.store().set(key, json.dumps(products), 86400 if source == "model" else 60)
+    return {"products": products, "source": source}
+
+
+def precompute(shop: Shop, limit: int = 4, budget_seconds: float | None = None) -> dict:
+    """Every active product's empty-cart block, best-sellers first, so storefront requests hit the cache.
+    With a budget, what is left is computed on its first request instead."""
+    started = time.monotonic()
+    products = {p.id: p for p in db.session.scalars(
+        select(Product).where(Product.shop_id == shop.id, Product.status == "ACTIVE"))}
+    catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products.values()}
+    popularity = copurchase_index(shop.id, catalog).items
+    counts: dict[str, int] = {}
+    for product_id in sorted(products, key=lambda p: (-popularity[p], p)):
+        if budget_seconds is not None and time.monotonic() - started > budget_seconds:
+            counts["deferred"] = counts.get("deferred", 0) + 1
+            continue
+        source = serve(shop, products[product_id], [], limit)["source"]
+        counts[source] = counts.get(source, 0) + 1
+    return counts
