@@ -3,10 +3,11 @@ Every request must carry Shopify's signature; replies are JSON (passed through, 
 
 from __future__ import annotations
 
+from cachetools import TTLCache
 from flask import Blueprint, abort, current_app, g, jsonify, request
 
 from . import cache, recommendations, shops
-from .models import Product, db
+from .models import Product, Shop, db
 from .signatures import is_valid_shop_domain, verify_app_proxy_query
 
 bp = Blueprint("proxy", __name__, url_prefix="/proxy")
@@ -19,10 +20,9 @@ def verify_signature_and_rate():
     if not verify_app_proxy_query(pairs, current_app.config["SHOPIFY_API_SECRET"]):
         abort(401, "App Proxy signature is missing, wrong or expired.")
     domain = request.args.get("shop", "")
-    shop = shops.get_shop(domain) if is_valid_shop_domain(domain) else None
-    if shop is None or not shop.is_installed:
+    g.shop_id = installed_shop_id(domain) if is_valid_shop_domain(domain) else None
+    if g.shop_id is None:
         abort(404, f"Pairwell is not installed on {domain}.")
-    g.shop = shop
     config = current_app.config
     for scope, identity, limit in (("ip", request.access_route[0] if request.access_route else "-",
                                     config["PROXY_LIMIT_PER_IP"]),
@@ -34,6 +34,18 @@ def verify_signature_and_rate():
             return response
 
 
+def installed_shop_id(domain: str) -> int | None:
+    """The installed shop's id, remembered for 30 seconds: a storefront burst costs no shop query (an
+    uninstall shows within those 30 seconds)."""
+    known = current_app.extensions.setdefault("pairwell_installed_shops", TTLCache(maxsize=10_000, ttl=30))
+    if domain not in known:
+        shop = shops.get_shop(domain)
+        if shop is None or not shop.is_installed:
+            return None
+        known[domain] = shop.id
+    return known[domain]
+
+
 def _product_id(value: str, what: str) -> int:
     if not value.isdigit():
         abort(400, f"{what} must be a numeric Shopify product id, got {value[:40]!r}.")
@@ -41,7 +53,7 @@ def _product_id(value: str, what: str) -> int:
 
 
 def _product(product_id: int) -> Product:
-    product = db.session.get(Product, (g.shop.id, product_id))
+    product = db.session.get(Product, (g.shop_id, product_id))
     if product is None:
         abort(400, f"Unknown product {product_id}.")
     return product
@@ -49,13 +61,18 @@ def _product(product_id: int) -> Product:
 
 @bp.get("/recommendations")
 def product_recommendations():
-    viewing = _product(_product_id(request.args.get("product_id", ""), "product_id"))
-    cart_ids = [part for part in request.args.get("cart", "").split(",") if part.strip()]
+    product_id = _product_id(request.args.get("product_id", ""), "product_id")
+    cart_ids = [part.strip() for part in request.args.get("cart", "").split(",") if part.strip()]
     if len(cart_ids) > MAX_CART_ITEMS:
         abort(400, f"cart has {len(cart_ids)} items; at most {MAX_CART_ITEMS}.")
-    cart = [p for p in (db.session.get(Product, (g.shop.id, _product_id(c.strip(), "cart item"))) for c in cart_ids)
-            if p is not None]  # a cart may hold products deleted since: ignore them
+    cart_ids = [_product_id(c, "cart item") for c in cart_ids]
     limit = request.args.get("limit", "4")
     if not limit.isdigit() or not 1 <= int(limit) <= 10:
         abort(400, "limit must be a whole number from 1 to 10.")
-    return recommendations.serve(g.shop, viewing, cart, int(limit))
+    cached = recommendations.cached(g.shop_id, product_id, cart_ids, int(limit))
+    if cached is not None:  # the fast path: no database query at all
+        return cached
+    viewing = _product(product_id)
+    cart = [p for p in (db.session.get(Product, (g.shop_id, c)) for c in cart_ids)
+            if p is not None]  # a cart may hold products deleted since: ignore them
+    return recommendations.serve(db.session.get(Shop, g.shop_id), viewing, cart, int(limit))

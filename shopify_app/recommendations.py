@@ -139,12 +139,17 @@ def as_json(pick: Pick) -> dict:
     }
 
 
+def cached(shop_id: int, product_id: int, cart: list[int], limit: int) -> dict | None:
+    value = cache.store().get(cache_key(shop_id, product_id, cart, limit))
+    return {"products": json.loads(value), "source": "cache"} if value is not None else None
+
+
 def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int) -> dict:
     """The proxy's reply, from the cache when it can be."""
     key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit)
-    cached = cache.store().get(key)
-    if cached is not None:
-        return {"products": json.loads(cached), "source": "cache"}
+    hit = cached(shop.id, viewing.id, [c.id for c in cart], limit)
+    if hit is not None:
+        return hit
     picks, source = recommend(shop, viewing, cart, limit)
     products = [as_json(pick) for pick in picks]
     # Model answers keep until the next deploy or catalog change; a fallback only briefly (the model may be back).
