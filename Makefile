@@ -19,9 +19,14 @@ install: $(INSTALLED)
 demo: install
 	$(VENV)/bin/pairwell demo
 
-test: install
+test: install $(VENV)/theme-check
 	scripts/install-test-packages
 	VENV=$(VENV) scripts/run-tests
+
+# Shopify's offline theme linter, for the theme app extension test.
+$(VENV)/theme-check:
+	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm >/dev/null)
+	npm install --silent --no-audit --no-fund --prefix $@ @shopify/theme-check-node
 
 serve: install
 	$(VENV)/bin/pairwell serve
