@@ -176,3 +176,27 @@ def proxy_url(shop, product_id, cart, limit):
     params["signature"] = app_proxy_signature(params.items(), current_app.config["SHOPIFY_API_SECRET"])
     base = current_app.config["SHOPIFY_APP_URL"]
     click.echo(f"{base}/proxy/recommendations?{urlencode(params)}")
+
+
+@cli.command()
+@click.argument("shop")
+@click.option("--rollback", "roll_back", is_flag=True, help="Bring back the previously live model version.")
+def deploy(shop, roll_back):
+    """Make SHOP's newest verified model live on the model host (Ollama or embedded), or roll back."""
+    from worker.pipeline import rollback, stage_deploy
+
+    from .models import ModelVersion, TrainingRun
+
+    record = _installed_shop(shop)
+    if roll_back:
+        model = rollback(record)
+        if model is None:
+            raise click.ClickException(f"{shop} has no earlier model version to roll back to.")
+    else:
+        model = db.session.scalars(select(ModelVersion).where(
+            ModelVersion.shop_id == record.id, ModelVersion.status == "verified")
+            .order_by(ModelVersion.version.desc())).first()
+        if model is None:
+            raise click.ClickException(f"{shop} has no verified model version waiting to be deployed.")
+        stage_deploy(db.session.get(TrainingRun, model.training_run_id))
+    click.echo(f"model v{model.version} is {model.status} on {model.metrics.get('deployment', {}).get('host')}")

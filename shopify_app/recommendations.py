@@ -15,7 +15,7 @@ from sqlalchemy import select
 from worker.datasets import RECOMMEND_SYSTEM, CoPurchase, Item, load_baskets, parse_answer, reason_for
 
 from . import cache
-from .model_host import ModelUnavailable, embedded_host
+from .model_host import ModelUnavailable, host_for, json_schema_for
 from .models import ModelVersion, Product, Shop, db
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,16 @@ def model_picks(shop: Shop, model: ModelVersion, viewing: Product, cart: list[Pr
     messages = [{"role": "system", "content": RECOMMEND_SYSTEM.format(shop=shop.domain)},
                 {"role": "user", "content": recommendation_prompt(viewing.title, [c.title for c in cart],
                                                                   [c.title for c in candidates])}]
-    text = embedded_host.chat(model.gguf_path, messages, grammar=title_grammar([c.title for c in candidates], limit),
-                              timeout=current_app.config["MODEL_BUDGET_SECONDS"])
+    titles = [c.title for c in candidates]
+    host = host_for(current_app)
+    if host.name == "ollama":
+        name = (model.metrics or {}).get("deployment", {}).get("name")
+        if not name:
+            raise ModelUnavailable(f"model v{model.version} is not deployed on Ollama")
+        text = host.chat(name, messages, schema=json_schema_for(titles, limit))
+    else:
+        text = host.chat(model.gguf_path, messages, grammar=title_grammar(titles, limit),
+                         timeout=current_app.config["MODEL_BUDGET_SECONDS"])
     by_title = {c.title.casefold(): c for c in candidates}
     picks, misses = [], 0
     for record in parse_answer(text):

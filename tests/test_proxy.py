@@ -123,7 +123,7 @@ def test_rate_limit_answers_429_with_retry_after(app, client, installed_shop, st
     assert other_ip.status_code == 200
 
 
-def test_deploy_makes_a_verified_model_live_and_refuses_a_rejected_one(installed_shop):
+def test_deploy_makes_a_verified_model_live_and_refuses_a_rejected_one(installed_shop, tiny_gguf):
     from shopify_app.models import TrainingRun
     from worker.pipeline import stage_deploy
 
@@ -133,7 +133,7 @@ def test_deploy_makes_a_verified_model_live_and_refuses_a_rejected_one(installed
         db.session.add(run)
         db.session.flush()
         models.append(ModelVersion(shop_id=installed_shop.id, training_run_id=run.id, version=version,
-                                   gguf_path="x.gguf", quantization="q8_0", size_bytes=1, sha256="0" * 64,
+                                   gguf_path=str(tiny_gguf), quantization="q8_0", size_bytes=1, sha256="0" * 64,
                                    base_model="b", status=status))
         runs.append(run)
     db.session.add_all(models)

@@ -16,7 +16,7 @@ from shopify_app.models import ModelVersion, Product, Shop, TrainingRun, db, utc
 
 from . import export, training
 from .base_model import prepare_base_model, smollm2_gguf
-from .datasets import build_datasets
+from .datasets import RECOMMEND_SYSTEM, build_datasets
 
 log = logging.getLogger(__name__)
 STALE_AFTER = timedelta(minutes=15)
@@ -142,9 +142,7 @@ def stage_export(run: TrainingRun, quantization: str = "q8_0") -> ModelVersion:
 
 
 def stage_deploy(run: TrainingRun) -> ModelVersion | None:
-    """Make the run's verified model the shop's live one on the embedded host; a rejected one never goes live."""
-    from shopify_app import recommendations
-
+    """Make the run's verified model the shop's live one on the configured host; a rejected one never goes live."""
     model = db.session.scalar(select(ModelVersion).where(ModelVersion.training_run_id == run.id))
     if model is None or model.status == "deployed":
         return model
@@ -153,14 +151,37 @@ def stage_deploy(run: TrainingRun) -> ModelVersion | None:
         model.metrics = {**model.metrics, "deploy": f"refused: model v{model.version} is {model.status}"}
         db.session.commit()
         return model
-    for live in db.session.scalars(select(ModelVersion).where(
-            ModelVersion.shop_id == run.shop_id, ModelVersion.status == "deployed")):
-        live.status = "retired"
-    model.status, model.deployed_at = "deployed", utcnow()
+    activate(model)
     run.stage = "deployed"
     db.session.commit()
-    recommendations.invalidate(run.shop_id)
     return model
+
+
+def activate(model: ModelVersion) -> None:
+    """Put a model version on the configured host and make it the shop's live one (deploy or roll back)."""
+    from shopify_app import recommendations
+    from shopify_app.model_host import host_for
+
+    shop = db.session.get(Shop, model.shop_id)
+    host = host_for(current_app)
+    name = host.deploy(model.gguf_path, shop.domain, model.version, RECOMMEND_SYSTEM.format(shop=shop.domain))
+    for live in db.session.scalars(select(ModelVersion).where(
+            ModelVersion.shop_id == model.shop_id, ModelVersion.status == "deployed")):
+        live.status = "retired"
+    model.status, model.deployed_at = "deployed", utcnow()
+    model.metrics = {**(model.metrics or {}), "deployment": {"host": host.name, "name": name}}
+    db.session.commit()
+    recommendations.invalidate(model.shop_id)
+
+
+def rollback(shop: Shop) -> ModelVersion | None:
+    """Bring back the most recently retired version (the live one is retired in turn)."""
+    previous = db.session.scalars(select(ModelVersion).where(
+        ModelVersion.shop_id == shop.id, ModelVersion.status == "retired").order_by(ModelVersion.deployed_at.desc(),
+                                                                                     ModelVersion.version.desc())).first()
+    if previous is not None:
+        activate(previous)
+    return previous
 
 
 def base_model_answer(messages: list[dict]) -> str:

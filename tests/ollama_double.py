@@ -1,0 +1,84 @@
+"""A loopback Ollama for tests, speaking the documented routes and reply shapes: blobs (HEAD/POST), create
+(streamed or not), chat (with `format` as a JSON schema), tags, delete. It does not run models: its chat
+answers the schema with the first allowed titles, which is all a client test needs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from datetime import datetime, timezone
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.serving import make_server
+
+
+class OllamaDouble:
+    def __init__(self):
+        self.blobs: dict[str, bytes] = {}
+        self.models: dict[str, dict] = {}
+        self.chats: list[dict] = []
+        self.down = False
+        app = Flask("ollama_double")
+        app.add_url_rule("/api/blobs/<digest>", view_func=self.blob, methods=["HEAD", "POST"])
+        app.add_url_rule("/api/create", view_func=self.create, methods=["POST"])
+        app.add_url_rule("/api/chat", view_func=self.chat, methods=["POST"])
+        app.add_url_rule("/api/tags", view_func=self.tags)
+        app.add_url_rule("/api/delete", view_func=self.delete, methods=["DELETE"])
+        app.before_request(lambda: (jsonify(error="connection refused"), 503) if self.down else None)
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def stop(self):
+        self.server.shutdown()
+
+    def blob(self, digest: str):
+        if request.method == "HEAD":
+            return Response(status=200 if digest in self.blobs else 404)
+        body = request.get_data()
+        if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            return jsonify(error="digest mismatch"), 400
+        self.blobs[digest] = body
+        return Response(status=201)
+
+    def create(self):
+        spec = request.get_json()
+        missing = [d for d in (spec.get("files") or {}).values() if d not in self.blobs]
+        if missing:
+            return jsonify(error=f"blob {missing[0]} not found"), 400
+        self.models[spec["model"]] = spec
+        statuses = ["parsing GGUF", "using existing layer", "writing manifest", "success"]
+        if spec.get("stream", True):
+            return Response("".join(json.dumps({"status": s}) + "\n" for s in statuses),
+                            content_type="application/x-ndjson")
+        return jsonify(status="success")
+
+    def chat(self):
+        spec = request.get_json()
+        self.chats.append(spec)
+        if spec["model"] not in self.models:
+            return jsonify(error=f"model '{spec['model']}' not found"), 404
+        schema = spec.get("format")
+        if isinstance(schema, dict) and schema.get("type") == "array":
+            titles = schema["items"]["properties"]["title"]["enum"][:schema.get("maxItems", 1)]
+            content = json.dumps([{"title": t, "reason": "Goes with it"} for t in titles])
+        else:
+            content = "I can help with that."
+        return jsonify(model=spec["model"], created_at=datetime.now(timezone.utc).isoformat(),
+                       message={"role": "assistant", "content": content}, done=True, done_reason="stop",
+                       total_duration=1000, load_duration=10, prompt_eval_count=10, eval_count=20)
+
+    def tags(self):
+        return jsonify(models=[{
+            "name": name, "model": name, "modified_at": datetime.now(timezone.utc).isoformat(),
+            "size": sum(len(self.blobs[d]) for d in spec["files"].values()),
+            "digest": hashlib.sha256(name.encode()).hexdigest(),
+            "details": {"format": "gguf", "family": "llama", "parameter_size": "135M", "quantization_level": "Q8_0"},
+        } for name, spec in self.models.items()])
+
+    def delete(self):
+        name = request.get_json()["model"]
+        if self.models.pop(name, None) is None:
+            return jsonify(error=f"model '{name}' not found"), 404
+        return Response(status=200)

@@ -1,0 +1,70 @@
+"""The Ollama host against a loopback double of Ollama's API: deploy (blob + create with our template and
+stop tokens), constrained chat through the proxy, versions, rollback, and the fallback when Ollama is down."""
+
+import pytest
+
+from shopify_app.model_host import CHATML_TEMPLATE, STOP_TOKENS, host_for
+from shopify_app.models import ModelVersion, TrainingRun, db
+from worker.pipeline import rollback, stage_deploy
+
+from .ollama_double import OllamaDouble
+from .test_proxy import proxy_url
+
+
+@pytest.fixture
+def ollama(app):
+    double = OllamaDouble()
+    app.config["OLLAMA_HOST"] = double.url
+    yield double
+    double.stop()
+
+
+def verified_model(shop, tmp_path, version: int) -> tuple[TrainingRun, ModelVersion]:
+    gguf = tmp_path / f"v{version}.gguf"
+    gguf.write_bytes(b"GGUF" + bytes([version]) * 64)
+    run = TrainingRun(shop_id=shop.id, status="succeeded")
+    db.session.add(run)
+    db.session.flush()
+    model = ModelVersion(shop_id=shop.id, training_run_id=run.id, version=version, gguf_path=str(gguf),
+                         quantization="q8_0", size_bytes=68, sha256="0" * 64, base_model="b", status="verified")
+    db.session.add(model)
+    db.session.commit()
+    return run, model
+
+
+def test_deploy_uploads_and_creates_with_our_template_and_stops(app, ollama, installed_shop, tmp_path):
+    run, model = verified_model(installed_shop, tmp_path, 1)
+    stage_deploy(run)
+    name = "pairwell-outdoor-test:v1"
+    assert model.status == "deployed" and model.metrics["deployment"] == {"host": "ollama", "name": name}
+    spec = ollama.models[name]
+    assert spec["template"] == CHATML_TEMPLATE and spec["parameters"]["stop"] == STOP_TOKENS
+    assert list(ollama.blobs.values()) == [(tmp_path / "v1.gguf").read_bytes()]
+    assert host_for(app).versions(installed_shop.domain) == [name] and host_for(app).health()
+
+
+def test_proxy_asks_ollama_with_a_candidate_schema(client, ollama, installed_shop, store, tmp_path):
+    stage_deploy(verified_model(installed_shop, tmp_path, 1)[0])
+    body = client.get(proxy_url(installed_shop.domain, product_id=store.products[0].id, limit=3)).json
+    assert body["source"] == "model" and len(body["products"]) == 3
+    schema = ollama.chats[-1]["format"]
+    assert schema["maxItems"] == 3 and len(schema["items"]["properties"]["title"]["enum"]) == 8
+    assert {p["title"] for p in body["products"]} <= set(schema["items"]["properties"]["title"]["enum"])
+
+
+def test_ollama_down_means_fallback_products(client, ollama, installed_shop, store, tmp_path):
+    stage_deploy(verified_model(installed_shop, tmp_path, 1)[0])
+    ollama.down = True
+    assert not host_for(client.application).health()
+    body = client.get(proxy_url(installed_shop.domain, product_id=store.products[1].id, limit=4)).json
+    assert body["source"] == "fallback" and len(body["products"]) == 4
+
+
+def test_rollback_reactivates_the_previous_version(ollama, installed_shop, tmp_path):
+    first_run, first = verified_model(installed_shop, tmp_path, 1)
+    second_run, second = verified_model(installed_shop, tmp_path, 2)
+    stage_deploy(first_run)
+    stage_deploy(second_run)
+    assert (first.status, second.status) == ("retired", "deployed")
+    assert rollback(installed_shop).id == first.id
+    assert (first.status, second.status) == ("deployed", "retired")
