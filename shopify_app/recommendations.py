@@ -4,8 +4,10 @@ does not fill comes from the co-purchase ranking, so the storefront always gets 
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -21,6 +23,7 @@ from .models import ModelVersion, Product, Shop, db
 log = logging.getLogger(__name__)
 CANDIDATES = 8
 INDEX_TTL_SECONDS = 600
+PRECOMPUTE_BUDGET_SECONDS = 20.0  # nobody waits on a precompute: let the model finish
 _indexes: dict[int, tuple[float, CoPurchase]] = {}
 
 
@@ -75,7 +78,7 @@ def title_grammar(titles: list[str], lines: int) -> str:
 
 
 def model_picks(shop: Shop, model: ModelVersion, viewing: Product, cart: list[Product],
-                candidates: list[Product], limit: int) -> tuple[list[Pick], int]:
+                candidates: list[Product], limit: int, budget: float | None = None) -> tuple[list[Pick], int]:
     """The model's choice among the candidates; returns the picks and how many names matched nothing."""
     from worker.datasets import recommendation_prompt
 
@@ -91,16 +94,22 @@ def model_picks(shop: Shop, model: ModelVersion, viewing: Product, cart: list[Pr
         text = host.chat(name, messages, schema=json_schema_for(titles, limit))
     else:
         text = host.chat(model.gguf_path, messages, grammar=title_grammar(titles, limit),
-                         timeout=current_app.config["MODEL_BUDGET_SECONDS"])
-    by_title = {c.title.casefold(): c for c in candidates}
+                         timeout=budget or current_app.config["MODEL_BUDGET_SECONDS"])
+    by_title = {normalise(c.title): c for c in candidates}
     picks, misses = [], 0
     for record in parse_answer(text):
-        product = by_title.get(record["title"].strip().casefold())
+        name = normalise(record["title"])
+        close = difflib.get_close_matches(name, by_title, n=1, cutoff=0.9)
+        product = by_title.get(name) or (by_title[close[0]] if close else None)
         if product is None:
             misses += 1
         elif all(p.product.id != product.id for p in picks):
             picks.append(Pick(product, str(record.get("reason") or "").strip()))
     return picks, misses
+
+
+def normalise(title: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", title.casefold()).split())
 
 
 def live_model(shop: Shop) -> ModelVersion | None:
@@ -109,7 +118,8 @@ def live_model(shop: Shop) -> ModelVersion | None:
         .order_by((ModelVersion.status == "deployed").desc(), ModelVersion.version.desc())).first()
 
 
-def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int) -> tuple[list[Pick], str]:
+def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int,
+              budget: float | None = None) -> tuple[list[Pick], str]:
     products = db.session.scalars(select(Product).where(Product.shop_id == shop.id)).all()
     catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products if p.status == "ACTIVE"}
     sellable = {p.id: p for p in products
@@ -121,9 +131,12 @@ def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int) -> 
     if model is not None:
         try:
             picks, misses = model_picks(shop, model, viewing, cart, [sellable[p] for p in ranking[:CANDIDATES]],
-                                        min(limit, 4))
+                                        min(limit, 4), budget)
             source = "model"
+            # The raw miss rate, for evaluation: names the model gave that matched no candidate.
+            cache.store().incr(f"model-names:{shop.id}", 30 * 86400)
             if misses:
+                cache.store().incr(f"model-misses:{shop.id}", 30 * 86400)
                 log.info("model named %d products outside the candidates", misses)
         except ModelUnavailable as exc:
             log.warning("serving fallback for %s: %s", shop.domain, exc)
@@ -152,13 +165,14 @@ def cached(shop_id: int, product_id: int, cart: list[int], limit: int) -> dict |
     return {"products": json.loads(value), "source": "cache"} if value is not None else None
 
 
-def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int) -> dict:
-    """The proxy's reply, from the cache when it can be."""
+def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None) -> dict:
+    """The proxy's reply, from the cache when it can be. `budget`: seconds the model may take (default: the
+    storefront's MODEL_BUDGET_SECONDS)."""
     key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit)
     hit = cached(shop.id, viewing.id, [c.id for c in cart], limit)
     if hit is not None:
         return hit
-    picks, source = recommend(shop, viewing, cart, limit)
+    picks, source = recommend(shop, viewing, cart, limit, budget)
     products = [as_json(pick) for pick in picks]
     # Model answers keep until the next deploy or catalog change; a fallback only briefly (the model may be back).
     cache.store().set(key, json.dumps(products), 86400 if source == "model" else 60)
@@ -178,6 +192,6 @@ def precompute(shop: Shop, limit: int = 4, budget_seconds: float | None = None) 
         if budget_seconds is not None and time.monotonic() - started > budget_seconds:
             counts["deferred"] = counts.get("deferred", 0) + 1
             continue
-        source = serve(shop, products[product_id], [], limit)["source"]
+        source = serve(shop, products[product_id], [], limit, budget=PRECOMPUTE_BUDGET_SECONDS)["source"]
         counts[source] = counts.get(source, 0) + 1
     return counts

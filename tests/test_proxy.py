@@ -145,3 +145,20 @@ def test_deploy_makes_a_verified_model_live_and_refuses_a_rejected_one(installed
     assert "refused" in models[1].metrics["deploy"]
     stage_deploy(runs[2])
     assert [m.status for m in models] == ["retired", "rejected", "deployed"]
+
+
+def test_model_names_are_matched_exactly_then_fuzzily_and_misses_dropped(app, installed_shop, store, monkeypatch):
+    from shopify_app import recommendations
+
+    products = db.session.scalars(db.select(Product).where(Product.status == "ACTIVE").limit(4)).all()
+    reply = "\n".join([
+        f'{{"title": "{products[0].title}", "reason": "Exact"}}',
+        f'{{"title": "{products[1].title.upper()}!", "reason": "Case and punctuation"}}',
+        '{"title": "A Tent That Does Not Exist", "reason": "Invented"}',
+        f'{{"title": "{products[0].title}", "reason": "Duplicate"}}',
+    ])
+    monkeypatch.setattr(recommendations.host_for(app), "chat", lambda *a, **k: reply)
+    model = ModelVersion(shop_id=installed_shop.id, version=1, gguf_path="x", quantization="q8_0", size_bytes=1,
+                         sha256="0", base_model="b")
+    picks, misses = recommendations.model_picks(installed_shop, model, products[3], [], products[:3], 4)
+    assert [p.product.id for p in picks] == [products[0].id, products[1].id] and misses == 1

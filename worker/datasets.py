@@ -185,7 +185,7 @@ def _example(system: str, viewing: Item, cart: list[Item], answer: list[Item], c
 
 
 def basket_examples(baskets: list[list[int]], stats: CoPurchase, catalog: dict[int, Item], system: str,
-                    rng: random.Random, *, per_basket: int = 2, filter_noise: bool = True) -> list[dict]:
+                    rng: random.Random, *, per_basket: int = 3, filter_noise: bool = True) -> list[dict]:
     examples = []
     for basket in baskets:
         if len(basket) < 3:
