@@ -69,7 +69,7 @@ def product_recommendations():
     limit = request.args.get("limit", "4")
     if not limit.isdigit() or not 1 <= int(limit) <= 10:
         abort(400, "limit must be a whole number from 1 to 10.")
-    cached = recommendations.cached(g.shop_id, product_id, cart_ids, int(limit))
+    cached = recommendations.cached(recommendations.cache_key(g.shop_id, product_id, cart_ids, int(limit)))
     if cached is not None:  # the fast path: no database query at all
         return cached
     viewing = _product(product_id)

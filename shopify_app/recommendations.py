@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from worker.datasets import RECOMMEND_SYSTEM, CoPurchase, Item, load_baskets, parse_answer, reason_for
 
@@ -120,7 +121,8 @@ def live_model(shop: Shop) -> ModelVersion | None:
 
 def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int,
               budget: float | None = None) -> tuple[list[Pick], str]:
-    products = db.session.scalars(select(Product).where(Product.shop_id == shop.id)).all()
+    products = db.session.scalars(
+        select(Product).where(Product.shop_id == shop.id).options(selectinload(Product.variants))).all()
     catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products if p.status == "ACTIVE"}
     sellable = {p.id: p for p in products
                 if p.status == "ACTIVE" and any(v.available_for_sale and v.inventory_quantity > 0 for v in p.variants)}
@@ -160,8 +162,8 @@ def as_json(pick: Pick) -> dict:
     }
 
 
-def cached(shop_id: int, product_id: int, cart: list[int], limit: int) -> dict | None:
-    value = cache.store().get(cache_key(shop_id, product_id, cart, limit))
+def cached(key: str) -> dict | None:
+    value = cache.store().get(key)
     return {"products": json.loads(value), "source": "cache"} if value is not None else None
 
 
@@ -169,7 +171,7 @@ def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget:
     """The proxy's reply, from the cache when it can be. `budget`: seconds the model may take (default: the
     storefront's MODEL_BUDGET_SECONDS)."""
     key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit)
-    hit = cached(shop.id, viewing.id, [c.id for c in cart], limit)
+    hit = cached(key)
     if hit is not None:
         return hit
     picks, source = recommend(shop, viewing, cart, limit, budget)

@@ -4,7 +4,6 @@ records what happened on the row, and is safe to run twice (a retried task finds
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +17,6 @@ from . import export, training
 from .base_model import prepare_base_model, smollm2_gguf
 from .datasets import RECOMMEND_SYSTEM, build_datasets
 
-log = logging.getLogger(__name__)
 STALE_AFTER = timedelta(minutes=15)
 
 
