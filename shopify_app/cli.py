@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import click
 from flask import current_app
@@ -200,3 +201,48 @@ def deploy(shop, roll_back):
             raise click.ClickException(f"{shop} has no verified model version waiting to be deployed.")
         stage_deploy(db.session.get(TrainingRun, model.training_run_id))
     click.echo(f"model v{model.version} is {model.status} on {model.metrics.get('deployment', {}).get('host')}")
+
+
+@cli.command()
+@click.argument("shop", required=False)
+@click.option("--orders", "orders_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV or Parquet with order_id, product_id, created_at (optional quantity, title).")
+@click.option("--products", "products_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV or Parquet with product_id, title.")
+@click.option("--columns", default="", help="Our name=their column, comma-separated, e.g. order_id=InvoiceNo.")
+@click.option("--skip-orders-prefix", default=None, help="Drop orders whose id starts with this (cancellations).")
+@click.option("--skip-products", default="", help="Comma-separated product ids that are not products (postage).")
+@click.option("--test-fraction", default=0.2, show_default=True, type=float)
+@click.option("--cases", default=5000, show_default=True, type=int, help="Test baskets to score (sampled).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
+def evaluate(shop, orders_file, products_file, columns, skip_orders_prefix, skip_products, test_fraction, cases, out):
+    """Score the recommenders on a shop's orders or on order files: hide one product per test basket."""
+    import json
+
+    from worker import evaluation
+
+    if orders_file:
+        mapping = dict(pair.split("=", 1) for pair in columns.split(",") if "=" in pair)
+        skip = {p.strip() for p in skip_products.split(",") if p.strip()}
+        baskets, _ = evaluation.load_order_file(orders_file, mapping, skip_orders=skip_orders_prefix,
+                                                skip_products=skip)
+        source = str(orders_file)
+    elif shop:
+        from worker.datasets import load_baskets, load_catalog
+
+        record = _installed_shop(shop)
+        baskets = [evaluation.Basket(str(i), created, [str(p) for p in products]) for i, (created, products)
+                   in enumerate(load_baskets(record.id, load_catalog(record.id)))]
+        source = shop
+    else:
+        raise click.UsageError("Name a SHOP or give --orders FILE.")
+    if products_file:
+        click.echo("note: --products titles are read by the semantic recommender, which is not built yet")
+    report = evaluation.evaluate(baskets, test_fraction=test_fraction, cases_limit=cases)
+    report["source"] = source
+    click.echo(f"{source}: {report['split']['train_orders']} training and {report['split']['test_orders']} test "
+               f"orders (split at {report['split']['split_at']}), catalog {report['split']['catalog']}")
+    click.echo(evaluation.markdown(report))
+    if out:
+        out.write_text(json.dumps(report, indent=2))
+        click.echo(f"report: {out}")
