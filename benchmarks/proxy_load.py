@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlencode
 
 import requests
 
@@ -28,12 +27,9 @@ SECRET = "benchmark-secret-long-enough-for-hs256"
 
 
 def signed_url(base: str, shop: str, **params) -> str:
-    from shopify_app.signatures import app_proxy_signature
+    from shopify_app.signatures import signed_app_proxy_query
 
-    query = {"shop": shop, "logged_in_customer_id": "", "path_prefix": "/apps/pairwell",
-             "timestamp": str(int(time.time())), **{k: str(v) for k, v in params.items()}}
-    query["signature"] = app_proxy_signature(query.items(), SECRET)
-    return f"{base}/proxy/recommendations?{urlencode(query)}"
+    return f"{base}/proxy/recommendations?{signed_app_proxy_query(shop, SECRET, **params)}"
 
 
 def install_sample_store(env: dict, gguf: Path | None) -> tuple[str, list[int]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -166,17 +165,11 @@ def export_command(shop, quantization):
 @click.option("--limit", default=4, type=int)
 def proxy_url(shop, product_id, cart, limit):
     """Print a freshly signed App Proxy URL (valid 90 s) for SHOP's recommendations, as Shopify would send it."""
-    from urllib.parse import urlencode
+    from .signatures import signed_app_proxy_query
 
-    from .signatures import app_proxy_signature
-
-    params = {"shop": shop, "logged_in_customer_id": "", "path_prefix": "/apps/pairwell",
-              "timestamp": str(int(time.time())), "product_id": str(product_id), "limit": str(limit)}
-    if cart:
-        params["cart"] = cart
-    params["signature"] = app_proxy_signature(params.items(), current_app.config["SHOPIFY_API_SECRET"])
-    base = current_app.config["SHOPIFY_APP_URL"]
-    click.echo(f"{base}/proxy/recommendations?{urlencode(params)}")
+    params = {"product_id": product_id, "limit": limit, **({"cart": cart} if cart else {})}
+    query = signed_app_proxy_query(shop, current_app.config["SHOPIFY_API_SECRET"], **params)
+    click.echo(f"{current_app.config['SHOPIFY_APP_URL']}/proxy/recommendations?{query}")
 
 
 @cli.command()

@@ -11,6 +11,7 @@ import hmac
 import re
 import time
 from collections.abc import Iterable
+from urllib.parse import urlencode
 
 SHOP_DOMAIN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]*\.myshopify\.com$")
 PROXY_MAX_SKEW_SECONDS = 90
@@ -43,6 +44,14 @@ def app_proxy_signature(pairs: Iterable[tuple[str, str]], secret: str) -> str:
             values.setdefault(key, []).append(value)
     message = "".join(sorted(f"{k}={','.join(v)}" for k, v in values.items()))
     return _hex_hmac(secret, message)
+
+
+def signed_app_proxy_query(shop: str, secret: str, timestamp: float | None = None, **params) -> str:
+    """The query string Shopify sends to the proxy for a guest on /apps/pairwell (CLI, benchmark, tests)."""
+    query = {"shop": shop, "logged_in_customer_id": "", "path_prefix": "/apps/pairwell",
+             "timestamp": str(int(timestamp or time.time())), **{k: str(v) for k, v in params.items()}}
+    query["signature"] = app_proxy_signature(query.items(), secret)
+    return urlencode(query)
 
 
 def verify_app_proxy_query(pairs: list[tuple[str, str]], secret: str, now: float | None = None) -> bool:

@@ -3,22 +3,18 @@ ranking, and the model path (a tiny GGUF under a candidate grammar) — always r
 
 import time
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 
 from shopify_app.models import ModelVersion, Product, db
-from shopify_app.signatures import app_proxy_signature
+from shopify_app.signatures import signed_app_proxy_query
 from worker.export import convert_to_gguf
 
 from .conftest import API_SECRET
 
 
 def proxy_url(shop: str, secret: str = API_SECRET, timestamp: float | None = None, **params) -> str:
-    query = {"shop": shop, "logged_in_customer_id": "", "path_prefix": "/apps/pairwell",
-             "timestamp": str(int(timestamp or time.time())), **{k: str(v) for k, v in params.items()}}
-    query["signature"] = app_proxy_signature(query.items(), secret)
-    return "/proxy/recommendations?" + urlencode(query)
+    return "/proxy/recommendations?" + signed_app_proxy_query(shop, secret, timestamp, **params)
 
 
 def sellable(product: Product) -> bool:
