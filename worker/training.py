@@ -34,7 +34,8 @@ class TrainConfig:
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     learning_rate: float = 3e-4
     epochs: int = 2
-    batch_tokens: int = 4096  # tokens (padded) per optimizer step
+    batch_tokens: int | None = None  # padded tokens a step; None: 4096 on CPU, 16384 on a GPU (launch-bound
+    # below that: an H100 takes ~0.35 s a LoRA step of this model whatever its size, docs/benchmarks.md)
     max_length: int = 384
     warmup_steps: int = 10
     patience: int = 1  # epochs without eval improvement before stopping
@@ -150,11 +151,12 @@ def train(base_dir: Path, dataset_dir: Path, out_dir: Path, config: TrainConfig,
             lora_dropout=config.lora_dropout, target_modules=config.target_modules))
         state = {"epoch": 0, "batch": 0, "step": 0, "best_eval": None, "stale_epochs": 0, "history": []}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
-                                  weight_decay=0.0)
+                                  weight_decay=0.0, fused=device.type == "cuda")
     if (checkpoint / "optimizer.pt").exists():
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt"))
 
-    epoch_batches = [bucket_batches(train_set, config.batch_tokens, random.Random(config.seed + e))
+    batch_tokens = config.batch_tokens or (16384 if device.type == "cuda" else 4096)
+    epoch_batches = [bucket_batches(train_set, batch_tokens, random.Random(config.seed + e))
                      for e in range(config.epochs)]
     total_steps = sum(len(b) for b in epoch_batches)
 
@@ -177,7 +179,7 @@ def train(base_dir: Path, dataset_dir: Path, out_dir: Path, config: TrainConfig,
         eval_started = time.perf_counter()
         model.eval()
         total, count = 0.0, 0
-        for indices in bucket_batches(eval_set, config.batch_tokens, random.Random(0)):
+        for indices in bucket_batches(eval_set, batch_tokens, random.Random(0)):
             batch = collate(eval_set, indices, tokenizer.pad_token_id or tokenizer.eos_token_id, device)
             with autocast():
                 loss = completion_loss(model, batch)
