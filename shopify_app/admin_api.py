@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, g, request
 from sqlalchemy import func, select
 
-from . import shops
+from . import analytics, shops
 from .auth import session_token_required
 from .models import Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db
 
@@ -110,3 +110,12 @@ def start_sync():
     from worker.tasks import enqueue_full_sync
 
     return sync_run_json(enqueue_full_sync(_current_shop())), 202
+
+
+@bp.get("/storefront-metrics")
+def storefront_metrics():
+    """CTR, add-to-cart rate and AOV of the "pairs well with" block, overall and by source."""
+    days = request.args.get("days", "30")
+    if not days.isdigit() or not 1 <= int(days) <= 365:
+        abort(400, "days must be a whole number from 1 to 365.")
+    return analytics.summary(_current_shop().id, int(days))

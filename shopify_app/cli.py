@@ -175,7 +175,8 @@ def proxy_url(shop, product_id, cart, limit):
 @cli.command()
 @click.argument("shop")
 @click.option("--rollback", "roll_back", is_flag=True, help="Bring back the previously live model version.")
-def deploy(shop, roll_back):
+@click.option("--force", is_flag=True, help="Deploy even a version the evaluation gate refused.")
+def deploy(shop, roll_back, force):
     """Make SHOP's newest verified model live on the model host (Ollama or embedded), or roll back."""
     from worker.pipeline import rollback, stage_deploy
 
@@ -192,7 +193,9 @@ def deploy(shop, roll_back):
             .order_by(ModelVersion.version.desc())).first()
         if model is None:
             raise click.ClickException(f"{shop} has no verified model version waiting to be deployed.")
-        stage_deploy(db.session.get(TrainingRun, model.training_run_id))
+        stage_deploy(db.session.get(TrainingRun, model.training_run_id), force=force)
+        if model.status != "deployed":
+            raise click.ClickException(model.metrics.get("deploy", f"model v{model.version} was not deployed"))
     click.echo(f"model v{model.version} is {model.status} on {model.metrics.get('deployment', {}).get('host')}")
 
 
@@ -207,8 +210,14 @@ def deploy(shop, roll_back):
 @click.option("--skip-products", default="", help="Comma-separated product ids that are not products (postage).")
 @click.option("--test-fraction", default=0.2, show_default=True, type=float)
 @click.option("--cases", default=5000, show_default=True, type=int, help="Test baskets to score (sampled).")
+@click.option("--model", "model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A fine-tuned GGUF: also score the model alone and the hybrid it re-ranks.")
+@click.option("--train-minutes", default=0.0, type=float,
+              help="Fine-tune a model on sampled training orders for this long first, then score it.")
+@click.option("--model-cases", default=300, show_default=True, type=int, help="Test cases the model rows score.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
-def evaluate(shop, orders_file, products_file, columns, skip_orders_prefix, skip_products, test_fraction, cases, out):
+def evaluate(shop, orders_file, products_file, columns, skip_orders_prefix, skip_products, test_fraction, cases,
+             model_file, train_minutes, model_cases, out):
     """Score the recommenders on a shop's orders or on order files: hide one product per test basket."""
     import json
 
@@ -217,24 +226,36 @@ def evaluate(shop, orders_file, products_file, columns, skip_orders_prefix, skip
     if orders_file:
         mapping = dict(pair.split("=", 1) for pair in columns.split(",") if "=" in pair)
         skip = {p.strip() for p in skip_products.split(",") if p.strip()}
-        baskets, _ = evaluation.load_order_file(orders_file, mapping, skip_orders=skip_orders_prefix,
-                                                skip_products=skip)
+        baskets, titles = evaluation.load_order_file(orders_file, mapping, skip_orders=skip_orders_prefix,
+                                                     skip_products=skip)
         source = str(orders_file)
     elif shop:
         from worker.datasets import load_baskets, load_catalog
 
         record = _installed_shop(shop)
+        catalog = load_catalog(record.id)
         baskets = [evaluation.Basket(str(i), created, [str(p) for p in products]) for i, (created, products)
-                   in enumerate(load_baskets(record.id, load_catalog(record.id)))]
+                   in enumerate(load_baskets(record.id, catalog))]
+        titles = {str(p): item.title for p, item in catalog.items()}
         source = shop
     else:
         raise click.UsageError("Name a SHOP or give --orders FILE.")
     if products_file:
-        click.echo("note: --products titles are read by the semantic recommender, which is not built yet")
-    report = evaluation.evaluate(baskets, test_fraction=test_fraction, cases_limit=cases)
+        mapping = dict(pair.split("=", 1) for pair in columns.split(",") if "=" in pair)
+        titles |= evaluation.load_product_file(products_file, mapping)
+    import tempfile
+
+    report = evaluation.evaluate(
+        baskets, titles, test_fraction=test_fraction, cases_limit=cases, model_cases=model_cases,
+        chat=evaluation.llama_chat(model_file) if model_file else None, train_minutes=train_minutes,
+        workdir=Path(tempfile.mkdtemp(prefix="pairwell-evaluate-")),
+        progress=lambda name: click.echo(f"scoring {name}…" if name != "fine-tuning" else
+                                         f"fine-tuning for {train_minutes} min…", err=True))
     report["source"] = source
     click.echo(f"{source}: {report['split']['train_orders']} training and {report['split']['test_orders']} test "
                f"orders (split at {report['split']['split_at']}), catalog {report['split']['catalog']}")
+    if "model_trained_on" in report:
+        click.echo(f"model trained on: {json.dumps(report['model_trained_on'])}")
     click.echo(evaluation.markdown(report))
     if out:
         out.write_text(json.dumps(report, indent=2))

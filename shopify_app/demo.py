@@ -95,6 +95,10 @@ def fine_tune(shop, minutes: float) -> None:
     for label, answer in (("Base model", before), ("Fine-tuned", after)):
         named = [r["title"] for r in parse_answer(answer) if r["title"] in titles]
         click.echo(f"\n{label} ({len(named)} real catalog products named):\n{answer.strip()[:600]}")
+    gate = model.metrics.get("gate")
+    if gate:
+        click.echo(f"\nDeploy gate ({gate['cases']} held-out orders): {'passed' if gate['passed'] else 'refused'}, "
+                   f"{gate['reason']}")
     if model.status == "deployed":
         click.echo(f"\nModel v{model.version} is live on the embedded llama.cpp host; storefront blocks for the "
                    "best-sellers are precomputed.")

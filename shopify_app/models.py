@@ -246,3 +246,21 @@ class ModelVersion(db.Model):
     status: Mapped[str] = mapped_column(String(16), default="verified")
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
     deployed_at: Mapped[datetime | None] = mapped_column(Timestamp())
+
+
+class StorefrontEvent(db.Model):
+    """What shoppers did with the "pairs well with" block: it was shown (impression), a product in it was
+    clicked, or a clicked product was then added to the cart. `source` is where the block's products came
+    from (model, cache, fallback), so the model's effect can be read against the fallback's."""
+
+    __tablename__ = "storefront_events"
+    __table_args__ = (Index("ix_storefront_events_shop_created", "shop_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    viewed_product_id: Mapped[int] = mapped_column(BigInteger)
+    product_id: Mapped[int | None] = mapped_column(BigInteger)  # the recommended product (click, add to cart)
+    source: Mapped[str] = mapped_column(String(16), default="unknown")
+    shown: Mapped[int] = mapped_column(Integer, default=0)  # products in the block (impression)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from cachetools import TTLCache
 from flask import Blueprint, abort, current_app, g, jsonify, request
 
-from . import cache, recommendations, shops
+from . import analytics, cache, recommendations, shops
 from .models import Product, Shop, db
 from .signatures import is_valid_shop_domain, verify_app_proxy_query
 
@@ -76,3 +76,13 @@ def product_recommendations():
     cart = [p for p in (db.session.get(Product, (g.shop_id, c)) for c in cart_ids)
             if p is not None]  # a cart may hold products deleted since: ignore them
     return recommendations.serve(db.session.get(Shop, g.shop_id), viewing, cart, int(limit))
+
+
+@bp.post("/events")
+def storefront_events():
+    """The block's impressions, clicks and add-to-carts (sent with navigator.sendBeacon)."""
+    try:
+        stored = analytics.record(g.shop_id, request.get_json(force=True, silent=True))
+    except analytics.BadEvents as exc:
+        abort(400, str(exc))
+    return {"recorded": stored}, 202

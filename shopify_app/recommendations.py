@@ -1,13 +1,12 @@
-""""Pairs well with": co-purchase and catalog candidates, the model picks and explains among them under a
-grammar, and the answer is matched back to real, active, in-stock catalog products. Whatever the model
-does not fill comes from the co-purchase ranking, so the storefront always gets real products."""
+""""Pairs well with": candidates from co-purchase and semantic neighbours (the hybrid retrieval the evaluation
+measures), the model picks and explains among them under a grammar, and the answer is matched back to real,
+active, in-stock catalog products. Whatever the model does not fill comes from the hybrid ranking, so the
+storefront always gets real products."""
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 
@@ -15,23 +14,51 @@ from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from worker.datasets import RECOMMEND_SYSTEM, CoPurchase, Item, load_baskets, parse_answer, reason_for
+from worker.datasets import (
+    CANDIDATES,
+    RECOMMEND_SYSTEM,
+    Item,
+    load_baskets,
+    parse_answer,
+    reason_for,
+    recommendation_prompt,
+)
+from worker.embeddings import SemanticIndex, product_text
+from worker.recommenders import CoPurchase, Hybrid, TitleMatcher
+from worker.runtime import title_grammar
 
 from . import cache
 from .model_host import ModelUnavailable, host_for, json_schema_for
 from .models import ModelVersion, Product, Shop, db
 
 log = logging.getLogger(__name__)
-CANDIDATES = 8
 INDEX_TTL_SECONDS = 600
 PRECOMPUTE_BUDGET_SECONDS = 20.0  # nobody waits on a precompute: let the model finish
-_indexes: dict[int, tuple[float, CoPurchase]] = {}
+_indexes: dict[int, tuple[float, Hybrid]] = {}
 
 
 @dataclass
 class Pick:
     product: Product
     reason: str
+
+
+@dataclass
+class Shelf:
+    """What one shop can recommend right now: active products, the sellable ones, and the retrieval index.
+    Loaded once a request, or once for a whole precompute."""
+    catalog: dict[int, Item]
+    sellable: dict[int, Product]
+    retrieval: Hybrid
+
+
+def load_shelf(shop: Shop) -> Shelf:
+    products = db.session.scalars(
+        select(Product).where(Product.shop_id == shop.id).options(selectinload(Product.variants))).all()
+    catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products if p.status == "ACTIVE"}
+    sellable = {p.id: p for p in products
+                if p.status == "ACTIVE" and any(v.available_for_sale and v.inventory_quantity > 0 for v in p.variants)}
+    return Shelf(catalog, sellable, retrieval_index(shop.id, catalog))
 
 
 def cache_key(shop_id: int, product_id: int, cart: list[int], limit: int) -> str:
@@ -45,44 +72,32 @@ def invalidate(shop_id: int) -> None:
     _indexes.pop(shop_id, None)
 
 
-def copurchase_index(shop_id: int, catalog: dict[int, Item]) -> CoPurchase:
-    """Co-purchase statistics over the shop's orders, rebuilt every few minutes."""
+def retrieval_index(shop_id: int, catalog: dict[int, Item]) -> Hybrid:
+    """Co-purchase over the shop's orders plus embeddings of its products, rebuilt every few minutes (the
+    embeddings of unchanged product texts are remembered, so a rebuild embeds only what changed)."""
     built = _indexes.get(shop_id)
     if built is None or time.monotonic() - built[0] > INDEX_TTL_SECONDS:
-        built = (time.monotonic(), CoPurchase([b for _, b in load_baskets(shop_id, catalog)], catalog))
+        copurchase = CoPurchase(b for _, b in load_baskets(shop_id, catalog))
+        texts = {p: product_text(i.title, i.product_type, i.description) for p, i in sorted(catalog.items())}
+        built = (time.monotonic(), Hybrid(copurchase, SemanticIndex(texts)))
         _indexes[shop_id] = built
     return built[1]
 
 
-def ranked_candidates(index: CoPurchase, sellable: dict[int, Product], viewing: int, cart: list[int]) -> list[int]:
-    """Sellable products by lift with the viewed item (and half-weight with the cart), then by popularity
-    within the viewed item's department, then overall: always enough to fill a block."""
-    excluded = {viewing, *cart}
-    score = {p: index.lift(viewing, p) + 0.5 * sum(index.lift(c, p) for c in cart)
-             for p in sellable if p not in excluded}
-    department = sellable[viewing].product_type if viewing in sellable else None
-    return sorted(score, key=lambda p: (-score[p], sellable[p].product_type != department, -index.items[p], p))
+def ranked_candidates(shelf: Shelf, viewing: int, cart: list[int]) -> list[int]:
+    """Sellable products by the hybrid score with the viewed item and the cart, then the viewed item's
+    department first, then by id: always enough to fill a block."""
+    retrieval = shelf.retrieval
+    scores = retrieval.scores([viewing, *cart])
+    score = {p: float(scores[retrieval.position[p]]) if p in retrieval.position else 0.0
+             for p in shelf.sellable if p not in {viewing, *cart}}
+    department = shelf.sellable[viewing].product_type if viewing in shelf.sellable else None
+    return sorted(score, key=lambda p: (-score[p], shelf.sellable[p].product_type != department, p))
 
 
-def title_grammar(titles: list[str], lines: int) -> str:
-    """GBNF: up to `lines` JSON lines whose title is exactly one of the candidates (never the whole catalog)."""
-    def literal(text: str) -> str:
-        return json.dumps(json.dumps(text)[1:-1])  # the title as it appears inside a JSON string, as GBNF
-
-    alternatives = " | ".join(literal(t) for t in titles)
-    return "\n".join([
-        f'root ::= line ("\\n" line){{0,{max(lines - 1, 0)}}}',
-        'line ::= "{\\"title\\": \\"" title "\\", \\"reason\\": \\"" reason "\\"}"',
-        f"title ::= {alternatives}",
-        'reason ::= [^"\\\\\\n]{1,80}',
-    ])
-
-
-def model_picks(shop: Shop, model: ModelVersion, viewing: Product, cart: list[Product],
-                candidates: list[Product], limit: int, budget: float | None = None) -> tuple[list[Pick], int]:
+def model_picks(shop: Shop, model: ModelVersion, viewing: Product, cart: list[Product], candidates: list[Product],
+                limit: int, budget: float | None = None, index: SemanticIndex | None = None) -> tuple[list[Pick], int]:
     """The model's choice among the candidates; returns the picks and how many names matched nothing."""
-    from worker.datasets import recommendation_prompt
-
     messages = [{"role": "system", "content": RECOMMEND_SYSTEM.format(shop=shop.domain)},
                 {"role": "user", "content": recommendation_prompt(viewing.title, [c.title for c in cart],
                                                                   [c.title for c in candidates])}]
@@ -96,21 +111,16 @@ def model_picks(shop: Shop, model: ModelVersion, viewing: Product, cart: list[Pr
     else:
         text = host.chat(model.gguf_path, messages, grammar=title_grammar(titles, limit),
                          timeout=budget or current_app.config["MODEL_BUDGET_SECONDS"])
-    by_title = {normalise(c.title): c for c in candidates}
+    by_id = {c.id: c for c in candidates}
+    match = TitleMatcher({c.id: c.title for c in candidates}, index)
     picks, misses = [], 0
     for record in parse_answer(text):
-        name = normalise(record["title"])
-        close = difflib.get_close_matches(name, by_title, n=1, cutoff=0.9)
-        product = by_title.get(name) or (by_title[close[0]] if close else None)
+        product = by_id.get(match(record["title"]))
         if product is None:
             misses += 1
         elif all(p.product.id != product.id for p in picks):
             picks.append(Pick(product, str(record.get("reason") or "").strip()))
     return picks, misses
-
-
-def normalise(title: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", title.casefold()).split())
 
 
 def live_model(shop: Shop) -> ModelVersion | None:
@@ -119,21 +129,16 @@ def live_model(shop: Shop) -> ModelVersion | None:
         .order_by((ModelVersion.status == "deployed").desc(), ModelVersion.version.desc())).first()
 
 
-def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int,
-              budget: float | None = None) -> tuple[list[Pick], str]:
-    products = db.session.scalars(
-        select(Product).where(Product.shop_id == shop.id).options(selectinload(Product.variants))).all()
-    catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products if p.status == "ACTIVE"}
-    sellable = {p.id: p for p in products
-                if p.status == "ACTIVE" and any(v.available_for_sale and v.inventory_quantity > 0 for v in p.variants)}
-    index = copurchase_index(shop.id, catalog)
-    ranking = ranked_candidates(index, sellable, viewing.id, [c.id for c in cart])
+def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,
+              shelf: Shelf | None = None) -> tuple[list[Pick], str]:
+    shelf = shelf or load_shelf(shop)
+    ranking = ranked_candidates(shelf, viewing.id, [c.id for c in cart])
     picks, source = [], "fallback"
     model = live_model(shop)
     if model is not None:
         try:
-            picks, misses = model_picks(shop, model, viewing, cart, [sellable[p] for p in ranking[:CANDIDATES]],
-                                        min(limit, 4), budget)
+            picks, misses = model_picks(shop, model, viewing, cart, [shelf.sellable[p] for p in ranking[:CANDIDATES]],
+                                        min(limit, 4), budget, shelf.retrieval.index)
             source = "model"
             # The raw miss rate, for evaluation: names the model gave that matched no candidate.
             cache.store().incr(f"model-names:{shop.id}", 30 * 86400)
@@ -147,8 +152,7 @@ def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int,
         if len(picks) >= limit:
             break
         if product_id not in chosen:
-            product = sellable[product_id]
-            picks.append(Pick(product, reason_for(catalog[product_id])))
+            picks.append(Pick(shelf.sellable[product_id], reason_for(shelf.catalog[product_id])))
     return picks[:limit], source
 
 
@@ -167,14 +171,15 @@ def cached(key: str) -> dict | None:
     return {"products": json.loads(value), "source": "cache"} if value is not None else None
 
 
-def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None) -> dict:
+def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,
+          shelf: Shelf | None = None) -> dict:
     """The proxy's reply, from the cache when it can be. `budget`: seconds the model may take (default: the
     storefront's MODEL_BUDGET_SECONDS)."""
     key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit)
     hit = cached(key)
     if hit is not None:
         return hit
-    picks, source = recommend(shop, viewing, cart, limit, budget)
+    picks, source = recommend(shop, viewing, cart, limit, budget, shelf)
     products = [as_json(pick) for pick in picks]
     # Model answers keep until the next deploy or catalog change; a fallback only briefly (the model may be back).
     cache.store().set(key, json.dumps(products), 86400 if source == "model" else 60)
@@ -185,15 +190,15 @@ def precompute(shop: Shop, limit: int = 4, budget_seconds: float | None = None) 
     """Every active product's empty-cart block, best-sellers first, so storefront requests hit the cache.
     With a budget, what is left is computed on its first request instead."""
     started = time.monotonic()
+    shelf = load_shelf(shop)
     products = {p.id: p for p in db.session.scalars(
         select(Product).where(Product.shop_id == shop.id, Product.status == "ACTIVE"))}
-    catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products.values()}
-    popularity = copurchase_index(shop.id, catalog).items
+    popularity = shelf.retrieval.copurchase.items
     counts: dict[str, int] = {}
     for product_id in sorted(products, key=lambda p: (-popularity[p], p)):
         if budget_seconds is not None and time.monotonic() - started > budget_seconds:
             counts["deferred"] = counts.get("deferred", 0) + 1
             continue
-        source = serve(shop, products[product_id], [], limit, budget=PRECOMPUTE_BUDGET_SECONDS)["source"]
+        source = serve(shop, products[product_id], [], limit, PRECOMPUTE_BUDGET_SECONDS, shelf)["source"]
         counts[source] = counts.get(source, 0) + 1
     return counts

@@ -103,3 +103,11 @@ def tiny_base(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_base, tmp_path_factory) -> Path:
+    """The tiny model as a GGUF, through the real converter, for the real llama.cpp runtime."""
+    from worker.export import convert_to_gguf
+
+    return convert_to_gguf(tiny_base, tmp_path_factory.mktemp("gguf") / "tiny.q8_0.gguf")

@@ -2,13 +2,11 @@
 ranking, and the model path (a tiny GGUF under a candidate grammar) — always real, sellable products."""
 
 import time
-from pathlib import Path
 
 import pytest
 
 from shopify_app.models import ModelVersion, Product, db
 from shopify_app.signatures import signed_app_proxy_query
-from worker.export import convert_to_gguf
 
 from .conftest import API_SECRET
 
@@ -65,11 +63,6 @@ def test_fallback_serves_real_sellable_co_purchases(client, installed_shop, stor
     # Co-purchase first: the stove's usual companions lead the list.
     top_types = {store.product(i).item_type for i in ids[:3]}
     assert top_types & {"Fuel Canister", "Waterproof Matches", "Titanium Spork", "Butane Lighter"}
-
-
-@pytest.fixture(scope="session")
-def tiny_gguf(tiny_base, tmp_path_factory) -> Path:
-    return convert_to_gguf(tiny_base, tmp_path_factory.mktemp("gguf") / "tiny.q8_0.gguf")
 
 
 def test_model_path_names_only_candidates_and_falls_back_when_the_host_fails(client, installed_shop, store,

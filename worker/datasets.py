@@ -26,6 +26,9 @@ from sqlalchemy import select
 
 from shopify_app.models import Order, OrderLine, Product, Shop, Variant, db
 
+from .embeddings import SemanticIndex, product_text
+from .recommenders import CoPurchase, Hybrid, Recommender
+
 log = logging.getLogger(__name__)
 
 EVAL_FRACTION = 0.12
@@ -116,26 +119,18 @@ def split_by_time(baskets: list, eval_fraction: float = EVAL_FRACTION) -> tuple[
 
 # --- Co-purchase statistics ---------------------------------------------------------------------------
 
-class CoPurchase:
-    """Item and product-type co-occurrence over training baskets, with lift."""
+class PairStats(CoPurchase):
+    """Co-purchase statistics with product-type co-occurrence, to keep incoherent pairs out of the examples."""
 
     def __init__(self, baskets: list[list[int]], catalog: dict[int, Item]):
-        self.n = max(len(baskets), 1)
-        self.items: Counter = Counter()
-        self.pairs: Counter = Counter()
+        super().__init__(baskets)
         self.types: Counter = Counter()
         self.type_pairs: Counter = Counter()
         for basket in baskets:
-            self.items.update(basket)
-            self.pairs.update(frozenset(p) for p in combinations(basket, 2))
             kinds = {catalog[i].product_type for i in basket}
             self.types.update(kinds)
             self.type_pairs.update(frozenset(p) for p in combinations(sorted(kinds), 2))
         self.catalog = catalog
-
-    def lift(self, a: int, b: int) -> float:
-        together = self.pairs[frozenset((a, b))]
-        return together * self.n / (self.items[a] * self.items[b]) if together else 0.0
 
     def type_lift(self, a: int, b: int) -> float:
         ta, tb = self.catalog[a].product_type, self.catalog[b].product_type
@@ -148,21 +143,23 @@ class CoPurchase:
         return item != viewing and self.type_lift(viewing, item) >= 1.0 and self.lift(viewing, item) >= 1.0
 
     def partners(self, product: int, k: int, min_count: int = 2) -> list[int]:
-        candidates = [other for pair, count in self.pairs.items() if product in pair and count >= min_count
-                      for other in pair if other != product]
-        candidates = [c for c in candidates if self.coherent(product, c)]
+        candidates = [other for other, count in self.pairs.get(product, {}).items()
+                      if count >= min_count and self.coherent(product, other)]
         return sorted(candidates, key=lambda c: (-self.lift(product, c), c))[:k]
 
 
 # --- Recommendation examples -----------------------------------------------------------------------------
 
-def candidates_for(stats: CoPurchase, viewing: Item, cart: list[Item], answer: list[Item],
-                   rng: random.Random) -> list[Item]:
-    """The answer mixed with what co-purchase retrieval would also offer, shuffled: the model learns to choose."""
+def candidates_for(stats: PairStats, viewing: Item, cart: list[Item], answer: list[Item], rng: random.Random,
+                   retrieve: Recommender | None = None, size: int = CANDIDATES) -> list[Item]:
+    """The answer mixed with what retrieval would also offer (`retrieve`, the recommender that finds the
+    candidates when serving; by default co-purchase partners), shuffled: the model learns to choose."""
     taken = {viewing.id, *(c.id for c in cart), *(a.id for a in answer)}
-    neighbours = [p for p in stats.partners(viewing.id, CANDIDATES * 2, min_count=1) if p not in taken]
-    pool = list(answer) + [stats.catalog[p] for p in neighbours[:max(CANDIDATES - len(answer), 0)]]
-    while len(pool) < CANDIDATES:  # a thin history: pad with random catalog items
+    found = retrieve([viewing.id, *(c.id for c in cart)], size * 2) if retrieve else \
+        stats.partners(viewing.id, size * 2, min_count=1)
+    neighbours = [p for p in found if p not in taken]
+    pool = list(answer) + [stats.catalog[p] for p in neighbours[:max(size - len(answer), 0)]]
+    while len(pool) < size:  # a thin history: pad with random catalog items
         extra = stats.catalog[rng.choice(list(stats.catalog))]
         if extra.id not in taken:
             taken.add(extra.id)
@@ -184,8 +181,9 @@ def _example(system: str, viewing: Item, cart: list[Item], answer: list[Item], c
     }
 
 
-def basket_examples(baskets: list[list[int]], stats: CoPurchase, catalog: dict[int, Item], system: str,
-                    rng: random.Random, *, per_basket: int = 3, filter_noise: bool = True) -> list[dict]:
+def basket_examples(baskets: list[list[int]], stats: PairStats, catalog: dict[int, Item], system: str,
+                    rng: random.Random, *, per_basket: int = 3, filter_noise: bool = True,
+                    retrieve: Recommender | None = None, candidates: int = CANDIDATES) -> list[dict]:
     examples = []
     for basket in baskets:
         if len(basket) < 3:
@@ -201,12 +199,12 @@ def basket_examples(baskets: list[list[int]], stats: CoPurchase, catalog: dict[i
             if answer:
                 items = [catalog[a] for a in answer]
                 cart_items = [catalog[c] for c in cart]
-                candidates = candidates_for(stats, catalog[viewing], cart_items, items, rng)
-                examples.append(_example(system, catalog[viewing], cart_items, items, candidates, source="basket"))
+                pool = candidates_for(stats, catalog[viewing], cart_items, items, rng, retrieve, candidates)
+                examples.append(_example(system, catalog[viewing], cart_items, items, pool, source="basket"))
     return examples
 
 
-def copurchase_examples(stats: CoPurchase, catalog: dict[int, Item], system: str, rng: random.Random, *,
+def copurchase_examples(stats: PairStats, catalog: dict[int, Item], system: str, rng: random.Random, *,
                         min_count: int = 3) -> list[dict]:
     """"Viewing X" with an empty cart → X's strongest coherent partners."""
     examples = []
@@ -349,13 +347,17 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
     baskets = load_baskets(shop.id, catalog)
     train_baskets, eval_baskets = split_by_time(baskets)
     train_items = [b for _, b in train_baskets]
-    stats = CoPurchase(train_items, catalog)
+    stats = PairStats(train_items, catalog)
+    # Candidates as the storefront finds them: co-purchase and semantic neighbours.
+    retrieve = Hybrid(stats, SemanticIndex({p: product_text(i.title, i.product_type, i.description)
+                                            for p, i in sorted(catalog.items())}))
     system = RECOMMEND_SYSTEM.format(shop=shop.domain)
 
     recommendations = dedupe_and_balance(
-        basket_examples(train_items, stats, catalog, system, rng) + copurchase_examples(stats, catalog, system, rng),
-        rng)
-    held_out = basket_examples([b for _, b in eval_baskets], stats, catalog, system, rng, per_basket=1)
+        basket_examples(train_items, stats, catalog, system, rng, retrieve=retrieve)
+        + copurchase_examples(stats, catalog, system, rng), rng)
+    held_out = basket_examples([b for _, b in eval_baskets], stats, catalog, system, rng, per_basket=1,
+                               retrieve=retrieve)
     support = support_examples(shop.id, shop.domain, shop.policies or {}, rng, limit=max(len(recommendations) // 4, 50))
     if conversations:
         support += merchant_conversations(conversations, shop.domain)

@@ -15,9 +15,10 @@ from shopify_app.models import ModelVersion, Product, Shop, TrainingRun, db, utc
 
 from . import export, training
 from .base_model import prepare_base_model, smollm2_gguf
-from .datasets import RECOMMEND_SYSTEM, build_datasets
+from .datasets import CANDIDATES, RECOMMEND_SYSTEM, build_datasets
 
 STALE_AFTER = timedelta(minutes=15)
+GATE_CASES = 60  # held-out orders the deploy gate scores (about a second each for the model on a CPU)
 
 
 def artifacts_root() -> Path:
@@ -139,8 +140,73 @@ def stage_export(run: TrainingRun, quantization: str = "q8_0") -> ModelVersion:
         raise
 
 
-def stage_deploy(run: TrainingRun) -> ModelVersion | None:
-    """Make the run's verified model the shop's live one on the configured host; a rejected one never goes live."""
+def stage_evaluate(run: TrainingRun) -> dict | None:
+    """The deploy gate's evidence: the new version, the live one and co-purchase on the same held-out orders
+    (the newest, never trained on), scored as the storefront serves: hybrid candidates, the model picks four."""
+    model = db.session.scalar(select(ModelVersion).where(ModelVersion.training_run_id == run.id))
+    if model is None or model.status != "verified" or "gate" in (model.metrics or {}):
+        return (model.metrics or {}).get("gate") if model else None
+    _begin(run, "evaluate")
+    try:
+        gate = gate_report(model)
+    except Exception as exc:
+        _fail(run, exc)
+        raise
+    model.metrics = {**model.metrics, "gate": gate}
+    run.status, run.stage = "succeeded", "evaluated"
+    db.session.commit()
+    return gate
+
+
+def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4) -> dict:
+    import random
+
+    from .datasets import load_baskets, load_catalog, split_by_time
+    from .embeddings import SemanticIndex, product_text
+    from .evaluation import Basket, ModelReRank, hits_at, leave_one_out, llama_chat, scores_below
+    from .recommenders import CoPurchase, Hybrid, TitleMatcher
+
+    catalog = load_catalog(model.shop_id)
+    train, held_out = split_by_time(load_baskets(model.shop_id, catalog))
+    cases = leave_one_out([Basket(str(i), created, products) for i, (created, products) in enumerate(held_out)],
+                          random.Random(0), cases_limit)
+    copurchase = CoPurchase(products for _, products in train)
+    index = SemanticIndex({p: product_text(i.title, i.product_type, i.description) for p, i in sorted(catalog.items())})
+    hybrid = Hybrid(copurchase, index)
+    titles = {p: item.title for p, item in catalog.items()}
+    system = RECOMMEND_SYSTEM.format(shop=db.session.get(Shop, model.shop_id).domain)
+
+    def with_model(version: ModelVersion) -> list[float]:
+        rerank = ModelReRank(llama_chat(Path(version.gguf_path)), hybrid, titles, TitleMatcher(titles, index), system,
+                             candidates=CANDIDATES, picks=k)
+        return hits_at(rerank, cases, k)
+
+    new, baseline = with_model(model), hits_at(copurchase, cases, k)
+    report = {"cases": len(cases), "k": k, f"hr@{k}": _mean(new), f"co-purchase hr@{k}": _mean(baseline)}
+    reasons = []
+    if scores_below(new, baseline, random.Random(1)):
+        reasons.append(f"HR@{k} {_mean(new):.3f} is below co-purchase's {_mean(baseline):.3f}")
+    live = db.session.scalar(select(ModelVersion).where(ModelVersion.shop_id == model.shop_id,
+                                                        ModelVersion.status == "deployed"))
+    if live is not None and Path(live.gguf_path).exists():
+        current = with_model(live)
+        report["live"] = {"version": live.version, f"hr@{k}": _mean(current)}
+        if scores_below(new, current, random.Random(2)):
+            reasons.append(f"HR@{k} {_mean(new):.3f} is below live v{live.version}'s {_mean(current):.3f}")
+    report["passed"] = not reasons
+    report["reason"] = "; ".join(reasons) or (f"HR@{k} {_mean(new):.3f} on {len(cases)} held-out orders, "
+                                              f"not below co-purchase ({_mean(baseline):.3f})"
+                                              + (" or the live version" if live is not None else ""))
+    return report
+
+
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / max(len(values), 1), 4)
+
+
+def stage_deploy(run: TrainingRun, force: bool = False) -> ModelVersion | None:
+    """Make the run's verified model the shop's live one on the configured host; a rejected one never goes live,
+    and one that failed the evaluation gate only with `force`."""
     model = db.session.scalar(select(ModelVersion).where(ModelVersion.training_run_id == run.id))
     if model is None or model.status == "deployed":
         return model
@@ -149,6 +215,15 @@ def stage_deploy(run: TrainingRun) -> ModelVersion | None:
         model.metrics = {**model.metrics, "deploy": f"refused: model v{model.version} is {model.status}"}
         db.session.commit()
         return model
+    gate = (model.metrics or {}).get("gate")
+    if gate and not gate["passed"] and not force:
+        run.stage = "deploy refused"
+        model.metrics = {**model.metrics, "deploy": f"refused by the evaluation gate: {gate['reason']} "
+                                                    "(pairwell deploy --force to override)"}
+        db.session.commit()
+        return model
+    if gate and not gate["passed"]:
+        model.metrics = {**model.metrics, "deploy": f"forced past the evaluation gate: {gate['reason']}"}
     activate(model)
     run.stage = "deployed"
     db.session.commit()

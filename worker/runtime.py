@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 
@@ -36,3 +37,17 @@ def load_gguf(path: str | Path, *, n_ctx: int = 2048, seed: int = 0, n_threads: 
 def chat(llm, messages: list[dict], *, max_tokens: int = 160, temperature: float = 0.0, **kwargs) -> str:
     reply = llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=temperature, **kwargs)
     return reply["choices"][0]["message"]["content"] or ""
+
+
+def title_grammar(titles: list[str], lines: int) -> str:
+    """GBNF: up to `lines` JSON lines whose title is exactly one of the candidates (never the whole catalog)."""
+    def literal(text: str) -> str:
+        return json.dumps(json.dumps(text)[1:-1])  # the title as it appears inside a JSON string, as GBNF
+
+    alternatives = " | ".join(literal(t) for t in dict.fromkeys(titles))
+    return "\n".join([
+        f'root ::= line ("\\n" line){{0,{max(lines - 1, 0)}}}',
+        'line ::= "{\\"title\\": \\"" title "\\", \\"reason\\": \\"" reason "\\"}"',
+        f"title ::= {alternatives}",
+        'reason ::= [^"\\\\\\n]{1,80}',
+    ])

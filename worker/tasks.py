@@ -47,9 +47,9 @@ def export(run_id: int) -> int:
     return run_id
 
 
-@shared_task(name="worker.tasks.evaluate")
+@shared_task(name="worker.tasks.evaluate", queue="gpu", acks_late=True)
 def evaluate(run_id: int) -> int:
-    """Hook for the evaluation issue: scores the new model version against co-purchase baselines."""
+    pipeline.stage_evaluate(db.session.get(TrainingRun, run_id))
     return run_id
 
 

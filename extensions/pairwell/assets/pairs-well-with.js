@@ -1,5 +1,30 @@
 // Pairwell "pairs well with" block: asks the app (through the App Proxy) and renders real catalog products.
+// It also reports what shoppers do with it (shown, clicked, clicked product added to cart) to /events.
 (() => {
+  const CLICKED = "pairwell:clicked"; // product id → {viewed, source}, for the add-to-cart on the next page
+
+  const send = (block, events) => {
+    const url = block.dataset.proxy.replace(/recommendations$/, "events");
+    const body = new Blob([JSON.stringify({ events })], { type: "application/json" });
+    if (!(navigator.sendBeacon && navigator.sendBeacon(url, body))) {
+      fetch(url, { method: "POST", body, keepalive: true }).catch(() => {});
+    }
+  };
+
+  const clicked = () => {
+    try { return JSON.parse(sessionStorage.getItem(CLICKED)) || {}; } catch { return {}; }
+  };
+
+  // On the page of a product reached through the block: its add-to-cart counts for the block.
+  const watchAddToCart = (block) => {
+    const from = clicked()[block.dataset.productId];
+    if (!from) return;
+    document.querySelectorAll('form[action*="/cart/add"]').forEach((form) => form.addEventListener("submit", () => {
+      send(block, [{ kind: "add_to_cart", viewed_product_id: from.viewed, product_id: block.dataset.productId,
+                     source: from.source }]);
+    }, { once: true }));
+  };
+
   const money = (price) => {
     const amount = Number(price);
     return Number.isFinite(amount) ? new Intl.NumberFormat(document.documentElement.lang || undefined, {
@@ -7,7 +32,7 @@
     }).format(amount) : "";
   };
 
-  const card = (item) => {
+  const card = (item, block, source) => {
     const li = document.createElement("li");
     li.className = "pairwell-block__item";
     const link = document.createElement("a");
@@ -32,6 +57,13 @@
     reason.className = "pairwell-block__reason";
     reason.textContent = item.reason;
     link.append(title, price, reason);
+    link.addEventListener("click", () => {
+      const viewed = block.dataset.productId;
+      try {
+        sessionStorage.setItem(CLICKED, JSON.stringify({ ...clicked(), [item.id]: { viewed, source } }));
+      } catch { /* private mode: the click still counts */ }
+      send(block, [{ kind: "click", viewed_product_id: viewed, product_id: String(item.id), source }]);
+    });
     li.append(link);
     return li;
   };
@@ -53,13 +85,18 @@
     try {
       const response = await fetch(`${block.dataset.proxy}?${params}`, { headers: { Accept: "application/json" } });
       if (!response.ok) throw new Error(response.status);
-      const { products } = await response.json();
+      const { products, source } = await response.json();
       if (!products.length) { block.hidden = true; return; }
-      list.replaceChildren(...products.map(card));
+      list.replaceChildren(...products.map((item) => card(item, block, source)));
+      send(block, [{ kind: "impression", viewed_product_id: block.dataset.productId, shown: products.length,
+                     source }]);
     } catch {
       block.hidden = true; // never leave a broken block on the product page
     }
   }
 
-  document.querySelectorAll("[data-pairwell-block]").forEach(fill);
+  document.querySelectorAll("[data-pairwell-block]").forEach((block) => {
+    watchAddToCart(block);
+    fill(block);
+  });
 })();

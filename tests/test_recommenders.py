@@ -1,0 +1,112 @@
+"""The shared retrieval (co-purchase, semantic, hybrid), the name matcher, and the model as a recommender:
+alone it may invent products and is counted; re-ranking the hybrid's candidates it serves only real ones."""
+
+import json
+import random
+from datetime import datetime, timedelta
+
+import pytest
+
+from worker import evaluation
+from worker.embeddings import SemanticIndex
+from worker.recommenders import CoPurchase, Hybrid, Semantic, TitleMatcher
+
+TITLES = {
+    "tent": "Two-Person Backpacking Tent", "stakes": "Aluminium Tent Stakes", "footprint": "Tent Footprint Groundsheet",
+    "stove": "Backpacking Gas Stove", "fuel": "Butane Fuel Canister", "pot": "Titanium Cook Pot",
+    "red-bag": "Red Retrospot Lunch Bag", "pink-bag": "Pink Retrospot Lunch Bag", "mug": "Enamel Camping Mug",
+    "chalk": "Ultralight Climbing Chalk Bag", "shoes": "Climbing Shoes", "rope": "Dynamic Climbing Rope",
+}
+
+
+def baskets(orders: int = 300, seed: int = 0) -> list[evaluation.Basket]:
+    """Tents with stakes, stoves with fuel and pots, climbing kit together; the red lunch bag never sold."""
+    rng = random.Random(seed)
+    groups = [["tent", "stakes", "footprint"], ["stove", "fuel", "pot", "mug"], ["chalk", "shoes", "rope"]]
+    start = datetime(2025, 1, 1)
+    out = []
+    for n in range(orders):
+        group = rng.choice(groups)
+        products = rng.sample(group, rng.randint(2, len(group)))
+        if "stove" in group and n % 3 == 0:
+            products.append("pink-bag")  # a lunch bag now and then with the cooking kit
+        out.append(evaluation.Basket(str(n), start + timedelta(hours=n), products))
+    return out
+
+
+@pytest.fixture(scope="module")
+def index() -> SemanticIndex:
+    return SemanticIndex(TITLES)
+
+
+def test_co_purchase_knows_companions_semantic_knows_the_never_sold(index):
+    copurchase = CoPurchase(b.products for b in baskets())
+    assert set(copurchase(["stove"], 3)) == {"fuel", "pot", "mug"}
+    assert copurchase.co_purchases("red-bag") == 0 and "red-bag" not in copurchase(["pink-bag"], 5)
+    assert Semantic(index)(["pink-bag"], 1) == ["red-bag"]  # the same bag in another colour
+    hybrid = Hybrid(copurchase, index)
+    assert set(hybrid(["stove"], 3)) == {"fuel", "pot", "mug"}  # co-purchase still leads where it knows
+    # Four cooking products share the pink bag's orders; semantics puts the never-sold red bag beside them.
+    assert "red-bag" in hybrid(["pink-bag"], 5) and "red-bag" not in copurchase(["pink-bag"], 5)
+
+
+def test_title_matcher_exact_then_fuzzy_then_embedding(index):
+    match = TitleMatcher(TITLES, index)
+    assert match("Titanium Cook Pot") == "pot"
+    assert match("TITANIUM COOK-POT!") == "pot"
+    assert match("Titanium Cook Pots") == "pot"  # fuzzy
+    assert match("a climbing chalk bag, ultralight") == "chalk"  # by meaning
+    assert match("Inflatable Kayak Paddle") is None  # invented
+    assert match("Titanium Cook Pot", among=["fuel", "mug"]) is None  # only among the candidates given
+
+
+def scripted_chat(answer_for):
+    """A stand-in model: answers from the prompt (the real llama.cpp path is the last test)."""
+    calls = []
+
+    def chat(messages, grammar):
+        calls.append((messages, grammar))
+        return answer_for(messages[-1]["content"])
+    chat.calls = calls
+    return chat
+
+
+def test_model_re_rank_puts_its_picks_first_and_never_serves_an_invented_name(index):
+    train = baskets()
+    hybrid = Hybrid(CoPurchase(b.products for b in train), index)
+    candidates = hybrid(["stove"], 8)
+    chosen = candidates[2]
+    chat = scripted_chat(lambda prompt: "\n".join([
+        json.dumps({"title": TITLES[chosen], "reason": "Goes with it"}),
+        json.dumps({"title": "Solar Kettle Deluxe", "reason": "Invented"})]))
+    rerank = evaluation.ModelReRank(chat, hybrid, TITLES, TitleMatcher(TITLES, index), "system", candidates=8)
+    ranked = rerank(["stove"], 10)
+    assert ranked[0] == chosen and len(ranked) == len(set(ranked)) and set(ranked) <= set(TITLES)
+    assert rerank.names == 2 and rerank.invented == 1
+    messages, grammar = chat.calls[0]
+    assert "Candidates: " in messages[-1]["content"] and all(TITLES[c] in grammar for c in candidates)
+
+
+def test_evaluate_reports_the_model_alone_and_the_hybrid_it_re_ranks(index):
+    def answer(prompt):
+        viewing = prompt.split("Customer viewing: ", 1)[1].split(".", 1)[0]
+        if "Candidates: " in prompt:  # re-rank: the first candidate
+            return json.dumps({"title": prompt.split("Candidates: ", 1)[1].split("; ")[0], "reason": "r"})
+        return "\n".join([json.dumps({"title": viewing, "reason": "r"}),  # the viewed product itself, then
+                          json.dumps({"title": "Glow-in-the-dark Tent Pegs", "reason": "r"})])  # an invention
+
+    report = evaluation.evaluate(baskets(), TITLES, chat=scripted_chat(answer), model_cases=20)["recommenders"]
+    assert {"popularity", "co-purchase", "semantic", "hybrid", "hybrid (model cases)", "model alone",
+            "hybrid + model re-rank"} <= set(report)
+    alone, rerank = report["model alone"], report["hybrid + model re-rank"]
+    assert alone["cases"] == rerank["cases"] == 20
+    assert alone["hallucination_rate"] > 0 and alone["out_of_catalog_rate"] > 0
+    assert rerank["hallucination_rate"] == 0 and rerank["out_of_catalog_rate"] == 0
+    assert 1 <= rerank["relevance@4"] <= 3 and report["hybrid"]["hr@10"] >= report["popularity"]["hr@10"]
+
+
+def test_the_real_model_in_llama_cpp_re_ranks_only_catalog_products(index, tiny_gguf):
+    report = evaluation.evaluate(baskets(120), TITLES, chat=evaluation.llama_chat(tiny_gguf), model_cases=4)
+    rerank = report["recommenders"]["hybrid + model re-rank"]
+    assert rerank["cases"] == 4 and rerank["out_of_catalog_rate"] == 0 and rerank["duplicate_rate"] == 0
+    assert rerank["hallucination_rate"] == 0  # the grammar allows candidate titles only
