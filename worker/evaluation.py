@@ -83,6 +83,7 @@ def split_by_time(baskets: list[Basket], test_fraction: float) -> tuple[list[Bas
 # --- The model as a recommender ----------------------------------------------------------------------
 
 Chat = Callable[[list[dict], str | None], str]  # messages, GBNF grammar or None → the model's answer
+PROMPT_CART = 10  # cart products the model reads (a 300-line wholesale order would not fit its context)
 
 
 def llama_chat(gguf: Path) -> Chat:
@@ -113,7 +114,7 @@ def fine_tune_on_orders(train: list[Basket], titles: dict[str, str], hybrid: Hyb
     catalog = {p: Item(p, titles.get(p, p), "", "") for p in hybrid.ids}
     orders = [b.products for b in train]
     stats = PairStats(orders, catalog)
-    sampled = [b[:12] for b in rng.sample(orders, min(baskets, len(orders)))]  # 500-line orders: too long a prompt
+    sampled = [b[:PROMPT_CART + 2] for b in rng.sample(orders, min(baskets, len(orders)))]
     examples = dedupe_and_balance(basket_examples(sampled, stats, catalog, RECOMMEND_SYSTEM.format(shop="the store"),
                                                   rng, per_basket=1, retrieve=hybrid, candidates=16), rng)
     dataset = workdir / "dataset"
@@ -140,7 +141,7 @@ class ModelAlone:
         self.names = self.invented = 0
 
     def __call__(self, basket: list[str], k: int) -> list[str]:
-        viewing, cart = basket[-1], basket[:-1]
+        viewing, cart = basket[-1], basket[-PROMPT_CART - 1:-1]
         prompt = f"Customer viewing: {self.titles.get(viewing, viewing)}. " \
                  f"Cart: {', '.join(self.titles.get(c, c) for c in cart) or 'empty'}."
         ranked = []
@@ -170,7 +171,7 @@ class ModelReRank:
         ranking = self.hybrid(basket, max(k, self.candidates))
         candidates = ranking[:self.candidates]
         titles = [self.titles.get(p, p) for p in candidates]
-        viewing, cart = basket[-1], basket[:-1]
+        viewing, cart = basket[-1], basket[-PROMPT_CART - 1:-1]
         prompt = recommendation_prompt(self.titles.get(viewing, viewing), [self.titles.get(c, c) for c in cart], titles)
         answer = self.chat([{"role": "system", "content": self.system}, {"role": "user", "content": prompt}],
                            title_grammar(titles, self.picks))
