@@ -124,9 +124,9 @@ def model_picks(shop: Shop, model: ModelVersion, viewing: Product, cart: list[Pr
 
 
 def live_model(shop: Shop) -> ModelVersion | None:
+    """The deployed version; a verified one waiting (or refused by the gate) serves nobody."""
     return db.session.scalars(select(ModelVersion).where(
-        ModelVersion.shop_id == shop.id, ModelVersion.status.in_(("deployed", "verified")))
-        .order_by((ModelVersion.status == "deployed").desc(), ModelVersion.version.desc())).first()
+        ModelVersion.shop_id == shop.id, ModelVersion.status == "deployed")).first()
 
 
 def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,

@@ -126,7 +126,8 @@ def fine_tune_on_orders(train: list[Basket], titles: dict[str, str], hybrid: Hyb
                          TrainConfig(epochs=1, time_budget_seconds=minutes * 60, eval_examples=64), progress_bar=True)
     gguf = convert_to_gguf(merge_adapter(base, workdir / "training" / "adapter", workdir / "merged"),
                            workdir / "model.q8_0.gguf")
-    return gguf, {"base": "SmolLM2-135M-Instruct", "sampled_orders": len(sampled), "examples": len(examples) - 64,
+    return gguf, {"base": "SmolLM2-135M-Instruct", "sampled_orders": len(sampled), "examples_built": len(examples) - 64,
+                  "examples_trained": summary["train_examples"],  # those within the trainer's max_length tokens
                   "minutes": minutes, "steps": summary["steps"],
                   "tokens": summary["tokens"], "best_eval_loss": summary["best_eval_loss"],
                   "stopped": summary["stopped"]}
@@ -208,16 +209,19 @@ def bootstrap(values: list[float], rng: random.Random, rounds: int = 1000) -> tu
 
 
 class Relevance:
-    """An automatic stand-in for the seeds' hand score of a recommendation set (3 = all related, 2 = mostly,
-    1 = mostly not): a product is related to a basket when some order ever paired it with a basket product,
-    or its text is close in meaning to one of them."""
+    """An automatic stand-in for the seeds' hand score of a recommendation set for the viewed product (3 = all
+    related, 2 = mostly, 1 = mostly not): a product is related when orders of the whole period bought it with
+    the viewed product at least twice as often as chance (lift ≥ 2, two orders or more), or its text is close
+    in meaning (cosine ≥ 0.6)."""
 
-    def __init__(self, baskets: list[Basket], index: SemanticIndex | None, similar: float = 0.5):
-        self.together, self.index, self.similar = CoPurchase(b.products for b in baskets), index, similar
+    def __init__(self, baskets: list[Basket], index: SemanticIndex | None, lift: float = 2.0, similar: float = 0.6):
+        self.together = CoPurchase(b.products for b in baskets)
+        self.index, self.lift, self.similar = index, lift, similar
 
     def __call__(self, basket: list[str], shown: list[str]) -> float:
-        similarity = self.index.similarities(basket) if self.index else None
-        related = [any(self.together.together(b, p) for b in basket) or
+        viewed = basket[-1]
+        similarity = self.index.similarities([viewed]) if self.index else None
+        related = [(self.together.together(viewed, p) >= 2 and self.together.lift(viewed, p) >= self.lift) or
                    (similarity is not None and p in self.index.position
                     and similarity[self.index.position[p]] >= self.similar) for p in shown]
         share = sum(related) / max(len(related), 1)

@@ -176,20 +176,22 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4) 
     titles = {p: item.title for p, item in catalog.items()}
     system = RECOMMEND_SYSTEM.format(shop=db.session.get(Shop, model.shop_id).domain)
 
-    def with_model(version: ModelVersion) -> list[float]:
-        rerank = ModelReRank(llama_chat(Path(version.gguf_path)), hybrid, titles, TitleMatcher(titles, index), system,
-                             candidates=CANDIDATES, picks=k)
-        return hits_at(rerank, cases, k)
+    def reranker(version: ModelVersion) -> ModelReRank:
+        return ModelReRank(llama_chat(Path(version.gguf_path)), hybrid, titles, TitleMatcher(titles, index), system,
+                           candidates=CANDIDATES, picks=k)
 
-    new, baseline = with_model(model), hits_at(copurchase, cases, k)
-    report = {"cases": len(cases), "k": k, f"hr@{k}": _mean(new), f"co-purchase hr@{k}": _mean(baseline)}
+    rerank = reranker(model)
+    new, baseline = hits_at(rerank, cases, k), hits_at(copurchase, cases, k)
+    report = {"cases": len(cases), "k": k, f"hr@{k}": _mean(new), f"co-purchase hr@{k}": _mean(baseline),
+              # The raw miss rate: names the model wrote that matched none of its candidates (never served).
+              "model_names": rerank.names, "unmatched_names": rerank.invented}
     reasons = []
     if scores_below(new, baseline, random.Random(1)):
         reasons.append(f"HR@{k} {_mean(new):.3f} is below co-purchase's {_mean(baseline):.3f}")
     live = db.session.scalar(select(ModelVersion).where(ModelVersion.shop_id == model.shop_id,
                                                         ModelVersion.status == "deployed"))
     if live is not None and Path(live.gguf_path).exists():
-        current = with_model(live)
+        current = hits_at(reranker(live), cases, k)
         report["live"] = {"version": live.version, f"hr@{k}": _mean(current)}
         if scores_below(new, current, random.Random(2)):
             reasons.append(f"HR@{k} {_mean(new):.3f} is below live v{live.version}'s {_mean(current):.3f}")
