@@ -73,7 +73,7 @@ def main() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "4",
-                               "-b", f"127.0.0.1:{port}", "--log-level", "warning", "shopify_app:create_app()"],
+                               "-b", f"127.0.0.1:{port}", "--log-level", "warning", "shopify_app.wsgi:app"],
                               env=env)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -58,9 +58,12 @@ def sync(shop):
 @click.option("--port", default=8000, type=int)
 @click.option("--threads", default=8, type=int)
 def serve(host, port, threads):
-    """Serve the app with waitress (production: gunicorn 'shopify_app:create_app()')."""
+    """Serve the app with waitress (production: gunicorn 'shopify_app.wsgi:app')."""
     from waitress import serve as waitress_serve
 
+    from worker.embeddings import warm_up
+
+    warm_up()
     click.echo(f"Pairwell on http://{host}:{port}")
     waitress_serve(current_app._get_current_object(), host=host, port=port, threads=threads)
 

@@ -57,6 +57,9 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
     if serve:
         from waitress import serve as waitress_serve
 
+        from worker.embeddings import warm_up
+
+        warm_up()
         click.echo(f"Serving Pairwell on http://127.0.0.1:{port} (Ctrl-C to stop).")
         click.echo(f"Open it as the sample store's admin would: {shopify.origin}/admin/apps/pairwell")
         product = store.products[0].id

