@@ -52,7 +52,10 @@ def record(shop_id: int, payload: object) -> int:
 
 
 def _is_id(value: object) -> bool:
-    return (isinstance(value, int) and value > 0) or (isinstance(value, str) and value.isdigit())
+    """A Shopify numeric id, as a number or a string of digits, within the database's 64 bits."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
 
 
 def summary(shop_id: int, days: int = 30) -> dict:

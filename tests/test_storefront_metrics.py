@@ -25,7 +25,8 @@ def test_events_are_signed_validated_and_stored_all_or_nothing(client, installed
     bad = {"events": [good["events"][0], {"kind": "click", "viewed_product_id": "11"}]}
     response = client.post(events_url(installed_shop.domain), json=bad)
     assert response.status_code == 400 and "needs the recommended product_id" in response.json["message"]
-    for body in ({"events": []}, {"events": [{"kind": "purchase", "viewed_product_id": 1}]}, ["x"]):
+    for body in ({"events": []}, {"events": [{"kind": "purchase", "viewed_product_id": 1}]}, ["x"],
+                 {"events": [{"kind": "impression", "viewed_product_id": str(2**64)}]}):
         assert client.post(events_url(installed_shop.domain), json=body).status_code == 400
     assert client.post(events_url(installed_shop.domain), data="{not json").status_code == 400
     assert stored() == 0
