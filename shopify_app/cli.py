@@ -251,7 +251,7 @@ def evaluate(shop, orders_file, products_file, columns, skip_orders_prefix, skip
     report = evaluation.evaluate(
         baskets, titles, test_fraction=test_fraction, cases_limit=cases, model_cases=model_cases,
         chat=evaluation.llama_chat(model_file) if model_file else None, train_minutes=train_minutes,
-        workdir=Path(tempfile.mkdtemp(prefix="pairwell-evaluate-")),
+        workdir=Path(tempfile.mkdtemp(prefix="pairwell-evaluate-")) if train_minutes else None,
         progress=lambda name: click.echo(f"scoring {name}…" if name != "fine-tuning" else
                                          f"fine-tuning for {train_minutes} min…", err=True))
     report["source"] = source
