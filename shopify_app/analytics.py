@@ -8,7 +8,7 @@ the variants' current prices."""
 
 from __future__ import annotations
 
-from datetime import timedelta, timezone
+from datetime import timedelta
 from decimal import Decimal
 
 from sqlalchemy import select
@@ -90,11 +90,10 @@ def order_values(shop_id: int, since, adds: list[StorefrontEvent]) -> dict:
     for order_id, product_id, quantity, price in lines:
         value[order_id] = value.get(order_id, Decimal(0)) + price * quantity
         products.setdefault(order_id, set()).add(product_id)
-    added = [(e.product_id, _aware(e.created_at)) for e in adds]
+    added = [(e.product_id, e.created_at) for e in adds]
     with_block, without = [], []
     for order in orders:
-        placed = _aware(order.created_at)
-        attributed = any(product in products.get(order.id, ()) and at <= placed <= at + ATTRIBUTION
+        attributed = any(product in products.get(order.id, ()) and at <= order.created_at <= at + ATTRIBUTION
                          for product, at in added)
         (with_block if attributed else without).append(value.get(order.id, Decimal(0)))
 
@@ -104,7 +103,3 @@ def order_values(shop_id: int, since, adds: list[StorefrontEvent]) -> dict:
     return {"orders_with_recommendations": len(with_block), "orders_without": len(without),
             "aov_with_recommendations": mean(with_block), "aov_without": mean(without)}
 
-
-def _aware(moment):
-    """SQLite hands back naive datetimes; all ours are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -23,7 +23,7 @@ from worker.datasets import (
     reason_for,
     recommendation_prompt,
 )
-from worker.embeddings import SemanticIndex, product_text
+from worker.embeddings import SemanticIndex, catalog_index
 from worker.recommenders import CoPurchase, Hybrid, TitleMatcher
 from worker.runtime import title_grammar
 
@@ -78,8 +78,7 @@ def retrieval_index(shop_id: int, catalog: dict[int, Item]) -> Hybrid:
     built = _indexes.get(shop_id)
     if built is None or time.monotonic() - built[0] > INDEX_TTL_SECONDS:
         copurchase = CoPurchase(b for _, b in load_baskets(shop_id, catalog))
-        texts = {p: product_text(i.title, i.product_type, i.description) for p, i in sorted(catalog.items())}
-        built = (time.monotonic(), Hybrid(copurchase, SemanticIndex(texts)))
+        built = (time.monotonic(), Hybrid(copurchase, catalog_index(catalog)))
         _indexes[shop_id] = built
     return built[1]
 

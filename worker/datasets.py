@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from shopify_app.models import Order, OrderLine, Product, Shop, Variant, db
 
-from .embeddings import SemanticIndex, product_text
+from .embeddings import catalog_index
 from .recommenders import CoPurchase, Hybrid, Recommender
 
 log = logging.getLogger(__name__)
@@ -349,8 +349,7 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
     train_items = [b for _, b in train_baskets]
     stats = PairStats(train_items, catalog)
     # Candidates as the storefront finds them: co-purchase and semantic neighbours.
-    retrieve = Hybrid(stats, SemanticIndex({p: product_text(i.title, i.product_type, i.description)
-                                            for p, i in sorted(catalog.items())}))
+    retrieve = Hybrid(stats, catalog_index(catalog))
     system = RECOMMEND_SYSTEM.format(shop=shop.domain)
 
     recommendations = dedupe_and_balance(

@@ -62,6 +62,11 @@ def product_text(title: str, product_type: str = "", description: str = "") -> s
     return ". ".join(p.strip() for p in parts if p and p.strip())
 
 
+def catalog_index(catalog: dict) -> SemanticIndex:
+    """A shop's products (anything with title, product_type and description, by id) as a SemanticIndex."""
+    return SemanticIndex({p: product_text(i.title, i.product_type, i.description) for p, i in sorted(catalog.items())})
+
+
 class SemanticIndex:
     """Products by meaning: neighbours of a basket, and the closest title to a free-text name."""
 

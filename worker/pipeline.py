@@ -162,7 +162,7 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4) 
     import random
 
     from .datasets import load_baskets, load_catalog, split_by_time
-    from .embeddings import SemanticIndex, product_text
+    from .embeddings import catalog_index
     from .evaluation import Basket, ModelReRank, hits_at, leave_one_out, llama_chat, scores_below
     from .recommenders import CoPurchase, Hybrid, TitleMatcher
 
@@ -171,7 +171,7 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4) 
     cases = leave_one_out([Basket(str(i), created, products) for i, (created, products) in enumerate(held_out)],
                           random.Random(0), cases_limit)
     copurchase = CoPurchase(products for _, products in train)
-    index = SemanticIndex({p: product_text(i.title, i.product_type, i.description) for p, i in sorted(catalog.items())})
+    index = catalog_index(catalog)
     hybrid = Hybrid(copurchase, index)
     titles = {p: item.title for p, item in catalog.items()}
     system = RECOMMEND_SYSTEM.format(shop=db.session.get(Shop, model.shop_id).domain)
