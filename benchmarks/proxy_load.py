@@ -27,15 +27,16 @@ SECRET = "benchmark-secret-long-enough-for-hs256"
 
 
 def signed_url(base: str, shop: str, **params) -> str:
-    from shopify_app.signatures import signed_app_proxy_query
+    from core.signatures import signed_app_proxy_query
 
     return f"{base}/proxy/recommendations?{signed_app_proxy_query(shop, SECRET, **params)}"
 
 
 def install_sample_store(env: dict, gguf: Path | None) -> tuple[str, list[int]]:
-    from shopify_app import create_app, migrations, shops
-    from shopify_app.models import ModelVersion, Product, db
-    from shopify_app.sample_store import SampleShopify
+    from core import shops
+    from core.models import ModelVersion, Product, db
+    from sample_store import SampleShopify
+    from shopify_app import create_app, migrations
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"], "SHOPIFY_API_SECRET": SECRET,
                       "REDIS_URL": None, "BULK_POLL_SECONDS": 0.05})

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from core.models import Shop, db, utcnow
+from sample_store import generate_store
+from sample_store.server import order_jsonl, product_jsonl
 from shopify_app import create_app, migrations
-from shopify_app.models import Shop, db, utcnow
-from shopify_app.sample_store import generate_store
-from shopify_app.sample_store.server import order_jsonl, product_jsonl
 from worker.ingest import ingest_jsonl
 
 

@@ -25,8 +25,9 @@ from worker import training
 
 def sample_dataset(workdir: Path) -> Path:
     """The recommendation dataset of the built-in sample store (the demo's install and sync path)."""
-    from shopify_app import create_app, migrations, shops
-    from shopify_app.sample_store import SampleShopify
+    from core import shops
+    from sample_store import SampleShopify
+    from shopify_app import create_app, migrations
     from worker.datasets import build_datasets
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{workdir / 'bench.db'}", "REDIS_URL": None,

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from flask import Flask, jsonify, request
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 from werkzeug.exceptions import HTTPException
 
-from . import config
-from .models import db
-from .signatures import is_valid_shop_domain
+from core import config
+from core.models import db
+from core.signatures import is_valid_shop_domain
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -56,13 +52,3 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     return app
 
-
-@event.listens_for(Engine, "connect")
-def _sqlite_pragmas(dbapi_connection, _record):
-    """SQLite: enforce foreign keys (cascades) and let readers run beside the writer."""
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.close()

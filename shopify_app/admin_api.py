@@ -5,9 +5,12 @@ from __future__ import annotations
 from flask import Blueprint, abort, g, request
 from sqlalchemy import func, select
 
-from . import analytics, shops
+from core import shops
+from core.models import Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db
+from worker.tasks import enqueue_full_sync
+
+from . import analytics
 from .auth import session_token_required
-from .models import Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api")
 
@@ -107,8 +110,6 @@ def sync_runs():
 
 @bp.post("/sync-runs")
 def start_sync():
-    from worker.tasks import enqueue_full_sync
-
     return sync_run_json(enqueue_full_sync(_current_shop())), 202
 
 

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from .models import Order, OrderLine, StorefrontEvent, Variant, db, utcnow
+from core.models import Order, OrderLine, StorefrontEvent, Variant, db, utcnow
 
 KINDS = ("impression", "click", "add_to_cart")
 SOURCES = ("model", "cache", "fallback", "unknown")

@@ -12,10 +12,11 @@ from flask import Blueprint, abort, current_app, g, redirect, render_template, r
 from shopify import session_token
 from sqlalchemy import select
 
-from . import shopify_api, shops
-from .models import SyncRun, TrainingRun, db
-from .shopify_api import ShopifyError
-from .signatures import is_valid_shop_domain, verify_oauth_query
+from core import shopify_api, shops
+from core.models import SyncRun, TrainingRun, db
+from core.shopify_api import ShopifyError
+from core.signatures import is_valid_shop_domain, same, verify_oauth_query
+from worker.tasks import enqueue_full_sync
 
 bp = Blueprint("auth", __name__)
 
@@ -61,8 +62,6 @@ def _valid_shop_arg() -> str | None:
 
 
 def _install_and_sync(domain: str, grant: shopify_api.TokenGrant):
-    from worker.tasks import enqueue_full_sync
-
     shop = shops.install(domain, grant)
     enqueue_full_sync(shop)
     return shop
@@ -123,7 +122,7 @@ def callback():
     if not verify_oauth_query(pairs, current_app.config["SHOPIFY_API_SECRET"]):
         abort(401, "HMAC verification failed.")
     expected_state = session.pop("oauth_state", None)
-    if not expected_state or not secrets.compare_digest(expected_state, request.args.get("state", "")):
+    if not expected_state or not same(expected_state, request.args.get("state", "")):
         abort(401, "The state parameter does not match this browser's install attempt.")
     try:
         issued = int(request.args.get("timestamp", "0"))

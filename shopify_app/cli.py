@@ -10,8 +10,11 @@ from flask import current_app
 from flask.cli import FlaskGroup
 from sqlalchemy import func, select
 
-from . import create_app, migrations, shops
-from .models import Order, OrderLine, Product, Variant, db
+from core import shops
+from core.models import ModelVersion, Order, OrderLine, Product, Variant, db
+from worker.tasks import PipelineError, enqueue_full_sync, enqueue_pipeline, enqueue_rollback
+
+from . import create_app, migrations
 
 cli = FlaskGroup(create_app=create_app, add_default_commands=False,
                  help="Pairwell: AI 'pairs well with' recommendations for Shopify stores.")
@@ -42,8 +45,6 @@ def downgrade(revision):
 @click.argument("shop")
 def sync(shop):
     """Re-run a full sync of SHOP (reconcile with Shopify)."""
-    from worker.tasks import enqueue_full_sync
-
     record = shops.get_shop(shop)
     if record is None or not record.is_installed:
         raise click.ClickException(f"{shop} is not installed.")
@@ -61,9 +62,9 @@ def serve(host, port, threads):
     """Serve the app with waitress (production: gunicorn 'shopify_app.wsgi:app')."""
     from waitress import serve as waitress_serve
 
-    from worker.embeddings import warm_up
+    from core.recommendations import warm_up
 
-    warm_up()
+    warm_up(current_app._get_current_object())
     click.echo(f"Pairwell on http://{host}:{port}")
     waitress_serve(current_app._get_current_object(), host=host, port=port, threads=threads)
 
@@ -75,9 +76,6 @@ def worker(queues, concurrency):
     """Run a Celery worker (needs REDIS_URL)."""
     if not current_app.config["REDIS_URL"]:
         raise click.ClickException("Set REDIS_URL to run a worker; without it tasks run in-process.")
-    from worker.pipeline import recover_stale_runs
-
-    click.echo(f"marked {recover_stale_runs()} stale training runs failed")
     celery = current_app.extensions["celery"]
     celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "--loglevel=INFO"])
 
@@ -107,10 +105,16 @@ def _installed_shop(domain: str):
     return shop
 
 
-def _report(run) -> None:
+def _run_chain(shop: str, **options):
+    """The pipeline chain, or part of it, for an installed SHOP; says how the run ended."""
+    try:
+        run = enqueue_pipeline(_installed_shop(shop), **options)
+    except PipelineError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"training run #{run.id}: {run.status} ({run.stage})" + (f": {run.error}" if run.error else ""))
     if run.status == "failed":
         sys.exit(1)
+    return run
 
 
 @cli.command()
@@ -119,10 +123,7 @@ def _report(run) -> None:
               help="Past support conversations to merge (CSV question,answer[,strategy] or JSONL messages).")
 def dataset(shop, conversations):
     """Build the training datasets for SHOP from its synced orders, catalog and policies."""
-    from worker.tasks import enqueue_training
-
-    run = enqueue_training(_installed_shop(shop), conversations=conversations, until="build_datasets")
-    _report(run)
+    run = _run_chain(shop, conversations=conversations, last="build_datasets")
     for key, value in (run.dataset_stats or {}).items():
         click.echo(f"  {key}: {value}")
 
@@ -135,15 +136,9 @@ def dataset(shop, conversations):
 @click.option("--lora-r", type=int, default=None)
 def train(shop, minutes, epochs, learning_rate, lora_r):
     """Build datasets and fine-tune a LoRA adapter for SHOP (resumes from a checkpoint when retried)."""
-    from worker.pipeline import recover_stale_runs
-    from worker.tasks import enqueue_training
-
-    recover_stale_runs()
     options = {"epochs": epochs, "learning_rate": learning_rate, "lora_r": lora_r,
                "time_budget_seconds": minutes * 60 if minutes else None}
-    run = enqueue_training(_installed_shop(shop), until="train",
-                                   hyperparameters={k: v for k, v in options.items() if v is not None})
-    _report(run)
+    _run_chain(shop, last="train", hyperparameters={k: v for k, v in options.items() if v is not None})
 
 
 @cli.command("export")
@@ -151,12 +146,10 @@ def train(shop, minutes, epochs, learning_rate, lora_r):
 @click.option("--quantization", type=click.Choice(["q8_0", "f16"]), default="q8_0")
 def export_command(shop, quantization):
     """Merge SHOP's latest trained adapter, convert it to GGUF and verify it in llama.cpp."""
-    from worker.pipeline import latest_trained_run, stage_export
-
-    run = latest_trained_run(_installed_shop(shop))
-    if run is None:
-        raise click.ClickException(f"{shop} has no trained run to export: run `pairwell train {shop}` first.")
-    model = stage_export(run, quantization)
+    run = _run_chain(shop, first="export", last="export", quantization=quantization)
+    model = db.session.scalars(select(ModelVersion).where(ModelVersion.training_run_id == run.id)).first()
+    if model is None:
+        raise click.ClickException(f"run #{run.id} exported no model")
     click.echo(f"model v{model.version} ({model.status}): {model.gguf_path} "
                f"({model.size_bytes / 1e6:.1f} MB, sha256 {model.sha256[:12]})")
 
@@ -168,7 +161,7 @@ def export_command(shop, quantization):
 @click.option("--limit", default=4, type=int)
 def proxy_url(shop, product_id, cart, limit):
     """Print a freshly signed App Proxy URL (valid 90 s) for SHOP's recommendations, as Shopify would send it."""
-    from .signatures import signed_app_proxy_query
+    from core.signatures import signed_app_proxy_query
 
     params = {"product_id": product_id, "limit": limit, **({"cart": cart} if cart else {})}
     query = signed_app_proxy_query(shop, current_app.config["SHOPIFY_API_SECRET"], **params)
@@ -180,23 +173,15 @@ def proxy_url(shop, product_id, cart, limit):
 @click.option("--rollback", "roll_back", is_flag=True, help="Bring back the previously live model version.")
 @click.option("--force", is_flag=True, help="Deploy even a version the evaluation gate refused.")
 def deploy(shop, roll_back, force):
-    """Make SHOP's newest verified model live on the model host (Ollama or embedded), or roll back."""
-    from worker.pipeline import rollback, stage_deploy
-
-    from .models import ModelVersion, TrainingRun
-
-    record = _installed_shop(shop)
+    """Make SHOP's newest verified model live on the model host (Ollama or embedded), or roll back. The gate
+    scores it first if it has not yet; a version the gate refused goes live only with --force."""
     if roll_back:
-        model = rollback(record)
+        model = enqueue_rollback(_installed_shop(shop))
         if model is None:
             raise click.ClickException(f"{shop} has no earlier model version to roll back to.")
     else:
-        model = db.session.scalars(select(ModelVersion).where(
-            ModelVersion.shop_id == record.id, ModelVersion.status == "verified")
-            .order_by(ModelVersion.version.desc())).first()
-        if model is None:
-            raise click.ClickException(f"{shop} has no verified model version waiting to be deployed.")
-        stage_deploy(db.session.get(TrainingRun, model.training_run_id), force=force)
+        run = _run_chain(shop, first="gate", last="deploy", force=force)
+        model = db.session.scalars(select(ModelVersion).where(ModelVersion.training_run_id == run.id)).one()
         if model.status != "deployed":
             raise click.ClickException(model.metrics.get("deploy", f"model v{model.version} was not deployed"))
     click.echo(f"model v{model.version} is {model.status} on {model.metrics.get('deployment', {}).get('host')}")
@@ -224,42 +209,23 @@ def evaluate(shop, orders_file, products_file, columns, skip_orders_prefix, skip
     """Score the recommenders on a shop's orders or on order files: hide one product per test basket."""
     import json
 
-    from worker import evaluation
+    from worker.tasks import run_offline_evaluation
 
-    if orders_file:
-        mapping = dict(pair.split("=", 1) for pair in columns.split(",") if "=" in pair)
-        skip = {p.strip() for p in skip_products.split(",") if p.strip()}
-        baskets, titles = evaluation.load_order_file(orders_file, mapping, skip_orders=skip_orders_prefix,
-                                                     skip_products=skip)
-        source = str(orders_file)
-    elif shop:
-        from worker.datasets import load_baskets, load_catalog
-
-        record = _installed_shop(shop)
-        catalog = load_catalog(record.id)
-        baskets = [evaluation.Basket(str(i), created, [str(p) for p in products]) for i, (created, products)
-                   in enumerate(load_baskets(record.id, catalog))]
-        titles = {str(p): item.title for p, item in catalog.items()}
-        source = shop
-    else:
+    if not orders_file and not shop:
         raise click.UsageError("Name a SHOP or give --orders FILE.")
-    if products_file:
-        mapping = dict(pair.split("=", 1) for pair in columns.split(",") if "=" in pair)
-        titles |= evaluation.load_product_file(products_file, mapping)
-    import tempfile
-
-    report = evaluation.evaluate(
-        baskets, titles, test_fraction=test_fraction, cases_limit=cases, model_cases=model_cases,
-        chat=evaluation.llama_chat(model_file) if model_file else None, train_minutes=train_minutes,
-        workdir=Path(tempfile.mkdtemp(prefix="pairwell-evaluate-")) if train_minutes else None,
+    report = run_offline_evaluation(
+        shop=None if orders_file else _installed_shop(shop), orders_file=orders_file, products_file=products_file,
+        columns=columns, skip_orders_prefix=skip_orders_prefix, skip_products=skip_products,
+        test_fraction=test_fraction, cases=cases, model_file=model_file, train_minutes=train_minutes,
+        model_cases=model_cases,
         progress=lambda name: click.echo(f"scoring {name}…" if name != "fine-tuning" else
                                          f"fine-tuning for {train_minutes} min…", err=True))
-    report["source"] = source
-    click.echo(f"{source}: {report['split']['train_orders']} training and {report['split']['test_orders']} test "
-               f"orders (split at {report['split']['split_at']}), catalog {report['split']['catalog']}")
+    source, split = report["source"], report["split"]
+    click.echo(f"{source}: {split['train_orders']} training and {split['test_orders']} test "
+               f"orders (split at {split['split_at']}), catalog {split['catalog']}")
     if "model_trained_on" in report:
         click.echo(f"model trained on: {json.dumps(report['model_trained_on'])}")
-    click.echo(evaluation.markdown(report))
+    click.echo(report.pop("markdown"))
     if out:
         out.write_text(json.dumps(report, indent=2))
         click.echo(f"report: {out}")

@@ -8,10 +8,13 @@ from urllib.parse import urlencode
 import click
 from flask import current_app
 
-from . import migrations, shops
-from .models import SyncRun, db
-from .sample_store import SampleShopify, generate_store
-from .sample_store.catalog import MERCHANT_POLICIES
+from core import shops
+from core.models import ModelVersion, SyncRun, db
+from sample_store import SampleShopify, generate_store
+from sample_store.catalog import MERCHANT_POLICIES
+from worker.tasks import enqueue_pipeline
+
+from . import migrations
 
 DEMO_TRAINING = {"batch_tokens": 1024, "learning_rate": 5e-4, "epochs": 1, "eval_examples": 48}
 
@@ -57,9 +60,9 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
     if serve:
         from waitress import serve as waitress_serve
 
-        from worker.embeddings import warm_up
+        from core.recommendations import warm_up
 
-        warm_up()
+        warm_up(app)
         click.echo(f"Serving Pairwell on http://127.0.0.1:{port} (Ctrl-C to stop).")
         click.echo(f"Open it as the sample store's admin would: {shopify.origin}/admin/apps/pairwell")
         product = store.products[0].id
@@ -73,14 +76,8 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
 def fine_tune(shop, minutes: float) -> None:
     """Datasets → LoRA fine-tune within the budget → GGUF → verify; then the base and the tuned model side by
     side on the same held-out cart."""
-    from worker.datasets import parse_answer
-    from worker.pipeline import base_model_answer, catalog_titles, held_out_prompt
-    from worker.tasks import enqueue_training
-
-    from .models import ModelVersion
-
     click.echo(f"Fine-tuning for up to {minutes:g} minutes (datasets, LoRA, merge, GGUF, llama.cpp check)...")
-    run = enqueue_training(shop, hyperparameters={**DEMO_TRAINING, "time_budget_seconds": minutes * 60})
+    run = enqueue_pipeline(shop, hyperparameters={**DEMO_TRAINING, "time_budget_seconds": minutes * 60})
     stats = run.dataset_stats or {}
     click.echo(f"Datasets {run.dataset_version}: {stats.get('train_examples')} training examples "
                f"({stats.get('recommendation_examples')} recommendations, {stats.get('support_examples')} support), "
@@ -90,14 +87,11 @@ def fine_tune(shop, minutes: float) -> None:
     model = db.session.scalars(db.select(ModelVersion).where(ModelVersion.training_run_id == run.id)).one()
     click.echo(f"Model v{model.version}: {model.gguf_path} ({model.size_bytes / 1e6:.0f} MB, {model.quantization}), "
                f"eval loss {run.eval_loss:.3f}, {run.tokens_per_second:.0f} tokens/s")
-    prompt = held_out_prompt(run)
-    titles = catalog_titles(shop.id)
-    before = base_model_answer(prompt)
-    after = model.metrics["verification"]["answer"]
-    click.echo(f"\nHeld-out prompt: {prompt[-1]['content']}")
-    for label, answer in (("Base model", before), ("Fine-tuned", after)):
-        named = [r["title"] for r in parse_answer(answer) if r["title"] in titles]
-        click.echo(f"\n{label} ({len(named)} real catalog products named):\n{answer.strip()[:600]}")
+    check = model.metrics["verification"]
+    click.echo(f"\nHeld-out prompt: {check['prompt']}")
+    for label, answer, named in (("Base model", check["base_answer"], check["base_catalog_items"]),
+                                 ("Fine-tuned", check["answer"], check["catalog_items"])):
+        click.echo(f"\n{label} ({named} real catalog products named):\n{answer.strip()[:600]}")
     gate = model.metrics.get("gate")
     if gate:
         click.echo(f"\nDeploy gate ({gate['cases']} held-out orders): {'passed' if gate['passed'] else 'refused'}, "

@@ -6,7 +6,7 @@ from alembic import command
 from alembic.config import Config
 from flask import current_app
 
-from .config import ROOT
+from core.config import ROOT
 
 
 def alembic_config(database_url: str | None = None) -> Config:

@@ -6,9 +6,11 @@ from __future__ import annotations
 from cachetools import TTLCache
 from flask import Blueprint, abort, current_app, g, jsonify, request
 
-from . import analytics, cache, recommendations, shops
-from .models import Product, Shop, db
-from .signatures import is_valid_shop_domain, verify_app_proxy_query
+from core import cache, recommendations, shops
+from core.models import Product, Shop, db
+from core.signatures import is_valid_shop_domain, verify_app_proxy_query
+
+from . import analytics
 
 bp = Blueprint("proxy", __name__, url_prefix="/proxy")
 MAX_CART_ITEMS = 50

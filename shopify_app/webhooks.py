@@ -1,4 +1,4 @@
-"""`POST /webhooks`: verify, record, de-duplicate, hand off. Work happens in `worker.webhooks`."""
+"""`POST /webhooks`: verify, record, de-duplicate, hand off. Work happens in the worker (`worker/webhooks.py`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from flask import Blueprint, abort, current_app, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from worker.webhooks import HANDLERS
-
-from .models import WebhookDelivery, db
-from .signatures import is_valid_shop_domain, verify_webhook
+from core.models import WebhookDelivery, db
+from core.signatures import is_valid_shop_domain, verify_webhook
+from core.webhooks import TOPICS
+from worker.tasks import enqueue_webhook
 
 bp = Blueprint("webhooks", __name__)
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def receive():
         json.loads(body)
     except ValueError as exc:
         delivery.status, delivery.error = "malformed", f"invalid JSON: {exc}"
-    if topic not in HANDLERS and delivery.status == "received":
+    if topic not in TOPICS and delivery.status == "received":
         delivery.status = "ignored"
     db.session.add(delivery)
     try:
@@ -52,10 +52,5 @@ def receive():
     if delivery.status == "malformed":
         abort(400, f"Body is not valid JSON; kept as delivery {delivery.id} for inspection.")
     if delivery.status == "received":
-        from worker.tasks import process_webhook
-
-        try:
-            process_webhook.delay(delivery.id)
-        except Exception:  # in-process mode: the delivery row keeps the error, Shopify need not retry
-            log.exception("webhook delivery %s failed", delivery.id)
+        enqueue_webhook(delivery)
     return {"status": delivery.status if delivery.status == "ignored" else "accepted", "delivery": delivery.id}

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from core.models import Base, db
+from sample_store import SampleShopify, generate_store
 from shopify_app import create_app, migrations
-from shopify_app.models import Base, db
-from shopify_app.sample_store import SampleShopify, generate_store
 
 API_KEY = "test-client-id"
 API_SECRET = "test-client-secret-long-enough-for-hs256"
@@ -66,7 +66,7 @@ def installed_shop(client, shopify):
     """The sample shop after a real embedded install (token exchange + full sync)."""
     response = client.get(f"/?shop={shopify.shop}&id_token={shopify.session_token()}")
     assert response.status_code == 200, response.get_data(as_text=True)
-    from shopify_app import shops
+    from core import shops
 
     return shops.get_shop(shopify.shop)
 

@@ -4,8 +4,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs, urlencode, urlparse
 
-from shopify_app import shops
-from shopify_app.signatures import oauth_hmac
+from core import shops
+from core.signatures import oauth_hmac
 
 from .conftest import API_KEY, API_SECRET
 

@@ -2,8 +2,8 @@
 
 from click.testing import CliRunner
 
+from sample_store import generate_store
 from shopify_app.cli import cli
-from shopify_app.sample_store import generate_store
 
 from .conftest import scratch_database
 

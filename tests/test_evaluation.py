@@ -43,7 +43,7 @@ def test_co_purchase_finds_the_partner_and_popularity_does_not(tmp_path):
     baskets, _ = evaluation.load_order_file(
         tmp_path / "orders.csv", {"order_id": "Invoice", "product_id": "Code", "created_at": "When", "quantity": "Qty"},
         skip_orders="C", skip_products={"POST"})
-    report = evaluation.evaluate(baskets, test_fraction=0.2)
+    report = evaluation.compare_recommenders(baskets, test_fraction=0.2)
     copurchase, popularity = report["recommenders"]["co-purchase"], report["recommenders"]["popularity"]
     assert report["split"]["train_orders"] == 480 and report["split"]["test_orders"] == 120
     # Hiding A or B leaves its partner in the basket: co-purchase recovers it (2 of 3 hidden items).
@@ -71,7 +71,7 @@ def test_online_retail_reference_figures():
                  "quantity": "Quantity", "title": "Description"}, skip_orders="C",
         skip_products={"POST", "DOT", "M", "C2", "D", "CRUK", "PADS", "BANK CHARGES", "AMAZONFEE"})
     assert 20_000 < len(baskets) < 21_500 and 3_800 < len(titles) < 4_200
-    report = evaluation.evaluate(baskets, titles, cases_limit=1000)["recommenders"]
+    report = evaluation.compare_recommenders(baskets, titles, cases_limit=1000)["recommenders"]
     assert 0.01 < report["popularity"]["hr@10"] < 0.06  # the data set's README: about 0.03
     assert report["co-purchase"]["hr@10"] > 0.14  # README: about 0.16
     # Co-purchase cannot know a product nobody bought with others; the hybrid finds them by their names.

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from shopify_app.config import ROOT
+from core.config import ROOT
 
 EXTENSION = ROOT / "extensions" / "pairwell"
 

@@ -4,8 +4,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from core.models import Base
 from shopify_app import migrations
-from shopify_app.models import Base
 
 from .conftest import scratch_database
 

@@ -3,8 +3,8 @@ stop tokens), constrained chat through the proxy, versions, rollback, and the fa
 
 import pytest
 
-from shopify_app.model_host import CHATML_TEMPLATE, STOP_TOKENS, host_for
-from shopify_app.models import ModelVersion, TrainingRun, db
+from core.model_hosts import CHATML_TEMPLATE, STOP_TOKENS, host_for
+from core.models import ModelVersion, TrainingRun, db
 from worker.pipeline import rollback, stage_deploy
 
 from .ollama_double import OllamaDouble
@@ -26,7 +26,8 @@ def verified_model(shop, tmp_path, version: int) -> tuple[TrainingRun, ModelVers
     db.session.add(run)
     db.session.flush()
     model = ModelVersion(shop_id=shop.id, training_run_id=run.id, version=version, gguf_path=str(gguf),
-                         quantization="q8_0", size_bytes=68, sha256="0" * 64, base_model="b", status="verified")
+                         quantization="q8_0", size_bytes=68, sha256="0" * 64, base_model="b", status="verified",
+                         metrics={"gate": {"passed": True, "reason": "not below co-purchase"}})
     db.session.add(model)
     db.session.commit()
     return run, model
@@ -66,5 +67,7 @@ def test_rollback_reactivates_the_previous_version(ollama, installed_shop, tmp_p
     stage_deploy(first_run)
     stage_deploy(second_run)
     assert (first.status, second.status) == ("retired", "deployed")
+    assert set(ollama.models) == {"pairwell-outdoor-test:v2"}  # a retired version leaves the host
     assert rollback(installed_shop).id == first.id
     assert (first.status, second.status) == ("deployed", "retired")
+    assert set(ollama.models) == {"pairwell-outdoor-test:v1"}

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from shopify_app.models import ModelVersion, Product, db
-from shopify_app.signatures import signed_app_proxy_query
+from core.models import ModelVersion, Product, db
+from core.signatures import signed_app_proxy_query
 
 from .conftest import API_SECRET
 
@@ -77,7 +77,8 @@ def test_model_path_names_only_candidates_and_falls_back_when_the_host_fails(cli
     for item in body["products"]:  # an untrained model still cannot name anything but real candidates
         assert sellable(db.session.get(Product, (installed_shop.id, item["id"]))) and item["id"] != viewing.id
 
-    assert client.get(proxy_url(installed_shop.domain, product_id=viewing.id, limit=4)).json["source"] == "cache"
+    again = client.get(proxy_url(installed_shop.domain, product_id=viewing.id, limit=4)).json
+    assert again["cached"] and again["source"] == "model"  # a cached reply keeps its origin, for the metrics
     model.gguf_path = str(tmp_path / "gone.gguf")  # the model host is down: uncached requests still get products
     db.session.commit()
     body = client.get(proxy_url(installed_shop.domain, product_id=store.products[11].id, limit=4)).json
@@ -85,19 +86,18 @@ def test_model_path_names_only_candidates_and_falls_back_when_the_host_fails(cli
 
 
 def test_second_request_is_served_from_cache_until_the_catalog_changes(client, installed_shop, shopify, store):
-    from shopify_app.sample_store.server import product_webhook_payload
+    from sample_store.server import product_webhook_payload
 
     url = proxy_url(installed_shop.domain, product_id=store.products[3].id, limit=3)
     first, second = client.get(url).json, client.get(url).json
-    assert first["source"] == "fallback" and second["source"] == "cache"
+    assert first["source"] == second["source"] == "fallback" and not first["cached"] and second["cached"]
     assert second["products"] == first["products"]
 
     payload = product_webhook_payload(store.products[5])
     payload["updated_at"] = "2030-01-01T00:00:00Z"
     body, headers = shopify.signed_webhook("products/update", payload)
     client.post("/webhooks", data=body, headers=headers)
-    assert client.get(proxy_url(installed_shop.domain, product_id=store.products[3].id, limit=3)).json["source"] \
-        == "fallback"
+    assert not client.get(proxy_url(installed_shop.domain, product_id=store.products[3].id, limit=3)).json["cached"]
 
 
 def test_rate_limit_answers_429_with_retry_after(app, client, installed_shop, store):
@@ -112,50 +112,61 @@ def test_rate_limit_answers_429_with_retry_after(app, client, installed_shop, st
     assert other_ip.status_code == 200
 
 
-def test_deploy_makes_a_verified_model_live_and_refuses_a_rejected_one(installed_shop, tiny_gguf):
-    from shopify_app.models import TrainingRun
+PASSED_GATE = {"gate": {"passed": True, "reason": "HR@4 0.5, not below co-purchase"}}
+
+
+def test_deploy_makes_a_gated_verified_model_live_and_refuses_a_rejected_or_ungated_one(installed_shop, tiny_gguf):
+    from core.models import TrainingRun
     from worker.pipeline import stage_deploy
 
     runs, models = [], []
-    for version, status in ((1, "verified"), (2, "rejected"), (3, "verified")):
-        run = TrainingRun(shop_id=installed_shop.id, status="succeeded")
+    for version, status, metrics in ((1, "verified", PASSED_GATE), (2, "rejected", {}), (3, "verified", PASSED_GATE),
+                                     (4, "verified", {})):
+        run = TrainingRun(shop_id=installed_shop.id, status="running")
         db.session.add(run)
         db.session.flush()
         models.append(ModelVersion(shop_id=installed_shop.id, training_run_id=run.id, version=version,
                                    gguf_path=str(tiny_gguf), quantization="q8_0", size_bytes=1, sha256="0" * 64,
-                                   base_model="b", status=status))
+                                   base_model="b", status=status, metrics=metrics))
         runs.append(run)
     db.session.add_all(models)
     db.session.commit()
     stage_deploy(runs[0])
-    assert models[0].status == "deployed"
+    assert models[0].status == "deployed" and runs[0].status == "succeeded"
     stage_deploy(runs[1])
     assert models[1].status == "rejected" and runs[1].stage == "deploy refused" and models[0].status == "deployed"
     assert "refused" in models[1].metrics["deploy"]
     stage_deploy(runs[2])
-    assert [m.status for m in models] == ["retired", "rejected", "deployed"]
+    assert [m.status for m in models] == ["retired", "rejected", "deployed", "verified"]
+    stage_deploy(runs[3])  # no gate result: refused unless forced
+    assert models[3].status == "verified" and "no gate result" in models[3].metrics["deploy"]
+    stage_deploy(runs[3], force=True)
+    assert models[3].status == "deployed" and models[3].metrics["deploy"].endswith("no gate result")
 
 
-def test_model_names_are_matched_exactly_then_fuzzily_and_misses_dropped(app, installed_shop, store, monkeypatch):
-    from shopify_app import recommendations
+def test_model_names_are_matched_exactly_then_fuzzily_and_misses_dropped(app, installed_shop, store):
+    from core import recommendations
 
-    products = db.session.scalars(db.select(Product).where(Product.status == "ACTIVE").limit(4)).all()
-    reply = "\n".join([
-        f'{{"title": "{products[0].title}", "reason": "Exact"}}',
-        f'{{"title": "{products[1].title.upper()}!", "reason": "Case and punctuation"}}',
-        '{"title": "A Tent That Does Not Exist", "reason": "Invented"}',
-        f'{{"title": "{products[0].title}", "reason": "Duplicate"}}',
-    ])
-    monkeypatch.setattr(recommendations.host_for(app), "chat", lambda *a, **k: reply)
-    model = ModelVersion(shop_id=installed_shop.id, version=1, gguf_path="x", quantization="q8_0", size_bytes=1,
-                         sha256="0", base_model="b")
-    picks, misses = recommendations.model_picks(installed_shop, model, products[3], [], products[:3], 4)
-    assert [p.product.id for p in picks] == [products[0].id, products[1].id] and misses == 1
+    shelf = recommendations.load_shelf(installed_shop)
+    viewing = store.products[10].id
+    candidates = recommendations.ranking(shelf, viewing, [])[:8]
+    first, second = (shelf.title(p) for p in candidates[3:5])
+
+    def chat(messages, offered, picks):
+        return "\n".join([f'{{"title": "{first}", "reason": "Exact"}}',
+                          f'{{"title": "{second.upper()}!", "reason": "Case and punctuation"}}',
+                          '{"title": "A Tent That Does Not Exist", "reason": "Invented"}',
+                          f'{{"title": "{first}", "reason": "Duplicate"}}'])
+
+    result = recommendations.rerank(chat, shelf, viewing, [], 4, "system")
+    assert result.products[:2] == candidates[3:5] and result.names == 4 and result.misses == 1
+    assert result.reasons == {candidates[3]: "Exact", candidates[4]: "Case and punctuation"}
+    assert result.products[2:] == [p for p in candidates if p not in candidates[3:5]][:2]
 
 
 def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_forced(installed_shop, tiny_gguf):
-    from shopify_app.models import TrainingRun
-    from worker.pipeline import stage_deploy, stage_evaluate
+    from core.models import TrainingRun
+    from worker.pipeline import stage_deploy, stage_gate
 
     run = TrainingRun(shop_id=installed_shop.id, status="succeeded")
     db.session.add(run)
@@ -165,9 +176,9 @@ def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_f
                          metrics={})
     db.session.add(model)
     db.session.commit()
-    gate = stage_evaluate(run)
+    gate = stage_gate(run)
     assert gate["cases"] > 20 and 0 <= gate["hr@4"] <= 1 and 0 < gate["co-purchase hr@4"] <= 1
-    assert model.metrics["gate"] == gate and gate["reason"] and run.stage == "evaluated"
+    assert model.metrics["gate"] == gate and gate["reason"] and run.stage == "gate"
     # The verdict decides the deploy: a refused version stays verified until someone forces it.
     model.metrics = {**model.metrics, "gate": {**gate, "passed": False, "reason": "HR@4 0.100 is below co-purchase"}}
     db.session.commit()
@@ -186,3 +197,23 @@ def test_scores_below_needs_more_than_noise():
     assert scores_below([0.0] * 50 + [1.0] * 10, [0.0] * 20 + [1.0] * 40, random.Random(0))
     assert not scores_below([1.0, 0.0] * 15, [0.0, 1.0] * 15, random.Random(0))  # equal rates
     assert not scores_below([0.0] * 29 + [1.0], [0.0] * 28 + [1.0] * 2, random.Random(0))  # one case apart
+
+
+def test_the_storefront_the_gate_and_evaluation_answer_a_case_with_the_same_list(app, client, installed_shop,
+                                                                                   store, tiny_gguf):
+    """One re-rank path: what a shopper is served is what the deploy gate and offline evaluation score."""
+    from core.model_hosts import chat_with_gguf
+    from core.prompts import RECOMMEND_SYSTEM
+    from core.recommendations import load_shelf
+    from worker.evaluation import ModelReRank
+
+    app.config["MODEL_BUDGET_SECONDS"] = 60.0  # the first answer also loads the model
+    db.session.add(ModelVersion(shop_id=installed_shop.id, version=1, gguf_path=str(tiny_gguf), quantization="q8_0",
+                                size_bytes=1, sha256="0" * 64, base_model="tiny", status="deployed"))
+    db.session.commit()
+    viewing, cart = store.products[20].id, [store.products[21].id, store.products[22].id]
+    body = client.get(proxy_url(installed_shop.domain, product_id=viewing, cart=f"{cart[0]},{cart[1]}", limit=6)).json
+    assert body["source"] == "model"
+    gate = ModelReRank(chat_with_gguf(tiny_gguf), load_shelf(installed_shop),
+                       RECOMMEND_SYSTEM.format(shop=installed_shop.domain))
+    assert [p["id"] for p in body["products"]] == gate([*cart, viewing], 6)

@@ -8,9 +8,9 @@ import redis
 from celery.contrib.testing.worker import start_worker
 from sqlalchemy import select
 
+from core.models import SyncRun, WebhookDelivery, db
+from sample_store.server import product_webhook_payload
 from shopify_app import create_app
-from shopify_app.models import SyncRun, WebhookDelivery, db
-from shopify_app.sample_store.server import product_webhook_payload
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL")
 pytestmark = pytest.mark.skipif(not REDIS_URL, reason="needs TEST_REDIS_URL (make test starts a Redis)")

@@ -7,9 +7,11 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from core.embeddings import SemanticIndex
+from core.model_hosts import chat_with_gguf
+from core.recommendations import Shelf, ranking
+from core.recommenders import CoPurchase, Hybrid, Semantic, TitleMatcher
 from worker import evaluation
-from worker.embeddings import SemanticIndex
-from worker.recommenders import CoPurchase, Hybrid, Semantic, TitleMatcher
 
 TITLES = {
     "tent": "Two-Person Backpacking Tent", "stakes": "Aluminium Tent Stakes", "footprint": "Tent Footprint Groundsheet",
@@ -64,27 +66,26 @@ def scripted_chat(answer_for):
     """A stand-in model: answers from the prompt (the real llama.cpp path is the last test)."""
     calls = []
 
-    def chat(messages, grammar):
-        calls.append((messages, grammar))
+    def chat(messages, candidates, picks):
+        calls.append((messages, candidates))
         return answer_for(messages[-1]["content"])
     chat.calls = calls
     return chat
 
 
 def test_model_re_rank_puts_its_picks_first_and_never_serves_an_invented_name(index):
-    train = baskets()
-    hybrid = Hybrid(CoPurchase(b.products for b in train), index)
-    candidates = hybrid(["stove"], 8)
+    shelf = Shelf.everything(TITLES, CoPurchase(b.products for b in baskets()))
+    candidates = ranking(shelf, "stove", [])[:8]
     chosen = candidates[2]
     chat = scripted_chat(lambda prompt: "\n".join([
         json.dumps({"title": TITLES[chosen], "reason": "Goes with it"}),
         json.dumps({"title": "Solar Kettle Deluxe", "reason": "Invented"})]))
-    rerank = evaluation.ModelReRank(chat, hybrid, TITLES, TitleMatcher(TITLES, index), "system", candidates=8)
+    rerank = evaluation.ModelReRank(chat, shelf, "system")
     ranked = rerank(["stove"], 10)
     assert ranked[0] == chosen and len(ranked) == len(set(ranked)) and set(ranked) <= set(TITLES)
     assert rerank.names == 2 and rerank.invented == 1
-    messages, grammar = chat.calls[0]
-    assert "Candidates: " in messages[-1]["content"] and all(TITLES[c] in grammar for c in candidates)
+    messages, offered = chat.calls[0]
+    assert "Candidates: " in messages[-1]["content"] and offered == [TITLES[c] for c in candidates]
 
 
 def test_evaluate_reports_the_model_alone_and_the_hybrid_it_re_ranks(index):
@@ -95,7 +96,8 @@ def test_evaluate_reports_the_model_alone_and_the_hybrid_it_re_ranks(index):
         return "\n".join([json.dumps({"title": viewing, "reason": "r"}),  # the viewed product itself, then
                           json.dumps({"title": "Glow-in-the-dark Tent Pegs", "reason": "r"})])  # an invention
 
-    report = evaluation.evaluate(baskets(), TITLES, chat=scripted_chat(answer), model_cases=20)["recommenders"]
+    report = evaluation.compare_recommenders(baskets(), TITLES, chat=scripted_chat(answer),
+                                             model_cases=20)["recommenders"]
     assert {"popularity", "co-purchase", "semantic", "hybrid", "hybrid (model cases)", "model alone",
             "hybrid + model re-rank"} <= set(report)
     alone, rerank = report["model alone"], report["hybrid + model re-rank"]
@@ -106,7 +108,7 @@ def test_evaluate_reports_the_model_alone_and_the_hybrid_it_re_ranks(index):
 
 
 def test_the_real_model_in_llama_cpp_re_ranks_only_catalog_products(index, tiny_gguf):
-    report = evaluation.evaluate(baskets(120), TITLES, chat=evaluation.llama_chat(tiny_gguf), model_cases=4)
+    report = evaluation.compare_recommenders(baskets(120), TITLES, chat=chat_with_gguf(tiny_gguf), model_cases=4)
     rerank = report["recommenders"]["hybrid + model re-rank"]
     assert rerank["cases"] == 4 and rerank["out_of_catalog_rate"] == 0 and rerank["duplicate_rate"] == 0
     assert rerank["hallucination_rate"] == 0  # the grammar allows candidate titles only

@@ -4,7 +4,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from shopify_app.signatures import (
+from core.signatures import (
     app_proxy_signature,
     is_valid_shop_domain,
     oauth_hmac,

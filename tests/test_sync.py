@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select
 
-from shopify_app import shops
-from shopify_app.models import Order, OrderLine, Product, SyncRun, Variant, db
-from shopify_app.sample_store.server import order_jsonl, product_jsonl
-from shopify_app.shopify_api import ShopifyError
+from core import shops
+from core.models import Order, OrderLine, Product, SyncRun, Variant, db
+from core.shopify_api import ShopifyError
+from sample_store.server import order_jsonl, product_jsonl
 from worker.ingest import ingest_jsonl
 from worker.sync import BULK_OPERATION_QUERY
 from worker.tasks import enqueue_full_sync
@@ -122,7 +122,7 @@ def test_jsonl_streams_in_batches_with_children_across_batch_edges(app, installe
 
 
 def test_sync_brings_shopify_policies_and_keeps_merchant_ones(client, shopify):
-    from shopify_app.sample_store.catalog import SHOP_POLICIES
+    from sample_store.catalog import SHOP_POLICIES
 
     client.get(f"/?id_token={shopify.session_token()}")
     shop = shops.get_shop(shopify.shop)

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from shopify_app.models import ModelVersion, Product, db
+from core import prompts
+from core.models import ModelVersion, Product, db
 from worker import datasets, training
 from worker.export import sha256
-from worker.tasks import enqueue_training
+from worker.tasks import enqueue_pipeline
 
 
 @pytest.fixture
@@ -46,9 +47,9 @@ def test_length_buckets_cover_everything_once_within_the_token_budget():
 
 
 def test_answer_format_round_trips_and_rejects_prose():
-    text = datasets.format_answer([("Fuel Canister", "Fuel for the stove"), ("Spork", "Eat")])
-    assert [r["title"] for r in datasets.parse_answer(text)] == ["Fuel Canister", "Spork"]
-    assert datasets.parse_answer("I'm glad you're enjoying the product.") == []
+    text = prompts.format_answer([("Fuel Canister", "Fuel for the stove"), ("Spork", "Eat")])
+    assert [r["title"] for r in prompts.parse_answer(text)] == ["Fuel Canister", "Spork"]
+    assert prompts.parse_answer("I'm glad you're enjoying the product.") == []
 
 
 def test_recommendation_dataset_is_time_split_grounded_and_versioned(installed_shop, tmp_path, store):
@@ -61,7 +62,7 @@ def test_recommendation_dataset_is_time_split_grounded_and_versioned(installed_s
     for example in recommendations:
         user, answer = example["messages"][1]["content"], example["messages"][2]["content"]
         candidates = user.split("Candidates: ", 1)[1].split("; ")
-        picked = [r["title"] for r in datasets.parse_answer(answer)]
+        picked = [r["title"] for r in prompts.parse_answer(answer)]
         assert picked and set(picked) <= titles and set(picked) <= set(candidates)
     # Time split: every held-out order is newer than every training order.
     split = stats["split_at"]
@@ -92,7 +93,7 @@ def test_support_dataset_uses_policies_stock_and_merchant_conversations(installe
 
 def test_full_chain_on_a_tiny_model(app, installed_shop, tiny_base, tmp_path):
     app.config.update(BASE_MODEL=str(tiny_base), PAIRWELL_ARTIFACTS=str(tmp_path))
-    run = enqueue_training(installed_shop, hyperparameters={
+    run = enqueue_pipeline(installed_shop, hyperparameters={
         "epochs": 1, "batch_tokens": 1024, "time_budget_seconds": 6, "eval_examples": 8, "learning_rate": 1e-2})
     assert run.status == "succeeded", run.error
     assert run.step > 0 and run.total_steps >= run.step and run.tokens_per_second > 0 and run.history
@@ -112,7 +113,7 @@ def test_full_chain_on_a_tiny_model(app, installed_shop, tiny_base, tmp_path):
 
 def test_cancelling_stops_training(app, installed_shop, tiny_base, tmp_path):
     app.config.update(BASE_MODEL=str(tiny_base), PAIRWELL_ARTIFACTS=str(tmp_path))
-    from shopify_app.models import TrainingRun
+    from core.models import TrainingRun
     from worker import pipeline
 
     run = TrainingRun(shop_id=installed_shop.id, hyperparameters={"epochs": 1, "batch_tokens": 512})
@@ -129,7 +130,7 @@ def test_cancelling_stops_training(app, installed_shop, tiny_base, tmp_path):
 def test_a_run_whose_worker_died_is_marked_failed(installed_shop):
     from datetime import timedelta
 
-    from shopify_app.models import TrainingRun, utcnow
+    from core.models import TrainingRun, utcnow
     from worker.pipeline import recover_stale_runs
 
     alive = TrainingRun(shop_id=installed_shop.id, status="running", stage="train", heartbeat_at=utcnow())
@@ -142,7 +143,7 @@ def test_a_run_whose_worker_died_is_marked_failed(installed_shop):
 
 
 def test_admin_api_shows_and_cancels_training_runs(client, installed_shop, shopify):
-    from shopify_app.models import TrainingRun
+    from core.models import TrainingRun
 
     run = TrainingRun(shop_id=installed_shop.id, status="running", stage="train", step=3, total_steps=10,
                       history=[{"step": 3, "loss": 1.5}])
@@ -161,7 +162,7 @@ def test_admin_api_shows_and_cancels_training_runs(client, installed_shop, shopi
 def test_training_resumes_from_its_checkpoint(tiny_base, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    answers = [datasets.format_answer([(f"Item {i + 1}", "Goes with it")]) for i in range(24)]
+    answers = [prompts.format_answer([(f"Item {i + 1}", "Goes with it")]) for i in range(24)]
     rows = [{"messages": [{"role": "user", "content": f"Customer viewing: item {i}."},
                           {"role": "assistant", "content": answer}]} for i, answer in enumerate(answers)]
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -173,3 +174,30 @@ def test_training_resumes_from_its_checkpoint(tiny_base, tmp_path):
     second = training.train(tiny_base, data, tmp_path / "out", training.TrainConfig(**config))
     assert second["resumed_from_step"] == 1 and second["steps"] == second["total_steps"] > 1
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
+
+
+def test_one_routing_table_sends_the_model_stages_to_the_gpu_queue(app):
+    router = app.extensions["celery"].amqp.router
+    names = ("build_datasets", "train", "export", "gate", "deploy", "process_webhook", "full_sync")
+    queues = {name: router.route({}, f"worker.tasks.{name}")["queue"].name for name in names}
+    assert queues == {"build_datasets": "default", "train": "gpu", "export": "gpu", "gate": "gpu",
+                      "deploy": "default", "process_webhook": "default", "full_sync": "default"}
+
+
+def test_a_run_is_running_until_the_last_stage_it_was_asked_for_ends(app, installed_shop, tmp_path):
+    from core.models import TrainingRun
+    from worker import pipeline
+    from worker.tasks import PipelineError, enqueue_pipeline
+
+    app.config["PAIRWELL_ARTIFACTS"] = str(tmp_path)
+    run = TrainingRun(shop_id=installed_shop.id)
+    db.session.add(run)
+    db.session.commit()
+    pipeline.stage_build_datasets(run)  # the first of several stages
+    assert run.status == "running" and run.stage == "build_datasets" and run.dataset_version
+    whole = enqueue_pipeline(installed_shop, last="build_datasets")  # the chain, asked to stop there
+    assert whole.status == "succeeded" and whole.finished_at is not None
+    with pytest.raises(PipelineError, match="no verified model"):
+        enqueue_pipeline(installed_shop, first="gate")
+    with pytest.raises(ValueError):
+        enqueue_pipeline(installed_shop, first="deploy", last="train")

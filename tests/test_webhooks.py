@@ -5,8 +5,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from shopify_app.models import Order, OrderLine, Product, Shop, SyncRun, Variant, WebhookDelivery, db
-from shopify_app.sample_store.server import order_webhook_payload, product_webhook_payload
+from core.models import Order, OrderLine, Product, Shop, SyncRun, Variant, WebhookDelivery, db
+from sample_store.server import order_webhook_payload, product_webhook_payload
 
 
 def post(client, shopify, topic, payload, **kwargs):

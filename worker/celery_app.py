@@ -8,7 +8,8 @@ from __future__ import annotations
 from celery import Celery, Task
 from flask import Flask
 
-QUEUES = ("default", "gpu")
+ROUTES = {name: {"queue": "gpu"} for name in ("worker.tasks.train", "worker.tasks.export", "worker.tasks.gate")}
+"""The one routing table: the model stages need the GPU box, everything else goes to `default`."""
 
 
 def celery_init_app(app: Flask) -> Celery:
@@ -25,12 +26,13 @@ def celery_init_app(app: Flask) -> Celery:
         task_always_eager=redis_url is None,
         task_eager_propagates=True,
         task_default_queue="default",
-        task_routes={"worker.tasks.train": {"queue": "gpu"}, "worker.tasks.export": {"queue": "gpu"}},
+        task_routes=ROUTES,
         task_acks_late=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
         include=["worker.tasks"],
     )
+    celery.flask_app = app
     celery.set_default()
     app.extensions["celery"] = celery
     return celery

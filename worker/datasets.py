@@ -14,107 +14,29 @@ import io
 import json
 import logging
 import random
-import re
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import dataclass
-from datetime import datetime
 from itertools import combinations
 from pathlib import Path
 
 from sqlalchemy import select
 
-from shopify_app.models import Order, OrderLine, Product, Shop, Variant, db
-
-from .embeddings import catalog_index
-from .recommenders import CoPurchase, Hybrid, Recommender
+from core.history import Item, load_baskets, load_catalog, split_by_time
+from core.models import Product, Shop, Variant, db
+from core.prompts import (
+    CANDIDATES,
+    MAX_PICKS,
+    RECOMMEND_SYSTEM,
+    SUPPORT_SYSTEM,
+    format_answer,
+    reason_for,
+    recommendation_prompt,
+)
+from core.recommenders import CoPurchase, Recommender, serving_retrieval
 
 log = logging.getLogger(__name__)
 
-EVAL_FRACTION = 0.12
-MAX_ANSWER_ITEMS = 4
 MIN_EXAMPLES_WARNING = 500
-
-RECOMMEND_SYSTEM = (
-    "You recommend products from {shop} that pair well with what a customer is viewing and has in the cart. "
-    "Choose from the candidates only. Answer with up to 4 lines, each a JSON object: "
-    "{{\"title\": exact candidate title, \"reason\": one short sentence}}."
-)
-CANDIDATES = 8
-SUPPORT_SYSTEM = (
-    "You are the support assistant of {shop}. Answer only from the store facts and policies given. "
-    "Never promise the lowest price or invent a discount. If you do not know, offer to hand off to a person."
-)
-
-
-@dataclass(frozen=True)
-class Item:
-    id: int
-    title: str
-    product_type: str
-    description: str
-
-
-def recommendation_prompt(viewing: str, cart: list[str], candidates: list[str]) -> str:
-    """The model re-ranks and explains candidates a retrieval step found; it never has to recall a title."""
-    return (f"Customer viewing: {viewing}. Cart: {', '.join(cart) if cart else 'empty'}.\n"
-            f"Candidates: {'; '.join(candidates)}")
-
-
-def format_answer(items: list[tuple[str, str]]) -> str:
-    return "\n".join(json.dumps({"title": title, "reason": reason}, ensure_ascii=False) for title, reason in items)
-
-
-def parse_answer(text: str) -> list[dict]:
-    """The trained answer format back into records; lines that are not a JSON object with a title are skipped."""
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line.strip())
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("title"), str):
-            records.append(record)
-    return records
-
-
-def reason_for(item: Item) -> str:
-    """One short line on what the item is for, from the merchant's own description."""
-    text = item.description.split(":", 1)[1] if ":" in item.description else item.description
-    sentence = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0].rstrip(".")
-    words, out = sentence.split(), []
-    for word in words:
-        if len(" ".join(out + [word])) > 70:
-            break
-        out.append(word)
-    return (" ".join(out) or item.title).capitalize()
-
-
-# --- Loading the shop's data -------------------------------------------------------------------------
-
-def load_catalog(shop_id: int) -> dict[int, Item]:
-    rows = db.session.scalars(select(Product).where(Product.shop_id == shop_id, Product.status == "ACTIVE"))
-    return {p.id: Item(p.id, p.title, p.product_type, p.description) for p in rows}
-
-
-def load_baskets(shop_id: int, catalog: dict[int, Item]) -> list[tuple[datetime, list[int]]]:
-    """Each order's distinct catalog products, oldest first (lines naming vanished products are dropped)."""
-    rows = db.session.execute(
-        select(Order.id, Order.created_at, OrderLine.product_id)
-        .join(OrderLine, (OrderLine.shop_id == Order.shop_id) & (OrderLine.order_id == Order.id))
-        .where(Order.shop_id == shop_id)
-        .order_by(Order.created_at, Order.id, OrderLine.id))
-    baskets: dict[int, tuple[datetime, list[int]]] = {}
-    for order_id, created_at, product_id in rows:
-        created, products = baskets.setdefault(order_id, (created_at, []))
-        if product_id in catalog and product_id not in products:
-            products.append(product_id)
-    return [basket for basket in baskets.values() if basket[1]]
-
-
-def split_by_time(baskets: list, eval_fraction: float = EVAL_FRACTION) -> tuple[list, list]:
-    cut = int(len(baskets) * (1 - eval_fraction))
-    return baskets[:cut], baskets[cut:]
 
 
 # --- Co-purchase statistics ---------------------------------------------------------------------------
@@ -195,7 +117,7 @@ def basket_examples(baskets: list[list[int]], stats: PairStats, catalog: dict[in
             answer = [p for p in rest if p not in cart]
             if filter_noise:
                 answer = [p for p in answer if stats.coherent(viewing, p)]
-            answer = sorted(answer, key=lambda p: -stats.lift(viewing, p))[:MAX_ANSWER_ITEMS]
+            answer = sorted(answer, key=lambda p: -stats.lift(viewing, p))[:MAX_PICKS]
             if answer:
                 items = [catalog[a] for a in answer]
                 cart_items = [catalog[c] for c in cart]
@@ -348,8 +270,7 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
     train_baskets, eval_baskets = split_by_time(baskets)
     train_items = [b for _, b in train_baskets]
     stats = PairStats(train_items, catalog)
-    # Candidates as the storefront finds them: co-purchase and semantic neighbours.
-    retrieve = Hybrid(stats, catalog_index(catalog))
+    retrieve = serving_retrieval(stats, catalog)  # candidates as the storefront finds them
     system = RECOMMEND_SYSTEM.format(shop=shop.domain)
 
     recommendations = dedupe_and_balance(

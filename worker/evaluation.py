@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from .datasets import RECOMMEND_SYSTEM, parse_answer, recommendation_prompt
-from .embeddings import SemanticIndex
-from .recommenders import COLD_START_CO_PURCHASES, CoPurchase, Hybrid, Recommender, Semantic, TitleMatcher
-from .runtime import title_grammar
+from core.embeddings import SemanticIndex
+from core.history import split_by_time
+from core.model_hosts import Chat, chat_with_gguf
+from core.prompts import MAX_PICKS, PROMPT_CART, RECOMMEND_SYSTEM, parse_answer
+from core.recommendations import Shelf, rerank
+from core.recommenders import COLD_START_CO_PURCHASES, CoPurchase, Recommender, Semantic, TitleMatcher
 
 KS = (4, 10)
 ORDER_COLUMNS = ("order_id", "product_id", "created_at", "quantity", "title")
@@ -75,29 +77,9 @@ def load_product_file(path: Path, columns: dict[str, str]) -> dict[str, str]:
     return {str(row[product]).strip(): str(row[title]).strip() for row in _rows(path) if row.get(title)}
 
 
-def split_by_time(baskets: list[Basket], test_fraction: float) -> tuple[list[Basket], list[Basket]]:
-    cut = int(len(baskets) * (1 - test_fraction))
-    return baskets[:cut], baskets[cut:]
-
-
 # --- The model as a recommender ----------------------------------------------------------------------
 
-Chat = Callable[[list[dict], str | None], str]  # messages, GBNF grammar or None → the model's answer
-PROMPT_CART = 10  # cart products the model reads (a 300-line wholesale order would not fit its context)
-
-
-def llama_chat(gguf: Path) -> Chat:
-    """The fine-tuned GGUF in llama.cpp, as the embedded storefront host runs it."""
-    from llama_cpp import LlamaGrammar
-
-    from .runtime import chat, load_gguf
-
-    llm = load_gguf(gguf, n_ctx=2048)
-    return lambda messages, grammar: chat(
-        llm, messages, max_tokens=160, grammar=LlamaGrammar.from_string(grammar, verbose=False) if grammar else None)
-
-
-def fine_tune_on_orders(train: list[Basket], titles: dict[str, str], hybrid: Hybrid, workdir: Path, *,
+def fine_tune_on_orders(train: list[Basket], shelf: Shelf, workdir: Path, *,
                         minutes: float, baskets: int = 4000, seed: int = 0) -> tuple[Path, dict]:
     """The sampled, time-budgeted training mode for big order files on a CPU: recommendation examples from
     `baskets` sampled training orders (candidates from the same hybrid that serves), LoRA on SmolLM2-135M
@@ -105,18 +87,17 @@ def fine_tune_on_orders(train: list[Basket], titles: dict[str, str], hybrid: Hyb
     import json
 
     from .base_model import prepare_base_model
-    from .datasets import Item, PairStats, basket_examples, dedupe_and_balance
+    from .datasets import PairStats, basket_examples, dedupe_and_balance
     from .export import convert_to_gguf, merge_adapter
     from .training import TrainConfig
     from .training import train as train_lora
 
     rng = random.Random(seed)
-    catalog = {p: Item(p, titles.get(p, p), "", "") for p in hybrid.ids}
     orders = [b.products for b in train]
-    stats = PairStats(orders, catalog)
+    stats = PairStats(orders, shelf.catalog)
     sampled = [b[:PROMPT_CART + 2] for b in rng.sample(orders, min(baskets, len(orders)))]
-    examples = dedupe_and_balance(basket_examples(sampled, stats, catalog, RECOMMEND_SYSTEM.format(shop="the store"),
-                                                  rng, per_basket=1, retrieve=hybrid, candidates=16), rng)
+    examples = dedupe_and_balance(basket_examples(sampled, stats, shelf.catalog, RECOMMEND_SYSTEM.format(
+        shop="the store"), rng, per_basket=1, retrieve=shelf.retrieval), rng)
     dataset = workdir / "dataset"
     dataset.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train.jsonl", examples[64:]), ("eval.jsonl", examples[:64])):
@@ -147,7 +128,7 @@ class ModelAlone:
                  f"Cart: {', '.join(self.titles.get(c, c) for c in cart) or 'empty'}."
         ranked = []
         for record in parse_answer(self.chat([{"role": "system", "content": self.system},
-                                               {"role": "user", "content": prompt}], None)):
+                                               {"role": "user", "content": prompt}], None, MAX_PICKS)):
             self.names += 1
             product = self.matcher(record["title"])
             if product is None:
@@ -159,32 +140,18 @@ class ModelAlone:
 
 
 class ModelReRank:
-    """What the storefront serves: the hybrid's top candidates, the model picks up to `picks` under a grammar
-    of the candidate titles, the hybrid ranking fills the rest. Only real catalog products by construction."""
+    """What the storefront serves (`core.recommendations.rerank`) as a recommender: the basket's last product
+    is the one viewed, the rest the cart. Counts the names the model wrote and those matching no candidate."""
 
-    def __init__(self, chat: Chat, hybrid: Hybrid, titles: dict[str, str], matcher: TitleMatcher, system: str,
-                 candidates: int = 16, picks: int = 4):
-        self.chat, self.hybrid, self.titles, self.matcher, self.system = chat, hybrid, titles, matcher, system
-        self.candidates, self.picks = candidates, picks
+    def __init__(self, chat: Chat, shelf: Shelf, system: str):
+        self.chat, self.shelf, self.system = chat, shelf, system
         self.names = self.invented = 0
 
-    def __call__(self, basket: list[str], k: int) -> list[str]:
-        ranking = self.hybrid(basket, max(k, self.candidates))
-        candidates = ranking[:self.candidates]
-        titles = [self.titles.get(p, p) for p in candidates]
-        viewing, cart = basket[-1], basket[-PROMPT_CART - 1:-1]
-        prompt = recommendation_prompt(self.titles.get(viewing, viewing), [self.titles.get(c, c) for c in cart], titles)
-        answer = self.chat([{"role": "system", "content": self.system}, {"role": "user", "content": prompt}],
-                           title_grammar(titles, self.picks))
-        picks = []
-        for record in parse_answer(answer):
-            self.names += 1
-            product = self.matcher(record["title"], among=candidates)
-            if product is None:
-                self.invented += 1
-            elif product not in picks:
-                picks.append(product)
-        return (picks + [p for p in ranking if p not in picks])[:k]
+    def __call__(self, basket: list, k: int) -> list:
+        result = rerank(self.chat, self.shelf, basket[-1], list(basket[:-1]), k, self.system)
+        self.names += result.names
+        self.invented += result.misses
+        return result.products
 
 
 # --- Metrics -----------------------------------------------------------------------------------------------
@@ -274,7 +241,7 @@ def score(recommender: Recommender, cases: list[Case], catalog: set[str], rng: r
     return report
 
 
-def evaluate(baskets: list[Basket], titles: dict[str, str] | None = None, *, test_fraction: float = 0.2,
+def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = None, *, test_fraction: float = 0.2,
              cases_limit: int | None = 5000, seed: int = 0, chat: Chat | None = None, model_cases: int = 300,
              train_minutes: float = 0, workdir: Path | None = None,
              progress: Callable[[str], None] = lambda name: None) -> dict:
@@ -286,10 +253,10 @@ def evaluate(baskets: list[Basket], titles: dict[str, str] | None = None, *, tes
     catalog = {p for b in baskets for p in b.products}
     copurchase = CoPurchase(b.products for b in train)
     recommenders: dict[str, Recommender] = {"popularity": copurchase.popularity, "co-purchase": copurchase}
-    index = None
+    index = shelf = None
     if titles:
-        index = SemanticIndex({p: titles.get(p, p) for p in sorted(catalog)})
-        hybrid = Hybrid(copurchase, index)
+        shelf = Shelf.everything({p: titles.get(p, p) for p in catalog}, copurchase)
+        index, hybrid = shelf.retrieval.index, shelf.retrieval
         recommenders |= {"semantic": Semantic(index), "hybrid": hybrid}
     cases = leave_one_out(test, rng, cases_limit)
     popular = {p for p, _ in copurchase.items.most_common(max(len(copurchase.items) // 5, 1))}
@@ -305,8 +272,8 @@ def evaluate(baskets: list[Basket], titles: dict[str, str] | None = None, *, tes
     trained_on = None
     if train_minutes and index is not None:
         progress("fine-tuning")
-        gguf, trained_on = fine_tune_on_orders(train, titles, hybrid, workdir, minutes=train_minutes, seed=seed)
-        chat = llama_chat(gguf)
+        gguf, trained_on = fine_tune_on_orders(train, shelf, workdir, minutes=train_minutes, seed=seed)
+        chat = chat_with_gguf(gguf)
     if chat is not None and index is not None:
         matcher = TitleMatcher({p: titles.get(p, p) for p in catalog}, index)
         system = RECOMMEND_SYSTEM.format(shop="the store")
@@ -314,7 +281,7 @@ def evaluate(baskets: list[Basket], titles: dict[str, str] | None = None, *, tes
         model_recommenders = {
             "hybrid (model cases)": hybrid,
             "model alone": ModelAlone(chat, titles, matcher, system),
-            "hybrid + model re-rank": ModelReRank(chat, hybrid, titles, matcher, system),
+            "hybrid + model re-rank": ModelReRank(chat, shelf, system),
         }
         for name, recommender in model_recommenders.items():
             progress(name)
@@ -350,3 +317,35 @@ def markdown(report: dict) -> str:
                      f"| {r.get('relevance@4', 0):.2f} | {r['out_of_catalog_rate']:.3f} | {hallucination} "
                      f"| {r['latency_ms_p50']} |")
     return "\n".join(lines)
+
+
+def run(*, shop=None, orders_file: Path | None = None, products_file: Path | None = None, columns: str = "",
+        skip_orders_prefix: str | None = None, skip_products: str = "", test_fraction: float = 0.2,
+        cases: int = 5000, model_file: Path | None = None, train_minutes: float = 0.0, model_cases: int = 300,
+        progress: Callable[[str], None] = lambda name: None) -> dict:
+    """`pairwell evaluate`: a shop's synced orders (a Shop) or an order file, optionally with a product file,
+    a fine-tuned GGUF or a time budget to fine-tune one first. The report carries its own markdown table."""
+    import tempfile
+
+    mapping = dict(pair.split("=", 1) for pair in columns.split(",") if "=" in pair)
+    if orders_file:
+        skip = {p.strip() for p in skip_products.split(",") if p.strip()}
+        baskets, titles = load_order_file(orders_file, mapping, skip_orders=skip_orders_prefix, skip_products=skip)
+        source = str(orders_file)
+    else:
+        from core.history import load_baskets, load_catalog
+
+        catalog = load_catalog(shop.id)
+        baskets = [Basket(str(i), created, [str(p) for p in products])
+                   for i, (created, products) in enumerate(load_baskets(shop.id, catalog))]
+        titles = {str(p): item.title for p, item in catalog.items()}
+        source = shop.domain
+    if products_file:
+        titles |= load_product_file(products_file, mapping)
+    report = compare_recommenders(
+        baskets, titles, test_fraction=test_fraction, cases_limit=cases, model_cases=model_cases,
+        chat=chat_with_gguf(model_file) if model_file else None, train_minutes=train_minutes,
+        workdir=Path(tempfile.mkdtemp(prefix="pairwell-evaluate-")) if train_minutes else None, progress=progress)
+    report["source"] = source
+    report["markdown"] = markdown(report)
+    return report

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .datasets import parse_answer
-from .runtime import chat, load_gguf
+from core.model_hosts import chat_with_gguf, embedded_host
+from core.prompts import parse_answer
 
 QUANTIZATIONS = ("q8_0", "f16")
 
@@ -57,11 +57,22 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_gguf(path: Path, messages: list[dict], catalog_titles: set[str] | None = None) -> dict:
-    """Load the file in llama.cpp, ask the fixed prompt, check the reply is in the trained format."""
-    llm = load_gguf(path, n_ctx=1024)
-    answer = chat(llm, messages, max_tokens=160)
-    records = parse_answer(answer)
-    in_catalog = [r["title"] for r in records if catalog_titles is None or r["title"] in catalog_titles]
-    return {"answer": answer, "parsed_items": len(records), "catalog_items": len(in_catalog),
-            "trained_format": bool(records)}
+def verify_gguf(path: Path, messages: list[dict], catalog_titles: set[str] | None = None,
+                base: Path | None = None) -> dict:
+    """Load the file in llama.cpp, ask the fixed prompt, check the reply is in the trained format. With `base`,
+    the untrained base model's answer to the same prompt too (the model card's before and after)."""
+    def ask(gguf: Path) -> tuple[str, list[dict]]:
+        answer = chat_with_gguf(gguf)(messages, None, 0)
+        embedded_host.retire(str(gguf))  # checked once, not served from this process
+        return answer, parse_answer(answer)
+
+    def in_catalog(records: list[dict]) -> int:
+        return sum(catalog_titles is None or r["title"] in catalog_titles for r in records)
+
+    answer, records = ask(path)
+    check = {"prompt": messages[-1]["content"], "answer": answer, "parsed_items": len(records),
+             "catalog_items": in_catalog(records), "trained_format": bool(records)}
+    if base is not None:
+        base_answer, base_records = ask(base)
+        check |= {"base_answer": base_answer, "base_catalog_items": in_catalog(base_records)}
+    return check

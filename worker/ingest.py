@@ -16,7 +16,7 @@ from markupsafe import Markup
 from sqlalchemy import delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from shopify_app.models import Order, OrderLine, Product, Variant, db
+from core.models import Order, OrderLine, Product, Variant, db
 
 GUARDED = {Product: "updated_at", Order: "updated_at"}
 

@@ -4,6 +4,8 @@ records what happened on the row, and is safe to run twice (a retried task finds
 from __future__ import annotations
 
 import json
+import logging
+import random
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -11,11 +13,19 @@ from pathlib import Path
 from flask import current_app
 from sqlalchemy import func, select
 
-from shopify_app.models import ModelVersion, Product, Shop, TrainingRun, db, utcnow
+from core import recommendations
+from core.history import load_baskets, load_catalog, split_by_time
+from core.model_hosts import chat_with_gguf, host_for, model_ref
+from core.models import ModelVersion, Product, Shop, TrainingRun, db, utcnow
+from core.prompts import RECOMMEND_SYSTEM
+from core.recommendations import load_shelf
 
 from . import export, training
 from .base_model import prepare_base_model, smollm2_gguf
-from .datasets import CANDIDATES, RECOMMEND_SYSTEM, build_datasets
+from .datasets import build_datasets
+from .evaluation import Basket, ModelReRank, hits_at, leave_one_out, scores_below
+
+log = logging.getLogger(__name__)
 
 STALE_AFTER = timedelta(minutes=15)
 GATE_CASES = 60  # held-out orders the deploy gate scores (about a second each for the model on a CPU)
@@ -31,9 +41,20 @@ def run_dir(run: TrainingRun) -> Path:
     return artifacts_root() / shop.domain / f"run-{run.id}-{run.created_at:%Y%m%d%H%M%S}"
 
 
+STAGES = ("build_datasets", "train", "export", "gate", "deploy")
+
+
 def _begin(run: TrainingRun, stage: str) -> None:
-    run.status, run.stage, run.error, run.heartbeat_at = "running", stage, None, utcnow()
+    run.status, run.stage, run.error, run.heartbeat_at, run.finished_at = "running", stage, None, utcnow(), None
     run.artifact_dir = str(run_dir(run))
+    db.session.commit()
+
+
+def _end(run: TrainingRun, stage: str, final: bool) -> None:
+    """A stage is done; the run is done only when the last stage it was asked for is."""
+    run.stage, run.heartbeat_at = stage, utcnow()
+    if final:
+        run.status, run.finished_at = "succeeded", utcnow()
     db.session.commit()
 
 
@@ -43,7 +64,7 @@ def _fail(run: TrainingRun, exc: BaseException) -> None:
     db.session.commit()
 
 
-def stage_build_datasets(run: TrainingRun, conversations: str | None = None) -> dict:
+def stage_build_datasets(run: TrainingRun, conversations: str | None = None, final: bool = False) -> dict:
     out = run_dir(run) / "dataset"
     _begin(run, "build_datasets")
     try:
@@ -54,12 +75,12 @@ def stage_build_datasets(run: TrainingRun, conversations: str | None = None) -> 
     except Exception as exc:
         _fail(run, exc)
         raise
-    run.dataset_version, run.dataset_stats, run.status = stats["version"], stats, "succeeded"
-    db.session.commit()
+    run.dataset_version, run.dataset_stats = stats["version"], stats
+    _end(run, "build_datasets", final)
     return stats
 
 
-def stage_train(run: TrainingRun, progress_bar: bool = False) -> dict:
+def stage_train(run: TrainingRun, progress_bar: bool = False, final: bool = False) -> dict:
     out = run_dir(run) / "train"
     if (out / "training.json").exists() and (out / "adapter").exists():  # a retried task: already trained
         return json.loads((out / "training.json").read_text())
@@ -90,8 +111,8 @@ def stage_train(run: TrainingRun, progress_bar: bool = False) -> dict:
     except Exception as exc:
         _fail(run, exc)
         raise
-    run.eval_loss, run.status = summary["best_eval_loss"], "succeeded"
-    db.session.commit()
+    run.eval_loss = summary["best_eval_loss"]
+    _end(run, "train", final)
     return summary
 
 
@@ -105,11 +126,7 @@ def held_out_prompt(run: TrainingRun) -> list[dict]:
     raise ValueError("the dataset has no held-out recommendation example")
 
 
-def catalog_titles(shop_id: int) -> set[str]:
-    return set(db.session.scalars(select(Product.title).where(Product.shop_id == shop_id)))
-
-
-def stage_export(run: TrainingRun, quantization: str = "q8_0") -> ModelVersion:
+def stage_export(run: TrainingRun, quantization: str = "q8_0", final: bool = False) -> ModelVersion:
     existing = db.session.scalar(select(ModelVersion).where(ModelVersion.training_run_id == run.id))
     if existing is not None:
         return existing
@@ -123,7 +140,8 @@ def stage_export(run: TrainingRun, quantization: str = "q8_0") -> ModelVersion:
         version = (db.session.scalar(select(func.max(ModelVersion.version))
                                      .where(ModelVersion.shop_id == run.shop_id)) or 0) + 1
         gguf = export.convert_to_gguf(merged, directory / f"model-v{version}.{quantization}.gguf", quantization)
-        check = export.verify_gguf(gguf, held_out_prompt(run), catalog_titles(run.shop_id))
+        titles = set(db.session.scalars(select(Product.title).where(Product.shop_id == run.shop_id)))
+        check = export.verify_gguf(gguf, held_out_prompt(run), titles, base=smollm2_gguf())
         model = ModelVersion(
             status="verified" if check["trained_format"] else "rejected",  # a rejected model is never deployed
             shop_id=run.shop_id, training_run_id=run.id, version=version, gguf_path=str(gguf),
@@ -132,56 +150,40 @@ def stage_export(run: TrainingRun, quantization: str = "q8_0") -> ModelVersion:
             metrics={"eval_loss": run.eval_loss, "verification": check})
         db.session.add(model)
         shutil.rmtree(merged)  # the GGUF is the artifact; the merged copy is re-creatable
-        run.status, run.stage, run.finished_at = "succeeded", "exported", utcnow()
-        db.session.commit()
+        _end(run, "export", final)
         return model
     except Exception as exc:
         _fail(run, exc)
         raise
 
 
-def stage_evaluate(run: TrainingRun) -> dict | None:
+def stage_gate(run: TrainingRun, final: bool = False) -> dict | None:
     """The deploy gate's evidence: the new version, the live one and co-purchase on the same held-out orders
-    (the newest, never trained on), scored as the storefront serves: hybrid candidates, the model picks four."""
+    (the newest, never trained on), each answered by the storefront's own path (`rerank`)."""
     model = db.session.scalar(select(ModelVersion).where(ModelVersion.training_run_id == run.id))
     if model is None or model.status != "verified" or "gate" in (model.metrics or {}):
         return (model.metrics or {}).get("gate") if model else None
-    _begin(run, "evaluate")
+    _begin(run, "gate")
     try:
         gate = gate_report(model)
     except Exception as exc:
         _fail(run, exc)
         raise
     model.metrics = {**model.metrics, "gate": gate}
-    run.status, run.stage = "succeeded", "evaluated"
-    db.session.commit()
+    _end(run, "gate", final)
     return gate
 
 
 def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4) -> dict:
-    import random
-
-    from .datasets import load_baskets, load_catalog, split_by_time
-    from .embeddings import catalog_index
-    from .evaluation import Basket, ModelReRank, hits_at, leave_one_out, llama_chat, scores_below
-    from .recommenders import CoPurchase, Hybrid, TitleMatcher
-
-    catalog = load_catalog(model.shop_id)
-    train, held_out = split_by_time(load_baskets(model.shop_id, catalog))
+    shop = db.session.get(Shop, model.shop_id)
+    catalog = load_catalog(shop.id)
+    train, held_out = split_by_time(load_baskets(shop.id, catalog))
     cases = leave_one_out([Basket(str(i), created, products) for i, (created, products) in enumerate(held_out)],
                           random.Random(0), cases_limit)
-    copurchase = CoPurchase(products for _, products in train)
-    index = catalog_index(catalog)
-    hybrid = Hybrid(copurchase, index)
-    titles = {p: item.title for p, item in catalog.items()}
-    system = RECOMMEND_SYSTEM.format(shop=db.session.get(Shop, model.shop_id).domain)
-
-    def reranker(version: ModelVersion) -> ModelReRank:
-        return ModelReRank(llama_chat(Path(version.gguf_path)), hybrid, titles, TitleMatcher(titles, index), system,
-                           candidates=CANDIDATES, picks=k)
-
-    rerank = reranker(model)
-    new, baseline = hits_at(rerank, cases, k), hits_at(copurchase, cases, k)
+    shelf = load_shelf(shop, [products for _, products in train])  # retrieval that never saw the held-out orders
+    system = RECOMMEND_SYSTEM.format(shop=shop.domain)
+    rerank = ModelReRank(chat_with_gguf(model.gguf_path), shelf, system)
+    new, baseline = hits_at(rerank, cases, k), hits_at(shelf.retrieval.copurchase, cases, k)
     report = {"cases": len(cases), "k": k, f"hr@{k}": _mean(new), f"co-purchase hr@{k}": _mean(baseline),
               # The raw miss rate: names the model wrote that matched none of its candidates (never served).
               "model_names": rerank.names, "unmatched_names": rerank.invented}
@@ -191,7 +193,7 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4) 
     live = db.session.scalar(select(ModelVersion).where(ModelVersion.shop_id == model.shop_id,
                                                         ModelVersion.status == "deployed"))
     if live is not None and Path(live.gguf_path).exists():
-        current = hits_at(reranker(live), cases, k)
+        current = hits_at(ModelReRank(chat_with_gguf(live.gguf_path), shelf, system), cases, k)
         report["live"] = {"version": live.version, f"hr@{k}": _mean(current)}
         if scores_below(new, current, random.Random(2)):
             reasons.append(f"HR@{k} {_mean(new):.3f} is below live v{live.version}'s {_mean(current):.3f}")
@@ -206,47 +208,52 @@ def _mean(values: list[float]) -> float:
     return round(sum(values) / max(len(values), 1), 4)
 
 
-def stage_deploy(run: TrainingRun, force: bool = False) -> ModelVersion | None:
-    """Make the run's verified model the shop's live one on the configured host; a rejected one never goes live,
-    and one that failed the evaluation gate only with `force`."""
+def stage_deploy(run: TrainingRun, force: bool = False, final: bool = True) -> ModelVersion | None:
+    """Make the run's verified model the shop's live one on the configured host. A rejected one never goes
+    live; one the gate refused, or that has no gate result, only with `force`."""
     model = db.session.scalar(select(ModelVersion).where(ModelVersion.training_run_id == run.id))
     if model is None or model.status == "deployed":
         return model
-    if model.status != "verified":
-        run.stage = "deploy refused"
-        model.metrics = {**model.metrics, "deploy": f"refused: model v{model.version} is {model.status}"}
-        db.session.commit()
-        return model
     gate = (model.metrics or {}).get("gate")
-    if gate and not gate["passed"] and not force:
-        run.stage = "deploy refused"
-        model.metrics = {**model.metrics, "deploy": f"refused by the evaluation gate: {gate['reason']} "
-                                                    "(pairwell deploy --force to override)"}
-        db.session.commit()
+    refusal = None
+    if model.status != "verified":
+        refusal = f"refused: model v{model.version} is {model.status}"
+    elif gate is None and not force:
+        refusal = (f"refused: model v{model.version} has no gate result "
+                   "(run the chain's gate stage, or pairwell deploy --force)")
+    elif gate is not None and not gate["passed"] and not force:
+        refusal = f"refused by the evaluation gate: {gate['reason']} (pairwell deploy --force to override)"
+    if refusal:
+        model.metrics = {**model.metrics, "deploy": refusal}
+        _end(run, "deploy refused", final)
         return model
-    if gate and not gate["passed"]:
-        model.metrics = {**model.metrics, "deploy": f"forced past the evaluation gate: {gate['reason']}"}
+    if gate is None or not gate["passed"]:
+        model.metrics = {**model.metrics, "deploy": "forced past the evaluation gate: "
+                                                    + (gate["reason"] if gate else "no gate result")}
     activate(model)
-    run.stage = "deployed"
-    db.session.commit()
+    _end(run, "deployed", final)
     return model
 
 
 def activate(model: ModelVersion) -> None:
-    """Put a model version on the configured host and make it the shop's live one (deploy or roll back)."""
-    from shopify_app import recommendations
-    from shopify_app.model_host import host_for
-
+    """Put a model version on the configured host and make it the shop's live one (deploy or roll back); the
+    version it replaces is retired and removed from the host."""
     shop = db.session.get(Shop, model.shop_id)
     host = host_for(current_app)
     name = host.deploy(model.gguf_path, shop.domain, model.version, RECOMMEND_SYSTEM.format(shop=shop.domain))
-    for live in db.session.scalars(select(ModelVersion).where(
-            ModelVersion.shop_id == model.shop_id, ModelVersion.status == "deployed")):
+    replaced = db.session.scalars(select(ModelVersion).where(
+        ModelVersion.shop_id == model.shop_id, ModelVersion.status == "deployed")).all()
+    for live in replaced:
         live.status = "retired"
     model.status, model.deployed_at = "deployed", utcnow()
     model.metrics = {**(model.metrics or {}), "deployment": {"host": host.name, "name": name}}
     db.session.commit()
     recommendations.invalidate(model.shop_id)
+    for live in replaced:
+        try:
+            host.retire(model_ref(host, live))
+        except Exception as exc:  # the new version serves already; a leftover copy only costs disk
+            log.warning("could not remove v%s from %s: %s", live.version, host.name, exc)
 
 
 def rollback(shop: Shop) -> ModelVersion | None:
@@ -259,17 +266,18 @@ def rollback(shop: Shop) -> ModelVersion | None:
     return previous
 
 
-def base_model_answer(messages: list[dict]) -> str:
-    """What the untrained base (the packaged GGUF) says to the same prompt, for before/after comparisons."""
-    from .runtime import chat, load_gguf
-
-    return chat(load_gguf(smollm2_gguf(), n_ctx=1024), messages, max_tokens=160)
-
-
 def latest_trained_run(shop: Shop) -> TrainingRun | None:
     """The newest run whose training finished (its export may have failed or not run yet)."""
     runs = db.session.scalars(select(TrainingRun).where(TrainingRun.shop_id == shop.id).order_by(TrainingRun.id.desc()))
     return next((run for run in runs if (run_dir(run) / "train" / "training.json").exists()), None)
+
+
+def newest_verified_run(shop: Shop) -> TrainingRun | None:
+    """The run of the newest verified model version waiting to go live."""
+    model = db.session.scalars(select(ModelVersion).where(
+        ModelVersion.shop_id == shop.id, ModelVersion.status == "verified",
+        ModelVersion.training_run_id.is_not(None)).order_by(ModelVersion.version.desc())).first()
+    return db.session.get(TrainingRun, model.training_run_id) if model else None
 
 
 def recover_stale_runs() -> int:

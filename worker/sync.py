@@ -8,9 +8,9 @@ from collections import Counter
 from flask import current_app
 from markupsafe import Markup
 
-from shopify_app import shops
-from shopify_app.models import Product, Shop, SyncRun, Variant, db, utcnow
-from shopify_app.shopify_api import AdminClient, ShopifyError, stream_lines
+from core import shops
+from core.models import Product, Shop, SyncRun, Variant, db, utcnow
+from core.shopify_api import AdminClient, ShopifyError, stream_lines
 
 from .ingest import delete_missing, ingest_jsonl
 

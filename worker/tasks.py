@@ -1,7 +1,9 @@
-"""Celery tasks: each only orchestrates named stages from the modules beside it.
+"""Celery tasks, and the enqueue functions that are the web's only way into the jobs.
 
-Training pipeline: build_datasets → train → export → evaluate → deploy, chained per run. Training and
-export run on the `gpu` queue, the rest on `default`; without REDIS_URL the chain runs in-process.
+Each task only orchestrates named stages from the modules beside it. The training pipeline is one chain,
+build_datasets → train → export → gate → deploy, whether the schedule, the admin or the CLI starts it, whole
+or a part of it; which queue a task goes to is set once, in `celery_app.ROUTES`. Without REDIS_URL the tasks
+run in-process.
 """
 
 from __future__ import annotations
@@ -9,12 +11,17 @@ from __future__ import annotations
 import logging
 
 from celery import chain, shared_task
+from celery.signals import worker_ready
 
-from shopify_app.models import Shop, SyncRun, TrainingRun, db
+from core.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db
 
 from . import pipeline, sync, webhooks
 
 log = logging.getLogger(__name__)
+
+
+class PipelineError(Exception):
+    """The asked-for part of the chain cannot start (nothing trained to export, nothing verified to deploy)."""
 
 
 @shared_task(name="worker.tasks.process_webhook", autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
@@ -29,46 +36,67 @@ def full_sync(sync_run_id: int) -> dict:
 
 
 @shared_task(name="worker.tasks.build_datasets")
-def build_datasets(run_id: int, conversations: str | None = None) -> int:
-    pipeline.stage_build_datasets(db.session.get(TrainingRun, run_id), conversations)
+def build_datasets(run_id: int, conversations: str | None = None, final: bool = False) -> int:
+    pipeline.stage_build_datasets(db.session.get(TrainingRun, run_id), conversations, final=final)
     return run_id
 
 
-@shared_task(name="worker.tasks.train", queue="gpu", acks_late=True, bind=True)
-def train(self, run_id: int) -> int:
+@shared_task(name="worker.tasks.train", acks_late=True, bind=True)
+def train(self, run_id: int, final: bool = False) -> int:
     # In-process runs belong to a terminal (CLI, demo): show a progress bar there.
-    pipeline.stage_train(db.session.get(TrainingRun, run_id), progress_bar=self.app.conf.task_always_eager)
+    pipeline.stage_train(db.session.get(TrainingRun, run_id), progress_bar=self.app.conf.task_always_eager,
+                         final=final)
     return run_id
 
 
-@shared_task(name="worker.tasks.export", queue="gpu", acks_late=True)
-def export(run_id: int) -> int:
-    pipeline.stage_export(db.session.get(TrainingRun, run_id))
+@shared_task(name="worker.tasks.export", acks_late=True)
+def export(run_id: int, final: bool = False, quantization: str = "q8_0") -> int:
+    pipeline.stage_export(db.session.get(TrainingRun, run_id), quantization, final=final)
     return run_id
 
 
-@shared_task(name="worker.tasks.evaluate", queue="gpu", acks_late=True)
-def evaluate(run_id: int) -> int:
-    pipeline.stage_evaluate(db.session.get(TrainingRun, run_id))
+@shared_task(name="worker.tasks.gate", acks_late=True)
+def gate(run_id: int, final: bool = False) -> int:
+    pipeline.stage_gate(db.session.get(TrainingRun, run_id), final=final)
     return run_id
 
 
 @shared_task(name="worker.tasks.deploy")
-def deploy(run_id: int) -> int:
-    model = pipeline.stage_deploy(db.session.get(TrainingRun, run_id))
+def deploy(run_id: int, final: bool = True, force: bool = False) -> int:
+    model = pipeline.stage_deploy(db.session.get(TrainingRun, run_id), force=force, final=final)
     if model is not None and model.status == "deployed":
         precompute_recommendations.delay(model.shop_id)
     return run_id
 
 
+@shared_task(name="worker.tasks.rollback")
+def rollback(shop_id: int) -> int | None:
+    model = pipeline.rollback(db.session.get(Shop, shop_id))
+    if model is not None:
+        precompute_recommendations.delay(shop_id)
+    return model.id if model else None
+
+
 @shared_task(name="worker.tasks.precompute_recommendations", bind=True)
 def precompute_recommendations(self, shop_id: int) -> dict:
-    from shopify_app import recommendations
+    from core import recommendations
 
     # In-process (the demo) keeps it to a minute: the rest fills in on first request.
     budget = 60.0 if self.app.conf.task_always_eager else None
     return recommendations.precompute(db.session.get(Shop, shop_id), budget_seconds=budget)
 
+
+@worker_ready.connect
+def _recover_stale_runs(sender, **_):
+    """A worker that died mid-stage leaves its run running: the next worker to start marks it failed."""
+    flask_app = getattr(sender.app, "flask_app", None)
+    if flask_app is None:
+        return
+    with flask_app.app_context():
+        log.info("marked %d stale training runs failed", pipeline.recover_stale_runs())
+
+
+# --- The enqueue functions: the web's way in ------------------------------------------------------------
 
 def enqueue_full_sync(shop: Shop) -> SyncRun:
     """Record a queued sync run and hand it to the worker (or run it now, in-process mode)."""
@@ -83,17 +111,58 @@ def enqueue_full_sync(shop: Shop) -> SyncRun:
     return run
 
 
-def enqueue_training(shop: Shop, *, hyperparameters: dict | None = None, conversations: str | None = None,
-                     until: str = "deploy") -> TrainingRun:
-    """Start a training run: the whole chain, or up to the named stage (the CLI's `dataset`/`train`)."""
-    run = TrainingRun(shop_id=shop.id, status="queued", hyperparameters=hyperparameters or {})
-    db.session.add(run)
-    db.session.commit()
-    stages = [build_datasets.s(run.id, conversations), train.s(), export.s(), evaluate.s(), deploy.s()]
-    names = ["build_datasets", "train", "export", "evaluate", "deploy"]
+def enqueue_webhook(delivery: WebhookDelivery) -> None:
+    """Hand a stored delivery to the worker (in-process mode: handle it now; the row keeps any error)."""
     try:
-        chain(*stages[:names.index(until) + 1]).delay()
+        process_webhook.delay(delivery.id)
+    except Exception:
+        log.exception("webhook delivery %s failed", delivery.id)
+
+
+def enqueue_pipeline(shop: Shop, *, first: str = "build_datasets", last: str = "deploy",
+                     hyperparameters: dict | None = None, conversations: str | None = None, force: bool = False,
+                     quantization: str = "q8_0") -> TrainingRun:
+    """Run the chain from `first` to `last`. From the start it is a new run; from a later stage it continues
+    the run that stage needs (the newest trained run for export, the newest verified model's for the gate and
+    deploy). Raises PipelineError when there is none."""
+    stages = pipeline.STAGES
+    if first not in stages or last not in stages or stages.index(first) > stages.index(last):
+        raise ValueError(f"stages run in the order {stages}; got {first} to {last}")
+    pipeline.recover_stale_runs()
+    if first == "build_datasets":
+        run = TrainingRun(shop_id=shop.id, status="queued", hyperparameters=hyperparameters or {})
+        db.session.add(run)
+    else:
+        run = pipeline.latest_trained_run(shop) if first == "export" else pipeline.newest_verified_run(shop)
+        if run is None:
+            raise PipelineError(f"{shop.domain} has no trained run to export" if first == "export" else
+                                f"{shop.domain} has no verified model version waiting to be deployed")
+        run.status, run.error = "queued", None
+    db.session.commit()
+    options = {"build_datasets": {"conversations": conversations}, "export": {"quantization": quantization},
+               "deploy": {"force": force}}
+    chosen = stages[stages.index(first):stages.index(last) + 1]
+    signatures = [globals()[name].si(run.id, final=name == last, **options.get(name, {})) for name in chosen]
+    try:
+        chain(*signatures).delay()
     except Exception:  # in-process mode raises here; the run row already holds the error
         log.exception("training run %s failed", run.id)
     db.session.refresh(run)
     return run
+
+
+def enqueue_rollback(shop: Shop):
+    """Bring back the previously live model version; returns it (None when there is none)."""
+    from core.models import ModelVersion
+
+    result = rollback.delay(shop.id)
+    model_id = result.get() if rollback.app.conf.task_always_eager else result.get(timeout=600)
+    return db.session.get(ModelVersion, model_id) if model_id else None
+
+
+def run_offline_evaluation(**options) -> dict:
+    """`pairwell evaluate`: the recommenders compared on a shop's or a file's orders, in this process (it
+    reads local files and reports progress to the terminal)."""
+    from . import evaluation
+
+    return evaluation.run(**options)

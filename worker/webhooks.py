@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 from sqlalchemy import delete, or_, select
 
-from shopify_app import recommendations, shops
-from shopify_app.models import Order, OrderLine, Product, Shop, SyncRun, Variant, WebhookDelivery, db, utcnow
+from core import recommendations, shops
+from core.models import Order, OrderLine, Product, Shop, SyncRun, Variant, WebhookDelivery, db, utcnow
+from core.webhooks import TOPICS
 
 from .ingest import order_rows_from_webhook, product_rows_from_webhook, upsert
 
@@ -18,6 +19,7 @@ HANDLERS: dict[str, Callable[[Shop | None, dict, str], dict | None]] = {}
 def handles(*topics: str):
     def register(fn):
         for topic in topics:
+            assert topic in TOPICS, f"{topic} is not in core.webhooks.TOPICS"
             HANDLERS[topic] = fn
         return fn
     return register

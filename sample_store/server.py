@@ -23,8 +23,9 @@ from graphql import OperationDefinitionNode, parse
 from graphql.error import GraphQLSyntaxError
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from ..config import API_VERSION, DEFAULT_SCOPES
-from ..signatures import webhook_hmac
+from core.config import API_VERSION, DEFAULT_SCOPES
+from core.signatures import webhook_hmac
+
 from .catalog import SHOP_POLICIES, SampleOrder, SampleProduct, SampleStore, generate_store
 
 BUCKET_SIZE = 2000.0

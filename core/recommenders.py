@@ -6,7 +6,7 @@ evaluation (the baselines), so the three measure and serve the same thing.
 - Semantic: sentence-embedding similarity of product text; knows products nobody has bought together yet.
 - Hybrid: co-purchase plus semantic similarity, with more say for semantics on products that have too
   little co-purchase history to be judged by it (cold start). The fine-tuned model re-ranks its top
-  candidates (shopify_app/recommendations.py, worker/evaluation.py).
+  candidates (core/recommendations.py `rerank`).
 
 A recommender is called with a basket (product ids) and K, and returns up to K other product ids, best first.
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 
-from .embeddings import SemanticIndex
+from .embeddings import SemanticIndex, catalog_index
 
 COLD_START_CO_PURCHASES = 10  # fewer training co-purchases than this and co-purchase cannot judge a product
 SEMANTIC_WEIGHT = 0.3  # both chosen on a validation split carved from the training orders (docs/evaluation.md)
@@ -117,6 +117,12 @@ class Hybrid:
 
     def __call__(self, basket: Sequence[Hashable], k: int) -> list:
         return top_k(self.ids, self.scores(basket), basket, k)
+
+
+def serving_retrieval(copurchase: CoPurchase, catalog: dict) -> Hybrid:
+    """The recommender the storefront serves with (and so the one training's candidates and the deploy gate
+    use): the hybrid of `copurchase` and the catalog's text embeddings. `catalog`: Items by product id."""
+    return Hybrid(copurchase, catalog_index(catalog))
 
 
 def top_k(ids: list, scores: np.ndarray, exclude: Iterable[Hashable], k: int) -> list:

@@ -6,6 +6,7 @@ and a webhook can address a row directly. Customers are kept only as opaque ids.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -24,7 +25,9 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    event,
 )
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -45,6 +48,18 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, _record):
+    """SQLite: enforce foreign keys (cascades) and let readers run beside the writer."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
 
 class Timestamp(TypeDecorator):
     """Timezone-aware UTC on every database (SQLite drops the zone, so it is put back on read)."""

@@ -32,14 +32,6 @@ def encoder():
     return _encoder
 
 
-def warm_up() -> threading.Thread:
-    """Load the encoder in the background as a server starts (about 6 s on a CPU), so the first shopper's
-    request does not wait for it."""
-    thread = threading.Thread(target=encoder, name="pairwell-warm-up", daemon=True)
-    thread.start()
-    return thread
-
-
 def embed(texts: Sequence[str]) -> np.ndarray:
     """Unit-length vectors (one row a text), so a dot product is the cosine similarity."""
     if not texts:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from urllib.parse import urlencode
 
-SHOP_DOMAIN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]*\.myshopify\.com$")
+SHOP_DOMAIN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}\.myshopify\.com$")  # a DNS label: 63 characters at most
 PROXY_MAX_SKEW_SECONDS = 90
 
 
@@ -25,6 +25,11 @@ def _hex_hmac(secret: str, message: str) -> str:
     return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
+def same(expected: str, given: str) -> bool:
+    """Constant-time comparison that takes any text (`compare_digest` raises on non-ASCII str)."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape"))
+
+
 def oauth_hmac(pairs: Iterable[tuple[str, str]], secret: str) -> str:
     """Hex HMAC of the query without `hmac` (and legacy `signature`), `k=v` sorted and joined with `&`."""
     message = "&".join(sorted(f"{k}={v}" for k, v in pairs if k not in ("hmac", "signature")))
@@ -33,7 +38,7 @@ def oauth_hmac(pairs: Iterable[tuple[str, str]], secret: str) -> str:
 
 def verify_oauth_query(pairs: list[tuple[str, str]], secret: str) -> bool:
     given = dict(pairs).get("hmac", "")
-    return bool(given) and hmac.compare_digest(oauth_hmac(pairs, secret), given)
+    return bool(given) and same(oauth_hmac(pairs, secret), given)
 
 
 def app_proxy_signature(pairs: Iterable[tuple[str, str]], secret: str) -> str:
@@ -56,7 +61,7 @@ def signed_app_proxy_query(shop: str, secret: str, timestamp: float | None = Non
 
 def verify_app_proxy_query(pairs: list[tuple[str, str]], secret: str, now: float | None = None) -> bool:
     given = dict(pairs).get("signature", "")
-    if not given or not hmac.compare_digest(app_proxy_signature(pairs, secret), given):
+    if not given or not same(app_proxy_signature(pairs, secret), given):
         return False
     try:
         timestamp = int(dict(pairs).get("timestamp", ""))
@@ -70,4 +75,4 @@ def webhook_hmac(body: bytes, secret: str) -> str:
 
 
 def verify_webhook(body: bytes, header_value: str | None, secret: str) -> bool:
-    return bool(header_value) and hmac.compare_digest(webhook_hmac(body, secret), header_value)
+    return bool(header_value) and same(webhook_hmac(body, secret), header_value)

@@ -1,0 +1,247 @@
+""""Pairs well with": the one path from a basket to the products a shopper sees.
+
+The hybrid retrieval ranks the sellable products; the deployed model re-ranks and explains the top CANDIDATES
+under a constraint that admits only their titles; its names are matched back to those candidates (exact,
+fuzzy, embedding) and the ranking fills the rest. The storefront, the deploy gate and offline evaluation all
+call `rerank`, so the gate scores exactly what shoppers get. Whatever the model does, the answer holds only
+real, active, in-stock catalog products."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from . import cache, embeddings
+from .history import Item, load_baskets
+from .model_hosts import Chat, ModelUnavailable, host_for, model_ref
+from .models import ModelVersion, Product, Shop, db
+from .prompts import CANDIDATES, MAX_PICKS, RECOMMEND_SYSTEM, parse_answer, reason_for, recommendation_prompt
+from .recommenders import CoPurchase, Hybrid, TitleMatcher, serving_retrieval
+
+log = logging.getLogger(__name__)
+INDEX_TTL_SECONDS = 600
+PRECOMPUTE_BUDGET_SECONDS = 20.0  # nobody waits on a precompute: let the model finish
+_indexes: dict[int, tuple[float, Hybrid]] = {}
+
+
+@dataclass
+class Shelf:
+    """What can be recommended right now: the active catalog (what the model reads), the sellable products by
+    department (what may be shown), and the retrieval that ranks them. Loaded once a request, a precompute or
+    a gate run."""
+    catalog: dict[Hashable, Item]
+    sellable: dict[Hashable, str]
+    retrieval: Hybrid
+    products: dict[int, Product] = field(default_factory=dict)  # the rows a storefront reply is built from
+
+    def __post_init__(self):
+        self.matcher = TitleMatcher({p: item.title for p, item in self.catalog.items()}, self.retrieval.index)
+
+    def title(self, product: Hashable) -> str:
+        item = self.catalog.get(product)
+        return item.title if item else str(product)
+
+    @classmethod
+    def everything(cls, titles: dict[Hashable, str], copurchase: CoPurchase) -> Shelf:
+        """A catalog known only by titles (an order file), every product sellable: offline evaluation."""
+        catalog = {p: Item(p, title, "", "") for p, title in sorted(titles.items())}
+        return cls(catalog, dict.fromkeys(catalog, ""), serving_retrieval(copurchase, catalog))
+
+
+def load_shelf(shop: Shop, baskets: Iterable[list[int]] | None = None) -> Shelf:
+    """The shop's shelf. Retrieval learns from all its orders (remembered a few minutes), or from `baskets`
+    when given (the deploy gate passes the training period only)."""
+    products = db.session.scalars(
+        select(Product).where(Product.shop_id == shop.id).options(selectinload(Product.variants))).all()
+    catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products if p.status == "ACTIVE"}
+    sellable = {p.id: p for p in products
+                if p.status == "ACTIVE" and any(v.available_for_sale and v.inventory_quantity > 0 for v in p.variants)}
+    if baskets is None:
+        retrieval = retrieval_index(shop.id, catalog)
+    else:
+        retrieval = serving_retrieval(CoPurchase(baskets), catalog)
+    return Shelf(catalog, {p: product.product_type for p, product in sellable.items()}, retrieval, sellable)
+
+
+def retrieval_index(shop_id: int, catalog: dict[int, Item]) -> Hybrid:
+    """The serving retrieval over the shop's orders, rebuilt every few minutes (the embeddings of unchanged
+    product texts are remembered, so a rebuild embeds only what changed)."""
+    built = _indexes.get(shop_id)
+    if built is None or time.monotonic() - built[0] > INDEX_TTL_SECONDS:
+        copurchase = CoPurchase(b for _, b in load_baskets(shop_id, catalog))
+        built = (time.monotonic(), serving_retrieval(copurchase, catalog))
+        _indexes[shop_id] = built
+    return built[1]
+
+
+def ranking(shelf: Shelf, viewing: Hashable, cart: list[Hashable]) -> list[Hashable]:
+    """Sellable products by the retrieval score with the viewed item and the cart, then the viewed item's
+    department first, then by id: always enough to fill a block."""
+    retrieval = shelf.retrieval
+    scores = retrieval.scores([viewing, *cart])
+    basket = {viewing, *cart}
+    score = {p: float(scores[retrieval.position[p]]) if p in retrieval.position else 0.0
+             for p in shelf.sellable if p not in basket}
+    department = shelf.catalog[viewing].product_type if viewing in shelf.catalog else None
+    return sorted(score, key=lambda p: (-score[p], shelf.sellable[p] != department, p))
+
+
+@dataclass
+class Reranked:
+    products: list[Hashable]  # the model's picks first, then the ranking
+    reasons: dict[Hashable, str]  # the model's reason for each of its picks
+    names: int = 0  # names the model wrote
+    misses: int = 0  # names that matched none of its candidates (never shown)
+
+
+def rerank(chat: Chat, shelf: Shelf, viewing: Hashable, cart: list[Hashable], limit: int, system: str) -> Reranked:
+    """The model picks up to MAX_PICKS among the ranking's top CANDIDATES (it reads the newest cart items);
+    the ranking fills the rest. Raises ModelUnavailable when the model cannot answer in time."""
+    ordered = ranking(shelf, viewing, cart)
+    candidates = ordered[:CANDIDATES]
+    titles = [shelf.title(p) for p in candidates]
+    prompt = recommendation_prompt(shelf.title(viewing), [shelf.title(c) for c in cart], titles)
+    answer = chat([{"role": "system", "content": system}, {"role": "user", "content": prompt}], titles,
+                  min(limit, MAX_PICKS))
+    most = min(limit, MAX_PICKS)
+    picks: list[Hashable] = []
+    reasons: dict[Hashable, str] = {}
+    names = misses = 0
+    for record in parse_answer(answer):
+        names += 1
+        product = shelf.matcher(record["title"], among=candidates)
+        if product is None:
+            misses += 1
+        elif product not in reasons and len(picks) < most:
+            picks.append(product)
+            reasons[product] = str(record.get("reason") or "").strip()
+    return Reranked((picks + [p for p in ordered if p not in reasons])[:limit], reasons, names, misses)
+
+
+# --- The storefront -------------------------------------------------------------------------------------
+
+def live_model(shop: Shop) -> ModelVersion | None:
+    """The deployed version; a verified one waiting (or refused by the gate) serves nobody."""
+    return db.session.scalars(select(ModelVersion).where(
+        ModelVersion.shop_id == shop.id, ModelVersion.status == "deployed")).first()
+
+
+def storefront_chat(model: ModelVersion, budget: float) -> Chat:
+    """The live model on the configured host, each answer within `budget` seconds."""
+    host = host_for(current_app)
+    ref = model_ref(host, model)
+    return lambda messages, candidates, picks: host.chat(ref, messages, candidates=candidates, picks=picks,
+                                                         timeout=budget)
+
+
+def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,
+              shelf: Shelf | None = None) -> tuple[list[tuple[Product, str]], str]:
+    """The products and their reasons, and where they came from (`model` or `fallback`)."""
+    shelf = shelf or load_shelf(shop)
+    cart_ids = [c.id for c in cart]
+    model = live_model(shop)
+    try:
+        if model is None:
+            raise ModelUnavailable("no model deployed")
+        chat = storefront_chat(model, budget or current_app.config["MODEL_BUDGET_SECONDS"])
+        result = rerank(chat, shelf, viewing.id, cart_ids, limit, RECOMMEND_SYSTEM.format(shop=shop.domain))
+        source = "model"
+        # The raw miss rate, for evaluation: names the model gave that matched no candidate.
+        cache.store().incr(f"model-names:{shop.id}", 30 * 86400)
+        if result.misses:
+            cache.store().incr(f"model-misses:{shop.id}", 30 * 86400)
+            log.info("model named %d products outside the candidates", result.misses)
+    except ModelUnavailable as exc:
+        if model is not None:
+            log.warning("serving fallback for %s: %s", shop.domain, exc)
+        result, source = Reranked(ranking(shelf, viewing.id, cart_ids)[:limit], {}), "fallback"
+    return [(shelf.products[p], result.reasons.get(p) or reason_for(shelf.catalog[p])) for p in result.products], \
+        source
+
+
+def as_json(product: Product, reason: str) -> dict:
+    return {
+        "id": product.id, "handle": product.handle, "title": product.title,
+        "url": product.online_store_url or f"/products/{product.handle}", "image": product.image_url,
+        "price": str(min(v.price for v in product.variants)) if product.variants else None,
+        "reason": reason,
+    }
+
+
+def cache_key(shop_id: int, product_id: int, cart: list[int], limit: int) -> str:
+    generation = cache.store().get(f"generation:{shop_id}") or "0"
+    return f"rec:{shop_id}:{generation}:{product_id}:{','.join(map(str, sorted(set(cart))))}:{limit}"
+
+
+def invalidate(shop_id: int) -> None:
+    """Forget every cached reply of the shop (a new model, a changed catalog): new keys, old ones expire."""
+    cache.store().set(f"generation:{shop_id}", str(time.time_ns()), 30 * 86400)
+    _indexes.pop(shop_id, None)
+
+
+def cached(key: str) -> dict | None:
+    """A stored reply, saying where its products came from (`model` or `fallback`) and that it was cached."""
+    value = cache.store().get(key)
+    return {**json.loads(value), "cached": True} if value is not None else None
+
+
+def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,
+          shelf: Shelf | None = None) -> dict:
+    """The proxy's reply, from the cache when it can be. `budget`: seconds the model may take (default: the
+    storefront's MODEL_BUDGET_SECONDS)."""
+    key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit)
+    hit = cached(key)
+    if hit is not None:
+        return hit
+    picks, source = recommend(shop, viewing, cart, limit, budget, shelf)
+    reply = {"products": [as_json(product, reason) for product, reason in picks], "source": source}
+    # Model answers keep until the next deploy or catalog change; a fallback only briefly (the model may be back).
+    cache.store().set(key, json.dumps(reply), 86400 if source == "model" else 60)
+    return {**reply, "cached": False}
+
+
+def precompute(shop: Shop, limit: int = 4, budget_seconds: float | None = None) -> dict:
+    """Every active product's empty-cart block, best-sellers first, so storefront requests hit the cache.
+    With a budget, what is left is computed on its first request instead."""
+    started = time.monotonic()
+    shelf = load_shelf(shop)
+    products = {p.id: p for p in db.session.scalars(
+        select(Product).where(Product.shop_id == shop.id, Product.status == "ACTIVE"))}
+    popularity = shelf.retrieval.copurchase.items
+    counts: dict[str, int] = {}
+    for product_id in sorted(products, key=lambda p: (-popularity[p], p)):
+        if budget_seconds is not None and time.monotonic() - started > budget_seconds:
+            counts["deferred"] = counts.get("deferred", 0) + 1
+            continue
+        source = serve(shop, products[product_id], [], limit, PRECOMPUTE_BUDGET_SECONDS, shelf)["source"]
+        counts[source] = counts.get(source, 0) + 1
+    return counts
+
+
+def warm_up(app) -> threading.Thread:
+    """Load, in the background as a server starts, what a storefront request would otherwise wait for: the
+    sentence encoder and, on the embedded host, every shop's live model (in this serving process)."""
+    def load() -> None:
+        embeddings.encoder()
+        with app.app_context():
+            host = host_for(app)
+            if host.name != "embedded":
+                return
+            for model in db.session.scalars(select(ModelVersion).where(ModelVersion.status == "deployed")):
+                try:
+                    host.load(model.gguf_path)
+                except ModelUnavailable as exc:
+                    log.warning("live model v%s of shop %s not loaded: %s", model.version, model.shop_id, exc)
+            db.session.remove()
+
+    thread = threading.Thread(target=load, name="pairwell-warm-up", daemon=True)
+    thread.start()
+    return thread
