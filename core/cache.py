@@ -21,8 +21,8 @@ RETRY_REDIS_AFTER = 5.0  # seconds on the in-process store after a Redis error
 class LocalStore:
     """Each entry lives for its own ttl (a 60 s fallback must not outlive the model's recovery)."""
 
-    def __init__(self, maxsize: int = 50_000):
-        self._data = TLRUCache(maxsize=maxsize, ttu=lambda _key, value, now: now + value[1], timer=time.monotonic)
+    def __init__(self, maxsize: int = 50_000, timer=time.monotonic):
+        self._data = TLRUCache(maxsize=maxsize, ttu=lambda _key, value, now: now + value[1], timer=timer)
         self._lock = threading.Lock()
 
     def get(self, key: str) -> str | None:

@@ -14,6 +14,8 @@ API_VERSION = "2026-10"
 """The one place the Admin API version is pinned."""
 
 DEFAULT_SCOPES = "read_products,read_orders,read_all_orders,write_app_proxy"
+DEV_SECRET = "pairwell-development-secret-change-me"
+DEV_CLIENT_ID = "pairwell-development-client-id"
 
 
 def _derived_key(secret: str, purpose: str) -> str:
@@ -25,9 +27,9 @@ def _derived_key(secret: str, purpose: str) -> str:
 def from_env(env: dict[str, str] | None = None) -> dict:
     """Flask config keys read from environment variables (see README, Configuration)."""
     env = dict(os.environ if env is None else env)
-    secret = env.get("SHOPIFY_API_SECRET", "pairwell-development-secret-change-me")
+    secret = env.get("SHOPIFY_API_SECRET") or DEV_SECRET
     return {
-        "SHOPIFY_API_KEY": env.get("SHOPIFY_API_KEY", "pairwell-development-client-id"),
+        "SHOPIFY_API_KEY": env.get("SHOPIFY_API_KEY") or DEV_CLIENT_ID,
         "SHOPIFY_API_SECRET": secret,
         "SHOPIFY_APP_URL": env.get("SHOPIFY_APP_URL", "http://127.0.0.1:8000").rstrip("/"),
         "SHOPIFY_SCOPES": env.get("SHOPIFY_SCOPES", DEFAULT_SCOPES),
@@ -37,6 +39,7 @@ def from_env(env: dict[str, str] | None = None) -> dict:
         "REDIS_URL": env.get("REDIS_URL") or None,
         "OLLAMA_HOST": env.get("OLLAMA_HOST") or None,
         "PAIRWELL_ENCRYPTION_KEY": env.get("PAIRWELL_ENCRYPTION_KEY") or _derived_key(secret, "tokens"),
+        "ENCRYPTION_KEY_DERIVED": not env.get("PAIRWELL_ENCRYPTION_KEY"),
         "BULK_POLL_SECONDS": float(env.get("PAIRWELL_BULK_POLL_SECONDS", "1.0")),
         "ADMIN_API_MAX_ATTEMPTS": 8,
         "PAIRWELL_ARTIFACTS": env.get("PAIRWELL_ARTIFACTS") or str(INSTANCE_DIR / "artifacts"),
@@ -44,5 +47,31 @@ def from_env(env: dict[str, str] | None = None) -> dict:
         "MODEL_BUDGET_SECONDS": float(env.get("PAIRWELL_MODEL_BUDGET_SECONDS", "1.5")),
         "PROXY_LIMIT_PER_IP": int(env.get("PAIRWELL_PROXY_LIMIT_PER_IP", "120")),
         "PROXY_LIMIT_PER_SHOP": int(env.get("PAIRWELL_PROXY_LIMIT_PER_SHOP", "6000")),
+        # Proxies of our own in front of the app that append to X-Forwarded-For (Shopify's App Proxy counts).
+        "TRUSTED_PROXIES": int(env.get("PAIRWELL_TRUSTED_PROXIES", "1")),
         "SECRET_KEY": env.get("SECRET_KEY") or _derived_key(secret, "cookies"),
+        # The sweeper hands out again what was stored but not picked up this long (the broker was down).
+        "SWEEP_EVERY_SECONDS": float(env.get("PAIRWELL_SWEEP_EVERY_SECONDS", "60")),
+        "SWEEP_AFTER_SECONDS": float(env.get("PAIRWELL_SWEEP_AFTER_SECONDS", "120")),
     }
+
+
+def production_problems(config: dict) -> list[str]:
+    """Why this configuration must not serve real shops: the development placeholders are public, so anyone
+    could sign webhooks and proxy requests with them, and a key derived from them protects no token."""
+    problems = []
+    if config["SHOPIFY_API_SECRET"] == DEV_SECRET:
+        problems.append("SHOPIFY_API_SECRET is not set (the development placeholder is public)")
+    if config["SHOPIFY_API_KEY"] == DEV_CLIENT_ID:
+        problems.append("SHOPIFY_API_KEY is not set")
+    if config.get("ENCRYPTION_KEY_DERIVED"):
+        problems.append("PAIRWELL_ENCRYPTION_KEY is not set (generate one with "
+                        "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')")
+    return problems
+
+
+def require_production(config: dict) -> None:
+    """Refuse to start a production entry point (wsgi, `pairwell serve`, `pairwell worker`) on placeholders."""
+    problems = production_problems(config)
+    if problems:
+        raise SystemExit("Pairwell will not start: " + "; ".join(problems) + ". (`pairwell demo` runs without them.)")

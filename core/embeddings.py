@@ -6,8 +6,9 @@ nothing is downloaded at run time."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -46,6 +47,23 @@ def embed(texts: Sequence[str]) -> np.ndarray:
                                        show_progress_bar=False)
             _remembered.update(zip(missing, vectors.astype(np.float32)))
         return np.stack([_remembered[t] for t in texts])
+
+
+def encoder_loaded() -> bool:
+    return _encoder is not None
+
+
+def remember(stored: Iterable[tuple[str, bytes]]) -> None:
+    """Vectors computed earlier and stored (a product's `embedding`): no encoder run for these texts."""
+    with _lock:
+        for text, vector in stored:
+            if len(_remembered) >= REMEMBER_AT_MOST:
+                break
+            _remembered.setdefault(text, np.frombuffer(vector, dtype=np.float32))
+
+
+def text_sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def product_text(title: str, product_type: str = "", description: str = "") -> str:

@@ -120,6 +120,10 @@ class Product(db.Model):
     image_alt: Mapped[str | None] = mapped_column(Text)
     total_inventory: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(Timestamp())
+    # The product text's sentence embedding (float32), computed at sync, on product webhooks and at deploy, and
+    # the sha256 of the text it embeds: a serving process reads it instead of running the encoder.
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    embedding_sha: Mapped[str | None] = mapped_column(String(64))
 
     variants: Mapped[list[Variant]] = relationship(
         back_populates="product", cascade="all, delete-orphan", passive_deletes=True
@@ -235,6 +239,8 @@ class TrainingRun(db.Model):
     eta_seconds: Mapped[float | None] = mapped_column()
     history: Mapped[list[dict]] = mapped_column(JSON, default=list)
     artifact_dir: Mapped[str | None] = mapped_column(Text)
+    # The stretch of the chain asked for ({first, last, and stage options}), so a run can be sent again.
+    plan: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     error: Mapped[str | None] = mapped_column(Text)
     heartbeat_at: Mapped[datetime | None] = mapped_column(Timestamp())

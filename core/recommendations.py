@@ -62,6 +62,9 @@ def load_shelf(shop: Shop, baskets: Iterable[list[int]] | None = None) -> Shelf:
     products = db.session.scalars(
         select(Product).where(Product.shop_id == shop.id).options(selectinload(Product.variants))).all()
     catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products if p.status == "ACTIVE"}
+    texts = {p.id: embeddings.product_text(p.title, p.product_type, p.description) for p in products}
+    embeddings.remember((texts[p.id], p.embedding) for p in products
+                        if p.embedding and p.embedding_sha == embeddings.text_sha(texts[p.id]))
     sellable = {p.id: p for p in products
                 if p.status == "ACTIVE" and any(v.available_for_sale and v.inventory_quantity > 0 for v in p.variants)}
     if baskets is None:
@@ -245,3 +248,17 @@ def warm_up(app) -> threading.Thread:
     thread = threading.Thread(target=load, name="pairwell-warm-up", daemon=True)
     thread.start()
     return thread
+
+
+def readiness(app) -> dict:
+    """Whether this process can answer shoppers at full speed: the encoder is loaded and so is every live model
+    (on the embedded host; an Ollama host must answer). A load balancer sends traffic once it is ready."""
+    host = host_for(app)
+    with app.app_context():
+        live = db.session.scalars(select(ModelVersion).where(ModelVersion.status == "deployed")).all()
+        if host.name == "embedded":
+            models = {f"{m.shop_id}:v{m.version}": host.is_loaded(m.gguf_path) for m in live}
+        else:
+            models = {f"{m.shop_id}:v{m.version}": host.health() for m in live}
+    encoder = embeddings.encoder_loaded()
+    return {"ready": encoder and all(models.values()), "encoder": encoder, "models": models}

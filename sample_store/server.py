@@ -233,11 +233,12 @@ class SampleShopify:
         for token in self.tokens.values():
             token.expires_at = datetime.now(timezone.utc) - timedelta(seconds=1)
 
-    def drain_bucket(self) -> None:
-        """Spend the whole query-cost bucket, so the next query is THROTTLED."""
+    def drain_bucket(self, debt_seconds: float = 0.0) -> None:
+        """Spend the whole query-cost bucket (and `debt_seconds` of restoring beyond it), so the next query is
+        THROTTLED however long the caller takes to send it."""
         with self._lock:
             self.bucket.level()
-            self.bucket.available = 0.0
+            self.bucket.available = -debt_seconds * RESTORE_RATE
 
     def fail_next(self, status: int, times: int = 1, retry_after: float | None = None) -> None:
         self.faults.extend([(status, retry_after)] * times)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from core import config
 from core.models import db
+from core.recommendations import readiness
 from core.signatures import is_valid_shop_domain
 
 
@@ -40,6 +42,21 @@ def create_app(test_config: dict | None = None) -> Flask:
         response.status_code = error.code or 500
         return response
 
+    @app.get("/ready")
+    def ready():
+        """Readiness for a load balancer: 200 once the encoder and the live models are loaded, else 503."""
+        state = readiness(app)
+        return state, 200 if state["ready"] else 503
+
+    @app.errorhandler(SQLAlchemyError)
+    def database_away(error: SQLAlchemyError):
+        """The database is down or locked: say so (503, retry later), never a trace."""
+        db.session.rollback()
+        app.logger.error("database error on %s: %s", request.path, error)
+        response = jsonify(error="Service Unavailable", message="The database is unavailable; retry later.")
+        response.status_code, response.headers["Retry-After"] = 503, "30"
+        return response
+
     @app.after_request
     def allow_shopify_framing(response):
         """Embedded apps load in the admin's iframe: allow exactly that shop's admin to frame us."""
@@ -48,6 +65,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         if is_valid_shop_domain(shop):
             ancestors = f"https://{shop} " + ancestors
         response.headers.setdefault("Content-Security-Policy", f"frame-ancestors {ancestors};")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")  # JSON is never sniffed into HTML
         return response
 
     return app

@@ -6,6 +6,7 @@ from flask import Blueprint, abort, g, request
 from sqlalchemy import func, select
 
 from core import shops
+from core.inputs import BadInput, load_json, whole_number
 from core.models import Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db
 from worker.tasks import enqueue_full_sync
 
@@ -53,15 +54,21 @@ def shop_summary():
 
 
 POLICY_KINDS = ("shipping", "returns", "invoices", "payment", "discounts")
+MAX_POLICY_CHARS = 20_000
 
 
 @bp.put("/policies")
 def update_policies():
     """The merchant's own answers for the support assistant, by kind; an empty text removes one."""
     shop = _current_shop()
-    body = request.get_json(silent=True)
+    try:
+        body = load_json(request.get_data(), "the policies body", max_depth=2)
+    except BadInput as exc:
+        abort(400, str(exc))
     if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
         abort(400, 'Send a JSON object of policy texts, for example {"returns": "..."}.')
+    if any(len(v) > MAX_POLICY_CHARS for v in body.values()):
+        abort(400, f"A policy text may be at most {MAX_POLICY_CHARS} characters.")
     unknown = sorted(set(body) - set(POLICY_KINDS))
     if unknown:
         abort(400, f"Unknown policy kinds {unknown}; expected some of {list(POLICY_KINDS)}.")
@@ -88,7 +95,7 @@ def training_runs():
     return {"training_runs": [training_run_json(run) for run in runs]}
 
 
-@bp.post("/training-runs/<int:run_id>/cancel")
+@bp.post("/training-runs/<int(min=1, max=2147483647):run_id>/cancel")
 def cancel_training(run_id: int):
     run = db.session.get(TrainingRun, run_id)
     if run is None or run.shop_id != _current_shop().id:
@@ -116,7 +123,8 @@ def start_sync():
 @bp.get("/storefront-metrics")
 def storefront_metrics():
     """CTR, add-to-cart rate and AOV of the "pairs well with" block, overall and by source."""
-    days = request.args.get("days", "30")
-    if not days.isdigit() or not 1 <= int(days) <= 365:
-        abort(400, "days must be a whole number from 1 to 365.")
-    return analytics.summary(_current_shop().id, int(days))
+    try:
+        days = whole_number(request.args.get("days", "30"), "days", 1, 365)
+    except BadInput as exc:
+        abort(400, str(exc))
+    return analytics.summary(_current_shop().id, days)

@@ -1,5 +1,5 @@
 """Storefront measurement: what shoppers did with the "pairs well with" block (recorded through the App
-Proxy) and what it earned, by where the block's products came from (model, cache of model answers, fallback).
+Proxy) and what it earned, by where the block's products came from (the model or the fallback ranking).
 
 CTR = clicks / impressions; add-to-cart rate = adds of a clicked recommendation / impressions; AOV of the
 orders that contain a product a shopper added from the block (within ATTRIBUTION of the add) against the
@@ -8,15 +8,23 @@ the variants' current prices."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections import deque
 from datetime import timedelta
 from decimal import Decimal
 
-from sqlalchemy import select
+from flask import current_app
+from sqlalchemy import insert, select
 
+from core.inputs import BadInput, shopify_id
 from core.models import Order, OrderLine, StorefrontEvent, Variant, db, utcnow
 
+log = logging.getLogger(__name__)
+
 KINDS = ("impression", "click", "add_to_cart")
-SOURCES = ("model", "cache", "fallback", "unknown")
+SOURCES = ("model", "fallback", "cache", "unknown")  # "cache": events from before cached replies kept their origin
 ATTRIBUTION = timedelta(days=7)
 MAX_EVENTS = 20  # a page sends a handful; more is not a browser
 
@@ -26,7 +34,8 @@ class BadEvents(ValueError):
 
 
 def record(shop_id: int, payload: object) -> int:
-    """Validate every event first, then store them all: a bad batch stores nothing."""
+    """Validate every event first, then queue them all for the writer: a bad batch stores nothing, and a
+    shopper's beacon never waits on the database."""
     events = payload.get("events") if isinstance(payload, dict) else None
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS:
         raise BadEvents(f'send {{"events": [...]}} with 1 to {MAX_EVENTS} events')
@@ -34,31 +43,85 @@ def record(shop_id: int, payload: object) -> int:
     for n, event in enumerate(events):
         if not isinstance(event, dict) or event.get("kind") not in KINDS:
             raise BadEvents(f"event {n}: kind must be one of {list(KINDS)}")
-        viewed, product = event.get("viewed_product_id"), event.get("product_id")
-        if not _is_id(viewed):
-            raise BadEvents(f"event {n}: viewed_product_id must be a numeric product id")
-        if event["kind"] != "impression" and not _is_id(product):
-            raise BadEvents(f"event {n}: a {event['kind']} needs the recommended product_id")
+        try:
+            viewed = shopify_id(event.get("viewed_product_id"), f"event {n}: viewed_product_id")
+            product = shopify_id(event["product_id"], f"event {n}: product_id") \
+                if event["kind"] != "impression" or event.get("product_id") is not None else None
+        except KeyError:
+            raise BadEvents(f"event {n}: a {event['kind']} needs the recommended product_id") from None
+        except BadInput as exc:
+            raise BadEvents(str(exc)) from None
         shown = event.get("shown", 0)
-        if not isinstance(shown, int) or not 0 <= shown <= 10:
+        if not isinstance(shown, int) or isinstance(shown, bool) or not 0 <= shown <= 10:
             raise BadEvents(f"event {n}: shown must be 0 to 10")
         source = event.get("source") if event.get("source") in SOURCES else "unknown"
-        rows.append(StorefrontEvent(shop_id=shop_id, kind=event["kind"], viewed_product_id=int(viewed),
-                                    product_id=int(product) if _is_id(product) else None, source=source,
-                                    shown=shown))
-    db.session.add_all(rows)
-    db.session.commit()
+        rows.append({"shop_id": shop_id, "kind": event["kind"], "viewed_product_id": viewed, "product_id": product,
+                     "source": source, "shown": shown, "created_at": utcnow()})
+    writer().put(rows)
     return len(rows)
 
 
-def _is_id(value: object) -> bool:
-    """A Shopify numeric id, as a number or a string of digits, within the database's 64 bits."""
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        value = int(value)
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+class EventWriter:
+    """Stores queued events in batches from one background thread. While the database is away events wait
+    in memory (up to MAX_WAITING, then the oldest are dropped and counted), so beacons and recommendations
+    never hold a server thread on a locked or missing database."""
+
+    MAX_WAITING = 50_000
+
+    def __init__(self, app):
+        self.app, self.dropped = app, 0
+        self._waiting: deque[dict] = deque()
+        self._lock = threading.Condition()
+        self._busy = False
+        threading.Thread(target=self._run, name="pairwell-events", daemon=True).start()
+
+    def put(self, rows: list[dict]) -> None:
+        with self._lock:
+            overflow = len(self._waiting) + len(rows) - self.MAX_WAITING
+            for _ in range(max(overflow, 0)):
+                self._waiting.popleft()
+                self.dropped += 1
+            self._waiting.extend(rows)
+            self._lock.notify_all()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until what was queued so far is stored (metrics, tests); False if the database is away."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._waiting and not self._busy, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting:
+                    self._lock.wait()
+                batch = [self._waiting.popleft() for _ in range(min(len(self._waiting), 500))]
+                self._busy = True
+            try:
+                with self.app.app_context():
+                    db.session.execute(insert(StorefrontEvent), batch)
+                    db.session.commit()
+            except Exception as exc:  # the database is away: put them back and wait a little
+                log.warning("storefront events not stored yet (%s): %d waiting", exc, len(batch))
+                with self._lock:
+                    self._waiting.extendleft(reversed(batch))
+                    self._busy = False
+                    self._lock.notify_all()
+                time.sleep(1.0)
+                continue
+            with self._lock:
+                self._busy = False
+                self._lock.notify_all()
+
+
+def writer() -> EventWriter:
+    app = current_app._get_current_object()
+    if "pairwell_events" not in app.extensions:
+        app.extensions["pairwell_events"] = EventWriter(app)
+    return app.extensions["pairwell_events"]
 
 
 def summary(shop_id: int, days: int = 30) -> dict:
+    writer().flush(timeout=2.0)  # this process's beacons of the last moments count too
     since = utcnow() - timedelta(days=days)
     events = db.session.scalars(select(StorefrontEvent).where(
         StorefrontEvent.shop_id == shop_id, StorefrontEvent.created_at >= since)).all()

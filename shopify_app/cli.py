@@ -11,6 +11,7 @@ from flask.cli import FlaskGroup
 from sqlalchemy import func, select
 
 from core import shops
+from core.config import require_production
 from core.models import ModelVersion, Order, OrderLine, Product, Variant, db
 from worker.tasks import PipelineError, enqueue_full_sync, enqueue_pipeline, enqueue_rollback
 
@@ -64,6 +65,7 @@ def serve(host, port, threads):
 
     from core.recommendations import warm_up
 
+    require_production(current_app.config)
     warm_up(current_app._get_current_object())
     click.echo(f"Pairwell on http://{host}:{port}")
     waitress_serve(current_app._get_current_object(), host=host, port=port, threads=threads)
@@ -72,12 +74,15 @@ def serve(host, port, threads):
 @cli.command()
 @click.option("--queues", default="default,gpu", help="Comma-separated queues to consume.")
 @click.option("--concurrency", default=1, type=int)
-def worker(queues, concurrency):
+@click.option("--beat", is_flag=True, help="Also run the schedule (the sweeper that re-sends what the broker lost).")
+def worker(queues, concurrency, beat):
     """Run a Celery worker (needs REDIS_URL)."""
     if not current_app.config["REDIS_URL"]:
         raise click.ClickException("Set REDIS_URL to run a worker; without it tasks run in-process.")
+    require_production(current_app.config)
     celery = current_app.extensions["celery"]
-    celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "--loglevel=INFO"])
+    # --beat: this worker also runs the schedule (the sweeper); run exactly one such worker.
+    celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "--loglevel=INFO", *(["-B"] if beat else [])])
 
 
 def store_counts(shop_id: int) -> dict[str, int]:

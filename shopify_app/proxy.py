@@ -1,12 +1,18 @@
 """`/proxy/*`: what the storefront reaches through Shopify's App Proxy (`/apps/pairwell/...`).
-Every request must carry Shopify's signature; replies are JSON (passed through, not rendered as Liquid)."""
+Every request must carry Shopify's signature; replies are JSON (passed through, not rendered as Liquid).
+
+Nothing here may answer a shopper with a 5xx trace: Redis errors fall back to in-process limits and cache
+(`core/cache.py`), model trouble to the retrieval ranking (`core/recommendations.py`), and a database that is
+away to the cache or an empty block (503, with Retry-After)."""
 
 from __future__ import annotations
 
 from cachetools import TTLCache
 from flask import Blueprint, abort, current_app, g, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 
 from core import cache, recommendations, shops
+from core.inputs import BadInput, id_list, load_json, shopify_id, whole_number
 from core.models import Product, Shop, db
 from core.signatures import is_valid_shop_domain, verify_app_proxy_query
 
@@ -14,6 +20,7 @@ from . import analytics
 
 bp = Blueprint("proxy", __name__, url_prefix="/proxy")
 MAX_CART_ITEMS = 50
+MAX_EVENTS_BYTES = 16 * 1024
 
 
 @bp.before_request
@@ -26,8 +33,7 @@ def verify_signature_and_rate():
     if g.shop_id is None:
         abort(404, f"Pairwell is not installed on {domain}.")
     config = current_app.config
-    for scope, identity, limit in (("ip", request.access_route[0] if request.access_route else "-",
-                                    config["PROXY_LIMIT_PER_IP"]),
+    for scope, identity, limit in (("shopper", shopper_identity(), config["PROXY_LIMIT_PER_IP"]),
                                    ("shop", domain, config["PROXY_LIMIT_PER_SHOP"])):
         wait = cache.over_limit(scope, identity, limit)
         if wait is not None:
@@ -36,55 +42,71 @@ def verify_signature_and_rate():
             return response
 
 
+def shopper_identity() -> str:
+    """Whom the per-shopper limit counts. Shopify signs `logged_in_customer_id`, so a signed-in shopper is
+    that customer. A guest is the address Shopify's proxy saw: the right-most X-Forwarded-For entry past our
+    own PAIRWELL_TRUSTED_PROXIES (load balancers in front of the app); entries to its left are whatever the
+    client wrote and are never trusted."""
+    customer = request.args.get("logged_in_customer_id", "")
+    if customer:
+        return f"customer:{customer[:32]}"
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
+    trusted = current_app.config["TRUSTED_PROXIES"]
+    if trusted and len(hops) >= trusted:
+        return f"ip:{hops[-trusted][:64]}"
+    return f"ip:{request.remote_addr or '-'}"
+
+
 def installed_shop_id(domain: str) -> int | None:
     """The installed shop's id, remembered for 30 seconds: a storefront burst costs no shop query (an
     uninstall shows within those 30 seconds)."""
     known = current_app.extensions.setdefault("pairwell_installed_shops", TTLCache(maxsize=10_000, ttl=30))
     if domain not in known:
-        shop = shops.get_shop(domain)
+        try:
+            shop = shops.get_shop(domain)
+        except SQLAlchemyError:
+            db.session.rollback()
+            abort(503, "The store's recommendations are unavailable for a moment; retry later.")
         if shop is None or not shop.is_installed:
             return None
         known[domain] = shop.id
     return known[domain]
 
 
-def _product_id(value: str, what: str) -> int:
-    if not value.isdigit():
-        abort(400, f"{what} must be a numeric Shopify product id, got {value[:40]!r}.")
-    return int(value)
-
-
-def _product(product_id: int) -> Product:
-    product = db.session.get(Product, (g.shop_id, product_id))
-    if product is None:
-        abort(400, f"Unknown product {product_id}.")
-    return product
-
-
 @bp.get("/recommendations")
 def product_recommendations():
-    product_id = _product_id(request.args.get("product_id", ""), "product_id")
-    cart_ids = [part.strip() for part in request.args.get("cart", "").split(",") if part.strip()]
-    if len(cart_ids) > MAX_CART_ITEMS:
-        abort(400, f"cart has {len(cart_ids)} items; at most {MAX_CART_ITEMS}.")
-    cart_ids = [_product_id(c, "cart item") for c in cart_ids]
-    limit = request.args.get("limit", "4")
-    if not limit.isdigit() or not 1 <= int(limit) <= 10:
-        abort(400, "limit must be a whole number from 1 to 10.")
-    cached = recommendations.cached(recommendations.cache_key(g.shop_id, product_id, cart_ids, int(limit)))
+    try:
+        product_id = shopify_id(request.args.get("product_id", ""), "product_id")
+        cart_ids = id_list(request.args.get("cart", ""), "cart", MAX_CART_ITEMS)
+        limit = whole_number(request.args.get("limit", "4"), "limit", 1, 10)
+    except BadInput as exc:
+        abort(400, str(exc))
+    cached = recommendations.cached(recommendations.cache_key(g.shop_id, product_id, cart_ids, limit))
     if cached is not None:  # the fast path: no database query at all
         return cached
-    viewing = _product(product_id)
-    cart = [p for p in (db.session.get(Product, (g.shop_id, c)) for c in cart_ids)
-            if p is not None]  # a cart may hold products deleted since: ignore them
-    return recommendations.serve(db.session.get(Shop, g.shop_id), viewing, cart, int(limit))
+    try:
+        viewing = db.session.get(Product, (g.shop_id, product_id))
+        if viewing is None:
+            abort(400, f"Unknown product {product_id}.")
+        cart = [p for p in (db.session.get(Product, (g.shop_id, c)) for c in cart_ids)
+                if p is not None]  # a cart may hold products deleted since: ignore them
+        return recommendations.serve(db.session.get(Shop, g.shop_id), viewing, cart, limit)
+    except SQLAlchemyError:
+        db.session.rollback()
+        response = jsonify(products=[], source="unavailable", cached=False,
+                           message="Recommendations are unavailable for a moment.")
+        response.status_code, response.headers["Retry-After"] = 503, "30"
+        return response
 
 
 @bp.post("/events")
 def storefront_events():
     """The block's impressions, clicks and add-to-carts (sent with navigator.sendBeacon)."""
+    body = request.get_data()
+    if len(body) > MAX_EVENTS_BYTES:
+        abort(413, f"Send at most {MAX_EVENTS_BYTES} bytes of events.")
     try:
-        stored = analytics.record(g.shop_id, request.get_json(force=True, silent=True))
-    except analytics.BadEvents as exc:
+        stored = analytics.record(g.shop_id, load_json(body, "the events body", max_depth=4))
+    except (BadInput, analytics.BadEvents) as exc:
         abort(400, str(exc))
     return {"recorded": stored}, 202

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from datetime import datetime, timezone
 
 from flask import Flask, Response, jsonify, request
@@ -19,6 +20,7 @@ class OllamaDouble:
         self.models: dict[str, dict] = {}
         self.chats: list[dict] = []
         self.down = False
+        self.trickle: float | None = None  # seconds between bytes of a chat reply: a host that hangs on
         app = Flask("ollama_double")
         app.add_url_rule("/api/blobs/<digest>", view_func=self.blob, methods=["HEAD", "POST"])
         app.add_url_rule("/api/create", view_func=self.create, methods=["POST"])
@@ -65,9 +67,17 @@ class OllamaDouble:
             content = json.dumps([{"title": t, "reason": "Goes with it"} for t in titles])
         else:
             content = "I can help with that."
-        return jsonify(model=spec["model"], created_at=datetime.now(timezone.utc).isoformat(),
-                       message={"role": "assistant", "content": content}, done=True, done_reason="stop",
-                       total_duration=1000, load_duration=10, prompt_eval_count=10, eval_count=20)
+        reply = json.dumps({"model": spec["model"], "created_at": datetime.now(timezone.utc).isoformat(),
+                            "message": {"role": "assistant", "content": content}, "done": True,
+                            "done_reason": "stop", "total_duration": 1000, "load_duration": 10,
+                            "prompt_eval_count": 10, "eval_count": 20})
+        if self.trickle:
+            def slowly():
+                for char in reply:
+                    time.sleep(self.trickle)
+                    yield char
+            return Response(slowly(), content_type="application/json")
+        return Response(reply, content_type="application/json")
 
     def tags(self):
         return jsonify(models=[{

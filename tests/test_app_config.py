@@ -16,7 +16,7 @@ def test_shopify_app_toml_declares_scopes_webhooks_and_proxy():
     topics = {t for s in subscriptions for t in s.get("topics", [])}
     compliance = {t for s in subscriptions for t in s.get("compliance_topics", [])}
     assert compliance == {"customers/data_request", "customers/redact", "shop/redact"}
-    assert topics | compliance == TOPICS == set(HANDLERS)  # every subscribed topic, and only those, has a handler
+    assert topics | compliance == set(TOPICS) == set(HANDLERS)  # every subscribed topic, and only those, is handled
     assert all(s["uri"].endswith("/webhooks") for s in subscriptions)
     assert config["webhooks"]["api_version"] == "2026-10"
     proxy = config["app_proxy"]

@@ -75,7 +75,7 @@ def test_without_read_all_orders_only_the_last_60_days_arrive(client, shopify, s
 
 def test_throttled_query_waits_for_the_bucket_then_succeeds(installed_shop, shopify):
     client = shops.admin_client(installed_shop, sleep=lambda s: None)
-    shopify.drain_bucket()
+    shopify.drain_bucket(debt_seconds=0.5)  # a slow test machine must not refill it before the query
     real_sleep = []
     client.sleep = lambda seconds: (real_sleep.append(seconds), __import__("time").sleep(seconds))
     assert client.execute(BULK_OPERATION_QUERY, {"id": "gid://shopify/BulkOperation/404"}) == {"bulkOperation": None}

@@ -1,8 +1,11 @@
 """`POST /webhooks` end to end: signatures, de-duplication, ordering, malformed bodies, compliance topics."""
 
 import copy
-from datetime import datetime, timedelta
+import json
+import time
+from datetime import datetime, timedelta, timezone
 
+import pytest
 from sqlalchemy import func, select
 
 from core.models import Order, OrderLine, Product, Shop, SyncRun, Variant, WebhookDelivery, db
@@ -98,9 +101,9 @@ def test_malformed_json_with_valid_hmac_is_400_and_kept(client, shopify):
     assert delivery.status == "malformed" and delivery.raw_body == body
 
 
-def test_unknown_topic_is_acknowledged_and_ignored(client, shopify):
+def test_unknown_topic_is_acknowledged_and_not_stored(client, shopify):
     response = post(client, shopify, "carts/update", {"id": 5})
-    assert response.status_code == 200 and response.json["status"] == "ignored"
+    assert response.status_code == 200 and response.json["status"] == "ignored" and count(WebhookDelivery) == 0
 
 
 def test_missing_headers_is_400(client, shopify):
@@ -109,11 +112,14 @@ def test_missing_headers_is_400(client, shopify):
     assert client.post("/webhooks", data=body, headers=headers).status_code == 400
 
 
-def test_handler_failure_keeps_the_delivery_and_answers_200(client, installed_shop, shopify):
-    response = post(client, shopify, "products/update", {"id": 5})  # valid JSON, not a product
+def test_handler_failure_keeps_the_delivery_and_answers_200(client, installed_shop, shopify, store):
+    payload = product_webhook_payload(store.products[0])
+    payload["updated_at"], payload["variants"][0]["price"] = "2030-01-01T00:00:00Z", "not a price"
+    response = post(client, shopify, "products/update", payload)
     assert response.status_code == 200
     delivery = db.session.scalars(select(WebhookDelivery)).one()
-    assert delivery.status == "failed" and "KeyError" in delivery.error
+    assert delivery.status == "failed" and "InvalidOperation" in delivery.error
+    assert json.loads(delivery.raw_body)["id"] == payload["id"]  # kept until it is processed
 
 
 def test_bulk_operation_finish_marks_a_failed_operation_on_its_run(client, installed_shop, shopify):
@@ -154,10 +160,144 @@ def test_customer_redact_deletes_their_orders(client, installed_shop, shopify, s
     assert count(Order) == total - len(order_ids)
 
 
-def test_shop_redact_deletes_every_row_of_the_shop(client, installed_shop, shopify):
-    post(client, shopify, "products/update", {"id": 5})  # leaves a stored delivery for the shop
-    post(client, shopify, "shop/redact", {"shop_id": 1, "shop_domain": shopify.shop})
+def test_shop_redact_deletes_every_row_file_and_hosted_model_of_the_shop(app, client, installed_shop, shopify,
+                                                                         store, tmp_path):
+    from .ollama_double import OllamaDouble
+
+    app.config["PAIRWELL_ARTIFACTS"] = str(tmp_path)
+    training = tmp_path / shopify.shop / "run-1-20261126000000"
+    (training / "dataset").mkdir(parents=True)
+    (training / "dataset" / "train.jsonl").write_text('{"messages": []}\n')
+    (training / "model-v1.q8_0.gguf").write_bytes(b"GGUF")
+    other = tmp_path / "other-shop.myshopify.com"
+    other.mkdir()
+    ollama = OllamaDouble()
+    try:
+        app.config["OLLAMA_HOST"] = ollama.url
+        ollama.models = {name: {"files": {}} for name in ("pairwell-outdoor-test:v1", "pairwell-outdoor-test:v2",
+                                                         "pairwell-other:v1")}
+        payload = product_webhook_payload(store.products[0])
+        payload["variants"][0]["price"] = "not a price"
+        post(client, shopify, "products/update", payload)  # leaves a stored (failed) delivery for the shop
+        post(client, shopify, "shop/redact", {"shop_id": 1, "shop_domain": shopify.shop})
+    finally:
+        ollama.stop()
     assert count(Shop) == 0
     for model in (Product, Variant, Order, OrderLine, SyncRun):
         assert count(model) == 0, model
-    assert [d.topic for d in db.session.scalars(select(WebhookDelivery))] == ["shop/redact"]
+    assert [(d.topic, d.raw_body) for d in db.session.scalars(select(WebhookDelivery))] == [("shop/redact", b"")]
+    assert not (tmp_path / shopify.shop).exists() and other.exists()  # training files gone, other shops' kept
+    assert set(ollama.models) == {"pairwell-other:v1"}
+
+
+def test_an_order_update_replaces_its_lines(client, installed_shop, shopify, store):
+    order = next(o for o in store.orders if len(o.lines) >= 2)
+    payload = order_webhook_payload(order, store)
+    kept, dropped = payload["line_items"][0]["id"], payload["line_items"][1]["id"]
+    payload["line_items"] = payload["line_items"][:1]
+    payload["updated_at"] = later(payload["updated_at"], hours=1)
+    assert post(client, shopify, "orders/updated", payload).json["status"] == "accepted"
+    lines = set(db.session.scalars(select(OrderLine.id).where(OrderLine.order_id == order.id)))
+    assert kept in lines and dropped not in lines
+
+
+def test_processed_bodies_are_dropped_and_personal_data_never_stored(client, installed_shop, shopify, store):
+    order = next(o for o in store.orders if o.customer_id)
+    payload = order_webhook_payload(order, store)
+    payload["updated_at"] = later(payload["updated_at"], hours=1)
+    payload["customer"] |= {"email": "jo@example.com", "first_name": "Jo", "phone": "+15550100"}
+    payload["shipping_address"] = {"address1": "1 Main St", "name": "Jo Doe"}
+    post(client, shopify, "orders/updated", payload)
+    redact = {"shop_id": 1, "shop_domain": shopify.shop, "orders_to_redact": [order.id],
+              "customer": {"id": order.customer_id, "email": "jo@example.com", "phone": "+15550100"}}
+    post(client, shopify, "customers/redact", redact)
+    stored = b"".join(d.raw_body for d in db.session.scalars(select(WebhookDelivery)))
+    assert count(WebhookDelivery) == 2 and stored == b""  # processed: nothing of either body is kept
+    assert count(Order, Order.id == order.id) == 0
+
+
+def test_customer_redact_drops_waiting_deliveries_about_them(app, client, installed_shop, shopify, store,
+                                                             monkeypatch):
+    from worker import tasks
+
+    order = next(o for o in store.orders if o.customer_id)
+    payload = order_webhook_payload(order, store)
+    payload["customer"] |= {"email": "jo@example.com"}
+    monkeypatch.setattr(tasks, "enqueue_webhook", lambda delivery: None)  # the broker is down: it waits
+    monkeypatch.setattr("shopify_app.webhooks.enqueue_webhook", lambda delivery: None)
+    post(client, shopify, "orders/create", payload)
+    waiting = db.session.scalars(select(WebhookDelivery)).one()
+    assert waiting.status == "received" and b"jo@example.com" not in waiting.raw_body  # only what processing needs
+    assert json.loads(waiting.raw_body)["customer"] == {"id": order.customer_id}
+    monkeypatch.undo()
+    post(client, shopify, "customers/redact", {"shop_id": 1, "shop_domain": shopify.shop, "orders_to_redact": [],
+                                               "customer": {"id": order.customer_id}})
+    assert [d.topic for d in db.session.scalars(select(WebhookDelivery))] == ["customers/redact"]
+
+
+@pytest.mark.parametrize("topic, payload, message", [
+    ("shop/redact", {"id": 1, "previous": [], "current": ["read_products"], "updated_at": "2026-11-01T00:00:00Z"},
+     "lacks shop_id, shop_domain"),  # a scopes_update body re-sent under another topic
+    ("shop/redact", {"shop_id": 1, "shop_domain": "someone-else.myshopify.com"}, "not X-Shopify-Shop-Domain"),
+    ("customers/redact", {"shop_id": 1, "shop_domain": "someone-else.myshopify.com", "customer": {"id": 1}},
+     "not X-Shopify-Shop-Domain"),
+    ("app/uninstalled", {"id": 1, "myshopify_domain": "someone-else.myshopify.com"}, "not X-Shopify-Shop-Domain"),
+    ("products/update", {"id": 5}, "lacks handle, title, updated_at"),
+    ("orders/create", {"id": str(2**64), "created_at": "2026-01-01T00:00:00Z", "line_items": []}, "numeric"),
+])
+def test_a_body_must_be_its_topics_shape_and_about_the_signing_shop(client, installed_shop, shopify, topic,
+                                                                    payload, message):
+    response = post(client, shopify, topic, payload)
+    assert response.status_code == 400 and message in response.json["message"]
+    assert count(Shop) == 1 and installed_shop.is_installed  # nothing was deleted or uninstalled
+    assert db.session.scalars(select(WebhookDelivery)).one().status == "malformed"
+
+
+def test_a_replayed_delivery_triggered_long_ago_is_refused(client, installed_shop, shopify):
+    body, headers = shopify.signed_webhook("shop/redact", {"shop_id": 1, "shop_domain": shopify.shop})
+    headers["X-Shopify-Triggered-At"] = (datetime.now(timezone.utc) - timedelta(days=3)).isoformat()
+    response = client.post("/webhooks", data=body, headers=headers)
+    assert response.status_code == 400 and "longer ago" in response.json["message"]
+    assert count(Shop) == 1 and count(WebhookDelivery) == 0
+
+
+@pytest.mark.parametrize("header, value", [("X-Shopify-Hmac-Sha256", "é" * 44), ("X-Shopify-Webhook-Id", "x" * 300),
+                                           ("X-Shopify-Triggered-At", "yesterday")])
+def test_odd_headers_are_4xx_not_500(client, shopify, header, value):
+    body, headers = shopify.signed_webhook("products/delete", {"id": 1})
+    headers[header] = value
+    assert 400 <= client.post("/webhooks", data=body, headers=headers).status_code < 500
+
+
+def test_deeply_nested_body_is_400(client, shopify):
+    body = b"[" * 100_000 + b"]" * 100_000
+    response = post(client, shopify, "products/update", body)
+    assert response.status_code == 400 and "deeper" in response.json["message"]
+
+
+def test_webhooks_wait_for_the_broker_and_the_sweeper_hands_them_out(app, client, installed_shop, shopify, store):
+    """Redis is down: Shopify still gets a quick 2xx once the delivery is stored, a retry is a duplicate, and
+    the sweeper processes it exactly once when the broker is back."""
+    from shopify_app import create_app
+    from worker import tasks
+
+    down = create_app({**app.config, "REDIS_URL": "redis://127.0.0.1:9/0"})  # a closed port
+    payload = product_webhook_payload(store.products[0])
+    payload["title"], payload["updated_at"] = "Sent While Redis Was Down", "2030-01-01T00:00:00Z"
+    body, headers = shopify.signed_webhook("products/update", payload)
+    started = time.monotonic()
+    response = down.test_client().post("/webhooks", data=body, headers=headers)
+    assert response.status_code == 200 and response.json["status"] == "accepted"
+    assert time.monotonic() - started < 5.0
+    assert down.test_client().post("/webhooks", data=body, headers=headers).json["status"] == "duplicate"
+    app.extensions["celery"].set_current()  # back to the in-process app: the broker is "back"
+    db.session.expire_all()
+    delivery = db.session.scalars(select(WebhookDelivery)).one()
+    assert delivery.status == "received"
+
+    app.config["SWEEP_AFTER_SECONDS"] = 0  # the broker is back (in-process here): the next sweep sends it
+    assert tasks.sweep.delay().get()["deliveries"] == 1
+    db.session.expire_all()
+    assert delivery.status == "processed" and delivery.raw_body == b""
+    assert db.session.get(Product, (installed_shop.id, store.products[0].id)).title == "Sent While Redis Was Down"
+    assert tasks.sweep.delay().get()["deliveries"] == 0  # exactly once

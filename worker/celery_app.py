@@ -24,12 +24,20 @@ def celery_init_app(app: Flask) -> Celery:
         broker_url=redis_url or "memory://",
         result_backend=redis_url,
         task_always_eager=redis_url is None,
+        task_ignore_result=True,  # stages record on their rows; no publish waits on a result store
         task_eager_propagates=True,
         task_default_queue="default",
         task_routes=ROUTES,
         task_acks_late=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
+        # Publishing must not hang a web request when Redis is down: fail fast, the sweeper sends it later.
+        broker_connection_timeout=1.0,
+        broker_transport_options={"socket_connect_timeout": 1.0, "socket_timeout": 2.0},
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
+        redis_socket_connect_timeout=1.0,
+        redis_socket_timeout=2.0,
+        beat_schedule={"sweep": {"task": "worker.tasks.sweep", "schedule": app.config["SWEEP_EVERY_SECONDS"]}},
         include=["worker.tasks"],
     )
     celery.flask_app = app

@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
 
+import numpy as np
 from markupsafe import Markup
 from sqlalchemy import delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
+from core.embeddings import embed, product_text, text_sha
 from core.models import Order, OrderLine, Product, Variant, db
 
 GUARDED = {Product: "updated_at", Order: "updated_at"}
@@ -34,6 +36,25 @@ def gid_type(gid: str) -> str:
 
 def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value)
+
+
+def embed_products(shop_id: int, product_ids: list[int] | None = None) -> int:
+    """Store the sentence embedding of every product whose text changed since it was last embedded, so serving
+    processes read vectors instead of running the encoder. Returns how many were embedded."""
+    query = select(Product).where(Product.shop_id == shop_id)
+    if product_ids is not None:
+        query = query.where(Product.id.in_(product_ids))
+    stale = []
+    for product in db.session.scalars(query):
+        words = product_text(product.title, product.product_type, product.description)
+        if product.embedding_sha != text_sha(words):
+            stale.append((product, words))
+    for start in range(0, len(stale), 256):
+        batch = stale[start:start + 256]
+        for (product, words), vector in zip(batch, embed([words for _, words in batch])):
+            product.embedding, product.embedding_sha = vector.astype(np.float32).tobytes(), text_sha(words)
+    db.session.commit()
+    return len(stale)
 
 
 def upsert(model: type[db.Model], rows: list[dict]) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from core import recommendations
 from core.history import load_baskets, load_catalog, split_by_time
-from core.model_hosts import chat_with_gguf, host_for, model_ref
+from core.model_hosts import chat_with_gguf, embedded_host, host_for, model_ref
 from core.models import ModelVersion, Product, Shop, TrainingRun, db, utcnow
 from core.prompts import RECOMMEND_SYSTEM
 from core.recommendations import load_shelf
@@ -24,6 +24,7 @@ from . import export, training
 from .base_model import prepare_base_model, smollm2_gguf
 from .datasets import build_datasets
 from .evaluation import Basket, ModelReRank, hits_at, leave_one_out, scores_below
+from .ingest import embed_products
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,7 @@ def activate(model: ModelVersion) -> None:
     """Put a model version on the configured host and make it the shop's live one (deploy or roll back); the
     version it replaces is retired and removed from the host."""
     shop = db.session.get(Shop, model.shop_id)
+    embed_products(shop.id)  # serving reads stored vectors; catch up on any product text that changed
     host = host_for(current_app)
     name = host.deploy(model.gguf_path, shop.domain, model.version, RECOMMEND_SYSTEM.format(shop=shop.domain))
     replaced = db.session.scalars(select(ModelVersion).where(
@@ -264,6 +266,23 @@ def rollback(shop: Shop) -> ModelVersion | None:
     if previous is not None:
         activate(previous)
     return previous
+
+
+def forget_artifacts(domain: str) -> dict:
+    """Everything a shop's training left behind: its artifact directory (datasets, adapters, GGUF files) and its
+    model versions on the model host (shop/redact)."""
+    directory = artifacts_root() / domain  # a checked *.myshopify.com domain: no path tricks
+    host = host_for(current_app)
+    models, existed = [], directory.exists()
+    if existed:
+        for gguf in directory.rglob("*.gguf"):
+            embedded_host.retire(str(gguf))
+        shutil.rmtree(directory)
+    if host.name == "ollama":
+        for name in host.versions(domain):
+            host.retire(name)
+            models.append(name)
+    return {"artifacts_deleted": existed, "host_models_deleted": models}
 
 
 def latest_trained_run(shop: Shop) -> TrainingRun | None:

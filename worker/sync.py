@@ -12,7 +12,7 @@ from core import shops
 from core.models import Product, Shop, SyncRun, Variant, db, utcnow
 from core.shopify_api import AdminClient, ShopifyError, stream_lines
 
-from .ingest import delete_missing, ingest_jsonl
+from .ingest import delete_missing, embed_products, ingest_jsonl
 
 PRODUCTS_BULK_QUERY = """
 {
@@ -126,6 +126,9 @@ def run_full_sync(run: SyncRun) -> SyncRun:
                 totals["products_deleted"] = delete_missing(Product, shop.id, seen[Product])
                 totals["variants_deleted"] = delete_missing(Variant, shop.id, seen[Variant])
         totals["policies"] = sync_policies(client, shop)
+        run.stage = "embedding products"
+        db.session.commit()
+        totals["products_embedded"] = embed_products(shop.id)
         run.counts = dict(totals)
         run.status, run.stage, run.progress = "succeeded", "done", 1.0
     except Exception as exc:

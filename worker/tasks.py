@@ -9,11 +9,14 @@ run in-process.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from celery import chain, shared_task
 from celery.signals import worker_ready
+from flask import current_app
+from sqlalchemy import select
 
-from core.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db
+from core.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db, utcnow
 
 from . import pipeline, sync, webhooks
 
@@ -24,9 +27,14 @@ class PipelineError(Exception):
     """The asked-for part of the chain cannot start (nothing trained to export, nothing verified to deploy)."""
 
 
+STUCK_AFTER = timedelta(minutes=15)  # a delivery "processing" this long lost its worker
+KEEP_MALFORMED = timedelta(days=30)
+
+
 @shared_task(name="worker.tasks.process_webhook", autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
-def process_webhook(delivery_id: int) -> str:
-    return webhooks.handle_delivery(delivery_id).status
+def process_webhook(delivery_id: int, swept: bool = False) -> str | None:
+    delivery = webhooks.handle_delivery(delivery_id, stuck_before=utcnow() - STUCK_AFTER if swept else None)
+    return delivery.status if delivery else None
 
 
 @shared_task(name="worker.tasks.full_sync")
@@ -86,6 +94,29 @@ def precompute_recommendations(self, shop_id: int) -> dict:
     return recommendations.precompute(db.session.get(Shop, shop_id), budget_seconds=budget)
 
 
+@shared_task(name="worker.tasks.sweep")
+def sweep() -> dict:
+    """Hand out again what was stored but never reached a worker (the broker was down when it was enqueued, or
+    the worker died): webhook deliveries, sync runs and training runs. Celery beat runs it every minute."""
+    now = utcnow()
+    waited = now - timedelta(seconds=current_app.config["SWEEP_AFTER_SECONDS"])
+    deliveries = webhooks.waiting_deliveries(waited, now - STUCK_AFTER)
+    for delivery_id in deliveries:
+        process_webhook.delay(delivery_id, swept=True)
+    syncs = db.session.scalars(select(SyncRun).where(SyncRun.status == "queued",
+                                                     SyncRun.created_at < waited)).all()
+    for run in syncs:
+        full_sync.delay(run.id)
+    runs = db.session.scalars(select(TrainingRun).where(TrainingRun.status == "queued",
+                                                        TrainingRun.created_at < waited)).all()
+    for run in runs:
+        _send_chain(run)
+    dropped = webhooks.drop_old_malformed(now - KEEP_MALFORMED)
+    db.session.commit()
+    return {"deliveries": len(deliveries), "sync_runs": len(syncs), "training_runs": len(runs),
+            "malformed_dropped": dropped}
+
+
 @worker_ready.connect
 def _recover_stale_runs(sender, **_):
     """A worker that died mid-stage leaves its run running: the next worker to start marks it failed."""
@@ -105,18 +136,19 @@ def enqueue_full_sync(shop: Shop) -> SyncRun:
     db.session.commit()
     try:
         full_sync.delay(run.id)
-    except Exception:  # in-process mode raises here; the run row already holds the error
-        log.exception("full sync %s failed", run.id)
+    except Exception:  # in-process: the run row holds the error; queued: the sweeper sends it again
+        log.exception("full sync %s: not sent or failed", run.id)
     db.session.refresh(run)
     return run
 
 
 def enqueue_webhook(delivery: WebhookDelivery) -> None:
-    """Hand a stored delivery to the worker (in-process mode: handle it now; the row keeps any error)."""
+    """Hand a stored delivery to the worker (in-process mode: handle it now; the row keeps any error). If the
+    broker is down the delivery stays `received`, and the sweeper hands it out once the broker is back."""
     try:
         process_webhook.delay(delivery.id)
     except Exception:
-        log.exception("webhook delivery %s failed", delivery.id)
+        log.exception("webhook delivery %s: not sent or failed", delivery.id)
 
 
 def enqueue_pipeline(shop: Shop, *, first: str = "build_datasets", last: str = "deploy",
@@ -139,23 +171,32 @@ def enqueue_pipeline(shop: Shop, *, first: str = "build_datasets", last: str = "
                                 f"{shop.domain} has no verified model version waiting to be deployed")
         run.status, run.error = "queued", None
     db.session.commit()
-    options = {"build_datasets": {"conversations": conversations}, "export": {"quantization": quantization},
-               "deploy": {"force": force}}
-    chosen = stages[stages.index(first):stages.index(last) + 1]
-    signatures = [globals()[name].si(run.id, final=name == last, **options.get(name, {})) for name in chosen]
-    try:
-        chain(*signatures).delay()
-    except Exception:  # in-process mode raises here; the run row already holds the error
-        log.exception("training run %s failed", run.id)
+    run.plan = {"first": first, "last": last, "conversations": conversations, "quantization": quantization,
+                "force": force}
+    db.session.commit()
+    _send_chain(run)
     db.session.refresh(run)
     return run
+
+
+def _send_chain(run: TrainingRun) -> None:
+    """The run's planned stretch of the chain, to the queues (or run now, in-process)."""
+    plan, stages = run.plan, pipeline.STAGES
+    options = {"build_datasets": {"conversations": plan.get("conversations")},
+               "export": {"quantization": plan.get("quantization", "q8_0")}, "deploy": {"force": plan.get("force")}}
+    chosen = stages[stages.index(plan["first"]):stages.index(plan["last"]) + 1]
+    signatures = [globals()[name].si(run.id, final=name == plan["last"], **options.get(name, {})) for name in chosen]
+    try:
+        chain(*signatures).delay()
+    except Exception:  # in-process: the run row holds the error; queued: the sweeper sends it again
+        log.exception("training run %s: chain not sent or failed", run.id)
 
 
 def enqueue_rollback(shop: Shop):
     """Bring back the previously live model version; returns it (None when there is none)."""
     from core.models import ModelVersion
 
-    result = rollback.delay(shop.id)
+    result = rollback.apply_async((shop.id,), ignore_result=False)
     model_id = result.get() if rollback.app.conf.task_always_eager else result.get(timeout=600)
     return db.session.get(ModelVersion, model_id) if model_id else None
 

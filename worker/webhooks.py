@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, or_, select, update
 
 from core import recommendations, shops
+from core.inputs import MAX_ID
 from core.models import Order, OrderLine, Product, Shop, SyncRun, Variant, WebhookDelivery, db, utcnow
 from core.webhooks import TOPICS
 
-from .ingest import order_rows_from_webhook, product_rows_from_webhook, upsert
+from .ingest import embed_products, order_rows_from_webhook, product_rows_from_webhook, upsert
+from .pipeline import forget_artifacts
 
 HANDLERS: dict[str, Callable[[Shop | None, dict, str], dict | None]] = {}
 
@@ -38,6 +40,7 @@ def product_changed(shop: Shop | None, payload: dict, domain: str) -> dict | Non
         Variant.shop_id == shop.id, Variant.product_id == product["id"],
         Variant.id.not_in([v["id"] for v in variants])))
     upsert(Variant, variants)
+    embed_products(shop.id, [product["id"]])
     recommendations.invalidate(shop.id)
     return {"product": product["id"], "variants": len(variants)}
 
@@ -60,6 +63,10 @@ def order_changed(shop: Shop | None, payload: dict, domain: str) -> dict | None:
     if current is not None and current.updated_at >= order["updated_at"]:
         return {"ignored": "stale update"}
     upsert(Order, [order])
+    # An update carries the whole order: lines it no longer names were removed (or edited away).
+    db.session.execute(delete(OrderLine).where(
+        OrderLine.shop_id == shop.id, OrderLine.order_id == order["id"],
+        OrderLine.id.not_in([line["id"] for line in lines])))
     upsert(OrderLine, lines)
     return {"order": order["id"], "lines": len(lines)}
 
@@ -92,7 +99,8 @@ def bulk_operation_finished(shop: Shop | None, payload: dict, domain: str) -> di
 
 def _customer_orders(shop: Shop, payload: dict) -> list[Order]:
     customer_id = (payload.get("customer") or {}).get("id")
-    order_ids = set(payload.get("orders_requested") or []) | set(payload.get("orders_to_redact") or [])
+    order_ids = {i for i in [*(payload.get("orders_requested") or []), *(payload.get("orders_to_redact") or [])]
+                 if isinstance(i, int) and 0 < i <= MAX_ID}
     conditions = [Order.id.in_(order_ids)] if order_ids else []
     if customer_id is not None:
         conditions.append(Order.customer_ref == str(customer_id))
@@ -118,10 +126,27 @@ def customer_data_request(shop: Shop | None, payload: dict, domain: str) -> dict
 
 @handles("customers/redact")
 def customer_redact(shop: Shop | None, payload: dict, domain: str) -> dict | None:
+    """Delete the customer's orders, and any stored delivery still waiting that is about them."""
     orders = _customer_orders(shop, payload) if shop else []
+    order_ids = {order.id for order in orders}
     for order in orders:
         db.session.delete(order)
-    return {"orders_deleted": len(orders)}
+    customer = str((payload.get("customer") or {}).get("id"))
+    waiting = db.session.scalars(select(WebhookDelivery).where(
+        WebhookDelivery.shop_domain == domain, WebhookDelivery.topic.in_(("orders/create", "orders/updated")),
+        WebhookDelivery.status.in_(("received", "failed", "processing", "malformed")))).all()
+    dropped = 0
+    for delivery in waiting:
+        body = delivery.raw_body.decode("utf-8", "replace")
+        try:
+            order = json.loads(body)
+            about_them = str((order.get("customer") or {}).get("id")) == customer or order.get("id") in order_ids
+        except (ValueError, AttributeError):
+            about_them = customer in body  # a malformed body: drop it if it names them at all
+        if about_them:
+            db.session.delete(delivery)
+            dropped += 1
+    return {"orders_deleted": len(orders), "deliveries_dropped": dropped}
 
 
 @handles("shop/redact")
@@ -131,21 +156,31 @@ def shop_redact(shop: Shop | None, payload: dict, domain: str) -> dict | None:
         db.session.delete(shop)
     db.session.execute(delete(WebhookDelivery).where(
         WebhookDelivery.shop_domain == domain, WebhookDelivery.topic != "shop/redact"))
-    return {"shop_deleted": shop is not None}
+    return {"shop_deleted": shop is not None, **forget_artifacts(domain)}
 
 
-def handle_delivery(delivery_id: int) -> WebhookDelivery:
+def claim(delivery_id: int, stuck_before=None) -> bool:
+    """Take a delivery for processing, atomically: a delivery queued twice (a retry, the sweeper) is still
+    processed once. `stuck_before`: also take one whose worker died while processing it."""
+    claimable = WebhookDelivery.status.in_(("received", "failed"))
+    if stuck_before is not None:
+        claimable = or_(claimable, (WebhookDelivery.status == "processing")
+                        & (WebhookDelivery.processed_at < stuck_before))
+    taken = db.session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, claimable)
+                               .values(status="processing", processed_at=utcnow()))
+    db.session.commit()
+    return taken.rowcount == 1
+
+
+def handle_delivery(delivery_id: int, stuck_before=None) -> WebhookDelivery | None:
+    if not claim(delivery_id, stuck_before):
+        return db.session.get(WebhookDelivery, delivery_id)
     delivery = db.session.get(WebhookDelivery, delivery_id)
-    if delivery is None or delivery.status not in ("received", "failed"):
-        return delivery
-    handler = HANDLERS.get(delivery.topic)
     try:
-        if handler is None:
-            delivery.status = "ignored"
-        else:
-            shop = shops.get_shop(delivery.shop_domain)
-            delivery.result = handler(shop, json.loads(delivery.raw_body), delivery.shop_domain)
-            delivery.status = "processed"
+        shop = shops.get_shop(delivery.shop_domain)
+        delivery.result = HANDLERS[delivery.topic](shop, json.loads(delivery.raw_body), delivery.shop_domain)
+        delivery.status, delivery.error = "processed", None
+        delivery.raw_body = b""  # applied to the tables: the body, and whatever personal data it held, goes
     except Exception as exc:
         db.session.rollback()
         delivery = db.session.get(WebhookDelivery, delivery_id)
@@ -155,3 +190,18 @@ def handle_delivery(delivery_id: int) -> WebhookDelivery:
         delivery.processed_at = utcnow()
         db.session.commit()
     return delivery
+
+
+def waiting_deliveries(received_before, stuck_before) -> list[int]:
+    """Stored deliveries nobody processed: never handed to a worker (the broker was down), or taken by a
+    worker that died."""
+    return list(db.session.scalars(select(WebhookDelivery.id).where(or_(
+        (WebhookDelivery.status == "received") & (WebhookDelivery.received_at < received_before),
+        (WebhookDelivery.status == "processing") & (WebhookDelivery.processed_at < stuck_before)))
+        .order_by(WebhookDelivery.id)))
+
+
+def drop_old_malformed(before) -> int:
+    """Malformed bodies are kept for inspection, not for ever."""
+    return db.session.execute(delete(WebhookDelivery).where(
+        WebhookDelivery.status == "malformed", WebhookDelivery.received_at < before)).rowcount

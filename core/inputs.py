@@ -1,0 +1,70 @@
+"""Numbers and JSON that shoppers, merchants or anyone on the internet send: checked in one place, so that bad
+input is a 400 with a sentence, never an overflow, a recursion error or a 500.
+
+`int("²")` and `int("١٢")` work on Unicode digits and `str.isdigit()` says yes to "²", so ids are ASCII
+digits only, and every number has a range: a database id fits 64 bits."""
+
+from __future__ import annotations
+
+import json
+import re
+
+MAX_ID = 2**63 - 1  # BIGINT
+MAX_JSON_DEPTH = 32
+
+
+class BadInput(ValueError):
+    """Input we refuse; the message says what was wrong (the web layer answers 400 with it)."""
+
+
+def whole_number(value: object, what: str, low: int = 0, high: int = MAX_ID) -> int:
+    """An int from a JSON number or an ASCII-digit string, within [low, high]."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        shown = value if isinstance(value, int) and len(str(value)) <= 24 else repr(value)[:24]
+        raise BadInput(f"{what} must be a whole number from {low} to {high}, got {shown}.")
+    return value
+
+
+def shopify_id(value: object, what: str) -> int:
+    """A Shopify numeric id (as a number or a string of ASCII digits) that fits the database's 64 bits."""
+    try:
+        return whole_number(value, what, 1, MAX_ID)
+    except BadInput:
+        raise BadInput(f"{what} must be a numeric Shopify id, got {repr(value)[:40]}.") from None
+
+
+def id_list(text: str, what: str, at_most: int) -> list[int]:
+    """Comma-separated Shopify ids, e.g. a cart."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if len(parts) > at_most:
+        raise BadInput(f"{what} has {len(parts)} items; at most {at_most}.")
+    return [shopify_id(part, f"{what} item") for part in parts]
+
+
+_STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')  # a whole string literal, or a bracket
+
+
+def json_depth(body: bytes | str) -> int:
+    """How deeply arrays and objects nest, read without parsing (string literals skipped)."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    depth = deepest = 0
+    for token in _STRUCTURE.finditer(text):
+        char = token.group()
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def load_json(body: bytes | str, what: str = "body", max_depth: int = MAX_JSON_DEPTH) -> object:
+    """Parsed JSON, refusing anything nested deeper than `max_depth` (the parser would recurse out)."""
+    if json_depth(body) > max_depth:
+        raise BadInput(f"{what} nests deeper than {max_depth} levels.")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise BadInput(f"{what} is not valid JSON: {exc}") from None
