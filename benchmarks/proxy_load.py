@@ -24,6 +24,8 @@ from pathlib import Path
 import requests
 
 SECRET = "benchmark-secret-long-enough-for-hs256"
+CREDENTIALS = {"SHOPIFY_API_KEY": "benchmark-client-id", "SHOPIFY_API_SECRET": SECRET,
+               "PAIRWELL_ENCRYPTION_KEY": "YmVuY2htYXJrLWtleS1vZi10aGlydHktdHdvLWJ5dGU="}
 
 
 def signed_url(base: str, shop: str, **params) -> str:
@@ -38,7 +40,7 @@ def install_sample_store(env: dict, gguf: Path | None) -> tuple[str, list[int]]:
     from sample_store import SampleShopify
     from shopify_app import create_app, migrations
 
-    app = create_app({"SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"], "SHOPIFY_API_SECRET": SECRET,
+    app = create_app({"SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"], **CREDENTIALS,
                       "REDIS_URL": None, "BULK_POLL_SECONDS": 0.05})
     with app.app_context():
         migrations.upgrade()
@@ -65,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="pairwell-load-"))
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{workdir / 'load.db'}", "SHOPIFY_API_SECRET": SECRET,
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{workdir / 'load.db'}", **CREDENTIALS,
            "PAIRWELL_PROXY_LIMIT_PER_IP": "100000000", "PAIRWELL_PROXY_LIMIT_PER_SHOP": "100000000",
            "PAIRWELL_MODEL_BUDGET_SECONDS": "5"}
     env.pop("REDIS_URL", None)

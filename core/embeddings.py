@@ -53,6 +53,10 @@ def encoder_loaded() -> bool:
     return _encoder is not None
 
 
+def is_remembered(text: str) -> bool:
+    return text in _remembered
+
+
 def remember(stored: Iterable[tuple[str, bytes]]) -> None:
     """Vectors computed earlier and stored (a product's `embedding`): no encoder run for these texts."""
     with _lock:

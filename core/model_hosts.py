@@ -177,6 +177,9 @@ class OllamaHost:
 
         self.client = ollama.Client(host=host, timeout=600)  # uploads and creates take a while
         self.base_url = str(self.client._client.base_url).rstrip("/")
+        import httpx
+
+        self._http = httpx.Client(base_url=self.base_url)  # one connection pool (a client a call costs 50 ms)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ollama")
 
     def deploy(self, path: str, shop: str, version: int, system: str) -> str:
@@ -211,14 +214,12 @@ class OllamaHost:
     def _answer(self, name: str, messages: list[dict], candidates: list[str] | None, picks: int,
                 max_tokens: int, deadline: float) -> str:
         """POST /api/chat, read as it arrives so that the deadline holds even against a host that trickles."""
-        import httpx
-
         body = {"model": name, "messages": messages, "stream": False, "keep_alive": "30m",
                 "format": answer_schema(candidates, picks) if candidates else None,
                 "options": {"temperature": 0, "seed": 0, "num_predict": max_tokens}}
         remaining = max(deadline - time.monotonic(), 0.01)
         chunks = []
-        with httpx.stream("POST", f"{self.base_url}/api/chat", json=body, timeout=remaining) as response:
+        with self._http.stream("POST", "/api/chat", json=body, timeout=remaining) as response:
             for chunk in response.iter_raw():
                 chunks.append(chunk)
                 if time.monotonic() > deadline:

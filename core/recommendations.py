@@ -16,20 +16,32 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 from flask import current_app
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from sqlalchemy import case, func, select
 
 from . import cache, embeddings
 from .history import Item, load_baskets
 from .model_hosts import Chat, ModelUnavailable, host_for, model_ref
-from .models import ModelVersion, Product, Shop, db
+from .models import ModelVersion, Product, Shop, Variant, db
 from .prompts import CANDIDATES, MAX_PICKS, RECOMMEND_SYSTEM, parse_answer, reason_for, recommendation_prompt
 from .recommenders import CoPurchase, Hybrid, TitleMatcher, serving_retrieval
 
 log = logging.getLogger(__name__)
 INDEX_TTL_SECONDS = 600
 PRECOMPUTE_BUDGET_SECONDS = 20.0  # nobody waits on a precompute: let the model finish
+SHELF_TTL_SECONDS = 30
 _indexes: dict[int, tuple[float, Hybrid]] = {}
+_shelves: dict[int, tuple[str, float, Shelf]] = {}
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A sellable product as the block shows it."""
+    id: int
+    handle: str
+    title: str
+    url: str
+    image: str | None
+    price: str | None
 
 
 @dataclass
@@ -40,7 +52,7 @@ class Shelf:
     catalog: dict[Hashable, Item]
     sellable: dict[Hashable, str]
     retrieval: Hybrid
-    products: dict[int, Product] = field(default_factory=dict)  # the rows a storefront reply is built from
+    offers: dict[int, Offer] = field(default_factory=dict)  # what a storefront reply shows of each sellable one
 
     def __post_init__(self):
         self.matcher = TitleMatcher({p: item.title for p, item in self.catalog.items()}, self.retrieval.index)
@@ -57,21 +69,41 @@ class Shelf:
 
 
 def load_shelf(shop: Shop, baskets: Iterable[list[int]] | None = None) -> Shelf:
-    """The shop's shelf. Retrieval learns from all its orders (remembered a few minutes), or from `baskets`
-    when given (the deploy gate passes the training period only)."""
-    products = db.session.scalars(
-        select(Product).where(Product.shop_id == shop.id).options(selectinload(Product.variants))).all()
+    """The shop's shelf, read in three light queries (columns, not ORM objects). Retrieval learns from all its
+    orders (remembered a few minutes), or from `baskets` when given (the deploy gate passes the training period
+    only). Stored product embeddings stand in for the encoder."""
+    products = db.session.execute(select(
+        Product.id, Product.title, Product.product_type, Product.description, Product.status, Product.handle,
+        Product.online_store_url, Product.image_url, Product.embedding_sha).where(Product.shop_id == shop.id)).all()
+    in_stock = Variant.available_for_sale & (Variant.inventory_quantity > 0)
+    stock = {product: (price, sellable) for product, price, sellable in db.session.execute(
+        select(Variant.product_id, func.min(Variant.price), func.max(case((in_stock, 1), else_=0)))
+        .where(Variant.shop_id == shop.id).group_by(Variant.product_id))}
     catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products if p.status == "ACTIVE"}
     texts = {p.id: embeddings.product_text(p.title, p.product_type, p.description) for p in products}
-    embeddings.remember((texts[p.id], p.embedding) for p in products
-                        if p.embedding and p.embedding_sha == embeddings.text_sha(texts[p.id]))
-    sellable = {p.id: p for p in products
-                if p.status == "ACTIVE" and any(v.available_for_sale and v.inventory_quantity > 0 for v in p.variants)}
+    stored = [p.id for p in products if p.id in catalog and not embeddings.is_remembered(texts[p.id])
+              and p.embedding_sha == embeddings.text_sha(texts[p.id])]
+    if stored:
+        embeddings.remember((texts[product], vector) for product, vector in db.session.execute(
+            select(Product.id, Product.embedding).where(Product.shop_id == shop.id, Product.id.in_(stored))))
+    offers = {p.id: Offer(p.id, p.handle, p.title, p.online_store_url or f"/products/{p.handle}", p.image_url,
+                          str(stock[p.id][0])) for p in products if p.id in catalog and stock.get(p.id, (0, 0))[1]}
     if baskets is None:
         retrieval = retrieval_index(shop.id, catalog)
     else:
         retrieval = serving_retrieval(CoPurchase(baskets), catalog)
-    return Shelf(catalog, {p: product.product_type for p, product in sellable.items()}, retrieval, sellable)
+    return Shelf(catalog, {p: catalog[p].product_type for p in offers}, retrieval, offers)
+
+
+def shelf_for(shop: Shop) -> Shelf:
+    """The shop's shelf for a storefront request, reused by this process while the catalog has not changed
+    (a product webhook moves the shop's cache generation) and for at most SHELF_TTL_SECONDS (stock)."""
+    generation = cache.store().get(f"generation:{shop.id}") or "0"
+    kept = _shelves.get(shop.id)
+    if kept is None or kept[0] != generation or time.monotonic() - kept[1] > SHELF_TTL_SECONDS:
+        kept = (generation, time.monotonic(), load_shelf(shop))
+        _shelves[shop.id] = kept
+    return kept[2]
 
 
 def retrieval_index(shop_id: int, catalog: dict[int, Item]) -> Hybrid:
@@ -112,9 +144,8 @@ def rerank(chat: Chat, shelf: Shelf, viewing: Hashable, cart: list[Hashable], li
     candidates = ordered[:CANDIDATES]
     titles = [shelf.title(p) for p in candidates]
     prompt = recommendation_prompt(shelf.title(viewing), [shelf.title(c) for c in cart], titles)
-    answer = chat([{"role": "system", "content": system}, {"role": "user", "content": prompt}], titles,
-                  min(limit, MAX_PICKS))
     most = min(limit, MAX_PICKS)
+    answer = chat([{"role": "system", "content": system}, {"role": "user", "content": prompt}], titles, most)
     picks: list[Hashable] = []
     reasons: dict[Hashable, str] = {}
     names = misses = 0
@@ -146,9 +177,9 @@ def storefront_chat(model: ModelVersion, budget: float) -> Chat:
 
 
 def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,
-              shelf: Shelf | None = None) -> tuple[list[tuple[Product, str]], str]:
+              shelf: Shelf | None = None) -> tuple[list[tuple[Offer, str]], str]:
     """The products and their reasons, and where they came from (`model` or `fallback`)."""
-    shelf = shelf or load_shelf(shop)
+    shelf = shelf or shelf_for(shop)
     cart_ids = [c.id for c in cart]
     model = live_model(shop)
     try:
@@ -166,17 +197,13 @@ def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, bud
         if model is not None:
             log.warning("serving fallback for %s: %s", shop.domain, exc)
         result, source = Reranked(ranking(shelf, viewing.id, cart_ids)[:limit], {}), "fallback"
-    return [(shelf.products[p], result.reasons.get(p) or reason_for(shelf.catalog[p])) for p in result.products], \
+    return [(shelf.offers[p], result.reasons.get(p) or reason_for(shelf.catalog[p])) for p in result.products], \
         source
 
 
-def as_json(product: Product, reason: str) -> dict:
-    return {
-        "id": product.id, "handle": product.handle, "title": product.title,
-        "url": product.online_store_url or f"/products/{product.handle}", "image": product.image_url,
-        "price": str(min(v.price for v in product.variants)) if product.variants else None,
-        "reason": reason,
-    }
+def as_json(offer: Offer, reason: str) -> dict:
+    return {"id": offer.id, "handle": offer.handle, "title": offer.title, "url": offer.url, "image": offer.image,
+            "price": offer.price, "reason": reason}
 
 
 def cache_key(shop_id: int, product_id: int, cart: list[int], limit: int) -> str:
@@ -188,6 +215,7 @@ def invalidate(shop_id: int) -> None:
     """Forget every cached reply of the shop (a new model, a changed catalog): new keys, old ones expire."""
     cache.store().set(f"generation:{shop_id}", str(time.time_ns()), 30 * 86400)
     _indexes.pop(shop_id, None)
+    _shelves.pop(shop_id, None)
 
 
 def cached(key: str) -> dict | None:

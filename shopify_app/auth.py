@@ -13,6 +13,7 @@ from shopify import session_token
 from sqlalchemy import select
 
 from core import shopify_api, shops
+from core.inputs import BadInput, whole_number
 from core.models import SyncRun, TrainingRun, db
 from core.shopify_api import ShopifyError
 from core.signatures import is_valid_shop_domain, same, verify_oauth_query
@@ -125,9 +126,9 @@ def callback():
     if not expected_state or not same(expected_state, request.args.get("state", "")):
         abort(401, "The state parameter does not match this browser's install attempt.")
     try:
-        issued = int(request.args.get("timestamp", "0"))
-    except ValueError:
-        abort(400, "timestamp must be an integer.")
+        issued = whole_number(request.args.get("timestamp", "0"), "timestamp", 0, 10**11)
+    except BadInput as exc:
+        abort(400, str(exc))
     if abs(time.time() - issued) > OAUTH_MAX_AGE_SECONDS:
         abort(401, "The callback is too old.")
     try:

@@ -14,10 +14,10 @@ from core import cache, shops
 from core.config import ROOT, from_env, production_problems
 from core.models import ModelVersion, StorefrontEvent, TrainingRun, db
 from core.signatures import signed_app_proxy_query
+from sample_store.ollama import OllamaDouble
 from shopify_app import analytics, create_app
 
 from .conftest import API_SECRET
-from .ollama_double import OllamaDouble
 from .test_proxy import proxy_url
 
 CLOSED_PORT = "redis://127.0.0.1:9/0"
@@ -239,3 +239,19 @@ def test_production_refuses_to_start_without_real_secrets(tmp_path):
     started = subprocess.run([sys.executable, "-c", "import shopify_app.wsgi"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
     assert started.returncode != 0 and "SHOPIFY_API_SECRET is not set" in started.stderr
+
+
+def test_huge_timestamps_are_refused_not_overflowed(client, installed_shop, store):
+    from urllib.parse import urlencode
+
+    from core.signatures import app_proxy_signature, oauth_hmac
+
+    params = [("code", "x"), ("shop", installed_shop.domain), ("state", "s"), ("timestamp", "9" * 5000)]
+    with client.session_transaction() as session:
+        session["oauth_state"] = "s"
+    callback = client.get("/auth/callback?" + urlencode(params + [("hmac", oauth_hmac(params, API_SECRET))]))
+    assert callback.status_code == 400 and "timestamp" in callback.json["message"]
+    query = [("shop", installed_shop.domain), ("logged_in_customer_id", ""), ("path_prefix", "/apps/pairwell"),
+             ("timestamp", "9" * 400), ("product_id", str(store.products[0].id))]
+    signed = urlencode(query + [("signature", app_proxy_signature(query, API_SECRET))])
+    assert client.get(f"/proxy/recommendations?{signed}").status_code == 401

@@ -5,9 +5,9 @@ import pytest
 
 from core.model_hosts import CHATML_TEMPLATE, STOP_TOKENS, host_for
 from core.models import ModelVersion, TrainingRun, db
+from sample_store.ollama import OllamaDouble
 from worker.pipeline import rollback, stage_deploy
 
-from .ollama_double import OllamaDouble
 from .test_proxy import proxy_url
 
 

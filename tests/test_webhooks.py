@@ -162,7 +162,7 @@ def test_customer_redact_deletes_their_orders(client, installed_shop, shopify, s
 
 def test_shop_redact_deletes_every_row_file_and_hosted_model_of_the_shop(app, client, installed_shop, shopify,
                                                                          store, tmp_path):
-    from .ollama_double import OllamaDouble
+    from sample_store.ollama import OllamaDouble
 
     app.config["PAIRWELL_ARTIFACTS"] = str(tmp_path)
     training = tmp_path / shopify.shop / "run-1-20261126000000"
@@ -301,3 +301,27 @@ def test_webhooks_wait_for_the_broker_and_the_sweeper_hands_them_out(app, client
     assert delivery.status == "processed" and delivery.raw_body == b""
     assert db.session.get(Product, (installed_shop.id, store.products[0].id)).title == "Sent While Redis Was Down"
     assert tasks.sweep.delay().get()["deliveries"] == 0  # exactly once
+
+
+def test_the_sweeper_retries_a_failed_delivery_for_a_day(app, client, installed_shop, shopify, store, monkeypatch):
+    from worker import tasks, webhooks
+
+    def database_away(shop, payload, domain):
+        raise ConnectionError("database away")
+
+    payload = product_webhook_payload(store.products[0])
+    payload["title"], payload["updated_at"] = "Applied On Retry", "2030-01-01T00:00:00Z"
+    monkeypatch.setitem(webhooks.HANDLERS, "products/update", database_away)
+    post(client, shopify, "products/update", payload)
+    post(client, shopify, "products/update", {**payload, "title": "Too Old To Retry"})
+    monkeypatch.undo()
+    recent, old = db.session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id)).all()
+    assert recent.status == old.status == "failed"
+    now = datetime.now(timezone.utc)
+    recent.processed_at = old.processed_at = now - timedelta(minutes=11)
+    old.received_at = now - timedelta(days=2)
+    db.session.commit()
+    assert tasks.sweep.delay().get()["deliveries"] == 1
+    db.session.expire_all()
+    assert (recent.status, old.status) == ("processed", "failed")
+    assert db.session.get(Product, (installed_shop.id, store.products[0].id)).title == "Applied On Retry"

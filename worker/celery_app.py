@@ -33,7 +33,8 @@ def celery_init_app(app: Flask) -> Celery:
         broker_connection_retry_on_startup=True,
         # Publishing must not hang a web request when Redis is down: fail fast, the sweeper sends it later.
         broker_connection_timeout=1.0,
-        broker_transport_options={"socket_connect_timeout": 1.0, "socket_timeout": 2.0},
+        broker_transport_options={"socket_connect_timeout": 1.0, "socket_timeout": 2.0, "max_retries": 1,
+                                  "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
         redis_socket_connect_timeout=1.0,
         redis_socket_timeout=2.0,

@@ -12,9 +12,10 @@ import logging
 from datetime import timedelta
 
 from celery import chain, shared_task
+from celery.exceptions import Ignore
 from celery.signals import worker_ready
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db, utcnow
 
@@ -28,6 +29,8 @@ class PipelineError(Exception):
 
 
 STUCK_AFTER = timedelta(minutes=15)  # a delivery "processing" this long lost its worker
+RETRY_FAILED_EVERY = timedelta(minutes=10)  # a failed delivery is tried again this often ...
+RETRY_FAILED_FOR = timedelta(days=1)  # ... for a day after it arrived
 KEEP_MALFORMED = timedelta(days=30)
 
 
@@ -37,20 +40,35 @@ def process_webhook(delivery_id: int, swept: bool = False) -> str | None:
     return delivery.status if delivery else None
 
 
+def _claim(model, row_id: int) -> None:
+    """Take a queued run, atomically; one sent twice (the sweeper re-sent it while it waited in the queue)
+    is dropped the second time, and so is the rest of its chain."""
+    taken = db.session.execute(update(model).where(model.id == row_id, model.status == "queued")
+                               .values(status="running"))
+    db.session.commit()
+    if taken.rowcount != 1:
+        raise Ignore()
+
+
 @shared_task(name="worker.tasks.full_sync")
 def full_sync(sync_run_id: int) -> dict:
+    _claim(SyncRun, sync_run_id)
     run = sync.run_full_sync(db.session.get(SyncRun, sync_run_id))
     return run.counts
 
 
 @shared_task(name="worker.tasks.build_datasets")
-def build_datasets(run_id: int, conversations: str | None = None, final: bool = False) -> int:
+def build_datasets(run_id: int, conversations: str | None = None, final: bool = False, first: bool = False) -> int:
+    if first:
+        _claim(TrainingRun, run_id)
     pipeline.stage_build_datasets(db.session.get(TrainingRun, run_id), conversations, final=final)
     return run_id
 
 
 @shared_task(name="worker.tasks.train", acks_late=True, bind=True)
-def train(self, run_id: int, final: bool = False) -> int:
+def train(self, run_id: int, final: bool = False, first: bool = False) -> int:
+    if first:
+        _claim(TrainingRun, run_id)
     # In-process runs belong to a terminal (CLI, demo): show a progress bar there.
     pipeline.stage_train(db.session.get(TrainingRun, run_id), progress_bar=self.app.conf.task_always_eager,
                          final=final)
@@ -58,19 +76,25 @@ def train(self, run_id: int, final: bool = False) -> int:
 
 
 @shared_task(name="worker.tasks.export", acks_late=True)
-def export(run_id: int, final: bool = False, quantization: str = "q8_0") -> int:
+def export(run_id: int, final: bool = False, quantization: str = "q8_0", first: bool = False) -> int:
+    if first:
+        _claim(TrainingRun, run_id)
     pipeline.stage_export(db.session.get(TrainingRun, run_id), quantization, final=final)
     return run_id
 
 
 @shared_task(name="worker.tasks.gate", acks_late=True)
-def gate(run_id: int, final: bool = False) -> int:
+def gate(run_id: int, final: bool = False, first: bool = False) -> int:
+    if first:
+        _claim(TrainingRun, run_id)
     pipeline.stage_gate(db.session.get(TrainingRun, run_id), final=final)
     return run_id
 
 
 @shared_task(name="worker.tasks.deploy")
-def deploy(run_id: int, final: bool = True, force: bool = False) -> int:
+def deploy(run_id: int, final: bool = True, force: bool = False, first: bool = False) -> int:
+    if first:
+        _claim(TrainingRun, run_id)
     model = pipeline.stage_deploy(db.session.get(TrainingRun, run_id), force=force, final=final)
     if model is not None and model.status == "deployed":
         precompute_recommendations.delay(model.shop_id)
@@ -100,7 +124,8 @@ def sweep() -> dict:
     the worker died): webhook deliveries, sync runs and training runs. Celery beat runs it every minute."""
     now = utcnow()
     waited = now - timedelta(seconds=current_app.config["SWEEP_AFTER_SECONDS"])
-    deliveries = webhooks.waiting_deliveries(waited, now - STUCK_AFTER)
+    deliveries = webhooks.waiting_deliveries(waited, now - STUCK_AFTER, now - RETRY_FAILED_EVERY,
+                                             now - RETRY_FAILED_FOR)
     for delivery_id in deliveries:
         process_webhook.delay(delivery_id, swept=True)
     syncs = db.session.scalars(select(SyncRun).where(SyncRun.status == "queued",
@@ -185,7 +210,8 @@ def _send_chain(run: TrainingRun) -> None:
     options = {"build_datasets": {"conversations": plan.get("conversations")},
                "export": {"quantization": plan.get("quantization", "q8_0")}, "deploy": {"force": plan.get("force")}}
     chosen = stages[stages.index(plan["first"]):stages.index(plan["last"]) + 1]
-    signatures = [globals()[name].si(run.id, final=name == plan["last"], **options.get(name, {})) for name in chosen]
+    signatures = [globals()[name].si(run.id, final=name == plan["last"], first=name == plan["first"],
+                                     **options.get(name, {})) for name in chosen]
     try:
         chain(*signatures).delay()
     except Exception:  # in-process: the run row holds the error; queued: the sweeper sends it again

@@ -172,7 +172,7 @@ def train(base_dir: Path, dataset_dir: Path, out_dir: Path, config: TrainConfig,
     eval_seconds = 0.0
 
     @torch.no_grad()
-    def evaluate() -> float | None:
+    def eval_loss_now() -> float | None:
         nonlocal eval_seconds
         if not eval_set:
             return None
@@ -214,7 +214,7 @@ def train(base_dir: Path, dataset_dir: Path, out_dir: Path, config: TrainConfig,
 
     def end_of_epoch() -> bool:
         """Evaluate, keep the best adapter; True when training should stop early."""
-        eval_loss = evaluate()
+        eval_loss = eval_loss_now()
         state["history"].append({"step": state["step"], "eval_loss": eval_loss})
         if eval_loss is None or state["best_eval"] is None or eval_loss < state["best_eval"]:
             state["best_eval"], state["stale_epochs"] = eval_loss, 0

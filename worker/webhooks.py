@@ -192,12 +192,14 @@ def handle_delivery(delivery_id: int, stuck_before=None) -> WebhookDelivery | No
     return delivery
 
 
-def waiting_deliveries(received_before, stuck_before) -> list[int]:
-    """Stored deliveries nobody processed: never handed to a worker (the broker was down), or taken by a
-    worker that died."""
+def waiting_deliveries(received_before, stuck_before, failed_before, failed_since) -> list[int]:
+    """Stored deliveries nobody processed: never handed to a worker (the broker was down), taken by a worker
+    that died, or failed for a while (the database was away past Celery's retries) but not for days."""
     return list(db.session.scalars(select(WebhookDelivery.id).where(or_(
         (WebhookDelivery.status == "received") & (WebhookDelivery.received_at < received_before),
-        (WebhookDelivery.status == "processing") & (WebhookDelivery.processed_at < stuck_before)))
+        (WebhookDelivery.status == "processing") & (WebhookDelivery.processed_at < stuck_before),
+        (WebhookDelivery.status == "failed") & (WebhookDelivery.processed_at < failed_before)
+        & (WebhookDelivery.received_at > failed_since)))
         .order_by(WebhookDelivery.id)))
 
 

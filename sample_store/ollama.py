@@ -1,6 +1,7 @@
-"""A loopback Ollama for tests, speaking the documented routes and reply shapes: blobs (HEAD/POST), create
-(streamed or not), chat (with `format` as a JSON schema), tags, delete. It does not run models: its chat
-answers the schema with the first allowed titles, which is all a client test needs."""
+"""A loopback Ollama for tests and benchmarks, speaking the documented routes and reply shapes: blobs
+(HEAD/POST), create (streamed or not), chat (with `format` as a JSON schema), tags, delete. It does not run
+models: its chat answers the schema with the first allowed titles, which is all a client needs. It can be
+stopped and started again on its port (what it holds survives), answer 503 (`down`) or trickle (`trickle`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from datetime import datetime, timezone
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import make_server
+
+from .server import _QuietHandler
 
 
 class OllamaDouble:
@@ -28,12 +31,19 @@ class OllamaDouble:
         app.add_url_rule("/api/tags", view_func=self.tags)
         app.add_url_rule("/api/delete", view_func=self.delete, methods=["DELETE"])
         app.before_request(lambda: (jsonify(error="connection refused"), 503) if self.down else None)
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.app, self.port = app, 0
+        self.start()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        """Listen (again, on the same port after a stop: what it holds survives, like Ollama's disk)."""
+        self.server = make_server("127.0.0.1", self.port, self.app, threaded=True, request_handler=_QuietHandler)
+        self.port = self.server.server_port
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
 
     def stop(self):
         self.server.shutdown()
+        self.server.server_close()
 
     def blob(self, digest: str):
         if request.method == "HEAD":
