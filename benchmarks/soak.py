@@ -1,6 +1,7 @@
-"""Soak: the app, a Celery worker, Redis and an Ollama host on loopback, under a mix of signed storefront
-requests, events and webhooks (duplicates and out-of-order updates included) while Redis and the model host
-are stopped and started. Bounded: `--minutes` of traffic (at most 10), then a wait for the sweeper.
+"""Soak: the app (gunicorn, 2 workers, as in production), a Celery worker with the sweeper, Redis, Postgres
+and an Ollama host on loopback, under a mix of signed storefront requests, events and webhooks (duplicates
+and out-of-order updates included) while Redis and the model host are stopped and started. Bounded:
+`--minutes` of traffic (at most 10), then a wait of up to two minutes for the sweeper.
 
     python benchmarks/soak.py [--minutes 5] [--threads 6]
 
@@ -259,7 +260,8 @@ def main() -> int:
     shop, products, shopify = install(env, ollama.url)
     port = free_port()
     pairwell = [str(Path(sys.executable).parent / "pairwell")]
-    web = subprocess.Popen([*pairwell, "serve", "--port", str(port), "--threads", "16"], env=env,
+    web = subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8", "-b",
+                            f"127.0.0.1:{port}", "--log-level", "warning", "shopify_app.wsgi:app"], env=env,
                            stdout=subprocess.DEVNULL, stderr=open(workdir / "web.log", "w"))
     worker = subprocess.Popen([*pairwell, "worker", "--queues", "default,gpu", "--beat"], env=env,
                               stdout=subprocess.DEVNULL, stderr=open(workdir / "worker.log", "w"))
