@@ -184,7 +184,13 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4) 
     shelf = load_shelf(shop, [products for _, products in train])  # retrieval that never saw the held-out orders
     system = RECOMMEND_SYSTEM.format(shop=shop.domain)
     rerank = ModelReRank(chat_with_gguf(model.gguf_path), shelf, system)
-    new, baseline = hits_at(rerank, cases, k), hits_at(shelf.retrieval.copurchase, cases, k)
+
+    def copurchase(basket: list, k: int) -> list:
+        """The baseline on the same shelf: a co-purchase block shows only sellable products too."""
+        ranked = shelf.retrieval.copurchase(basket, len(shelf.catalog))
+        return [p for p in ranked if p in shelf.sellable][:k]
+
+    new, baseline = hits_at(rerank, cases, k), hits_at(copurchase, cases, k)
     report = {"cases": len(cases), "k": k, f"hr@{k}": _mean(new), f"co-purchase hr@{k}": _mean(baseline),
               # The raw miss rate: names the model wrote that matched none of its candidates (never served).
               "model_names": rerank.names, "unmatched_names": rerank.invented}
