@@ -201,3 +201,31 @@ def test_a_run_is_running_until_the_last_stage_it_was_asked_for_ends(app, instal
         enqueue_pipeline(installed_shop, first="gate")
     with pytest.raises(ValueError):
         enqueue_pipeline(installed_shop, first="deploy", last="train")
+
+
+def test_the_sweeper_sends_a_queued_run_again_and_a_run_sent_twice_is_taken_once(app, installed_shop, tmp_path):
+    from datetime import timedelta
+
+    from core.models import SyncRun, TrainingRun, utcnow
+    from worker import tasks
+
+    app.config.update(PAIRWELL_ARTIFACTS=str(tmp_path), SWEEP_AFTER_SECONDS=60)
+    run = TrainingRun(shop_id=installed_shop.id, status="queued", heartbeat_at=utcnow() - timedelta(minutes=5),
+                      plan={"first": "build_datasets", "last": "build_datasets"})
+    waiting = TrainingRun(shop_id=installed_shop.id, status="queued", heartbeat_at=utcnow(),
+                          plan={"first": "build_datasets", "last": "build_datasets"})  # sent a moment ago
+    db.session.add_all([run, waiting])
+    db.session.commit()
+    assert tasks.sweep.delay().get()["training_runs"] == 1  # the broker lost it; the sweeper sends it again
+    db.session.refresh(run)
+    assert run.status == "succeeded" and run.dataset_version and waiting.status == "queued"
+
+    finished = run.finished_at
+    tasks._send_chain(run)  # the lost copy turns up after all: it finds the run taken and does nothing
+    db.session.refresh(run)
+    assert run.status == "succeeded" and run.finished_at == finished
+
+    sync = db.session.scalars(select(SyncRun).where(SyncRun.shop_id == installed_shop.id)).first()
+    tasks.full_sync.delay(sync.id)  # a sync run already done is not run again
+    db.session.refresh(sync)
+    assert sync.status == "succeeded" and sync.finished_at is not None

@@ -15,7 +15,7 @@ from celery import chain, shared_task
 from celery.exceptions import Ignore
 from celery.signals import worker_ready
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from core.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db, utcnow
 
@@ -132,8 +132,9 @@ def sweep() -> dict:
                                                      SyncRun.created_at < waited)).all()
     for run in syncs:
         full_sync.delay(run.id)
-    runs = db.session.scalars(select(TrainingRun).where(TrainingRun.status == "queued",
-                                                        TrainingRun.created_at < waited)).all()
+    runs = db.session.scalars(select(TrainingRun).where(
+        TrainingRun.status == "queued",
+        func.coalesce(TrainingRun.heartbeat_at, TrainingRun.created_at) < waited)).all()
     for run in runs:
         _send_chain(run)
     dropped = webhooks.drop_old_malformed(now - KEEP_MALFORMED)
@@ -195,7 +196,6 @@ def enqueue_pipeline(shop: Shop, *, first: str = "build_datasets", last: str = "
             raise PipelineError(f"{shop.domain} has no trained run to export" if first == "export" else
                                 f"{shop.domain} has no verified model version waiting to be deployed")
         run.status, run.error = "queued", None
-    db.session.commit()
     run.plan = {"first": first, "last": last, "conversations": conversations, "quantization": quantization,
                 "force": force}
     db.session.commit()
@@ -205,7 +205,10 @@ def enqueue_pipeline(shop: Shop, *, first: str = "build_datasets", last: str = "
 
 
 def _send_chain(run: TrainingRun) -> None:
-    """The run's planned stretch of the chain, to the queues (or run now, in-process)."""
+    """The run's planned stretch of the chain, to the queues (or run now, in-process). The heartbeat says when
+    it was sent, so the sweeper sends a queued run again only after waiting that long."""
+    run.heartbeat_at = utcnow()
+    db.session.commit()
     plan, stages = run.plan, pipeline.STAGES
     options = {"build_datasets": {"conversations": plan.get("conversations")},
                "export": {"quantization": plan.get("quantization", "q8_0")}, "deploy": {"force": plan.get("force")}}
