@@ -13,8 +13,11 @@ import time
 from collections.abc import Iterable
 from urllib.parse import urlencode
 
+from .inputs import BadInput, whole_number
+
 SHOP_DOMAIN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}\.myshopify\.com$")  # a DNS label: 63 characters at most
 PROXY_MAX_SKEW_SECONDS = 90
+MAX_TIMESTAMP = 10**11  # seconds since 1970, far past any real request (and never 10**4000)
 
 
 def is_valid_shop_domain(shop: str | None) -> bool:
@@ -63,10 +66,11 @@ def verify_app_proxy_query(pairs: list[tuple[str, str]], secret: str, now: float
     given = dict(pairs).get("signature", "")
     if not given or not same(app_proxy_signature(pairs, secret), given):
         return False
-    stamp = dict(pairs).get("timestamp", "")
-    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):  # seconds since 1970, not 10**4000
+    try:
+        stamp = whole_number(dict(pairs).get("timestamp", ""), "timestamp", 0, MAX_TIMESTAMP)
+    except BadInput:
         return False
-    return abs((now if now is not None else time.time()) - int(stamp)) <= PROXY_MAX_SKEW_SECONDS
+    return abs((now if now is not None else time.time()) - stamp) <= PROXY_MAX_SKEW_SECONDS
 
 
 def webhook_hmac(body: bytes, secret: str) -> str:

@@ -16,7 +16,7 @@ from core import shopify_api, shops
 from core.inputs import BadInput, whole_number
 from core.models import SyncRun, TrainingRun, db
 from core.shopify_api import ShopifyError
-from core.signatures import is_valid_shop_domain, same, verify_oauth_query
+from core.signatures import MAX_TIMESTAMP, is_valid_shop_domain, same, verify_oauth_query
 from worker.tasks import enqueue_full_sync
 
 bp = Blueprint("auth", __name__)
@@ -126,7 +126,7 @@ def callback():
     if not expected_state or not same(expected_state, request.args.get("state", "")):
         abort(401, "The state parameter does not match this browser's install attempt.")
     try:
-        issued = whole_number(request.args.get("timestamp", "0"), "timestamp", 0, 10**11)
+        issued = whole_number(request.args.get("timestamp", "0"), "timestamp", 0, MAX_TIMESTAMP)
     except BadInput as exc:
         abort(400, str(exc))
     if abs(time.time() - issued) > OAUTH_MAX_AGE_SECONDS:

@@ -57,18 +57,21 @@ def full_sync(sync_run_id: int) -> dict:
     return run.counts
 
 
+@shared_task(name="worker.tasks.claim_run")
+def claim_run(run_id: int) -> int:
+    """The head of every chain: a run's chain sent twice runs once."""
+    _claim(TrainingRun, run_id)
+    return run_id
+
+
 @shared_task(name="worker.tasks.build_datasets")
-def build_datasets(run_id: int, conversations: str | None = None, final: bool = False, first: bool = False) -> int:
-    if first:
-        _claim(TrainingRun, run_id)
+def build_datasets(run_id: int, conversations: str | None = None, final: bool = False) -> int:
     pipeline.stage_build_datasets(db.session.get(TrainingRun, run_id), conversations, final=final)
     return run_id
 
 
 @shared_task(name="worker.tasks.train", acks_late=True, bind=True)
-def train(self, run_id: int, final: bool = False, first: bool = False) -> int:
-    if first:
-        _claim(TrainingRun, run_id)
+def train(self, run_id: int, final: bool = False) -> int:
     # In-process runs belong to a terminal (CLI, demo): show a progress bar there.
     pipeline.stage_train(db.session.get(TrainingRun, run_id), progress_bar=self.app.conf.task_always_eager,
                          final=final)
@@ -76,25 +79,19 @@ def train(self, run_id: int, final: bool = False, first: bool = False) -> int:
 
 
 @shared_task(name="worker.tasks.export", acks_late=True)
-def export(run_id: int, final: bool = False, quantization: str = "q8_0", first: bool = False) -> int:
-    if first:
-        _claim(TrainingRun, run_id)
+def export(run_id: int, final: bool = False, quantization: str = "q8_0") -> int:
     pipeline.stage_export(db.session.get(TrainingRun, run_id), quantization, final=final)
     return run_id
 
 
 @shared_task(name="worker.tasks.gate", acks_late=True)
-def gate(run_id: int, final: bool = False, first: bool = False) -> int:
-    if first:
-        _claim(TrainingRun, run_id)
+def gate(run_id: int, final: bool = False) -> int:
     pipeline.stage_gate(db.session.get(TrainingRun, run_id), final=final)
     return run_id
 
 
 @shared_task(name="worker.tasks.deploy")
-def deploy(run_id: int, final: bool = True, force: bool = False, first: bool = False) -> int:
-    if first:
-        _claim(TrainingRun, run_id)
+def deploy(run_id: int, final: bool = True, force: bool = False) -> int:
     model = pipeline.stage_deploy(db.session.get(TrainingRun, run_id), force=force, final=final)
     if model is not None and model.status == "deployed":
         precompute_recommendations.delay(model.shop_id)
@@ -213,8 +210,8 @@ def _send_chain(run: TrainingRun) -> None:
     options = {"build_datasets": {"conversations": plan.get("conversations")},
                "export": {"quantization": plan.get("quantization", "q8_0")}, "deploy": {"force": plan.get("force")}}
     chosen = stages[stages.index(plan["first"]):stages.index(plan["last"]) + 1]
-    signatures = [globals()[name].si(run.id, final=name == plan["last"], first=name == plan["first"],
-                                     **options.get(name, {})) for name in chosen]
+    signatures = [claim_run.si(run.id), *(globals()[name].si(run.id, final=name == plan["last"],
+                                                             **options.get(name, {})) for name in chosen)]
     try:
         chain(*signatures).delay()
     except Exception:  # in-process: the run row holds the error; queued: the sweeper sends it again
