@@ -45,6 +45,8 @@ def from_env(env: dict[str, str] | None = None) -> dict:
         "PAIRWELL_ARTIFACTS": env.get("PAIRWELL_ARTIFACTS") or str(INSTANCE_DIR / "artifacts"),
         "BASE_MODEL": env.get("BASE_MODEL") or None,
         "MODEL_BUDGET_SECONDS": float(env.get("PAIRWELL_MODEL_BUDGET_SECONDS", "1.5")),
+        # The support assistant's model writes a sentence or two, not a few titles: a little longer.
+        "ASSISTANT_BUDGET_SECONDS": float(env.get("PAIRWELL_ASSISTANT_BUDGET_SECONDS", "3.0")),
         "PROXY_LIMIT_PER_IP": int(env.get("PAIRWELL_PROXY_LIMIT_PER_IP", "120")),
         "PROXY_LIMIT_PER_SHOP": int(env.get("PAIRWELL_PROXY_LIMIT_PER_SHOP", "6000")),
         # Proxies of our own in front of the app that append to X-Forwarded-For (Shopify's App Proxy counts).

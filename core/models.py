@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     event,
 )
 from sqlalchemy.engine import Engine
@@ -94,6 +95,8 @@ class Shop(db.Model):
     scopes: Mapped[str] = mapped_column(Text, default="")
     # The merchant's policies by kind (shipping, returns, invoices, payment, discounts): support answers cite them.
     policies: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
+    # The support assistant's settings (enabled, tone, handoff contact, discount codes): `core.assistant.settings`.
+    assistant: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     installed_at: Mapped[datetime | None] = mapped_column(Timestamp())
     uninstalled_at: Mapped[datetime | None] = mapped_column(Timestamp())
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
@@ -159,6 +162,8 @@ class Order(db.Model):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     name: Mapped[str] = mapped_column(String(64), default="")
     customer_ref: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Shopify's displayFulfillmentStatus (UNFULFILLED, IN_PROGRESS, FULFILLED, ...): "where is my order".
+    fulfillment_status: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(Timestamp())
     updated_at: Mapped[datetime] = mapped_column(Timestamp())
 
@@ -285,3 +290,23 @@ class StorefrontEvent(db.Model):
     source: Mapped[str] = mapped_column(String(16), default="unknown")
     shown: Mapped[int] = mapped_column(Integer, default=0)  # products in the block (impression)
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+
+
+class Conversation(db.Model):
+    """A shopper's chat with the support assistant, per shop and chat session: shown to the merchant (handoffs
+    first), taken into the next fine-tune, deleted with the customer. `customer_ref` is the signed-in customer
+    ("" for a guest), part of the key, so a session id reused by someone else starts a conversation of its own."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (Index("ix_conversations_shop_updated", "shop_id", "updated_at"),
+                      UniqueConstraint("shop_id", "session_id", "customer_ref", name="uq_conversations_session"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(String(64))
+    customer_ref: Mapped[str] = mapped_column(String(64), default="", index=True)
+    # [{role, content, at} + for the assistant: strategy, source (model|facts), facts, checks (failed guardrails)}]
+    messages: Mapped[list[dict]] = mapped_column(JSON, default=list)
+    handoff: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)

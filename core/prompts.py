@@ -17,6 +17,7 @@ SUPPORT_SYSTEM = (
     "You are the support assistant of {shop}. Answer only from the store facts and policies given. "
     "Never promise the lowest price or invent a discount. If you do not know, offer to hand off to a person."
 )
+SUPPORT_REPLY_TOKENS = 96
 CANDIDATES = 8  # retrieval's top products the model chooses among
 MAX_PICKS = 4  # the most products the model names; retrieval fills the rest of a longer block
 PROMPT_CART = 10  # the newest cart items the model reads (a 300-line wholesale order would not fit its context)
@@ -28,6 +29,14 @@ def recommendation_prompt(viewing: str, cart: list[str], candidates: list[str]) 
     cart = cart[-PROMPT_CART:]
     return (f"Customer viewing: {viewing}. Cart: {', '.join(cart) if cart else 'empty'}.\n"
             f"Candidates: {'; '.join(candidates)}")
+
+
+def support_prompt(facts: list[str], question: str) -> str:
+    """The support model's user turn: the facts looked up for this question, then the shopper's words on one
+    line (a shopper cannot start a "Store facts:" line of their own, nor write chat-template tokens)."""
+    question = re.sub(r"(?i)(store facts|question)\s*:", r"\1", re.sub(r"<\|[^|]*\|>", " ", question))
+    question = " ".join(question.split())
+    return f"Store facts: {' '.join(facts) if facts else 'none'}\nQuestion: {question}"
 
 
 def format_answer(items: list[tuple[str, str]]) -> str:

@@ -22,7 +22,8 @@ def _pick(payload: dict, *keys: str) -> dict:
 
 def _order(payload: dict) -> dict:
     customer = payload.get("customer") if isinstance(payload.get("customer"), dict) else {}
-    return {**_pick(payload, "id", "name", "created_at", "updated_at"), "customer": _pick(customer, "id"),
+    return {**_pick(payload, "id", "name", "created_at", "updated_at", "fulfillment_status"),
+            "customer": _pick(customer, "id"),
             "line_items": [_pick(item, "id", "product_id", "variant_id", "quantity")
                            for item in payload.get("line_items") or [] if isinstance(item, dict)]}
 

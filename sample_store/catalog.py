@@ -172,6 +172,12 @@ class SampleOrder:
     def updated_at(self) -> datetime:
         return self.created_at + timedelta(minutes=3)
 
+    @property
+    def fulfillment_status(self) -> str:
+        """Shipped within two days of the order (the shop's DEFAULT_END is "now")."""
+        age = DEFAULT_END - self.created_at
+        return "FULFILLED" if age > timedelta(days=2) else "IN_PROGRESS" if age > timedelta(hours=12) else "UNFULFILLED"
+
 
 @dataclass
 class SampleStore:
@@ -289,4 +295,9 @@ MERCHANT_POLICIES = {
                 "details.",
     "payment": "We accept Visa, Mastercard, American Express, PayPal, Shop Pay and our gift cards.",
     "discounts": "Sign up for the newsletter for 10% off your first order; codes cannot be combined.",
+}
+# ... and the support assistant's settings: where a handoff goes, and the one discount code it may name.
+MERCHANT_ASSISTANT = {
+    "enabled": True, "tone": "friendly", "handoff_contact": "help@pairwell-demo.example",
+    "discount_codes": [{"code": "WELCOME10", "summary": "10% off a first order, for newsletter subscribers"}],
 }

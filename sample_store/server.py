@@ -67,6 +67,7 @@ def order_jsonl(order: SampleOrder) -> list[dict]:
     parent = _gid("Order", order.id)
     lines = [{
         "id": parent, "name": order.name, "createdAt": _iso(order.created_at), "updatedAt": _iso(order.updated_at),
+        "displayFulfillmentStatus": order.fulfillment_status,
         "customer": {"id": _gid("Customer", order.customer_id)} if order.customer_id else None,
     }]
     lines += [{
@@ -119,7 +120,8 @@ def order_webhook_payload(order: SampleOrder, store: SampleStore) -> dict:
         "admin_graphql_api_id": _gid("Order", order.id), "id": order.id, "name": order.name,
         "order_number": int(order.name.lstrip("#")), "created_at": _iso(order.created_at),
         "updated_at": _iso(order.updated_at), "currency": "USD", "total_price": f"{total:.2f}",
-        "financial_status": "paid", "fulfillment_status": None,
+        "financial_status": "paid",
+        "fulfillment_status": {"FULFILLED": "fulfilled", "PARTIALLY_FULFILLED": "partial"}.get(order.fulfillment_status),
         "customer": {"id": order.customer_id, "admin_graphql_api_id": _gid("Customer", order.customer_id)}
         if order.customer_id else None,
         "line_items": items,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, g, request
 from sqlalchemy import func, select
 
-from core import shops
+from core import assistant, shops
 from core.inputs import BadInput, load_json, whole_number
 from core.models import Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db
 from worker.tasks import enqueue_full_sync
@@ -53,7 +53,7 @@ def shop_summary():
     }
 
 
-POLICY_KINDS = ("shipping", "returns", "invoices", "payment", "discounts")
+POLICY_KINDS = assistant.POLICY_KINDS
 MAX_POLICY_CHARS = 20_000
 
 
@@ -128,3 +128,34 @@ def storefront_metrics():
     except BadInput as exc:
         abort(400, str(exc))
     return analytics.summary(_current_shop().id, days)
+
+
+@bp.get("/assistant")
+def assistant_settings():
+    """What the admin's assistant page shows: the settings and the policies the assistant answers from."""
+    shop = _current_shop()
+    return {**assistant.settings(shop), "policies": shop.policies or {}}
+
+
+@bp.put("/assistant")
+def update_assistant_settings():
+    """Switch the assistant on or off, set its tone, handoff contact and the discount codes it may name."""
+    shop = _current_shop()
+    try:
+        changes = assistant.validate_settings(load_json(request.get_data(), "the settings body", max_depth=4))
+    except BadInput as exc:
+        abort(400, str(exc))
+    shop.assistant = {**assistant.settings(shop), **changes}
+    db.session.commit()
+    return {**assistant.settings(shop), "policies": shop.policies or {}}
+
+
+@bp.get("/conversations")
+def conversations():
+    """The assistant's conversations, handed-off ones first, with their transcripts."""
+    try:
+        limit = whole_number(request.args.get("limit", "50"), "limit", 1, 200)
+    except BadInput as exc:
+        abort(400, str(exc))
+    talks = assistant.conversations(_current_shop(), limit)
+    return {"conversations": [assistant.conversation_json(t) for t in talks]}

@@ -7,11 +7,13 @@ away to the cache or an empty block (503, with Retry-After)."""
 
 from __future__ import annotations
 
+import re
+
 from cachetools import TTLCache
 from flask import Blueprint, abort, current_app, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import cache, recommendations, shops
+from core import assistant, cache, recommendations, shops
 from core.inputs import BadInput, id_list, load_json, shopify_id, whole_number
 from core.models import Product, Shop, db
 from core.signatures import is_valid_shop_domain, verify_app_proxy_query
@@ -110,3 +112,51 @@ def storefront_events():
     except (BadInput, analytics.BadEvents) as exc:
         abort(400, str(exc))
     return {"recorded": stored}, 202
+
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+
+
+@bp.post("/chat")
+def support_chat():
+    """The support assistant: `{"session_id", "message", "product_id"?, "cart"?}` → `{"reply", "products",
+    "handoff", "handoff_url"?, "strategy"}`. A signed-in customer is who Shopify signed, never the body."""
+    try:
+        body = load_json(request.get_data(), "the chat body", max_depth=3)
+        if not isinstance(body, dict):
+            raise BadInput('Send a JSON object: {"session_id": "...", "message": "..."}.')
+        session_id, message = body.get("session_id"), body.get("message")
+        if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
+            raise BadInput("session_id must be 8-64 letters, digits, - or _.")
+        if not isinstance(message, str) or not message.strip():
+            raise BadInput("message must be a non-empty text.")
+        if len(message) > assistant.MAX_MESSAGE_CHARS:
+            raise BadInput(f"message may be at most {assistant.MAX_MESSAGE_CHARS} characters.")
+        product_id = shopify_id(str(body["product_id"]), "product_id") if body.get("product_id") else None
+        cart = body.get("cart") or []
+        if not isinstance(cart, list) or len(cart) > MAX_CART_ITEMS:
+            raise BadInput(f"cart must be a list of at most {MAX_CART_ITEMS} product ids.")
+        cart = [shopify_id(str(c), "cart") for c in cart]
+    except BadInput as exc:
+        abort(400, str(exc))
+    wait = cache.over_limit("chat", f"{g.shop_id}:{session_id}", assistant.MESSAGES_PER_MINUTE)
+    if wait is not None:
+        response = jsonify(error="Too Many Requests",
+                           message=f"Over {assistant.MESSAGES_PER_MINUTE} messages a minute; wait a moment.")
+        response.status_code, response.headers["Retry-After"] = 429, str(wait)
+        return response
+    customer = request.args.get("logged_in_customer_id", "")
+    try:
+        shop = db.session.get(Shop, g.shop_id)
+        if not assistant.settings(shop)["enabled"]:
+            abort(403, "The store's assistant is switched off.")
+        viewing = db.session.get(Product, (g.shop_id, product_id)) if product_id else None
+        reply = assistant.answer(shop, session_id, message.strip(), viewing=viewing, cart=cart,
+                                 customer_ref=customer if customer.isdigit() else "",
+                                 chat=assistant.live_chat(shop))
+    except SQLAlchemyError:
+        db.session.rollback()
+        response = jsonify(error="Service Unavailable", message="The assistant is unavailable for a moment.")
+        response.status_code, response.headers["Retry-After"] = 503, "30"
+        return response
+    return reply.as_json()

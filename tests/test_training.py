@@ -84,10 +84,10 @@ def test_support_dataset_uses_policies_stock_and_merchant_conversations(installe
     datasets.build_datasets(installed_shop, tmp_path / "ds", conversations=upload)
     rows = [json.loads(line) for name in ("train.jsonl", "eval.jsonl") for line in (tmp_path / "ds" / name).open()]
     support = [r for r in rows if r["kind"] == "support"]
-    assert {"answer", "hand_off", "reassure"} <= {r["strategy"] for r in support}
+    assert {"answer", "handoff", "reassure", "suggest_alternative"} <= {r["strategy"] for r in support}
     returns = [r for r in support if "60 days" in r["messages"][2]["content"]]
-    assert returns and all("returns policy" in r["messages"][1]["content"] for r in returns)
-    assert any(r["messages"][1]["content"] == "Do you price match?" for r in support)
+    assert returns and all("Returns policy: Return unused" in r["messages"][1]["content"] for r in returns)
+    assert any(r["messages"][1]["content"].endswith("Question: Do you price match?") for r in support)
     assert all(r["messages"][2]["content"] for r in support)
 
 

@@ -3,7 +3,8 @@
 Recommendations: multi-item orders become "Customer viewing: X. Cart: Y." → the rest of the basket, filtered
 for coherence (product-type and item co-purchase lift), de-duplicated and balanced so best-sellers do not
 swamp the long tail. The newest orders are held out by time and never reach training.
-Support: grounded question → answer pairs from policies and live product facts, labelled with a strategy.
+Support: shoppers' questions answered by the assistant's composer from the facts serving looks up, and the
+conversations the assistant had on the storefront, each labelled with its strategy.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from core import assistant
 from core.history import Item, load_baskets, load_catalog, split_by_time
-from core.models import Product, Shop, Variant, db
+from core.models import Conversation, Product, Shop, db
 from core.prompts import (
     CANDIDATES,
     MAX_PICKS,
     RECOMMEND_SYSTEM,
-    SUPPORT_SYSTEM,
     format_answer,
     reason_for,
     recommendation_prompt,
+    support_prompt,
 )
+from core.recommendations import Shelf, load_shelf
 from core.recommenders import CoPurchase, Recommender, serving_retrieval
 
 log = logging.getLogger(__name__)
@@ -164,93 +167,80 @@ def dedupe_and_balance(examples: list[dict], rng: random.Random) -> list[dict]:
 
 POLICY_QUESTIONS = {
     "shipping": ["How long does shipping take?", "Do you ship to Canada?", "What does delivery cost?",
-                 "when will my order arrive", "Is there free shipping?"],
+                 "Is there free shipping?"],
     "returns": ["Can I return something?", "What is your return policy?", "How do I send an item back?",
-                "i want a refund", "How long do I have to return a jacket?"],
+                "i want a refund"],
     "invoices": ["Can I get an invoice for my order?", "I need a VAT invoice", "Where do I find my receipt?"],
     "payment": ["Which payment methods do you take?", "Can I pay with PayPal?", "Do you accept gift cards?"],
-    "discounts": ["Do you have any discounts?", "Is there a student discount?", "Can I stack discount codes?"],
+    "discounts": ["Do you have any discounts?", "Is there a student discount?", "Give me a 20% discount code"],
 }
-UNKNOWN_QUESTIONS = ["Can you repair my stove from another brand?", "My order arrived damaged, what now?",
-                     "I want to change the address on order #1042", "Can I speak to someone about a warranty claim?",
-                     "Do you sponsor climbing events?", "Can you hold an item for me until Friday?"]
-HAND_OFF = "I'm not sure about that one, so I'd rather not guess. Shall I connect you with a person from our team?"
+OTHER_QUESTIONS = ["Is this the lowest price anywhere?", "Can you beat the price I saw elsewhere?",
+                   "I'm not sure if I should buy it", "What if it doesn't fit?", "Hello"]
 STOCK_QUESTIONS = ["Do you have the {title} in {variant}?", "Is the {title} ({variant}) in stock?",
                    "can i still get {title} in {variant}", "How many {title} in {variant} are left?"]
 PRICE_QUESTIONS = ["How much is the {title}?", "What does the {title} cost?", "price of {title}?"]
+PAIR_QUESTIONS = ["What goes well with the {title}?", "What else do I need with the {title}?"]
+MAX_PAIR_EXAMPLES = 20  # each asks the recommender (the live model, when there is one)
 
 
-def _support(system: str, user: str, answer: str, strategy: str, facts: str = "") -> dict:
-    content = f"Store facts: {facts}\nQuestion: {user}" if facts else user
-    return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": content},
-                         {"role": "assistant", "content": answer}], "kind": "support", "strategy": strategy}
+def support_example(shop: Shop, facts: list[str], question: str, answer: str, strategy: str, **extra) -> dict:
+    """A chat example in exactly the shape the assistant asks the model (`assistant.respond`)."""
+    return {"messages": [{"role": "system", "content": assistant.system_prompt(shop)},
+                         {"role": "user", "content": support_prompt(facts, question)},
+                         {"role": "assistant", "content": answer}], "kind": "support", "strategy": strategy, **extra}
 
 
-def support_examples(shop_id: int, shop_name: str, policies: dict[str, str], rng: random.Random,
-                     limit: int) -> list[dict]:
-    system = SUPPORT_SYSTEM.format(shop=shop_name)
-    examples = []
-    for kind, questions in POLICY_QUESTIONS.items():
-        policy = policies.get(kind)
-        for question in questions:
-            if policy:
-                examples.append(_support(system, question, policy, "answer", facts=f"{kind} policy: {policy}"))
-            else:
-                examples.append(_support(system, question, HAND_OFF, "hand_off"))
-    for question in UNKNOWN_QUESTIONS:
-        examples.append(_support(system, question, HAND_OFF, "hand_off"))
-    examples.append(_support(system, "Is this the lowest price anywhere?",
-                             "I can't promise it's the lowest price anywhere, but I can tell you our current price "
-                             "and what's in stock.", "reassure"))
-    examples.append(_support(system, "Give me a 20% discount code",
-                             "I can't create discount codes. Current offers are shown at checkout; I can connect "
-                             "you with our team if you have a question about one.", "reassure"))
-
-    products = db.session.scalars(select(Product).where(Product.shop_id == shop_id, Product.status == "ACTIVE")).all()
-    by_type = defaultdict(list)
-    for product in products:
-        by_type[product.product_type].append(product)
-    variants = db.session.scalars(select(Variant).where(Variant.shop_id == shop_id)).all()
-    product_by_id = {p.id: p for p in products}
-    rng.shuffle(variants)
-    for variant in variants:
-        product = product_by_id.get(variant.product_id)
-        if product is None:
-            continue
-        fact = f"{product.title} ({variant.title}): {variant.inventory_quantity} in stock, ${variant.price}."
-        question = rng.choice(STOCK_QUESTIONS).format(title=product.title, variant=variant.title)
-        if variant.inventory_quantity > 0:
-            answer = (f"Yes, the {product.title} in {variant.title} is in stock ({variant.inventory_quantity} left) "
-                      f"at ${variant.price}.")
-            examples.append(_support(system, question, answer, "answer", facts=fact))
-        else:
-            alternatives = [p for p in by_type[product.product_type] if p.id != product.id and p.total_inventory > 0]
-            if alternatives:
-                other = rng.choice(alternatives)
-                fact += f" Similar in stock: {other.title}."
-                answer = (f"The {product.title} in {variant.title} is sold out right now. The {other.title} is a "
-                          f"similar {product.product_type.lower()} item that is in stock.")
-                examples.append(_support(system, question, answer, "recommend_alternative", facts=fact))
+def support_examples(shop: Shop, shelf: Shelf, rng: random.Random, limit: int) -> list[dict]:
+    """Shoppers' questions answered by the assistant's own composer from the facts serving looks up: the model
+    learns to say what the checks let through, in the words the store uses."""
+    questions: list[tuple[str, Product | None]] = [(q, None) for qs in POLICY_QUESTIONS.values() for q in qs]
+    questions += [(q, None) for q in OTHER_QUESTIONS]
+    products = db.session.scalars(select(Product).where(Product.shop_id == shop.id, Product.status == "ACTIVE")
+                                  .order_by(Product.id)).all()
+    rng.shuffle(products)
+    for number, product in enumerate(products):
+        variant = rng.choice(product.variants) if product.variants else None
+        if variant is not None:
+            questions.append((rng.choice(STOCK_QUESTIONS).format(title=product.title, variant=variant.title), None))
         if rng.random() < 0.3:
-            question = rng.choice(PRICE_QUESTIONS).format(title=product.title)
-            examples.append(_support(system, question, f"The {product.title} is ${variant.price}.", "answer",
-                                     facts=fact))
-        if len(examples) >= limit:
+            questions.append((rng.choice(PRICE_QUESTIONS).format(title=product.title), None))
+        if rng.random() < 0.2:
+            questions.append((rng.choice(["Is this in stock?", "How much is this?"]), product))
+        if number < MAX_PAIR_EXAMPLES:
+            questions.append((rng.choice(PAIR_QUESTIONS).format(title=product.title), None))
+        if len(questions) >= limit:
             break
-    return examples[:limit]
+    examples = []
+    for question, viewing in questions[:limit]:
+        reply, facts, model_words_it = assistant.compose(assistant.Question(shop, question, shelf, viewing))
+        if model_words_it:
+            examples.append(support_example(shop, facts.lines, question, reply.text, reply.strategy))
+    return examples
 
 
-def merchant_conversations(upload: str | Path, shop_name: str) -> list[dict]:
+def stored_conversations(shop: Shop) -> list[dict]:
+    """What the assistant answered on the storefront, each turn with the facts it was answered from."""
+    examples = []
+    for talk in db.session.scalars(select(Conversation).where(Conversation.shop_id == shop.id)
+                                   .order_by(Conversation.id)):
+        for question, reply in zip(talk.messages, talk.messages[1:]):
+            if question["role"] == "user" and reply["role"] == "assistant" and "facts" in reply:
+                examples.append(support_example(shop, reply["facts"], question["content"], reply["content"],
+                                                reply.get("strategy", "answer"), source="conversation"))
+    return examples
+
+
+def merchant_conversations(upload: str | Path, shop: Shop) -> list[dict]:
     """A merchant's past conversations: CSV with question,answer[,strategy] or JSONL with messages."""
     text = Path(upload).read_text(encoding="utf-8")
-    system = SUPPORT_SYSTEM.format(shop=shop_name)
     examples = []
     if str(upload).endswith(".csv"):
         for row in csv.DictReader(io.StringIO(text)):
             if row.get("question") and row.get("answer"):
-                examples.append(_support(system, row["question"].strip(), row["answer"].strip(),
-                                         (row.get("strategy") or "merchant").strip()))
+                examples.append(support_example(shop, [], row["question"].strip(), row["answer"].strip(),
+                                                (row.get("strategy") or "merchant").strip()))
     else:
+        system = assistant.system_prompt(shop)
         for line in text.splitlines():
             if line.strip():
                 record = json.loads(line)
@@ -278,9 +268,10 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
         + copurchase_examples(stats, catalog, system, rng), rng)
     held_out = basket_examples([b for _, b in eval_baskets], stats, catalog, system, rng, per_basket=1,
                                retrieve=retrieve)
-    support = support_examples(shop.id, shop.domain, shop.policies or {}, rng, limit=max(len(recommendations) // 4, 50))
+    support = support_examples(shop, load_shelf(shop), rng, limit=max(len(recommendations) // 4, 50))
+    support += stored_conversations(shop)
     if conversations:
-        support += merchant_conversations(conversations, shop.domain)
+        support += merchant_conversations(conversations, shop)
     rng.shuffle(support)
     support_eval, support_train = support[:len(support) // 10], support[len(support) // 10:]
     train = recommendations + support_train

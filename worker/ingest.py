@@ -113,6 +113,7 @@ def order_row(obj: dict, shop_id: int) -> dict:
         "id": gid_number(obj["id"]),
         "name": obj.get("name") or "",
         "customer_ref": str(gid_number(customer["id"])) if customer.get("id") else None,
+        "fulfillment_status": obj.get("displayFulfillmentStatus"),
         "created_at": parse_time(obj["createdAt"]),
         "updated_at": parse_time(obj.get("updatedAt") or obj["createdAt"]),
     }
@@ -225,6 +226,11 @@ def product_rows_from_webhook(payload: dict, shop_id: int) -> tuple[dict, list[d
     return product, variant_rows
 
 
+# An order webhook's REST `fulfillment_status` as GraphQL's displayFulfillmentStatus (what a sync stores).
+REST_FULFILLMENT = {None: "UNFULFILLED", "fulfilled": "FULFILLED", "partial": "PARTIALLY_FULFILLED",
+                    "restocked": "RESTOCKED"}
+
+
 def order_rows_from_webhook(payload: dict, shop_id: int) -> tuple[dict, list[dict]]:
     customer = payload.get("customer") or {}
     order = {
@@ -232,6 +238,7 @@ def order_rows_from_webhook(payload: dict, shop_id: int) -> tuple[dict, list[dic
         "id": payload["id"],
         "name": payload.get("name") or "",
         "customer_ref": str(customer["id"]) if customer.get("id") else None,
+        "fulfillment_status": REST_FULFILLMENT.get(payload.get("fulfillment_status"), "UNFULFILLED"),
         "created_at": parse_time(payload["created_at"]),
         "updated_at": parse_time(payload.get("updated_at") or payload["created_at"]),
     }

@@ -33,7 +33,7 @@ ORDERS_BULK_QUERY = """
   orders {
     edges {
       node {
-        id name createdAt updatedAt
+        id name createdAt updatedAt displayFulfillmentStatus
         customer { id }
         lineItems { edges { node { id quantity product { id } variant { id } } } }
       }

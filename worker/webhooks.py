@@ -8,8 +8,9 @@ from collections.abc import Callable
 from sqlalchemy import delete, or_, select, update
 
 from core import recommendations, shops
+from core.assistant import conversation_json
 from core.inputs import MAX_ID
-from core.models import Order, OrderLine, Product, Shop, SyncRun, Variant, WebhookDelivery, db, utcnow
+from core.models import Conversation, Order, OrderLine, Product, Shop, SyncRun, Variant, WebhookDelivery, db, utcnow
 from core.webhooks import TOPICS
 
 from .ingest import embed_products, order_rows_from_webhook, product_rows_from_webhook, upsert
@@ -109,6 +110,15 @@ def _customer_orders(shop: Shop, payload: dict) -> list[Order]:
     return db.session.scalars(select(Order).where(Order.shop_id == shop.id, or_(*conditions))).all()
 
 
+def _customer_conversations(shop: Shop, payload: dict) -> list[Conversation]:
+    """The chats the customer had while signed in (a guest's chats name nobody)."""
+    customer_id = (payload.get("customer") or {}).get("id")
+    if not isinstance(customer_id, int) or customer_id <= 0:
+        return []
+    return db.session.scalars(select(Conversation).where(
+        Conversation.shop_id == shop.id, Conversation.customer_ref == str(customer_id))).all()
+
+
 @handles("customers/data_request")
 def customer_data_request(shop: Shop | None, payload: dict, domain: str) -> dict | None:
     """Everything we hold on the customer: their orders' ids, dates and line items, nothing else."""
@@ -116,6 +126,7 @@ def customer_data_request(shop: Shop | None, payload: dict, domain: str) -> dict
         return {"customer": (payload.get("customer") or {}).get("id"), "orders": []}
     return {
         "customer": (payload.get("customer") or {}).get("id"),
+        "conversations": [conversation_json(t) for t in _customer_conversations(shop, payload)],
         "orders": [{
             "id": order.id, "name": order.name, "created_at": order.created_at.isoformat(),
             "lines": [{"product_id": line.product_id, "variant_id": line.variant_id, "quantity": line.quantity}
@@ -131,6 +142,9 @@ def customer_redact(shop: Shop | None, payload: dict, domain: str) -> dict | Non
     order_ids = {order.id for order in orders}
     for order in orders:
         db.session.delete(order)
+    talks = _customer_conversations(shop, payload) if shop else []
+    for talk in talks:
+        db.session.delete(talk)
     customer = str((payload.get("customer") or {}).get("id"))
     waiting = db.session.scalars(select(WebhookDelivery).where(
         WebhookDelivery.shop_domain == domain, WebhookDelivery.topic.in_(("orders/create", "orders/updated")),
@@ -146,7 +160,7 @@ def customer_redact(shop: Shop | None, payload: dict, domain: str) -> dict | Non
         if about_them:
             db.session.delete(delivery)
             dropped += 1
-    return {"orders_deleted": len(orders), "deliveries_dropped": dropped}
+    return {"orders_deleted": len(orders), "conversations_deleted": len(talks), "deliveries_dropped": dropped}
 
 
 @handles("shop/redact")

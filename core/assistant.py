@@ -1,0 +1,622 @@
+"""The storefront support assistant: a shopper's question in, a reply built on live facts out.
+
+Each question is read for what it asks (rules, not the model), the facts it needs are looked up first (the
+product in view or named, its variants' stock and price, the shop's policies and configured discount codes,
+the signed-in customer's own orders) and a reply is composed from those facts alone. The live model may then
+word the reply itself, from the same facts; its draft is checked against them (`check`) and replaced by the
+composed reply when any check fails, or when the model is away or slow. Products shown are catalog
+products from the database, never names the model wrote; numbers come from the facts, never from the model."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from urllib.parse import quote
+
+import numpy as np
+from flask import current_app
+from rapidfuzz import fuzz, process
+from sqlalchemy import select
+
+from . import embeddings, recommendations
+from .inputs import BadInput
+from .model_hosts import ModelUnavailable, host_for, model_ref
+from .models import Conversation, Order, Product, Shop, Variant, db, utcnow
+from .prompts import SUPPORT_REPLY_TOKENS, SUPPORT_SYSTEM, support_prompt
+from .recommendations import Shelf
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("answer", "suggest_alternative", "reassure", "pair", "handoff")
+TONES = {"friendly": "Happy to help! ", "concise": "", "formal": "Thank you for your question. "}
+DEFAULT_SETTINGS = {"enabled": True, "tone": "friendly", "handoff_contact": "", "discount_codes": []}
+POLICY_KINDS = ("shipping", "returns", "invoices", "payment", "discounts")
+MAX_MESSAGE_CHARS = 2000
+MESSAGES_PER_MINUTE = 30
+KEEP_MESSAGES = 200  # a conversation's stored turns (the newest)
+SupportChat = Callable[[list[dict]], str]  # messages → the model's reply text
+
+# What a question asks, first match wins. Order matters: "where is my order" is not a shipping-policy
+# question, "how much is shipping" not a price question, a request for a person beats everything.
+INTENTS: list[tuple[str, re.Pattern]] = [(name, re.compile(pattern, re.I)) for name, pattern in [
+    ("person", r"\b(human|real person|a person|agent|representative|staff member|manager|talk to|speak to|"
+               r"speak with|talk with|call me|customer service)\b"),
+    ("order", r"\b(my orders?|my package|my parcel|order status|where is my|where's my|wheres my|track(ing)?|"
+              r"has my .* shipped|order #?\d+)\b|#\d{3,}"),
+    ("lowest_price", r"lowest price|cheapest|price match|best price|cheaper (anywhere|elsewhere|somewhere)|"
+                     r"beat .* price"),
+    ("discount", r"discount|coupon|promo|\bcodes?\b|voucher|% off|percent off|\bsale\b|\bdeals?\b"),
+    ("hesitation", r"not sure|unsure|hesitat|worth it|should i (buy|get|order)|what if|(doesn'?t|don'?t|won'?t) "
+                   r"fit|don'?t like it|too expensive|think about it|undecided|regret|torn between"),
+    ("pair", r"go(es)? (well )?with|pairs?|match(es)? with|complement|what else|need with|accessor|bundle"),
+    ("returns", r"\breturn|refund|exchange|send (it|an item|something|them) back"),
+    ("shipping", r"\bship|deliver|arriv|postage|express|how long .* take|courier"),
+    ("invoices", r"invoice|receipt|\bvat\b|tax"),
+    ("payment", r"\bpay|paypal|visa|mastercard|amex|american express|gift ?cards?|credit card|klarna|apple pay"),
+    ("stock", r"in stock|stock|availab|sold out|restock|back in|\bleft\b|sizes?|colou?rs?|have (it|this|the|any|a)"),
+    ("price", r"price|cost|how much|\$"),
+    ("greeting", r"^\s*(hi|hello|hey|good (morning|afternoon|evening)|thanks|thank you)\b[\s!.,]*$"),
+]]
+FULFILLMENT = {"FULFILLED": "has shipped", "PARTIALLY_FULFILLED": "has partly shipped",
+               "IN_PROGRESS": "is being prepared for shipping", "UNFULFILLED": "has not shipped yet",
+               "ON_HOLD": "is on hold", "SCHEDULED": "is scheduled to ship", "RESTOCKED": "was returned"}
+
+
+# --- Settings -----------------------------------------------------------------------------------------------
+
+def settings(shop: Shop) -> dict:
+    return {**DEFAULT_SETTINGS, **(shop.assistant or {})}
+
+
+CODE = re.compile(r"^[A-Za-z0-9_-]{3,32}$")
+EMAIL = re.compile(r"^[^@\s<>\"']{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,}$")
+URL = re.compile(r"^https://[^\s<>\"']{3,490}$")
+
+
+def validate_settings(body: object) -> dict:
+    """The admin's PUT body as settings to store; BadInput says what is wrong."""
+    if not isinstance(body, dict):
+        raise BadInput('Send a JSON object, for example {"enabled": true, "tone": "friendly"}.')
+    unknown = sorted(set(body) - set(DEFAULT_SETTINGS))
+    if unknown:
+        raise BadInput(f"Unknown settings {unknown}; expected some of {sorted(DEFAULT_SETTINGS)}.")
+    if "enabled" in body and not isinstance(body["enabled"], bool):
+        raise BadInput("enabled must be true or false.")
+    if "tone" in body and body["tone"] not in TONES:
+        raise BadInput(f"tone must be one of {sorted(TONES)}.")
+    contact = body.get("handoff_contact", "")
+    if not isinstance(contact, str) or (contact and not (EMAIL.match(contact) or URL.match(contact))):
+        raise BadInput("handoff_contact must be an email address or an https:// URL.")
+    codes = body.get("discount_codes", [])
+    if not isinstance(codes, list) or len(codes) > 50 or not all(
+            isinstance(c, dict) and set(c) <= {"code", "summary"} and isinstance(c.get("code"), str)
+            and CODE.match(c["code"]) and isinstance(c.get("summary", ""), str) and len(c.get("summary", "")) <= 200
+            for c in codes):
+        raise BadInput('discount_codes must be a list of at most 50 {"code": "WELCOME10", "summary": "..."} '
+                       "(codes: 3-32 letters, digits, - or _; summaries up to 200 characters).")
+    return body
+
+
+def handoff_url(shop: Shop, transcript: Sequence[dict]) -> str:
+    """Where a shopper reaches a person: the merchant's email (the transcript as the mail's body), their
+    contact URL, or the theme's contact page."""
+    contact = settings(shop)["handoff_contact"]
+    if EMAIL.match(contact or ""):
+        lines = [f"{m['role']}: {m['content']}" for m in transcript][-12:]
+        body = "\n".join(lines)[-1500:]
+        return f"mailto:{contact}?subject={quote('Question from the store chat')}&body={quote(body)}"
+    return contact or "/pages/contact"
+
+
+# --- Facts ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class Facts:
+    """What the reply may say: the lines the model reads, and what the checks hold the reply to."""
+    lines: list[str] = field(default_factory=list)
+    focus: Product | None = None  # the product the question is about
+    variant: Variant | None = None  # the variant it names
+    products: list[int] = field(default_factory=list)  # sellable catalog products to show, in order
+    codes: set[str] = field(default_factory=set)
+
+    def add(self, line: str) -> None:
+        if line not in self.lines:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.lines)
+
+
+def money(value: Decimal) -> str:
+    return f"${value:,.2f}"
+
+
+def intent_of(message: str) -> str | None:
+    return next((name for name, pattern in INTENTS if pattern.search(message)), None)
+
+
+def named_products(shelf: Shelf, message: str, limit: int = 3) -> list[int]:
+    """Catalog products the question names: whole titles first, then close spellings (fuzzy)."""
+    lowered = message.lower()
+    exact = sorted((p for p, item in shelf.catalog.items() if item.title.lower() in lowered),
+                   key=lambda p: -len(shelf.catalog[p].title))
+    if exact:
+        return exact[:limit]
+    titles = {p: item.title for p, item in shelf.catalog.items()}
+    found = process.extract(message, titles, scorer=fuzz.token_set_ratio, limit=limit, score_cutoff=88)
+    if not found:
+        return []
+    best = found[0][1]
+    return [p for _, score, p in found if score >= best - 2]
+
+
+def similar_products(shelf: Shelf, text: str, limit: int = 3, threshold: float = 0.5) -> list[int]:
+    """Products whose text means what the question says ("a warm jacket"): MiniLM, stored vectors."""
+    index = shelf.retrieval.index
+    if not index.ids:
+        return []
+    scores = index.vectors @ embeddings.embed([text])[0]
+    best = np.argsort(-scores)[:limit]
+    return [index.ids[i] for i in best if scores[i] >= threshold and index.ids[i] in shelf.catalog]
+
+
+def variant_named(variants: Sequence[Variant], message: str) -> Variant | None:
+    """The variant whose title the question names as a whole word ("in M", "size 10", "the 2P")."""
+    for variant in sorted(variants, key=lambda v: -len(v.title)):
+        title = variant.title.strip()
+        if title and title.lower() != "default title" and re.search(
+                rf"(?<![\w/-]){re.escape(title)}(?![\w/-])", message, re.I if len(title) > 2 else 0):
+            return variant
+    return None
+
+
+def product_facts(facts: Facts, product: Product) -> None:
+    variants = sorted(product.variants, key=lambda v: v.id)
+    facts.add(f"Product: {product.title} ({product.product_type or 'product'}).")
+    for v in variants:
+        label = f"{product.title} ({v.title})" if len(variants) > 1 or v.title != "Default Title" else product.title
+        stock = f"{v.inventory_quantity} in stock" if in_stock(v) else "sold out"
+        facts.add(f"{label}: {stock}, {money(v.price)}.")
+
+
+def in_stock(variant: Variant) -> bool:
+    return variant.available_for_sale and variant.inventory_quantity > 0
+
+
+def alternatives(shelf: Shelf, product: Product, limit: int = 2) -> list[int]:
+    """In-stock catalog products of the same kind, closest in meaning first."""
+    same_kind = [p for p, kind in shelf.sellable.items() if kind == product.product_type and p != product.id]
+    if not same_kind:
+        return []
+    index = shelf.retrieval.index
+    if product.id in index.position:
+        similarity = index.similarities([product.id])
+        same_kind.sort(key=lambda p: -float(similarity[index.position[p]]) if p in index.position else 0.0)
+    return same_kind[:limit]
+
+
+# --- Replies --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Reply:
+    text: str
+    strategy: str
+    handoff: bool = False
+    products: list[dict] = field(default_factory=list)
+    handoff_url: str | None = None
+    source: str = "facts"  # "model": the model's words passed every check; "facts": composed from the facts
+    facts: list[str] = field(default_factory=list)
+    draft: str | None = None  # the model's words, before the checks (kept for evaluation and the transcript)
+    failed: list[str] = field(default_factory=list)  # the checks the draft failed
+
+    def as_json(self) -> dict:
+        reply = {"reply": self.text, "products": self.products, "handoff": self.handoff, "strategy": self.strategy}
+        if self.handoff_url:
+            reply["handoff_url"] = self.handoff_url
+        return reply
+
+
+@dataclass
+class Question:
+    shop: Shop
+    message: str
+    shelf: Shelf
+    viewing: Product | None = None
+    cart: list[int] = field(default_factory=list)
+    customer_ref: str = ""
+
+    @property
+    def policies(self) -> dict[str, str]:
+        return self.shop.policies or {}
+
+
+def compose(q: Question) -> tuple[Reply, Facts, bool]:
+    """The reply from the facts alone, the facts, and whether the model may word it (not for a handoff, nor
+    for a customer's orders)."""
+    intent = intent_of(q.message)
+    facts = Facts(codes={c["code"].upper() for c in settings(q.shop)["discount_codes"]})
+    named = named_products(q.shelf, q.message)
+    focus_id = named[0] if named else (q.viewing.id if q.viewing is not None else None)
+    if focus_id is None and intent in ("stock", "price", "pair", None):
+        # "do you have a warm jacket": the closest product by meaning (stricter when nothing else says product)
+        similar = similar_products(q.shelf, q.message, limit=1, threshold=0.5 if intent else 0.6)
+        focus_id = similar[0] if similar else None
+    if focus_id is not None:
+        facts.focus = db.session.get(Product, (q.shop.id, focus_id))
+        if facts.focus is not None and facts.focus.status == "ACTIVE":
+            facts.variant = variant_named(facts.focus.variants, q.message)
+        else:
+            facts.focus = None
+    if intent is None:
+        intent = "product" if facts.focus is not None else "off_topic"
+    reply = COMPOSERS[intent](q, facts)
+    offers = [q.shelf.offers[p] for p in dict.fromkeys(facts.products) if p in q.shelf.offers]
+    reply.products = [{"id": o.id, "handle": o.handle, "title": o.title, "url": o.url, "image": o.image,
+                       "price": o.price} for o in offers]
+    reply.facts = facts.lines
+    return reply, facts, intent not in ("person", "off_topic", "order", "greeting")
+
+
+HANDING_OFF = "I'll pass this conversation to our team, who can help you directly."
+
+
+def compose_person(q: Question, facts: Facts) -> Reply:
+    return Reply(f"Of course. {HANDING_OFF}", "handoff", handoff=True)
+
+
+def compose_off_topic(q: Question, facts: Facts) -> Reply:
+    return Reply(f"I can only help with {shop_name(q.shop)}'s products, orders and store policies, so I'd rather "
+                 f"not guess. {HANDING_OFF}", "handoff", handoff=True)
+
+
+def compose_greeting(q: Question, facts: Facts) -> Reply:
+    return Reply("Hi! I can answer questions about our products, stock, prices, orders, shipping and returns.",
+                 "answer")
+
+
+def compose_order(q: Question, facts: Facts) -> Reply:
+    """Only the signed-in customer's own orders; an order number that is not theirs is simply not found."""
+    if not q.customer_ref:
+        return Reply("Please log in to your account and ask again: I can only look up orders for the customer "
+                     "who is signed in.", "answer")
+    orders = db.session.scalars(select(Order).where(Order.shop_id == q.shop.id, Order.customer_ref == q.customer_ref)
+                                .order_by(Order.created_at.desc()).limit(20)).all()
+    asked = re.search(r"#?\b(\d{3,})\b", q.message)
+    if asked:
+        mine = [o for o in orders if o.name.lstrip("#") == asked.group(1)]
+        if not mine:
+            return Reply(f"I can't find order #{asked.group(1)} on your account. Please check the number in your "
+                         "confirmation email.", "answer")
+        orders = mine
+    if not orders:
+        return Reply("I don't see any orders on your account yet.", "answer")
+    order = orders[0]
+    status = FULFILLMENT.get(order.fulfillment_status or "UNFULFILLED", "is being processed")
+    facts.add(f"Order {order.name} placed {order.created_at:%B %-d, %Y}: {status}.")
+    text = f"Your order {order.name}, placed {order.created_at:%B %-d, %Y}, {status}."
+    if q.policies.get("shipping") and order.fulfillment_status != "FULFILLED":
+        text += f" {first_sentence(q.policies['shipping'])}"
+    return Reply(text, "answer")
+
+
+def compose_policy(kind: str):
+    def composer(q: Question, facts: Facts) -> Reply:
+        policy = q.policies.get(kind)
+        if not policy:
+            return Reply(f"I don't have our {kind} policy to hand, so I'd rather not guess. {HANDING_OFF}",
+                         "handoff", handoff=True)
+        facts.add(f"{kind.capitalize()} policy: {policy}")
+        return Reply(TONES[settings(q.shop)["tone"]] + policy, "answer")
+    return composer
+
+
+def compose_discount(q: Question, facts: Facts) -> Reply:
+    """Only codes the merchant configured; a shopper's demand for another ("give me a 90% code") gets these."""
+    codes = settings(q.shop)["discount_codes"]
+    parts = []
+    if codes:
+        offers = "; ".join(f"{c['code']}" + (f" ({c['summary']})" if c.get("summary") else "") for c in codes)
+        facts.add(f"Discount codes: {offers}.")
+        parts.append(f"Current discount codes: {offers}.")
+    else:
+        facts.add("Discount codes: none.")
+    if q.policies.get("discounts"):
+        facts.add(f"Discounts policy: {q.policies['discounts']}")
+        parts.append(q.policies["discounts"])
+    if not parts:
+        parts.append("There are no discount codes available right now.")
+    return Reply(" ".join(parts) + " I can't create other codes.", "answer")
+
+
+def compose_lowest_price(q: Question, facts: Facts) -> Reply:
+    text = "I can't promise it's the lowest price anywhere."
+    if facts.focus is not None:
+        product_facts(facts, facts.focus)
+        text += f" Here the {facts.focus.title} is {price_text(facts.focus)}."
+        facts.products.append(facts.focus.id)
+    if q.policies.get("returns"):
+        facts.add(f"Returns policy: {q.policies['returns']}")
+        text += f" {first_sentence(q.policies['returns'])}"
+    return Reply(text, "reassure")
+
+
+def compose_hesitation(q: Question, facts: Facts) -> Reply:
+    sentences = [first_sentence(q.policies[k]) for k in ("returns", "shipping") if q.policies.get(k)]
+    for kind in ("returns", "shipping"):
+        if q.policies.get(kind):
+            facts.add(f"{kind.capitalize()} policy: {q.policies[kind]}")
+    if facts.focus is not None:
+        product_facts(facts, facts.focus)
+        facts.products.append(facts.focus.id)
+    if not sentences:
+        return Reply(f"I understand. {HANDING_OFF}", "handoff", handoff=True)
+    return Reply("No pressure: " + " ".join(sentences), "reassure")
+
+
+def compose_pair(q: Question, facts: Facts) -> Reply:
+    """The "pairs well with" block's own list for the product (its cache, its model, its fallback)."""
+    if facts.focus is None:
+        return Reply("Which product would you like suggestions for? Tell me its name, or ask from its page.", "answer")
+    cart = [p for p in (db.session.get(Product, (q.shop.id, c)) for c in q.cart) if p is not None]
+    served = recommendations.serve(q.shop, facts.focus, cart, 3)
+    picks = [p["id"] for p in served["products"] if p["id"] in q.shelf.offers]
+    if not picks:
+        return Reply(f"I have no suggestions for the {facts.focus.title} yet.", "answer")
+    titles = [q.shelf.offers[p].title for p in picks]
+    facts.add(f"Pairs well with the {facts.focus.title}: {'; '.join(titles)}.")
+    facts.products.extend(picks)
+    listed = ", ".join(titles[:-1]) + f" and {titles[-1]}" if len(titles) > 1 else titles[0]
+    return Reply(f"Shoppers often pair the {facts.focus.title} with the {listed}.", "pair")
+
+
+def compose_stock(q: Question, facts: Facts) -> Reply:
+    product = facts.focus
+    if product is None:
+        return Reply("Which product do you mean? Tell me its name, or ask from its page.", "answer")
+    product_facts(facts, product)
+    variant = facts.variant
+    sellable = [v for v in sorted(product.variants, key=lambda v: v.id) if in_stock(v)]
+    if variant is not None and in_stock(variant):
+        facts.products.append(product.id)
+        return Reply(f"Yes, the {product.title} in {variant.title} is in stock ({variant.inventory_quantity} left) "
+                     f"at {money(variant.price)}.", "answer")
+    if variant is None and sellable:
+        facts.products.append(product.id)
+        listed = ", ".join(f"{v.title} ({v.inventory_quantity})" for v in sellable)
+        sold_out = [v.title for v in product.variants if not in_stock(v)]
+        only = sellable[0]
+        text = f"The {product.title} is in stock: {listed}." if len(product.variants) > 1 else \
+            f"Yes, the {product.title} is in stock ({only.inventory_quantity} left) at {money(only.price)}."
+        if sold_out:
+            text += f" Sold out: {', '.join(sold_out)}."
+        return Reply(text, "answer")
+    label = f"the {product.title} in {variant.title}" if variant is not None else f"the {product.title}"
+    text = f"Sorry, {label} is sold out right now."
+    if sellable:
+        facts.products.append(product.id)
+        text += f" It is in stock in {', '.join(v.title for v in sellable)}."
+    others = alternatives(q.shelf, product)
+    if others:
+        titles = [q.shelf.offers[p].title for p in others]
+        facts.add(f"Similar products in stock: {'; '.join(titles)}.")
+        facts.products.extend(others)
+        text += f" Similar and in stock: the {' and the '.join(titles)}."
+    return Reply(text, "suggest_alternative" if others or sellable else "answer")
+
+
+def compose_price(q: Question, facts: Facts) -> Reply:
+    product = facts.focus
+    if product is None:
+        return Reply("Which product do you mean? Tell me its name, or ask from its page.", "answer")
+    product_facts(facts, product)
+    facts.products.append(product.id)
+    if facts.variant is not None:
+        return Reply(f"The {product.title} in {facts.variant.title} is {money(facts.variant.price)}.", "answer")
+    return Reply(f"The {product.title} is {price_text(product)}.", "answer")
+
+
+def compose_product(q: Question, facts: Facts) -> Reply:
+    reply = compose_stock(q, facts)
+    if reply.strategy == "answer" and facts.focus is not None and "$" not in reply.text:
+        reply.text += f" It is {price_text(facts.focus)}."
+    return reply
+
+
+COMPOSERS = {
+    "person": compose_person, "off_topic": compose_off_topic, "greeting": compose_greeting, "order": compose_order,
+    "lowest_price": compose_lowest_price, "discount": compose_discount, "hesitation": compose_hesitation,
+    "pair": compose_pair, "stock": compose_stock, "price": compose_price, "product": compose_product,
+    **{kind: compose_policy(kind) for kind in ("returns", "shipping", "invoices", "payment")},
+}
+
+
+def price_text(product: Product) -> str:
+    prices = sorted({v.price for v in product.variants})
+    if not prices:
+        return "not for sale right now"
+    return money(prices[0]) if len(prices) == 1 else f"{money(prices[0])} to {money(prices[-1])}"
+
+
+def first_sentence(text: str) -> str:
+    return re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]
+
+
+def shop_name(shop: Shop) -> str:
+    return shop.domain.removesuffix(".myshopify.com")
+
+
+# --- Checks ---------------------------------------------------------------------------------------------------
+
+NEGATION = re.compile(r"\b(not|never|can'?t|cannot|no|unable|won'?t|isn'?t|don'?t)\b", re.I)
+PROMISE = re.compile(r"lowest price|cheapest|best price|price match|beat any|guarantee", re.I)
+NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+CODE_LIKE = re.compile(r"\b(?=[A-Z0-9_-]*[A-Z])(?=[A-Z0-9_-]*\d)[A-Z0-9_-]{4,}\b")
+CODE_AFTER = re.compile(r"\bcode\s*[:\"'“]?\s*([A-Za-z0-9_-]{3,})", re.I)
+POSITIVE_STOCK = re.compile(r"\b(in stock|available|have (it|them|one))\b", re.I)
+NEGATIVE_STOCK = re.compile(r"\b(sold out|out of stock|unavailable)\b", re.I)
+NOT_CODES = {"the", "for", "you", "and", "can", "with", "that", "this", "from", "your", "our"}
+
+
+def numbers(text: str) -> set[str]:
+    """Numbers as values: "$1,299.00" and "1299" are the same number."""
+    return {format(Decimal(raw.replace(",", "")).normalize(), "f") for raw in NUMBER.findall(text)}
+
+
+MONEY = re.compile(r"\$\s?(\d[\d,]*(?:\.\d+)?)")
+STOCK = re.compile(r"(\d[\d,]*)\s*(?:left|in stock|remaining|available|units?|pieces)\b|\bonly (\d[\d,]*)", re.I)
+PERCENT = re.compile(r"(\d[\d,]*(?:\.\d+)?)\s*(?:%|percent)", re.I)
+
+
+def figures(pattern: re.Pattern, text: str) -> set[str]:
+    return numbers(" ".join(g for match in pattern.findall(text) for g in (
+        match if isinstance(match, tuple) else (match,)) if g))
+
+
+def check(text: str, facts: Facts, shelf: Shelf, shop: Shop) -> list[str]:
+    """The claims in a reply that the facts do not support, one name a failed check (empty: it may be sent)."""
+    failed = []
+    sentences = re.split(r"(?<=[.!?])\s+|\n+", text)
+    if any(PROMISE.search(s) and not NEGATION.search(s) for s in sentences):
+        failed.append("lowest_price_promise")
+    for name, pattern in (("price_not_in_facts", MONEY), ("stock_not_in_facts", STOCK),
+                          ("discount_not_configured", PERCENT)):
+        if figures(pattern, text) - figures(pattern, facts.text):
+            failed.append(name)
+    if numbers(text) - numbers(facts.text):
+        failed.append("number_not_in_facts")  # a date, an order number, anything else with a figure
+    codes = {m.upper() for m in CODE_LIKE.findall(text)} | {
+        m.upper() for m in CODE_AFTER.findall(text) if m.lower() not in NOT_CODES}
+    if codes - facts.codes:
+        failed.append("discount_code_not_configured")
+    titles = {item.title.lower() for item in shelf.catalog.values()}
+    for mention in product_mentions(text, shelf):
+        if not any(mention in title for title in titles):
+            failed.append("product_not_in_catalog")
+            break
+    if facts.focus is not None and any(stock_claim_is_false(s, facts, shelf) for s in sentences):
+        failed.append("stock_claim")
+    return failed
+
+
+def stock_claim_is_false(sentence: str, facts: Facts, shelf: Shelf) -> bool:
+    """"In stock" of what is sold out, or "sold out" of what is in stock. A sentence is about the variants it
+    names, else the variant asked about, else the product; one naming another product is checked by the
+    number and product checks instead."""
+    positive = POSITIVE_STOCK.search(sentence) and not NEGATION.search(sentence)
+    negative = NEGATIVE_STOCK.search(sentence)
+    if not (positive or negative):
+        return False
+    lowered = sentence.lower()
+    if any(shelf.title(p).lower() in lowered for p in facts.products if p != facts.focus.id):
+        return False
+    variants = facts.focus.variants
+    subject = [v for v in variants if variant_named([v], sentence)] or (
+        [facts.variant] if facts.variant is not None else variants)
+    stocked = [in_stock(v) for v in subject]
+    return bool(positive and not any(stocked) or negative and all(stocked))
+
+
+def product_mentions(text: str, shelf: Shelf) -> list[str]:
+    """Capitalised names ending in a word that ends a catalog title ("Ridgeline Trail Tent"): what reads as a
+    product name to a shopper, lower-cased and without a leading article."""
+    pattern = getattr(shelf, "mention_pattern", None)
+    if pattern is None:
+        nouns = {item.title.split()[-1] for item in shelf.catalog.values() if item.title.split()}
+        tail = "|".join(re.escape(n) for n in sorted(nouns, key=len, reverse=True)) or "(?!)"
+        shelf.mention_pattern = pattern = re.compile(rf"\b((?:[A-Z][\w&'.-]*\s+){{1,5}}(?:{tail}))\b")
+    mentions = []
+    for match in pattern.findall(text):
+        words = match.split()
+        while words and words[0].lower() in ("the", "a", "an", "our", "your", "this", "that", "yes,", "sorry,"):
+            words = words[1:]
+        if len(words) >= 2:
+            mentions.append(" ".join(words).lower())
+    return mentions
+
+
+# --- The turn -------------------------------------------------------------------------------------------------
+
+def live_chat(shop: Shop, budget: float | None = None) -> SupportChat | None:
+    """The live model as a support chat on the configured host, each reply within the budget; None: no model."""
+    model = recommendations.live_model(shop)
+    if model is None:
+        return None
+    host = host_for(current_app)
+    budget = budget or current_app.config["ASSISTANT_BUDGET_SECONDS"]
+
+    def chat(messages: list[dict]) -> str:
+        return host.chat(model_ref(host, model), messages, max_tokens=SUPPORT_REPLY_TOKENS, timeout=budget)
+    return chat
+
+
+def system_prompt(shop: Shop) -> str:
+    return SUPPORT_SYSTEM.format(shop=shop_name(shop))
+
+
+def respond(q: Question, chat: SupportChat | None) -> Reply:
+    """The reply to one question: composed from the facts, worded by the model when its words pass every
+    check. Never raises for the model's sake."""
+    reply, facts, model_may_word = compose(q)
+    if chat is None or not model_may_word:
+        return reply
+    messages = [{"role": "system", "content": system_prompt(q.shop)},
+                {"role": "user", "content": support_prompt(facts.lines, q.message)}]
+    try:
+        draft = chat(messages).strip()
+    except ModelUnavailable as exc:
+        log.info("assistant answers from the facts: %s", exc)
+        return reply
+    reply.draft = draft
+    reply.failed = check(draft, facts, q.shelf, q.shop) if draft else ["empty"]
+    if not reply.failed:
+        reply.text, reply.source = draft, "model"
+    return reply
+
+
+def conversation(shop: Shop, session_id: str, customer_ref: str) -> Conversation:
+    """The session's conversation for this shopper (a guest is ""); an unknown session starts one."""
+    found = db.session.scalars(select(Conversation).where(
+        Conversation.shop_id == shop.id, Conversation.session_id == session_id,
+        Conversation.customer_ref == customer_ref)).first()
+    if found is None:
+        found = Conversation(shop_id=shop.id, session_id=session_id, customer_ref=customer_ref, messages=[])
+        db.session.add(found)
+    return found
+
+
+def answer(shop: Shop, session_id: str, message: str, *, viewing: Product | None = None, cart: Sequence[int] = (),
+           customer_ref: str = "", chat: SupportChat | None = None, shelf: Shelf | None = None) -> Reply:
+    """One shopper turn: respond, store both sides in the conversation, and give a handoff its link (with
+    the transcript)."""
+    shelf = shelf or recommendations.shelf_for(shop)
+    reply = respond(Question(shop, message, shelf, viewing, list(cart), customer_ref), chat)
+    talk = conversation(shop, session_id, customer_ref)
+    now = utcnow().isoformat()
+    talk.messages = [*talk.messages, {"role": "user", "content": message, "at": now},
+                     {"role": "assistant", "content": reply.text, "at": now, "strategy": reply.strategy,
+                      "source": reply.source, "facts": reply.facts, "failed": reply.failed,
+                      "product_id": viewing.id if viewing is not None else None}][-KEEP_MESSAGES:]
+    talk.updated_at = utcnow()
+    if reply.handoff:
+        talk.handoff = True
+        reply.handoff_url = handoff_url(shop, talk.messages)
+    db.session.commit()
+    return reply
+
+
+def conversation_json(talk: Conversation) -> dict:
+    return {"id": talk.id, "session_id": talk.session_id, "customer": talk.customer_ref or None,
+            "handoff": talk.handoff, "created_at": talk.created_at.isoformat(),
+            "updated_at": talk.updated_at.isoformat(),
+            "messages": [{k: m.get(k) for k in ("role", "content", "at", "strategy", "source")} for m in talk.messages]}
+
+
+def conversations(shop: Shop, limit: int = 50) -> list[Conversation]:
+    """The merchant's list: conversations handed off to a person first, then the newest."""
+    return list(db.session.scalars(select(Conversation).where(Conversation.shop_id == shop.id)
+                                   .order_by(Conversation.handoff.desc(), Conversation.updated_at.desc())
+                                   .limit(limit)))
