@@ -234,3 +234,33 @@ def evaluate(shop, orders_file, products_file, columns, skip_orders_prefix, skip
     if out:
         out.write_text(json.dumps(report, indent=2))
         click.echo(f"report: {out}")
+
+
+@cli.command("evaluate-assistant")
+@click.argument("shop")
+@click.option("--model", "model_file", type=click.Path(exists=True, dir_okay=False),
+              help="The fine-tuned GGUF to score (default: the shop's live version).")
+@click.option("--base/--no-base", default=True, show_default=True, help="Also score the base model.")
+@click.option("--questions", default=240, show_default=True, type=int, help="About this many held-out questions.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
+def evaluate_assistant(shop, model_file, base, questions, out):
+    """Score the support assistant on held-out questions from SHOP's catalog, policies and orders."""
+    import json
+
+    from worker.tasks import run_assistant_evaluation
+
+    report = run_assistant_evaluation(shop=_installed_shop(shop), model_file=model_file, base=base, size=questions)
+    click.echo(f"{report['questions']} questions: {json.dumps(report['kinds'])}")
+    click.echo("| replies from | factual accuracy | forbidden claims | handoff P / R | BLEU | ROUGE-L | p50 / p95 s "
+               "| model-worded | drafts: factual / forbidden |")
+    click.echo("|---|---|---|---|---|---|---|---|---|")
+    for label, row in report["results"].items():
+        served, drafts = row["served"], row["drafts"] or {}
+        click.echo(f"| {label} | {served['factual_accuracy']:.3f} | {served['forbidden_claim_rate']:.3f} | "
+                   f"{row['handoff_precision']:.2f} / {row['handoff_recall']:.2f} | {served['bleu']:.1f} | "
+                   f"{served['rouge_l']:.3f} | {row['latency_p50_s']:.2f} / {row['latency_p95_s']:.2f} | "
+                   f"{row['model_worded_share'] if row['model_worded_share'] is not None else '-'} | "
+                   f"{drafts.get('factual_accuracy', '-')} / {drafts.get('forbidden_claim_rate', '-')} |")
+    if out:
+        out.write_text(json.dumps(report, indent=2))
+        click.echo(f"report: {out}")

@@ -9,9 +9,10 @@ import click
 from flask import current_app
 
 from core import shops
-from core.models import ModelVersion, SyncRun, db
+from core.models import Conversation, ModelVersion, SyncRun, db
+from core.signatures import signed_app_proxy_query
 from sample_store import SampleShopify, generate_store
-from sample_store.catalog import MERCHANT_POLICIES
+from sample_store.catalog import MERCHANT_ASSISTANT, MERCHANT_POLICIES
 from worker.tasks import enqueue_pipeline
 
 from . import migrations
@@ -53,10 +54,12 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
     if run.status != "succeeded":
         raise click.ClickException(f"sync failed: {run.error}")
     shop.policies = {**MERCHANT_POLICIES, **shop.policies}  # as the merchant would enter them in the admin
+    shop.assistant = shop.assistant or MERCHANT_ASSISTANT
     db.session.commit()
     click.echo(f"Policies: {', '.join(sorted(shop.policies))}")
     if train_minutes > 0:
         fine_tune(shop, train_minutes)
+    scripted_conversation(app, shop, store)
     if serve:
         from waitress import serve as waitress_serve
 
@@ -99,3 +102,32 @@ def fine_tune(shop, minutes: float) -> None:
     if model.status == "deployed":
         click.echo(f"\nModel v{model.version} is live on the embedded llama.cpp host; storefront blocks for the "
                    "best-sellers are precomputed.")
+
+
+def scripted_conversation(app, shop, store) -> None:
+    """A short chat with the support assistant through the signed App Proxy route, as a shopper would have it:
+    a stock question, a sold-out size, a policy, and a request for a person."""
+    sizes = next(p for p in store.products if p.status == "ACTIVE" and p.variant_axis == "Size"
+                 and all(v.inventory_quantity for v in p.variants))
+    sold_out = next((p, v) for p in store.products for v in p.variants if p.status == "ACTIVE"
+                    and not v.inventory_quantity)
+    questions = [f"Do you have the {sizes.title} in {sizes.variants[1].title}?",
+                 f"Is the {sold_out[0].title} in {sold_out[1].title} in stock?",
+                 "What's your return policy?", "Can I talk to a person?"]
+    session = f"demo-{time.time_ns()}"
+    click.echo("\nThe support assistant (POST /apps/pairwell/chat, signed as Shopify's App Proxy signs it):")
+    with app.test_client() as client:
+        for question in questions:
+            url = "/proxy/chat?" + signed_app_proxy_query(shop.domain, app.config["SHOPIFY_API_SECRET"])
+            started = time.perf_counter()
+            reply = client.post(url, json={"session_id": session, "message": question}).json
+            took = time.perf_counter() - started
+            turn = db.session.scalars(db.select(Conversation).where(Conversation.session_id == session)).one()
+            source = turn.messages[-1]["source"]
+            click.echo(f"  Shopper:   {question}")
+            click.echo(f"  Assistant: {reply['reply']}")
+            products = ", ".join(p["title"] for p in reply["products"])
+            click.echo(f"             [{reply['strategy']}, from the {source}, {took:.2f}s"
+                       + (f"; shows {products}" if products else "")
+                       + (f"; hands off to {reply['handoff_url'].split('?')[0]}" if reply["handoff"] else "") + "]")
+            db.session.expire_all()

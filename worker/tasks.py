@@ -233,3 +233,10 @@ def run_offline_evaluation(**options) -> dict:
     from . import evaluation
 
     return evaluation.run(**options)
+
+
+def run_assistant_evaluation(**options) -> dict:
+    """`pairwell evaluate-assistant`: the support assistant on its held-out question set, in this process."""
+    from . import assistant_evaluation
+
+    return assistant_evaluation.evaluate(**options)
