@@ -49,9 +49,11 @@ INTENTS: list[tuple[str, re.Pattern]] = [(name, re.compile(pattern, re.I)) for n
     ("lowest_price", r"lowest price|cheapest|price match|best price|cheaper (anywhere|elsewhere|somewhere)|"
                      r"beat .* price"),
     ("discount", r"discount|coupon|promo|\bcodes?\b|voucher|% off|percent off|\bsale\b|\bdeals?\b"),
+    ("pair", r"\bgo(es)? (\w+ )?with|along with|\bpairs?\b|match(es)? with|complement|what else|need with|"
+             r"accessor|bundle|combine"),
     ("hesitation", r"not sure|unsure|hesitat|worth it|should i (buy|get|order)|what if|(doesn'?t|don'?t|won'?t) "
-                   r"fit|don'?t like it|too expensive|think about it|undecided|regret|torn between"),
-    ("pair", r"go(es)? (well )?with|pairs?|match(es)? with|complement|what else|need with|accessor|bundle"),
+                   r"fit|don'?t like it|too expensive|think about it|undecided|regret|torn between|on the fence|"
+                   r"second thoughts|convince me|doubts?\b|risky|not convinced"),
     ("returns", r"\breturn|refund|exchange|send (it|an item|something|them) back"),
     ("shipping", r"\bship|deliver|arriv|postage|express|how long .* take|courier"),
     ("invoices", r"invoice|receipt|\bvat\b|tax"),
@@ -237,9 +239,13 @@ class Question:
 def compose(q: Question) -> tuple[Reply, Facts, bool]:
     """The reply from the facts alone, the facts, and whether the model may word it (not for a handoff, nor
     for a customer's orders)."""
-    intent = intent_of(q.message)
     facts = Facts(codes={c["code"].upper() for c in settings(q.shop)["discount_codes"]})
     named = named_products(q.shelf, q.message)
+    # What is asked is read without the names in it: "Hand Warmers in 10-pair" asks about stock, not pairs.
+    asked = q.message
+    for product in named:
+        asked = re.sub(re.escape(q.shelf.title(product)), " ", asked, flags=re.I)
+    intent = intent_of(asked)
     focus_id = named[0] if named else (q.viewing.id if q.viewing is not None else None)
     if focus_id is None and intent in ("stock", "price", "pair", None):
         # "do you have a warm jacket": the closest product by meaning (stricter when nothing else says product)
@@ -248,9 +254,11 @@ def compose(q: Question) -> tuple[Reply, Facts, bool]:
     if focus_id is not None:
         facts.focus = db.session.get(Product, (q.shop.id, focus_id))
         if facts.focus is not None and facts.focus.status == "ACTIVE":
-            facts.variant = variant_named(facts.focus.variants, q.message)
+            facts.variant = variant_named(facts.focus.variants, asked)
         else:
             facts.focus = None
+    if facts.variant is not None:
+        intent = intent_of(re.sub(re.escape(facts.variant.title), " ", asked, flags=re.I)) or intent
     if intent is None:
         intent = "product" if facts.focus is not None else "off_topic"
     reply = COMPOSERS[intent](q, facts)

@@ -103,6 +103,9 @@ def product_webhook_payload(product: SampleProduct) -> dict:
     }
 
 
+REST_FULFILLMENT = {"FULFILLED": "fulfilled", "PARTIALLY_FULFILLED": "partial"}  # REST: null until shipped
+
+
 def order_webhook_payload(order: SampleOrder, store: SampleStore) -> dict:
     """The REST-shaped body of orders/create (the fields this app reads, plus the usual neighbours)."""
     items = []
@@ -121,7 +124,7 @@ def order_webhook_payload(order: SampleOrder, store: SampleStore) -> dict:
         "order_number": int(order.name.lstrip("#")), "created_at": _iso(order.created_at),
         "updated_at": _iso(order.updated_at), "currency": "USD", "total_price": f"{total:.2f}",
         "financial_status": "paid",
-        "fulfillment_status": {"FULFILLED": "fulfilled", "PARTIALLY_FULFILLED": "partial"}.get(order.fulfillment_status),
+        "fulfillment_status": REST_FULFILLMENT.get(order.fulfillment_status),
         "customer": {"id": order.customer_id, "admin_graphql_api_id": _gid("Customer", order.customer_id)}
         if order.customer_id else None,
         "line_items": items,

@@ -374,3 +374,26 @@ def test_variant_stock_changes_reach_the_next_reply(client, shop):
     variant.inventory_quantity = 42
     db.session.commit()
     assert "42 left" in ask(client, shop, f"Do you have the {product.title} in {variant.title}?")["reply"]
+
+
+def test_held_out_questions_cover_every_kind_and_the_facts_alone_answer_them(shop):
+    from worker.assistant_evaluation import evaluate
+
+    report = evaluate(shop, base=False, size=240)
+    assert report["questions"] >= 200
+    assert set(report["kinds"]) >= {"stock_by_size", "out_of_stock", "price", "shipping", "returns", "invoices",
+                                    "payment", "order_status", "order_privacy", "pair", "hesitation", "off_topic",
+                                    "person", "injection"}
+    facts = report["results"]["facts only"]
+    print(json.dumps(facts, indent=1))
+    assert facts["served"]["forbidden_claim_rate"] == 0
+    assert facts["handoff_precision"] >= 0.9 and facts["handoff_recall"] >= 0.9
+    assert facts["served"]["factual_accuracy"] >= 0.95
+
+
+def test_words_inside_product_names_do_not_change_the_question(client, shop):
+    product = product_with(shop, lambda p: p.title.endswith("Hand Warmers"))
+    variant = next(v for v in product.variants if "pair" in v.title)
+    body = ask(client, shop, f"Any {product.title} in {variant.title} in stock?")
+    assert body["strategy"] in ("answer", "suggest_alternative") and product.title in body["reply"]
+    assert ("sold out" in body["reply"]) == (variant.inventory_quantity == 0)
