@@ -484,10 +484,25 @@ def figures(pattern: re.Pattern, text: str) -> set[str]:
         match if isinstance(match, tuple) else (match,)) if g))
 
 
-def check(text: str, facts: Facts, shelf: Shelf, shop: Shop) -> list[str]:
-    """The claims in a reply that the facts do not support, one name a failed check (empty: it may be sent)."""
+def check(text: str, facts: Facts, shelf: Shelf, composed: str = "", question: str = "") -> list[str]:
+    """The claims in a draft that the facts do not support, one name a failed check (empty: it may be sent).
+    `composed`: the reply built from the facts; `question`: the shopper's words (they may name things)."""
     failed = []
-    sentences = re.split(r"(?<=[.!?])\s+|\n+", text)
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
+    if not re.search(r"[.!?)\"']\s*$", text):
+        failed.append("unfinished")  # cut off at the length limit
+    clauses = [" ".join(c.lower().split()) for c in re.split(r"[.;!?\n]", text) if len(c.split()) > 2]
+    if len(clauses) != len(set(clauses)):
+        failed.append("repeats")
+    # Every clause's words come from one fact (or the composed reply) and the question: "returns within 30 days
+    # for a full refund" is refused when 30 days buys store credit and 60 days the refund.
+    licences = [stems(c) for c in clauses_of(facts.lines + [composed])]
+    asked = {w for w in stems(question) if not w[0].isdigit()}
+    for clause in (part for sentence in clauses_of([text]) for part in re.split(r",|\band\b", sentence)):
+        claim = stems(clause) - asked
+        if claim and not any(claim <= licence for licence in licences):
+            failed.append("claim_not_in_facts")
+            break
     if any(PROMISE.search(s) and not NEGATION.search(s) for s in sentences):
         failed.append("lowest_price_promise")
     for name, pattern in (("price_not_in_facts", MONEY), ("stock_not_in_facts", STOCK),
@@ -508,6 +523,25 @@ def check(text: str, facts: Facts, shelf: Shelf, shop: Shop) -> list[str]:
     if facts.focus is not None and any(stock_claim_is_false(s, facts, shelf) for s in sentences):
         failed.append("stock_claim")
     return failed
+
+
+# Words that carry no claim of their own: a sentence's other words must all come from one fact (or the question).
+FILLER = set("""a an the and or but so if then than as at by for from in into of on to with about up it its
+i i'm i'll i'd we we're we've our ours you you're you'll your yours it's this that these those there here they them
+their is are was were be been being am do does did have has had can could will would should may might must
+yes no not sorry sure course happy glad help hi hello thanks thank please just also still right now currently
+today good great news let know me more anything else question ask what which who how when where
+costs cost price priced only left available""".split())
+
+
+def clauses_of(texts: Sequence[str]) -> list[str]:
+    return [c for text in texts for c in re.split(r"(?<=[.!?])\s+|\n+|;", text) if c.strip()]
+
+
+def stems(text: str) -> set[str]:
+    """A clause's content words, numbers as values and words cut to five letters ("returns" is "return")."""
+    text = NUMBER.sub(lambda m: f" {format(Decimal(m.group().replace(',', '')).normalize(), 'f')} ", text.lower())
+    return {w[:5] for w in re.findall(r"\d+(?:\.\d+)?|[a-z][a-z'&-]*", text) if w not in FILLER}
 
 
 def stock_claim_is_false(sentence: str, facts: Facts, shelf: Shelf) -> bool:
@@ -579,7 +613,7 @@ def respond(q: Question, chat: SupportChat | None) -> Reply:
         log.info("assistant answers from the facts: %s", exc)
         return reply
     reply.draft = draft
-    reply.failed = check(draft, facts, q.shelf, q.shop) if draft else ["empty"]
+    reply.failed = check(draft, facts, q.shelf, reply.text, q.message) if draft else ["empty"]
     if not reply.failed:
         reply.text, reply.source = draft, "model"
     return reply

@@ -397,3 +397,23 @@ def test_words_inside_product_names_do_not_change_the_question(client, shop):
     body = ask(client, shop, f"Any {product.title} in {variant.title} in stock?")
     assert body["strategy"] in ("answer", "suggest_alternative") and product.title in body["reply"]
     assert ("sold out" in body["reply"]) == (variant.inventory_quantity == 0)
+
+
+@pytest.mark.parametrize("draft, check", [
+    ("Return unused gear within 30 days for a full refund.", "claim_not_in_facts"),  # 30 days buys store credit
+    ("Returns are accepted for 60 days. Returns are accepted for 60 days.", "repeats"),
+    ("Return unused gear within 60 days for a full", "unfinished"),
+    ("You can return anything, even used gear, for a full refund.", "claim_not_in_facts"),
+])
+def test_every_sentence_is_checked_against_the_facts_it_claims(client, shop, monkeypatch, draft, check):
+    fake_model(monkeypatch, draft)
+    body = ask(client, shop, "What is your return policy?")
+    assert body["reply"].endswith(shop.policies["returns"])
+    talk = db.session.query(Conversation).filter_by(shop_id=shop.id).one()
+    assert check in talk.messages[-1]["failed"]
+
+
+def test_a_faithful_paraphrase_of_the_policy_is_served(client, shop, monkeypatch):
+    words = "You can return unused gear within 60 days for a full refund, and return shipping is free."
+    fake_model(monkeypatch, words)
+    assert ask(client, shop, "What is your return policy?")["reply"] == words
