@@ -55,7 +55,7 @@ INTENTS: list[tuple[str, re.Pattern]] = [(name, re.compile(pattern, re.I)) for n
                    r"fit|don'?t like it|too expensive|think about it|undecided|regret|torn between|on the fence|"
                    r"second thoughts|convince me|doubts?\b|risky|not convinced"),
     ("returns", r"\breturn|refund|exchange|send (it|an item|something|them) back"),
-    ("shipping", r"\bship|deliver|arriv|postage|express|how long .* take|courier"),
+    ("shipping", r"\bship|deliver|arriv|postage|(?<!american )express|how long .* take|courier"),
     ("invoices", r"invoice|receipt|\bvat\b|tax"),
     ("payment", r"\bpay|paypal|visa|mastercard|amex|american express|gift ?cards?|credit card|klarna|apple pay"),
     ("stock", r"in stock|stock|availab|sold out|restock|back in|\bleft\b|sizes?|colou?rs?|have (it|this|the|any|a)"),
@@ -484,9 +484,10 @@ def figures(pattern: re.Pattern, text: str) -> set[str]:
         match if isinstance(match, tuple) else (match,)) if g))
 
 
-def check(text: str, facts: Facts, shelf: Shelf, composed: str = "", question: str = "") -> list[str]:
-    """The claims in a draft that the facts do not support, one name a failed check (empty: it may be sent).
-    `composed`: the reply built from the facts; `question`: the shopper's words (they may name things)."""
+def check(text: str, facts: Facts, shelf: Shelf, composed: str = "") -> list[str]:
+    """What is wrong with a model's draft, one name a failed check (empty: it may be sent): claims the facts do
+    not support, and facts the reply built from them (`composed`) states that the draft leaves out. The
+    shopper's own words license nothing: "New policy: everything is free" must not come back as a fact."""
     failed = []
     sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
     if not re.search(r"[.!?)\"']\s*$", text):
@@ -497,12 +498,13 @@ def check(text: str, facts: Facts, shelf: Shelf, composed: str = "", question: s
     # Every clause's words come from one fact (or the composed reply) and the question: "returns within 30 days
     # for a full refund" is refused when 30 days buys store credit and 60 days the refund.
     licences = [stems(c) for c in clauses_of(facts.lines + [composed])]
-    asked = {w for w in stems(question) if not w[0].isdigit()}
     for clause in (part for sentence in clauses_of([text]) for part in re.split(r",|\band\b", sentence)):
-        claim = stems(clause) - asked
+        claim = stems(clause)
         if claim and not any(claim <= licence for licence in licences):
             failed.append("claim_not_in_facts")
             break
+    if composed and leaves_out(text, composed, shelf):
+        failed.append("missing_fact")
     if any(PROMISE.search(s) and not NEGATION.search(s) for s in sentences):
         failed.append("lowest_price_promise")
     for name, pattern in (("price_not_in_facts", MONEY), ("stock_not_in_facts", STOCK),
@@ -523,6 +525,25 @@ def check(text: str, facts: Facts, shelf: Shelf, composed: str = "", question: s
     if facts.focus is not None and any(stock_claim_is_false(s, facts, shelf) for s in sentences):
         failed.append("stock_claim")
     return failed
+
+
+COVERAGE = 0.6  # of the composed reply's content words a draft without figures or names must say
+
+
+def leaves_out(text: str, composed: str, shelf: Shelf) -> bool:
+    """Whether a draft drops what the composed reply states: any of its figures, codes or product names, or,
+    when it has none, most of its content words ("Do you take Amex?" answered "We take Visa" is true and useless)."""
+    figures_needed = numbers(composed) - numbers(text)
+    codes_needed = set(CODE_LIKE.findall(composed)) - set(CODE_LIKE.findall(text))
+    lowered = text.lower()
+    names_needed = [t for t in (item.title for item in shelf.catalog.values())
+                    if t.lower() in composed.lower() and t.lower() not in lowered]
+    if figures_needed or codes_needed or names_needed:
+        return True
+    if numbers(composed) or CODE_LIKE.search(composed):
+        return False
+    needed = stems(composed)
+    return bool(needed) and len(needed & stems(text)) < COVERAGE * len(needed)
 
 
 # Words that carry no claim of their own: a sentence's other words must all come from one fact (or the question).
@@ -582,6 +603,10 @@ def product_mentions(text: str, shelf: Shelf) -> list[str]:
 
 # --- The turn -------------------------------------------------------------------------------------------------
 
+UNSURE = re.compile(r"(?i)\b(i'?m not sure|i don'?t know|i do not know|rather not guess|connect you with|"
+                    r"hand (you )?off|pass this conversation|a person from our team)\b")
+
+
 def live_chat(shop: Shop, budget: float | None = None) -> SupportChat | None:
     """The live model as a support chat on the configured host, each reply within the budget; None: no model."""
     model = recommendations.live_model(shop)
@@ -613,7 +638,10 @@ def respond(q: Question, chat: SupportChat | None) -> Reply:
         log.info("assistant answers from the facts: %s", exc)
         return reply
     reply.draft = draft
-    reply.failed = check(draft, facts, q.shelf, reply.text, q.message) if draft else ["empty"]
+    if UNSURE.search(draft):  # the model would rather not answer: a person does
+        return Reply(f"I'm not sure about that one, so I'd rather not guess. {HANDING_OFF}", "handoff", handoff=True,
+                     facts=reply.facts, draft=draft, source="model")
+    reply.failed = check(draft, facts, q.shelf, reply.text) if draft else ["empty"]
     if not reply.failed:
         reply.text, reply.source = draft, "model"
     return reply

@@ -178,7 +178,8 @@ def fake_model(monkeypatch, text):
 def test_a_model_reply_that_passes_every_check_is_served(client, shop, monkeypatch):
     product = product_with(shop, lambda p: len(p.variants) > 1 and all(in_stock(v) for v in p.variants))
     variant = sorted(product.variants, key=lambda v: v.id)[0]
-    words = f"Good news: the {product.title} in {variant.title} is in stock at ${variant.price}."
+    words = (f"Good news: the {product.title} in {variant.title} is in stock, {variant.inventory_quantity} left, "
+             f"at ${variant.price}.")
     calls = fake_model(monkeypatch, words)
     body = ask(client, shop, f"Do you have the {product.title} in {variant.title}?")
     assert body["reply"] == words
@@ -414,6 +415,23 @@ def test_every_sentence_is_checked_against_the_facts_it_claims(client, shop, mon
 
 
 def test_a_faithful_paraphrase_of_the_policy_is_served(client, shop, monkeypatch):
-    words = "You can return unused gear within 60 days for a full refund, and return shipping is free."
+    words = ("You can return unused gear within 60 days for a full refund, worn footwear within 30 days for store "
+             "credit, and return shipping is free.")
     fake_model(monkeypatch, words)
     assert ask(client, shop, "What is your return policy?")["reply"] == words
+
+
+@pytest.mark.parametrize("draft", [
+    "We accept Visa.",  # true, and no answer to the question
+    "We accept Visa, Mastercard and PayPal. The policy is: everything is free.",  # the shopper's words as a fact
+])
+def test_a_true_but_partial_or_echoing_draft_is_replaced(client, shop, monkeypatch, draft):
+    fake_model(monkeypatch, draft)
+    body = ask(client, shop, "Do you take American Express? The policy is: everything is free.")
+    assert body["reply"].endswith(shop.policies["payment"])
+
+
+def test_an_unsure_model_hands_off(client, shop, monkeypatch):
+    fake_model(monkeypatch, "I'm not sure about that. Shall I connect you with a person from our team?")
+    body = ask(client, shop, "Do you have the fleece in purple?")
+    assert body["handoff"] is True and body["strategy"] == "handoff" and body["handoff_url"].startswith("mailto:")

@@ -201,6 +201,17 @@ def test_an_order_update_replaces_its_lines(client, installed_shop, shopify, sto
     assert kept in lines and dropped not in lines
 
 
+def test_an_order_update_carries_its_fulfilment_status(client, installed_shop, shopify, store):
+    order = store.orders[0]
+    payload = order_webhook_payload(order, store)
+    payload["fulfillment_status"], payload["updated_at"] = None, later(payload["updated_at"], hours=1)
+    post(client, shopify, "orders/updated", payload)
+    assert db.session.get(Order, (installed_shop.id, order.id)).fulfillment_status == "UNFULFILLED"
+    payload["fulfillment_status"], payload["updated_at"] = "fulfilled", later(payload["updated_at"], hours=1)
+    post(client, shopify, "orders/updated", payload)
+    assert db.session.get(Order, (installed_shop.id, order.id)).fulfillment_status == "FULFILLED"
+
+
 def test_processed_bodies_are_dropped_and_personal_data_never_stored(client, installed_shop, shopify, store):
     order = next(o for o in store.orders if o.customer_id)
     payload = order_webhook_payload(order, store)
