@@ -4,7 +4,8 @@ Each question is read for what it asks (rules, not the model), the facts it need
 product in view or named, its variants' stock and price, the shop's policies and configured discount codes,
 the signed-in customer's own orders) and a reply is composed from those facts alone. The live model may then
 word the reply itself, from the same facts; its draft is checked against them (`check`) and replaced by the
-composed reply when any check fails, or when the model is away or slow. Products shown are catalog
+composed reply when any check fails, or when the model is away or slow. Each reply carries its strategy, as
+the seed's support data labels them: answer, suggest_alternative, reassure, pair, handoff. Products shown are catalog
 products from the database, never names the model wrote; numbers come from the facts, never from the model."""
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from .recommendations import Shelf
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("answer", "suggest_alternative", "reassure", "pair", "handoff")
 TONES = {"friendly": "Happy to help! ", "concise": "", "formal": "Thank you for your question. "}
 DEFAULT_SETTINGS = {"enabled": True, "tone": "friendly", "handoff_contact": "", "discount_codes": []}
 POLICY_KINDS = ("shipping", "returns", "invoices", "payment", "discounts")
@@ -74,7 +74,7 @@ def settings(shop: Shop) -> dict:
 
 
 CODE = re.compile(r"^[A-Za-z0-9_-]{3,32}$")
-EMAIL = re.compile(r"^[^@\s<>\"']{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,}$")
+EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,}$")
 URL = re.compile(r"^https://[^\s<>\"']{3,490}$")
 
 
