@@ -43,6 +43,25 @@ def id_list(text: str, what: str, at_most: int) -> list[int]:
     return [shopify_id(part, f"{what} item") for part in parts]
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def plain_text(value: object, what: str, at_most: int) -> str:
+    """Words a person typed: a non-empty string of at most `at_most` characters, stripped, with no control
+    characters or unpaired surrogates (which no database column or mail client takes)."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadInput(f"{what} must be a non-empty text.")
+    if len(value) > at_most:
+        raise BadInput(f"{what} may be at most {at_most} characters.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput(f"{what} is not valid Unicode text.") from None
+    if _CONTROL.search(value):
+        raise BadInput(f"{what} contains control characters.")
+    return value.strip()
+
+
 _STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')  # a whole string literal, or a bracket
 
 

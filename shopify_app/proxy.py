@@ -14,7 +14,7 @@ from flask import Blueprint, abort, current_app, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from core import assistant, cache, recommendations, shops
-from core.inputs import BadInput, id_list, load_json, shopify_id, whole_number
+from core.inputs import BadInput, id_list, load_json, plain_text, shopify_id, whole_number
 from core.models import Product, Shop, db
 from core.signatures import is_valid_shop_domain, verify_app_proxy_query
 
@@ -128,10 +128,7 @@ def support_chat():
         session_id, message = body.get("session_id"), body.get("message")
         if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
             raise BadInput("session_id must be 8-64 letters, digits, - or _.")
-        if not isinstance(message, str) or not message.strip():
-            raise BadInput("message must be a non-empty text.")
-        if len(message) > assistant.MAX_MESSAGE_CHARS:
-            raise BadInput(f"message may be at most {assistant.MAX_MESSAGE_CHARS} characters.")
+        message = plain_text(message, "message", assistant.MAX_MESSAGE_CHARS)
         product_id = shopify_id(str(body["product_id"]), "product_id") if body.get("product_id") else None
         cart = body.get("cart") or []
         if not isinstance(cart, list) or len(cart) > MAX_CART_ITEMS:
@@ -151,7 +148,7 @@ def support_chat():
         if not assistant.settings(shop)["enabled"]:
             abort(403, "The store's assistant is switched off.")
         viewing = db.session.get(Product, (g.shop_id, product_id)) if product_id else None
-        reply = assistant.answer(shop, session_id, message.strip(), viewing=viewing, cart=cart,
+        reply = assistant.answer(shop, session_id, message, viewing=viewing, cart=cart,
                                  customer_ref=customer if customer.isdigit() else "",
                                  chat=assistant.live_chat(shop))
     except SQLAlchemyError:

@@ -269,6 +269,8 @@ def test_a_slow_ollama_host_is_cut_off_at_the_budget(app, client, shop, tmp_path
     ({"session_id": SESSION, "message": "hi", "product_id": "abc"}, "numeric"),
     ({"session_id": SESSION, "message": "hi", "cart": "1,2"}, "cart"),
     ({"session_id": SESSION, "message": ["hi"]}, "non-empty"),
+    ({"session_id": SESSION, "message": "hi\u0000there"}, "control"),
+    ({"session_id": SESSION, "message": {"text": "hi"}}, "non-empty"),
     ([1, 2], "JSON object"),
 ])
 def test_bad_chat_input_is_400_with_a_message(client, shop, body, message):
@@ -276,9 +278,11 @@ def test_bad_chat_input_is_400_with_a_message(client, shop, body, message):
     assert response.status_code == 400 and message in response.json["message"]
 
 
-def test_malformed_json_is_400(client, shop):
-    response = client.post(chat_url(shop.domain), data=b"{not json", content_type="application/json")
-    assert response.status_code == 400
+@pytest.mark.parametrize("raw", [b"{not json", b'{"session_id": "session-0123456789", "message": "\\ud800"}',
+                                 b"\xff\xfe", b"", b'"just a string"', b"[" * 50 + b"]" * 50])
+def test_malformed_bodies_are_400(client, shop, raw):
+    response = client.post(chat_url(shop.domain), data=raw, content_type="application/json")
+    assert response.status_code == 400 and response.json["message"]
 
 
 def test_more_than_30_messages_a_minute_is_429(client, shop):
