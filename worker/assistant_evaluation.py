@@ -65,7 +65,8 @@ def question_set(shop: Shop, shelf: recommendations.Shelf, size: int = 240, seed
                                "I need the {t}, {v} - do you have it?"]).format(t=product.title, v=v.title)
         cases.append(Case("stock_by_size", question,
                           f"Yes, we have {v.inventory_quantity} of the {product.title} in {v.title} at ${v.price}.",
-                          must_state=[str(v.inventory_quantity)], must_not=[r"(?i)\bsold out\b(?!:)"]))
+                          must_state=[str(v.inventory_quantity)],
+                          must_not=[rf"(?i)\b{re.escape(v.title)}\b\)?:?\s*(is\s+)?sold out"]))
     sold_out = [(p, v) for p in products for v in variants(p) if not assistant.in_stock(v)]
     for product, v in sold_out[:per_kind * 2]:
         question = rng.choice(["Can I still buy the {t} in {v}?", "Any {t} in {v} in stock?"]).format(
