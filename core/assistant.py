@@ -377,8 +377,7 @@ def compose_pair(q: Question, facts: Facts) -> Reply:
     titles = [q.shelf.offers[p].title for p in picks]
     facts.add(f"Pairs well with the {facts.focus.title}: {'; '.join(titles)}.")
     facts.products.extend(picks)
-    listed = ", ".join(titles[:-1]) + f" and {titles[-1]}" if len(titles) > 1 else titles[0]
-    return Reply(f"Shoppers often pair the {facts.focus.title} with the {listed}.", "pair")
+    return Reply(f"Shoppers often pair the {facts.focus.title} with the {listing(titles)}.", "pair")
 
 
 def compose_stock(q: Question, facts: Facts) -> Reply:
@@ -406,7 +405,7 @@ def compose_stock(q: Question, facts: Facts) -> Reply:
     text = f"Sorry, {label} is sold out right now."
     if sellable:
         facts.products.append(product.id)
-        text += f" It is in stock in {', '.join(v.title for v in sellable)}."
+        text += f" It is in stock in {listing([v.title for v in sellable])}."
     others = alternatives(q.shelf, product)
     if others:
         titles = [q.shelf.offers[p].title for p in others]
@@ -447,6 +446,11 @@ def price_text(product: Product) -> str:
     if not prices:
         return "not for sale right now"
     return money(prices[0]) if len(prices) == 1 else f"{money(prices[0])} to {money(prices[-1])}"
+
+
+def listing(items: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return " and ".join(items) if len(items) < 3 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def first_sentence(text: str) -> str:
