@@ -213,6 +213,9 @@ class Reply:
     source: str = "facts"  # "model": the model's words passed every check; "facts": composed from the facts
     facts: list[str] = field(default_factory=list)
     draft: str | None = None  # the model's words, before the checks (kept for evaluation and the transcript)
+    # Whether the model may word this reply, and so learn from it: not a handoff, a greeting or anything about
+    # a customer's orders (personal data stays out of training sets).
+    wordable: bool = True
     failed: list[str] = field(default_factory=list)  # the checks the draft failed
 
     def as_json(self) -> dict:
@@ -236,9 +239,8 @@ class Question:
         return self.shop.policies or {}
 
 
-def compose(q: Question) -> tuple[Reply, Facts, bool]:
-    """The reply from the facts alone, the facts, and whether the model may word it (not for a handoff, nor
-    for a customer's orders)."""
+def compose(q: Question) -> tuple[Reply, Facts]:
+    """The reply from the facts alone, and the facts."""
     facts = Facts(codes={c["code"].upper() for c in settings(q.shop)["discount_codes"]})
     named = named_products(q.shelf, q.message)
     # What is asked is read without the names in it: "Hand Warmers in 10-pair" asks about stock, not pairs.
@@ -266,7 +268,8 @@ def compose(q: Question) -> tuple[Reply, Facts, bool]:
     reply.products = [{"id": o.id, "handle": o.handle, "title": o.title, "url": o.url, "image": o.image,
                        "price": o.price} for o in offers]
     reply.facts = facts.lines
-    return reply, facts, intent not in ("person", "off_topic", "order", "greeting")
+    reply.wordable = intent not in ("person", "off_topic", "order", "greeting")
+    return reply, facts
 
 
 HANDING_OFF = "I'll pass this conversation to our team, who can help you directly."
@@ -631,8 +634,8 @@ def system_prompt(shop: Shop) -> str:
 def respond(q: Question, chat: SupportChat | None) -> Reply:
     """The reply to one question: composed from the facts, worded by the model when its words pass every
     check. Never raises for the model's sake."""
-    reply, facts, model_may_word = compose(q)
-    if chat is None or not model_may_word:
+    reply, facts = compose(q)
+    if chat is None or not reply.wordable:
         return reply
     messages = [{"role": "system", "content": system_prompt(q.shop)},
                 {"role": "user", "content": support_prompt(facts.lines, q.message)}]
@@ -673,6 +676,7 @@ def answer(shop: Shop, session_id: str, message: str, *, viewing: Product | None
     talk.messages = [*talk.messages, {"role": "user", "content": message, "at": now},
                      {"role": "assistant", "content": reply.text, "at": now, "strategy": reply.strategy,
                       "source": reply.source, "facts": reply.facts, "failed": reply.failed,
+                      "wordable": reply.wordable,
                       "product_id": viewing.id if viewing is not None else None}][-KEEP_MESSAGES:]
     talk.updated_at = utcnow()
     if reply.handoff:

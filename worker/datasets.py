@@ -212,19 +212,20 @@ def support_examples(shop: Shop, shelf: Shelf, rng: random.Random, limit: int) -
             break
     examples = []
     for question, viewing in questions[:limit]:
-        reply, facts, model_words_it = assistant.compose(assistant.Question(shop, question, shelf, viewing))
-        if model_words_it:
+        reply, facts = assistant.compose(assistant.Question(shop, question, shelf, viewing))
+        if reply.wordable:
             examples.append(support_example(shop, facts.lines, question, reply.text, reply.strategy))
     return examples
 
 
 def stored_conversations(shop: Shop) -> list[dict]:
-    """What the assistant answered on the storefront, each turn with the facts it was answered from."""
+    """What the assistant answered on the storefront, each turn with the facts it was answered from: the
+    turns a model words, so never a customer's orders."""
     examples = []
     for talk in db.session.scalars(select(Conversation).where(Conversation.shop_id == shop.id)
                                    .order_by(Conversation.id)):
         for question, reply in zip(talk.messages, talk.messages[1:]):
-            if question["role"] == "user" and reply["role"] == "assistant" and "facts" in reply:
+            if question["role"] == "user" and reply["role"] == "assistant" and reply.get("wordable"):
                 examples.append(support_example(shop, reply["facts"], question["content"], reply["content"],
                                                 reply.get("strategy", "answer"), source="conversation"))
     return examples
