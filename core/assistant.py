@@ -58,7 +58,8 @@ INTENTS: list[tuple[str, re.Pattern]] = [(name, re.compile(pattern, re.I)) for n
     ("shipping", r"\bship|deliver|arriv|postage|(?<!american )express|how long .* take|courier"),
     ("invoices", r"invoice|receipt|\bvat\b|tax"),
     ("payment", r"\bpay|paypal|visa|mastercard|amex|american express|gift ?cards?|credit card|klarna|apple pay"),
-    ("stock", r"in stock|stock|availab|sold out|restock|back in|\bleft\b|sizes?|colou?rs?|have (it|this|the|any|a)"),
+    ("stock", r"in stock|stock|availab|sold out|restock|back in|\bleft\b|sizes?|colou?rs?|have (it|this|the|any|a)|"
+              r"\b(do|does) (you|the store) (sell|have|carry|offer)\b|looking for"),
     ("price", r"price|cost|how much|\$"),
     ("greeting", r"^\s*(hi|hello|hey|good (morning|afternoon|evening)|thanks|thank you)\b[\s!.,]*$"),
 ]]

@@ -441,3 +441,14 @@ def test_an_unsure_model_hands_off(client, shop, monkeypatch):
     fake_model(monkeypatch, "I'm not sure about that. Shall I connect you with a person from our team?")
     body = ask(client, shop, "Do you have the fleece in purple?")
     assert body["handoff"] is True and body["strategy"] == "handoff" and body["handoff_url"].startswith("mailto:")
+
+
+def test_products_are_found_by_name_misspelled_or_by_meaning(client, shop):
+    product = product_with(shop, lambda p: p.title.endswith("Sleeping Pad") and any(in_stock(v) for v in p.variants))
+    misspelled = product.title.replace("ing", "in").replace("a", "e", 1)
+    assert misspelled != product.title
+    body = ask(client, shop, f"How much is the {misspelled}?")
+    assert body["products"][0]["id"] == product.id and product.title in body["reply"]
+    body = ask(client, shop, "Do you sell something to purify stream water?")
+    found = db.session.get(Product, (shop.id, body["products"][0]["id"]))
+    assert found.product_type == "Hydration"
