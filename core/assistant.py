@@ -23,6 +23,7 @@ from rapidfuzz import fuzz, process
 from sqlalchemy import select
 
 from . import embeddings, recommendations
+from .claims import numbers, stems, supported
 from .inputs import BadInput
 from .model_hosts import ModelUnavailable, host_for, model_ref
 from .models import Conversation, Order, Product, Shop, Variant, db, utcnow
@@ -469,17 +470,11 @@ def shop_name(shop: Shop) -> str:
 
 NEGATION = re.compile(r"\b(not|never|can'?t|cannot|no|unable|won'?t|isn'?t|don'?t)\b", re.I)
 PROMISE = re.compile(r"lowest price|cheapest|best price|price match|beat any|guarantee", re.I)
-NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 CODE_LIKE = re.compile(r"\b(?=[A-Z0-9_-]*[A-Z])(?=[A-Z0-9_-]*\d)[A-Z0-9_-]{4,}\b")
 CODE_AFTER = re.compile(r"\bcode\s*[:\"'“]?\s*([A-Za-z0-9_-]{3,})", re.I)
 POSITIVE_STOCK = re.compile(r"\b(in stock|available|have (it|them|one))\b", re.I)
 NEGATIVE_STOCK = re.compile(r"\b(sold out|out of stock|unavailable)\b", re.I)
 NOT_CODES = {"the", "for", "you", "and", "can", "with", "that", "this", "from", "your", "our"}
-
-
-def numbers(text: str) -> set[str]:
-    """Numbers as values: "$1,299.00" and "1299" are the same number."""
-    return {format(Decimal(raw.replace(",", "")).normalize(), "f") for raw in NUMBER.findall(text)}
 
 
 MONEY = re.compile(r"\$\s?(\d[\d,]*(?:\.\d+)?)")
@@ -505,12 +500,8 @@ def check(text: str, facts: Facts, shelf: Shelf, composed: str = "") -> list[str
         failed.append("repeats")
     # Every clause's words come from one fact (or the composed reply) and the question: "returns within 30 days
     # for a full refund" is refused when 30 days buys store credit and 60 days the refund.
-    licences = [stems(c) for c in clauses_of(facts.lines + [composed])]
-    for clause in (part for sentence in clauses_of([text]) for part in re.split(r",|\band\b", sentence)):
-        claim = stems(clause)
-        if claim and not any(claim <= licence for licence in licences):
-            failed.append("claim_not_in_facts")
-            break
+    if not supported(text, facts.lines + [composed]):
+        failed.append("claim_not_in_facts")
     if composed and leaves_out(text, composed, shelf):
         failed.append("missing_fact")
     if any(PROMISE.search(s) and not NEGATION.search(s) for s in sentences):
@@ -552,25 +543,6 @@ def leaves_out(text: str, composed: str, shelf: Shelf) -> bool:
         return False
     needed = stems(composed)
     return bool(needed) and len(needed & stems(text)) < COVERAGE * len(needed)
-
-
-# Words that carry no claim of their own: a sentence's other words must all come from one fact (or the question).
-FILLER = set("""a an the and or but so if then than as at by for from in into of on to with about up it its
-i i'm i'll i'd we we're we've our ours you you're you'll your yours it's this that these those there here they them
-their is are was were be been being am do does did have has had can could will would should may might must
-yes no not sorry sure course happy glad help hi hello thanks thank please just also still right now currently
-today good great news let know me more anything else question ask what which who how when where
-costs cost price priced only left available""".split())
-
-
-def clauses_of(texts: Sequence[str]) -> list[str]:
-    return [c for text in texts for c in re.split(r"(?<=[.!?])\s+|\n+|;", text) if c.strip()]
-
-
-def stems(text: str) -> set[str]:
-    """A clause's content words, numbers as values and words cut to five letters ("returns" is "return")."""
-    text = NUMBER.sub(lambda m: f" {format(Decimal(m.group().replace(',', '')).normalize(), 'f')} ", text.lower())
-    return {w[:5] for w in re.findall(r"\d+(?:\.\d+)?|[a-z][a-z'&-]*", text) if w not in FILLER}
 
 
 def stock_claim_is_false(sentence: str, facts: Facts, shelf: Shelf) -> bool:

@@ -19,6 +19,7 @@ from flask import current_app
 from sqlalchemy import case, func, select
 
 from . import cache, embeddings
+from .claims import stems
 from .history import Item, load_baskets
 from .model_hosts import Chat, ModelUnavailable, host_for, model_ref
 from .models import ModelVersion, Product, Shop, Variant, db
@@ -197,8 +198,24 @@ def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, bud
         if model is not None:
             log.warning("serving fallback for %s: %s", shop.domain, exc)
         result, source = Reranked(ranking(shelf, viewing.id, cart_ids)[:limit], {}), "fallback"
-    return [(shelf.offers[p], result.reasons.get(p) or reason_for(shelf.catalog[p])) for p in result.products], \
-        source
+    return [(shelf.offers[p], shown_reason(result.reasons.get(p), shelf.catalog[p], shelf.catalog.get(viewing.id)))
+            for p in result.products], source
+
+
+# Words a reason may use about any pair without claiming a fact of either product.
+PAIRING_WORDS = stems("pairs pair goes go well together complete completes companion use useful handy need needs "
+                      "add adds ideal perfect essential match matches kit setup great keep keeps")
+
+
+def shown_reason(reason: str | None, product: Item, viewing: Item | None) -> str:
+    """The model's reason if it says nothing the two products' own texts do not (no "isobutane-propane
+    harness" for a climbing harness), else one from the merchant's description of the product."""
+    facts = stems(embeddings.product_text(product.title, product.product_type, product.description))
+    if viewing is not None:
+        facts |= stems(f"{viewing.title} {viewing.product_type}")
+    if reason and stems(reason) - PAIRING_WORDS <= facts:
+        return reason
+    return reason_for(product)
 
 
 def as_json(offer: Offer, reason: str) -> dict:

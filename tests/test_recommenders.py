@@ -112,3 +112,17 @@ def test_the_real_model_in_llama_cpp_re_ranks_only_catalog_products(index, tiny_
     rerank = report["recommenders"]["hybrid + model re-rank"]
     assert rerank["cases"] == 4 and rerank["out_of_catalog_rate"] == 0 and rerank["duplicate_rate"] == 0
     assert rerank["hallucination_rate"] == 0  # the grammar allows candidate titles only
+
+
+def test_a_models_reason_is_shown_only_when_the_products_own_texts_say_it():
+    from core.history import Item
+    from core.recommendations import shown_reason
+
+    harness = Item(1, "Ridgeline Pro Climbing Harness", "Climbing",
+                   "The Pro climbing harness from Ridgeline: a comfortable harness for the gym and the crag.")
+    fuel = Item(2, "Northfork Trail Fuel Canister", "Cooking", "Isobutane-propane fuel for canister stoves.")
+    assert shown_reason("A comfortable harness for the gym", harness, fuel) == "A comfortable harness for the gym"
+    assert shown_reason("Pairs well with your fuel canister", harness, fuel) == "Pairs well with your fuel canister"
+    for invented in ("Isobutane-propane harness for crampons", "Rated to -20 degrees", "Waterproof and 30% lighter"):
+        assert shown_reason(invented, harness, fuel) == "A comfortable harness for the gym and the crag"
+    assert shown_reason(None, harness, None) == "A comfortable harness for the gym and the crag"
