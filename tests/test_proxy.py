@@ -179,6 +179,7 @@ def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_f
     gate = stage_gate(run)
     assert gate["cases"] > 20 and 0 <= gate["hr@4"] <= 1 and 0 < gate["co-purchase hr@4"] <= 1
     assert model.metrics["gate"] == gate and gate["reason"] and run.stage == "gate"
+    assert 0 <= gate["faithful_reasons"] <= gate["model_reasons"] <= gate["model_names"]
     # The verdict decides the deploy: a refused version stays verified until someone forces it.
     model.metrics = {**model.metrics, "gate": {**gate, "passed": False, "reason": "HR@4 0.100 is below co-purchase"}}
     db.session.commit()

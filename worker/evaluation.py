@@ -19,7 +19,7 @@ from core.embeddings import SemanticIndex
 from core.history import split_by_time
 from core.model_hosts import Chat, chat_with_gguf
 from core.prompts import MAX_PICKS, PROMPT_CART, RECOMMEND_SYSTEM, parse_answer
-from core.recommendations import Shelf, rerank
+from core.recommendations import Shelf, rerank, shown_reason
 from core.recommenders import COLD_START_CO_PURCHASES, CoPurchase, Recommender, Semantic, TitleMatcher
 
 KS = (4, 10)
@@ -141,16 +141,21 @@ class ModelAlone:
 
 class ModelReRank:
     """What the storefront serves (`core.recommendations.rerank`) as a recommender: the basket's last product
-    is the one viewed, the rest the cart. Counts the names the model wrote and those matching no candidate."""
+    is the one viewed, the rest the cart. Counts the names the model wrote and those matching no candidate, and
+    the reasons it gave and those the products' own texts support (the rest are never shown)."""
 
     def __init__(self, chat: Chat, shelf: Shelf, system: str):
         self.chat, self.shelf, self.system = chat, shelf, system
-        self.names = self.invented = 0
+        self.names = self.invented = self.reasons = self.faithful = 0
 
     def __call__(self, basket: list, k: int) -> list:
         result = rerank(self.chat, self.shelf, basket[-1], list(basket[:-1]), k, self.system)
         self.names += result.names
         self.invented += result.misses
+        for product, reason in result.reasons.items():
+            self.reasons += 1
+            self.faithful += shown_reason(reason, self.shelf.catalog[product], self.shelf.catalog.get(basket[-1])) \
+                == reason
         return result.products
 
 

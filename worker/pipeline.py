@@ -193,7 +193,9 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4) 
     new, baseline = hits_at(rerank, cases, k), hits_at(copurchase, cases, k)
     report = {"cases": len(cases), "k": k, f"hr@{k}": _mean(new), f"co-purchase hr@{k}": _mean(baseline),
               # The raw miss rate: names the model wrote that matched none of its candidates (never served).
-              "model_names": rerank.names, "unmatched_names": rerank.invented}
+              "model_names": rerank.names, "unmatched_names": rerank.invented,
+              # Reasons the products' own texts support (the others are replaced before a shopper sees them).
+              "model_reasons": rerank.reasons, "faithful_reasons": rerank.faithful}
     reasons = []
     if scores_below(new, baseline, random.Random(1)):
         reasons.append(f"HR@{k} {_mean(new):.3f} is below co-purchase's {_mean(baseline):.3f}")
