@@ -475,8 +475,6 @@ CODE_AFTER = re.compile(r"\bcode\s*[:\"'“]?\s*([A-Za-z0-9_-]{3,})", re.I)
 POSITIVE_STOCK = re.compile(r"\b(in stock|available|have (it|them|one))\b", re.I)
 NEGATIVE_STOCK = re.compile(r"\b(sold out|out of stock|unavailable)\b", re.I)
 NOT_CODES = {"the", "for", "you", "and", "can", "with", "that", "this", "from", "your", "our"}
-
-
 MONEY = re.compile(r"\$\s?(\d[\d,]*(?:\.\d+)?)")
 STOCK = re.compile(r"(\d[\d,]*)\s*(?:left|in stock|remaining|available|units?|pieces)\b|\bonly (\d[\d,]*)", re.I)
 PERCENT = re.compile(r"(\d[\d,]*(?:\.\d+)?)\s*(?:%|percent)", re.I)
@@ -498,8 +496,8 @@ def check(text: str, facts: Facts, shelf: Shelf, composed: str = "") -> list[str
     clauses = [" ".join(c.lower().split()) for c in re.split(r"[.;!?\n]", text) if len(c.split()) > 2]
     if len(clauses) != len(set(clauses)):
         failed.append("repeats")
-    # Every clause's words come from one fact (or the composed reply) and the question: "returns within 30 days
-    # for a full refund" is refused when 30 days buys store credit and 60 days the refund.
+    # Every clause's words come from one fact (or the composed reply): "returns within 30 days for a full
+    # refund" is refused when 30 days buys store credit and 60 days the refund.
     if not supported(text, facts.lines + [composed]):
         failed.append("claim_not_in_facts")
     if composed and leaves_out(text, composed, shelf):
