@@ -21,6 +21,7 @@ import numpy as np
 from flask import current_app
 from rapidfuzz import fuzz, process
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from . import embeddings, recommendations
 from .claims import numbers, stems, supported
@@ -626,10 +627,11 @@ def respond(q: Question, chat: SupportChat | None) -> Reply:
 
 
 def conversation(shop: Shop, session_id: str, customer_ref: str) -> Conversation:
-    """The session's conversation for this shopper (a guest is ""); an unknown session starts one."""
+    """The session's conversation for this shopper (a guest is ""), locked until the turn is stored (two tabs
+    answering at once must not drop a turn); an unknown session starts one."""
     found = db.session.scalars(select(Conversation).where(
         Conversation.shop_id == shop.id, Conversation.session_id == session_id,
-        Conversation.customer_ref == customer_ref)).first()
+        Conversation.customer_ref == customer_ref).with_for_update()).first()
     if found is None:
         found = Conversation(shop_id=shop.id, session_id=session_id, customer_ref=customer_ref, messages=[])
         db.session.add(found)
@@ -642,18 +644,25 @@ def answer(shop: Shop, session_id: str, message: str, *, viewing: Product | None
     the transcript)."""
     shelf = shelf or recommendations.shelf_for(shop)
     reply = respond(Question(shop, message, shelf, viewing, list(cart), customer_ref), chat)
-    talk = conversation(shop, session_id, customer_ref)
     now = utcnow().isoformat()
-    talk.messages = [*talk.messages, {"role": "user", "content": message, "at": now},
-                     {"role": "assistant", "content": reply.text, "at": now, "strategy": reply.strategy,
-                      "source": reply.source, "facts": reply.facts, "failed": reply.failed,
-                      "wordable": reply.wordable,
-                      "product_id": viewing.id if viewing is not None else None}][-KEEP_MESSAGES:]
-    talk.updated_at = utcnow()
-    if reply.handoff:
-        talk.handoff = True
-        reply.handoff_url = handoff_url(shop, talk.messages)
-    db.session.commit()
+    turn = [{"role": "user", "content": message, "at": now},
+            {"role": "assistant", "content": reply.text, "at": now, "strategy": reply.strategy, "source": reply.source,
+             "facts": reply.facts, "failed": reply.failed, "wordable": reply.wordable,
+             "product_id": viewing.id if viewing is not None else None}]
+    for attempt in range(2):
+        talk = conversation(shop, session_id, customer_ref)
+        talk.messages = [*talk.messages, *turn][-KEEP_MESSAGES:]
+        talk.updated_at = utcnow()
+        if reply.handoff:
+            talk.handoff = True
+            reply.handoff_url = handoff_url(shop, talk.messages)
+        try:
+            db.session.commit()
+            return reply
+        except IntegrityError:  # the session's first turn, stored meanwhile by another request: append to it
+            db.session.rollback()
+            if attempt:
+                raise
     return reply
 
 

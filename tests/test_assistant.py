@@ -452,3 +452,22 @@ def test_products_are_found_by_name_misspelled_or_by_meaning(client, shop):
     body = ask(client, shop, "Do you sell something to purify stream water?")
     found = db.session.get(Product, (shop.id, body["products"][0]["id"]))
     assert found.product_type == "Hydration"
+
+
+def test_turns_sent_at_once_in_one_session_are_all_kept(app, shop):
+    """Two tabs of one shopper: every turn is stored, none overwrites another (row lock, retried first insert)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.signatures import signed_app_proxy_query
+
+    def send(number):
+        with app.test_client() as client:
+            url = "/proxy/chat?" + signed_app_proxy_query(shop.domain, API_SECRET)
+            return client.post(url, json={"session_id": "session-parallel", "message": f"hi {number}"}).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(send, range(8)))
+    db.session.expire_all()
+    talk = db.session.query(Conversation).filter_by(session_id="session-parallel").one()
+    assert codes == [200] * 8
+    assert sorted(m["content"] for m in talk.messages if m["role"] == "user") == sorted(f"hi {n}" for n in range(8))
