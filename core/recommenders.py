@@ -82,6 +82,38 @@ class CoPurchase:
         return ranked + [p for p in self.popularity(list(basket) + ranked, k - len(ranked))]
 
 
+class EASE:
+    """Steck's closed-form item model ("Embarrassingly Shallow Autoencoders", WWW 2019): item weights
+    B = I - P / diag(P) with P = (XᵀX + λI)⁻¹ over the training baskets, zero diagonal. The dense inverse is
+    O(n³) in time and n² in memory, so only the `max_items` most-bought items take part (they carry nearly all
+    co-purchase signal); the rest are reached through popularity. `lam` is Steck's suggested λ≈50, untuned."""
+
+    def __init__(self, baskets: Iterable[Sequence[Hashable]], lam: float = 50.0, max_items: int = 8000):
+        baskets = [list(dict.fromkeys(b)) for b in baskets]
+        counts = Counter(p for b in baskets for p in b)
+        self.ids = [p for p, _ in counts.most_common(max_items)]
+        self.position = {p: i for i, p in enumerate(self.ids)}
+        rows = [[self.position[p] for p in b if p in self.position] for b in baskets]
+        gram = np.zeros((len(self.ids), len(self.ids)), dtype=np.float64)
+        for row in rows:
+            if row:
+                gram[np.ix_(row, row)] += 1.0
+        gram[np.diag_indices_from(gram)] += lam
+        inverse = np.linalg.inv(gram)
+        self.weights = (-inverse / np.diag(inverse)).astype(np.float32)
+        np.fill_diagonal(self.weights, 0.0)
+        self.popularity = Popularity(counts)
+
+    def scores(self, basket: Sequence[Hashable]) -> np.ndarray:
+        rows = [self.position[p] for p in basket if p in self.position]
+        return self.weights[rows].sum(axis=0) if rows else np.zeros(len(self.ids), dtype=np.float32)
+
+    def __call__(self, basket: Sequence[Hashable], k: int) -> list:
+        scores = self.scores(basket)
+        ranked = top_k(self.ids, scores, basket, k) if scores.any() else []
+        return ranked + self.popularity(list(basket) + ranked, k - len(ranked))
+
+
 class Semantic:
     """Products most like the basket's, by the best cosine similarity to any of its products."""
 

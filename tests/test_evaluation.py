@@ -77,3 +77,4 @@ def test_online_retail_reference_figures():
     # Co-purchase cannot know a product nobody bought with others; the hybrid finds them by their names.
     assert report["co-purchase"]["cold_start_hr@10"] == 0 and report["hybrid"]["cold_start_hr@10"] >= 0.10
     assert report["hybrid"]["hr@10"] >= report["co-purchase"]["hr@10"] > report["semantic"]["hr@10"]
+    assert report["EASE"]["hr@10"] > report["co-purchase"]["hr@10"]  # Steck's closed form beats counting pairs

@@ -126,3 +126,14 @@ def test_a_models_reason_is_shown_only_when_the_products_own_texts_say_it():
     for invented in ("Isobutane-propane harness for crampons", "Rated to -20 degrees", "Waterproof and 30% lighter"):
         assert shown_reason(invented, harness, fuel) == "A comfortable harness for the gym and the crag"
     assert shown_reason(None, harness, None) == "A comfortable harness for the gym and the crag"
+
+
+def test_ease_learns_what_is_bought_together_and_falls_back_to_popularity():
+    from core.recommenders import EASE
+
+    baskets = [["stove", "fuel"]] * 10 + [["boots", "socks"]] * 8 + [["stove", "fuel", "spork"]] * 3 + [["map"]] * 2
+    ease = EASE(baskets, lam=5.0, max_items=5)  # "map" is the sixth item: outside the model
+    assert ease(["stove"], 2) == ["fuel", "spork"]
+    assert ease(["boots"], 1) == ["socks"]
+    assert ease(["map"], 2) == ["stove", "fuel"]  # unknown to the model: the most bought
+    assert "map" not in ease.position and len(ease.ids) == 5

@@ -20,7 +20,7 @@ from core.history import split_by_time
 from core.model_hosts import Chat, chat_with_gguf
 from core.prompts import MAX_PICKS, PROMPT_CART, RECOMMEND_SYSTEM, parse_answer
 from core.recommendations import Shelf, rerank, shown_reason
-from core.recommenders import COLD_START_CO_PURCHASES, CoPurchase, Recommender, Semantic, TitleMatcher
+from core.recommenders import COLD_START_CO_PURCHASES, EASE, CoPurchase, Recommender, Semantic, TitleMatcher
 
 KS = (4, 10)
 ORDER_COLUMNS = ("order_id", "product_id", "created_at", "quantity", "title")
@@ -257,7 +257,8 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     train, test = split_by_time(baskets, test_fraction)
     catalog = {p for b in baskets for p in b.products}
     copurchase = CoPurchase(b.products for b in train)
-    recommenders: dict[str, Recommender] = {"popularity": copurchase.popularity, "co-purchase": copurchase}
+    recommenders: dict[str, Recommender] = {"popularity": copurchase.popularity, "co-purchase": copurchase,
+                                            "EASE": EASE(b.products for b in train)}
     index = shelf = None
     if titles:
         shelf = Shelf.everything({p: titles.get(p, p) for p in catalog}, copurchase)
