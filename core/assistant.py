@@ -501,7 +501,7 @@ def check(text: str, facts: Facts, shelf: Shelf, composed: str = "") -> list[str
     # refund" is refused when 30 days buys store credit and 60 days the refund.
     if not supported(text, facts.lines + [composed]):
         failed.append("claim_not_in_facts")
-    if composed and leaves_out(text, composed, shelf):
+    if composed and leaves_out(text, composed, facts, shelf):
         failed.append("missing_fact")
     if any(PROMISE.search(s) and not NEGATION.search(s) for s in sentences):
         failed.append("lowest_price_promise")
@@ -528,14 +528,15 @@ def check(text: str, facts: Facts, shelf: Shelf, composed: str = "") -> list[str
 COVERAGE = 0.6  # of the composed reply's content words a draft without figures or names must say
 
 
-def leaves_out(text: str, composed: str, shelf: Shelf) -> bool:
-    """Whether a draft drops what the composed reply states: any of its figures, codes or product names, or,
-    when it has none, most of its content words ("Do you take Amex?" answered "We take Visa" is true and useless)."""
+def leaves_out(text: str, composed: str, facts: Facts, shelf: Shelf) -> bool:
+    """Whether a draft drops what the composed reply states: any of its figures, codes or product names (the
+    products the facts are about), or, when it has none, most of its content words ("Do you take Amex?"
+    answered "We take Visa" is true and useless)."""
     figures_needed = numbers(composed) - numbers(text)
     codes_needed = set(CODE_LIKE.findall(composed)) - set(CODE_LIKE.findall(text))
+    named = {*facts.products, *([facts.focus.id] if facts.focus is not None else [])}
     lowered = text.lower()
-    names_needed = [t for t in (item.title for item in shelf.catalog.values())
-                    if t.lower() in composed.lower() and t.lower() not in lowered]
+    names_needed = [t for t in (shelf.title(p).lower() for p in named) if t in composed.lower() and t not in lowered]
     if figures_needed or codes_needed or names_needed:
         return True
     if numbers(composed) or CODE_LIKE.search(composed):
@@ -663,7 +664,6 @@ def answer(shop: Shop, session_id: str, message: str, *, viewing: Product | None
             db.session.rollback()
             if attempt:
                 raise
-    return reply
 
 
 def conversation_json(talk: Conversation) -> dict:

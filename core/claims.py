@@ -23,15 +23,20 @@ def clauses_of(texts: Sequence[str]) -> list[str]:
     return [c for text in texts for c in re.split(r"(?<=[.!?])\s+|\n+|;", text) if c.strip()]
 
 
+def value(number: str) -> str:
+    """A number as written ("1,299.00") as its value ("1299")."""
+    return format(Decimal(number.replace(",", "")).normalize(), "f")
+
+
 def stems(text: str) -> set[str]:
     """A clause's content words, numbers as values and words cut to five letters ("returns" is "return")."""
-    text = NUMBER.sub(lambda m: f" {format(Decimal(m.group().replace(',', '')).normalize(), 'f')} ", text.lower())
+    text = NUMBER.sub(lambda m: f" {value(m.group())} ", text.lower())
     return {w[:5] for w in re.findall(r"\d+(?:\.\d+)?|[a-z][a-z'&-]*", text) if w not in FILLER}
 
 
 def numbers(text: str) -> set[str]:
     """Numbers as values: "$1,299.00" and "1299" are the same number."""
-    return {format(Decimal(raw.replace(",", "")).normalize(), "f") for raw in NUMBER.findall(text)}
+    return {value(raw) for raw in NUMBER.findall(text)}
 
 
 def supported(text: str, facts: Iterable[str], also: set[str] = frozenset()) -> bool:

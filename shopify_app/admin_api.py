@@ -32,6 +32,14 @@ def sync_run_json(run: SyncRun) -> dict:
     }
 
 
+def query_number(name: str, default: int, low: int, high: int) -> int:
+    """A whole number from the query string, or a 400 saying what is wrong with it."""
+    try:
+        return whole_number(request.args.get(name, str(default)), name, low, high)
+    except BadInput as exc:
+        abort(400, str(exc))
+
+
 @bp.before_request
 @session_token_required
 def require_session_token():
@@ -123,17 +131,16 @@ def start_sync():
 @bp.get("/storefront-metrics")
 def storefront_metrics():
     """CTR, add-to-cart rate and AOV of the "pairs well with" block, overall and by source."""
-    try:
-        days = whole_number(request.args.get("days", "30"), "days", 1, 365)
-    except BadInput as exc:
-        abort(400, str(exc))
-    return analytics.summary(_current_shop().id, days)
+    return analytics.summary(_current_shop().id, query_number("days", 30, 1, 365))
 
 
 @bp.get("/assistant")
 def assistant_settings():
     """What the admin's assistant page shows: the settings and the policies the assistant answers from."""
-    shop = _current_shop()
+    return assistant_json(_current_shop())
+
+
+def assistant_json(shop) -> dict:
     return {**assistant.settings(shop), "policies": shop.policies or {}}
 
 
@@ -147,15 +154,11 @@ def update_assistant_settings():
         abort(400, str(exc))
     shop.assistant = {**assistant.settings(shop), **changes}
     db.session.commit()
-    return {**assistant.settings(shop), "policies": shop.policies or {}}
+    return assistant_json(shop)
 
 
 @bp.get("/conversations")
 def conversations():
     """The assistant's conversations, handed-off ones first, with their transcripts."""
-    try:
-        limit = whole_number(request.args.get("limit", "50"), "limit", 1, 200)
-    except BadInput as exc:
-        abort(400, str(exc))
-    talks = assistant.conversations(_current_shop(), limit)
+    talks = assistant.conversations(_current_shop(), query_number("limit", 50, 1, 200))
     return {"conversations": [assistant.conversation_json(t) for t in talks]}

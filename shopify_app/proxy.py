@@ -39,9 +39,13 @@ def verify_signature_and_rate():
                                    ("shop", domain, config["PROXY_LIMIT_PER_SHOP"])):
         wait = cache.over_limit(scope, identity, limit)
         if wait is not None:
-            response = jsonify(error="Too Many Requests", message=f"Over {limit} requests a minute; retry later.")
-            response.status_code, response.headers["Retry-After"] = 429, str(wait)
-            return response
+            return too_many_requests(f"Over {limit} requests a minute; retry later.", wait)
+
+
+def too_many_requests(message: str, wait: int):
+    response = jsonify(error="Too Many Requests", message=message)
+    response.status_code, response.headers["Retry-After"] = 429, str(wait)
+    return response
 
 
 def shopper_identity() -> str:
@@ -138,22 +142,12 @@ def support_chat():
         abort(400, str(exc))
     wait = cache.over_limit("chat", f"{g.shop_id}:{session_id}", assistant.MESSAGES_PER_MINUTE)
     if wait is not None:
-        response = jsonify(error="Too Many Requests",
-                           message=f"Over {assistant.MESSAGES_PER_MINUTE} messages a minute; wait a moment.")
-        response.status_code, response.headers["Retry-After"] = 429, str(wait)
-        return response
+        return too_many_requests(f"Over {assistant.MESSAGES_PER_MINUTE} messages a minute; wait a moment.", wait)
     customer = request.args.get("logged_in_customer_id", "")
-    try:
-        shop = db.session.get(Shop, g.shop_id)
-        if not assistant.settings(shop)["enabled"]:
-            abort(403, "The store's assistant is switched off.")
-        viewing = db.session.get(Product, (g.shop_id, product_id)) if product_id else None
-        reply = assistant.answer(shop, session_id, message, viewing=viewing, cart=cart,
-                                 customer_ref=customer if customer.isdigit() else "",
-                                 chat=assistant.live_chat(shop))
-    except SQLAlchemyError:
-        db.session.rollback()
-        response = jsonify(error="Service Unavailable", message="The assistant is unavailable for a moment.")
-        response.status_code, response.headers["Retry-After"] = 503, "30"
-        return response
+    shop = db.session.get(Shop, g.shop_id)  # a database that is away: the app's 503 (shopify_app/__init__.py)
+    if not assistant.settings(shop)["enabled"]:
+        abort(403, "The store's assistant is switched off.")
+    viewing = db.session.get(Product, (g.shop_id, product_id)) if product_id else None
+    reply = assistant.answer(shop, session_id, message, viewing=viewing, cart=cart,
+                             customer_ref=customer if customer.isdigit() else "", chat=assistant.live_chat(shop))
     return reply.as_json()

@@ -77,6 +77,15 @@ def test_database_away_serves_the_cache_or_an_empty_block_never_a_500(client, in
     assert unknown.status_code == 503 and "retry" in unknown.json["message"]
 
 
+def test_database_away_the_chat_is_503_never_a_500(client, installed_shop, monkeypatch):
+    chat = "/proxy/chat?" + signed_app_proxy_query(installed_shop.domain, API_SECRET)
+    assert client.post(chat, json={"session_id": "session-0123456789", "message": "hi"}).status_code == 200
+    monkeypatch.setattr(db.session, "get", database_away)
+    response = client.post(chat, json={"session_id": "session-0123456789", "message": "hi"})
+    assert response.status_code == 503 and response.headers["Retry-After"] and response.json["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
 def test_event_beacons_do_not_wait_for_the_database(app, client, installed_shop, monkeypatch):
     events = {"events": [{"kind": "impression", "viewed_product_id": "11", "shown": 4, "source": "model"}]}
     writer = analytics.writer()
