@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -76,18 +76,21 @@ def product_text(title: str, product_type: str = "", description: str = "") -> s
     return ". ".join(p.strip() for p in parts if p and p.strip())
 
 
-def catalog_index(catalog: dict) -> SemanticIndex:
+def catalog_index(catalog: dict, progress: Callable[[Iterable], Iterable] = lambda chunks: chunks) -> SemanticIndex:
     """A shop's products (anything with title, product_type and description, by id) as a SemanticIndex."""
-    return SemanticIndex({p: product_text(i.title, i.product_type, i.description) for p, i in sorted(catalog.items())})
+    return SemanticIndex({p: product_text(i.title, i.product_type, i.description) for p, i in sorted(catalog.items())},
+                         progress)
 
 
 class SemanticIndex:
     """Products by meaning: neighbours of a basket, and the closest title to a free-text name."""
 
-    def __init__(self, texts: dict[Hashable, str]):
+    def __init__(self, texts: dict[Hashable, str], progress: Callable[[Iterable], Iterable] = lambda chunks: chunks):
         self.ids = list(texts)
         self.position = {product: i for i, product in enumerate(self.ids)}
-        self.vectors = embed([texts[p] for p in self.ids])
+        chunks = [self.ids[i:i + 4096] for i in range(0, len(self.ids), 4096)]  # `progress` sees each one done
+        self.vectors = np.concatenate([embed([texts[p] for p in chunk]) for chunk in progress(chunks)]) if chunks \
+            else embed([])
 
     def similarities(self, basket: Sequence[Hashable]) -> np.ndarray:
         """Each product's best cosine similarity to any of the basket's known products (zeros if none is

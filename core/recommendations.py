@@ -24,13 +24,13 @@ from .history import Item, load_baskets
 from .model_hosts import Chat, ModelUnavailable, host_for, model_ref
 from .models import ModelVersion, Product, Shop, Variant, db
 from .prompts import CANDIDATES, MAX_PICKS, RECOMMEND_SYSTEM, parse_answer, reason_for, recommendation_prompt
-from .recommenders import CoPurchase, Hybrid, TitleMatcher, serving_retrieval
+from .recommenders import Blend, TitleMatcher, serving_retrieval
 
 log = logging.getLogger(__name__)
 INDEX_TTL_SECONDS = 600
 PRECOMPUTE_BUDGET_SECONDS = 20.0  # nobody waits on a precompute: let the model finish
 SHELF_TTL_SECONDS = 30
-_indexes: dict[int, tuple[float, Hybrid]] = {}
+_indexes: dict[int, tuple[float, Blend]] = {}
 _shelves: dict[int, tuple[str, float, Shelf]] = {}
 
 
@@ -52,7 +52,7 @@ class Shelf:
     a gate run."""
     catalog: dict[Hashable, Item]
     sellable: dict[Hashable, str]
-    retrieval: Hybrid
+    retrieval: Blend
     offers: dict[int, Offer] = field(default_factory=dict)  # what a storefront reply shows of each sellable one
 
     def __post_init__(self):
@@ -63,10 +63,10 @@ class Shelf:
         return item.title if item else str(product)
 
     @classmethod
-    def everything(cls, titles: dict[Hashable, str], copurchase: CoPurchase) -> Shelf:
+    def everything(cls, titles: dict[Hashable, str], retrieval: Blend) -> Shelf:
         """A catalog known only by titles (an order file), every product sellable: offline evaluation."""
         catalog = {p: Item(p, title, "", "") for p, title in sorted(titles.items())}
-        return cls(catalog, dict.fromkeys(catalog, ""), serving_retrieval(copurchase, catalog))
+        return cls(catalog, dict.fromkeys(catalog, ""), retrieval)
 
 
 def load_shelf(shop: Shop, baskets: Iterable[list[int]] | None = None) -> Shelf:
@@ -92,7 +92,7 @@ def load_shelf(shop: Shop, baskets: Iterable[list[int]] | None = None) -> Shelf:
     if baskets is None:
         retrieval = retrieval_index(shop.id, catalog)
     else:
-        retrieval = serving_retrieval(CoPurchase(baskets), catalog)
+        retrieval = serving_retrieval(list(baskets), catalog)
     return Shelf(catalog, {p: catalog[p].product_type for p in offers}, retrieval, offers)
 
 
@@ -107,13 +107,12 @@ def shelf_for(shop: Shop) -> Shelf:
     return kept[2]
 
 
-def retrieval_index(shop_id: int, catalog: dict[int, Item]) -> Hybrid:
+def retrieval_index(shop_id: int, catalog: dict[int, Item]) -> Blend:
     """The serving retrieval over the shop's orders, rebuilt every few minutes (the embeddings of unchanged
     product texts are remembered, so a rebuild embeds only what changed)."""
     built = _indexes.get(shop_id)
     if built is None or time.monotonic() - built[0] > INDEX_TTL_SECONDS:
-        copurchase = CoPurchase(b for _, b in load_baskets(shop_id, catalog))
-        built = (time.monotonic(), serving_retrieval(copurchase, catalog))
+        built = (time.monotonic(), serving_retrieval([b for _, b in load_baskets(shop_id, catalog)], catalog))
         _indexes[shop_id] = built
     return built[1]
 

@@ -1,33 +1,62 @@
-"""The retrieval recommenders, shared by training (candidates), serving (candidates and fallback) and
-evaluation (the baselines), so the three measure and serve the same thing.
+"""The retrieval recommenders, shared by training (candidates), serving (candidates and fallback), the deploy
+gate and evaluation (the baselines), so all of them measure and serve the same thing.
 
 - Popularity: the most-bought products.
-- CoPurchase: item-to-item co-occurrence ("customers also bought"), cosine-normalised.
+- CoPurchase: item-to-item co-occurrence ("customers also bought"): cosine to rank, lift to filter training
+  examples, counts for reasons.
+- EASE: Steck's closed-form linear item model ("Embarrassingly Shallow Autoencoders", WWW 2019).
 - Semantic: sentence-embedding similarity of product text; knows products nobody has bought together yet.
-- Hybrid: co-purchase plus semantic similarity, with more say for semantics on products that have too
-  little co-purchase history to be judged by it (cold start). The fine-tuned model re-ranks its top
-  candidates (core/recommendations.py `rerank`).
+- Blend: what serves. EASE, co-purchase and semantic similarity, with weights chosen on the newest part of
+  the store's own training orders (`fit_blend`), so each store gets the mix its data supports. The fine-tuned
+  model re-ranks its top candidates (core/recommendations.py `rerank`).
 
 A recommender is called with a basket (product ids) and K, and returns up to K other product ids, best first.
+Purchases are sparse matrices, so a catalog of 70,000 products and 1.5 million order lines fits in memory.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
+import random
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 from .embeddings import SemanticIndex, catalog_index
 
 COLD_START_CO_PURCHASES = 10  # fewer training co-purchases than this and co-purchase cannot judge a product
-SEMANTIC_WEIGHT = 0.3  # both chosen on a validation split carved from the training orders (docs/evaluation.md)
-COLD_START_WEIGHT = 0.5
+EASE_LAMBDA = 50.0  # Steck's suggestion; 20–800 tried on the Online Retail validation split, 50 was best
+EASE_ITEMS = 8000  # the dense inverse is n² memory and n³ time: the most-bought 8,000 carry nearly all the signal
+MAX_BASKET = 50  # a 500-line wholesale order says little of pairs
 
 Recommender = Callable[[Sequence[Hashable], int], list]
+
+
+class Purchases:
+    """Training baskets as a sparse basket × product matrix, products ordered by purchases, most first."""
+
+    def __init__(self, baskets: Iterable[Sequence[Hashable]], max_basket: int = MAX_BASKET):
+        baskets = [list(dict.fromkeys(b))[:max_basket] for b in baskets]
+        self.items = Counter(p for b in baskets for p in b)
+        self.ids = [p for p, _ in self.items.most_common()]
+        self.position = {p: i for i, p in enumerate(self.ids)}
+        self.counts = np.array([self.items[p] for p in self.ids], dtype=np.float32)
+        self.n = len(baskets)
+        rows = np.repeat(np.arange(len(baskets)), [len(b) for b in baskets])
+        columns = np.fromiter((self.position[p] for b in baskets for p in b), dtype=np.int64, count=len(rows))
+        self.matrix = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)),
+                                        shape=(len(baskets), len(self.ids)))
+
+    def rows(self, basket: Sequence[Hashable]) -> list[int]:
+        return [self.position[p] for p in basket if p in self.position]
+
+
+def _as_purchases(baskets: Iterable[Sequence[Hashable]] | Purchases) -> Purchases:
+    return baskets if isinstance(baskets, Purchases) else Purchases(baskets)
 
 
 class Popularity:
@@ -42,67 +71,71 @@ class Popularity:
 
 
 class CoPurchase:
-    """Item co-occurrence over training baskets: cosine scores for ranking, lift for filtering examples."""
+    """Item co-occurrence over training baskets: how often two products were bought together."""
 
-    def __init__(self, baskets: Iterable[Sequence[Hashable]], max_basket: int = 50):
-        self.items: Counter = Counter()
-        self.pairs: dict[Hashable, Counter] = defaultdict(Counter)
-        self.n = 0
-        for basket in baskets:
-            products = list(dict.fromkeys(basket))[:max_basket]  # a 500-line wholesale order says little of pairs
-            self.n += 1
-            self.items.update(products)
-            for a in products:
-                row = self.pairs[a]
-                for b in products:
-                    if a != b:
-                        row[b] += 1
+    def __init__(self, baskets: Iterable[Sequence[Hashable]] | Purchases):
+        purchases = _as_purchases(baskets)
+        self.ids, self.position, self.items, self.n = purchases.ids, purchases.position, purchases.items, purchases.n
+        together = (purchases.matrix.T @ purchases.matrix).tocsr()
+        together.setdiag(0)
+        together.eliminate_zeros()
+        self.counts = together
+        self.totals = np.asarray(together.sum(axis=1)).ravel()
+        scale = sparse.diags(1 / np.sqrt(np.maximum(purchases.counts, 1)))
+        self.cosine = (scale @ together @ scale).tocsr()
         self.popularity = Popularity(self.items)
 
     def together(self, a: Hashable, b: Hashable) -> int:
-        return self.pairs[a][b] if a in self.pairs else 0
+        if a not in self.position or b not in self.position:
+            return 0
+        return int(self.counts[self.position[a], self.position[b]])
 
     def lift(self, a: Hashable, b: Hashable) -> float:
         together = self.together(a, b)
         return together * self.n / (self.items[a] * self.items[b]) if together else 0.0
 
     def co_purchases(self, product: Hashable) -> int:
-        return sum(self.pairs[product].values()) if product in self.pairs else 0
+        return int(self.totals[self.position[product]]) if product in self.position else 0
 
-    def scores(self, basket: Sequence[Hashable]) -> Counter:
-        scores: Counter = Counter()
-        for a in basket:
-            for b, together in self.pairs.get(a, {}).items():
-                scores[b] += together / math.sqrt(self.items[a] * self.items[b])
-        return scores
+    def bought_with(self, product: Hashable) -> dict[Hashable, int]:
+        """Every product bought with `product`, and how often."""
+        if product not in self.position:
+            return {}
+        row = self.counts[self.position[product]]
+        return {self.ids[i]: int(c) for i, c in zip(row.indices, row.data, strict=True)}
+
+    def scores(self, basket: Sequence[Hashable]) -> np.ndarray:
+        """Each product's summed cosine with the basket's products, over `ids`."""
+        rows = [self.position[p] for p in basket if p in self.position]
+        if not rows:
+            return np.zeros(len(self.ids), dtype=np.float32)
+        return np.asarray(self.cosine[rows].sum(axis=0)).ravel()
 
     def __call__(self, basket: Sequence[Hashable], k: int) -> list:
-        seen = set(basket)
-        ranked = [p for p, _ in self.scores(basket).most_common() if p not in seen][:k]
-        return ranked + [p for p in self.popularity(list(basket) + ranked, k - len(ranked))]
+        scores = self.scores(basket)
+        ranked = [p for p in top_k(self.ids, scores, basket, k) if scores[self.position[p]] > 0]
+        return ranked + self.popularity(list(basket) + ranked, k - len(ranked))
 
 
 class EASE:
-    """Steck's closed-form item model ("Embarrassingly Shallow Autoencoders", WWW 2019): item weights
-    B = I - P / diag(P) with P = (XᵀX + λI)⁻¹ over the training baskets, zero diagonal. The dense inverse is
-    O(n³) in time and n² in memory, so only the `max_items` most-bought items take part (they carry nearly all
-    co-purchase signal); the rest are reached through popularity. `lam` is Steck's suggested λ≈50, untuned."""
+    """Item weights B = I - P / diag(P) with P = (XᵀX + λI)⁻¹ over the training baskets, zero diagonal. Only
+    the `max_items` most-bought products take part (the dense inverse); the rest are left to co-purchase,
+    semantics and popularity."""
 
-    def __init__(self, baskets: Iterable[Sequence[Hashable]], lam: float = 50.0, max_items: int = 8000):
-        baskets = [list(dict.fromkeys(b)) for b in baskets]
-        counts = Counter(p for b in baskets for p in b)
-        self.ids = [p for p, _ in counts.most_common(max_items)]
+    def __init__(self, baskets: Iterable[Sequence[Hashable]] | Purchases, lam: float = EASE_LAMBDA,
+                 max_items: int = EASE_ITEMS):
+        purchases = _as_purchases(baskets)
+        self.ids = purchases.ids[:max_items]
         self.position = {p: i for i, p in enumerate(self.ids)}
-        rows = [[self.position[p] for p in b if p in self.position] for b in baskets]
-        gram = np.zeros((len(self.ids), len(self.ids)), dtype=np.float64)
-        for row in rows:
-            if row:
-                gram[np.ix_(row, row)] += 1.0
+        x = purchases.matrix[:, :len(self.ids)]
+        gram = (x.T @ x).toarray()
         gram[np.diag_indices_from(gram)] += lam
         inverse = np.linalg.inv(gram)
-        self.weights = (-inverse / np.diag(inverse)).astype(np.float32)
-        np.fill_diagonal(self.weights, 0.0)
-        self.popularity = Popularity(counts)
+        del gram
+        inverse /= -np.diag(inverse)
+        np.fill_diagonal(inverse, 0.0)
+        self.weights = inverse
+        self.popularity = Popularity(purchases.items)
 
     def scores(self, basket: Sequence[Hashable]) -> np.ndarray:
         rows = [self.position[p] for p in basket if p in self.position]
@@ -124,43 +157,128 @@ class Semantic:
         return top_k(self.index.ids, self.index.similarities(basket), basket, k)
 
 
-class Hybrid:
-    """Co-purchase (scaled to the basket's best) plus semantic similarity, the latter weighted up on
-    products co-purchase knows too little about; popularity breaks ties."""
+@dataclass(frozen=True)
+class Weights:
+    """How much each signal counts beside EASE (scaled to the basket's best): co-purchase (likewise scaled),
+    semantic similarity, semantic again for products co-purchase knows too little about, and popularity."""
+    copurchase: float = 0.25
+    semantic: float = 0.2
+    cold_start: float = 0.0
+    popularity: float = 0.0
 
-    def __init__(self, copurchase: CoPurchase, index: SemanticIndex, *, semantic_weight: float = SEMANTIC_WEIGHT,
-                 cold_start_weight: float = COLD_START_WEIGHT):
-        self.copurchase, self.index = copurchase, index
-        self.ids = index.ids
-        self.position = index.position
-        self.semantic_weight = semantic_weight + cold_start_weight * np.array(
-            [copurchase.co_purchases(p) < COLD_START_CO_PURCHASES for p in self.ids], dtype=np.float32)
-        counts = np.array([copurchase.items[p] for p in self.ids], dtype=np.float32)
-        self.prior = 1e-3 * np.log1p(counts) / max(float(np.log1p(counts.max(initial=0))), 1.0)
+    def as_array(self) -> np.ndarray:
+        return np.array([1.0, self.copurchase, self.semantic, self.cold_start, self.popularity], dtype=np.float32)
+
+
+# The defaults, chosen on the Online Retail validation split, serve stores with too few orders to choose.
+DEFAULT_WEIGHTS = Weights()
+WEIGHT_GRID = [Weights(c, s, cold, pop) for c in (0.0, 0.25, 0.5, 1.0) for s in (0.0, 0.05, 0.1, 0.2, 0.4)
+               for cold in (0.0, 0.25, 0.5, 1.0) for pop in (0.0, 0.1)]
+MIN_VALIDATION_CASES = 100
+COLD_START_FLOOR = 0.15  # new products must get shown: the 0.10 goal, with room for a new period's noise
+
+
+class Blend:
+    """The served retrieval, over the catalog's products (`ids`): EASE + co-purchase + semantic similarity
+    (more of it for cold-start products) + popularity, by `weights`; a tiny popularity prior breaks ties."""
+
+    def __init__(self, baskets: Iterable[Sequence[Hashable]] | Purchases, index: SemanticIndex,
+                 weights: Weights = DEFAULT_WEIGHTS):
+        purchases = _as_purchases(baskets)
+        self.index, self.ids, self.position, self.weights = index, index.ids, index.position, weights
+        self.copurchase, self.ease = CoPurchase(purchases), EASE(purchases)
+        # Purchases' columns → catalog positions (products no longer in the catalog have none).
+        inside = [(i, index.position[p]) for i, p in enumerate(purchases.ids) if p in index.position]
+        self._from, self._to = (np.array(side, dtype=np.int64) for side in zip(*inside, strict=True)) if inside \
+            else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        self._ease_from = self._from[self._from < len(self.ease.ids)]
+        self._ease_to = self._to[self._from < len(self.ease.ids)]
+        self.cold = np.ones(len(self.ids), dtype=np.float32)
+        self.cold[self._to] = self.copurchase.totals[self._from] < COLD_START_CO_PURCHASES
+        bought = np.zeros(len(self.ids), dtype=np.float32)
+        bought[self._to] = np.log1p(purchases.counts[self._from])
+        self.popular = bought / max(float(bought.max(initial=0)), 1.0)
+        self.validation: dict | None = None  # how the weights did on the validation split (`fit_blend`)
+
+    def signals(self, basket: Sequence[Hashable]) -> np.ndarray:
+        """The five signals (rows) for every catalog product (columns), each as `Weights` weighs it."""
+        ease, copurchase = (np.zeros(len(self.ids), dtype=np.float32) for _ in range(2))
+        ease[self._ease_to] = self.ease.scores(basket)[self._ease_from]
+        copurchase[self._to] = self.copurchase.scores(basket)[self._from]
+        similar = self.index.similarities(basket)
+        return np.stack([ease / max(float(ease.max(initial=0)), 1e-9),
+                         copurchase / max(float(copurchase.max(initial=0)), 1e-9),
+                         similar, similar * self.cold, self.popular])
 
     def scores(self, basket: Sequence[Hashable]) -> np.ndarray:
-        bought = np.zeros(len(self.ids), dtype=np.float32)
-        for product, score in self.copurchase.scores(basket).items():
-            if product in self.position:
-                bought[self.position[product]] = score
-        if bought.max(initial=0) > 0:
-            bought /= bought.max()
-        return bought + self.semantic_weight * self.index.similarities(basket) + self.prior
+        return self.weights.as_array() @ self.signals(basket) + 1e-3 * self.popular
 
     def __call__(self, basket: Sequence[Hashable], k: int) -> list:
         return top_k(self.ids, self.scores(basket), basket, k)
 
 
-def serving_retrieval(copurchase: CoPurchase, catalog: dict) -> Hybrid:
+def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *, validation: float = 0.15,
+              cases: int = 2000, seed: int = 0, progress: Callable[[Iterable], Iterable] = lambda it: it) -> Blend:
+    """The Blend with the weights that do best on this store's own newest orders: fitted on the oldest
+    (1 - validation) of the time-ordered `baskets`, every weight in WEIGHT_GRID scores leave-one-out cases
+    from the rest. The best HR@10 (then NDCG@10) among the weights that find at least COLD_START_FLOOR of the
+    cold-start targets wins and is refitted on all baskets. A store with fewer than MIN_VALIDATION_CASES
+    cases gets DEFAULT_WEIGHTS. `progress` wraps the loop over cases (a progress bar)."""
+    baskets = [list(dict.fromkeys(b)) for b in baskets]
+    cut = int(len(baskets) * (1 - validation))
+    rng = random.Random(seed)
+    held_out = [(b, rng.choice(b)) for b in baskets[cut:] if len(b) >= 2]
+    held_out = rng.sample(held_out, min(cases, len(held_out)))
+    if len(held_out) < MIN_VALIDATION_CASES:
+        return Blend(baskets, index)
+    trial = Blend(baskets[:cut], index)
+    grid = np.stack([w.as_array() for w in WEIGHT_GRID])
+    gains, hits, cold_hits = np.zeros(len(WEIGHT_GRID)), np.zeros(len(WEIGHT_GRID)), np.zeros(len(WEIGHT_GRID))
+    cold_cases = 0
+    for basket, target in progress(held_out):
+        context = [p for p in basket if p != target]
+        if target not in trial.position:
+            continue
+        signals = trial.signals(context)
+        signals[:, [trial.position[p] for p in context if p in trial.position]] = -1e9
+        # Only the best of each signal can reach a top 10: score those few hundred, not the catalog.
+        pool = np.unique(np.concatenate([np.argpartition(-row, 100)[:100] if len(row) > 100 else np.arange(len(row))
+                                         for row in signals]))
+        target_at = np.flatnonzero(pool == trial.position[target])
+        if not len(target_at):
+            continue
+        scores = grid @ signals[:, pool] + 1e-3 * trial.popular[pool]
+        rank = (scores > scores[:, target_at]).sum(axis=1)
+        hits += rank < 10
+        gains += np.where(rank < 10, 1 / np.log2(rank + 2), 0.0)
+        if trial.cold[trial.position[target]]:
+            cold_cases += 1
+            cold_hits += rank < 10
+    default = WEIGHT_GRID.index(DEFAULT_WEIGHTS)  # a tie is no evidence to move from the defaults
+    eligible = [i for i in range(len(WEIGHT_GRID)) if cold_hits[i] >= COLD_START_FLOOR * cold_cases]
+    best = max(eligible or range(len(WEIGHT_GRID)), key=lambda i: (hits[i], round(gains[i], 6), i == default))
+    blend = Blend(baskets, index, WEIGHT_GRID[best])
+    blend.validation = {"cases": len(held_out), "hr@10": round(hits[best] / len(held_out), 4),
+                        "cold_start_cases": cold_cases,
+                        "cold_start_hr@10": round(cold_hits[best] / cold_cases, 4) if cold_cases else None}
+    return blend
+
+
+def serving_retrieval(baskets: Sequence[Sequence[Hashable]], catalog: dict) -> Blend:
     """The recommender the storefront serves with (and so the one training's candidates and the deploy gate
-    use): the hybrid of `copurchase` and the catalog's text embeddings. `catalog`: Items by product id."""
-    return Hybrid(copurchase, catalog_index(catalog))
+    use): the Blend of the time-ordered `baskets`, weights chosen on their newest part, over the catalog's
+    text embeddings. `catalog`: Items by product id."""
+    return fit_blend(baskets, catalog_index(catalog))
 
 
 def top_k(ids: list, scores: np.ndarray, exclude: Iterable[Hashable], k: int) -> list:
     """The k best-scored ids outside `exclude`, best first (ties keep catalog order)."""
     excluded = set(exclude)
-    best = np.argsort(-scores, kind="stable")[:k + len(excluded)]
+    want = min(k + len(excluded), len(ids))
+    if want <= 0:
+        return []
+    best = np.argpartition(-scores, want - 1)[:want] if want < len(ids) else np.arange(len(ids))
+    best = best[np.lexsort((best, -scores[best]))]
     return [ids[i] for i in best if ids[i] not in excluded][:k]
 
 

@@ -204,7 +204,7 @@ def deploy(shop, roll_back, force):
 @click.option("--test-fraction", default=0.2, show_default=True, type=float)
 @click.option("--cases", default=5000, show_default=True, type=int, help="Test baskets to score (sampled).")
 @click.option("--model", "model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A fine-tuned GGUF: also score the model alone and the hybrid it re-ranks.")
+              help="A fine-tuned GGUF: also score the model alone and the blend it re-ranks.")
 @click.option("--train-minutes", default=0.0, type=float,
               help="Fine-tune a model on sampled training orders for this long first, then score it.")
 @click.option("--model-cases", default=300, show_default=True, type=int, help="Test cases the model rows score.")
@@ -213,6 +213,8 @@ def evaluate(shop, orders_file, products_file, columns, skip_orders_prefix, skip
              model_file, train_minutes, model_cases, out):
     """Score the recommenders on a shop's orders or on order files: hide one product per test basket."""
     import json
+
+    from tqdm import tqdm
 
     from worker.tasks import run_offline_evaluation
 
@@ -223,14 +225,18 @@ def evaluate(shop, orders_file, products_file, columns, skip_orders_prefix, skip
         columns=columns, skip_orders_prefix=skip_orders_prefix, skip_products=skip_products,
         test_fraction=test_fraction, cases=cases, model_file=model_file, train_minutes=train_minutes,
         model_cases=model_cases,
-        progress=lambda name: click.echo(f"scoring {name}…" if name != "fine-tuning" else
-                                         f"fine-tuning for {train_minutes} min…", err=True))
+        progress=lambda items, label: tqdm(items, desc=label, leave=False, disable=None))
     source, split = report["source"], report["split"]
     click.echo(f"{source}: {split['train_orders']} training and {split['test_orders']} test "
                f"orders (split at {split['split_at']}), catalog {split['catalog']}")
     if "model_trained_on" in report:
         click.echo(f"model trained on: {json.dumps(report['model_trained_on'])}")
+    if "blend" in report:
+        click.echo(f"blend weights {json.dumps(report['blend']['weights'])}, chosen on the newest 15% of the "
+                   f"training orders: {json.dumps(report['blend']['validation'])}")
     click.echo(report.pop("markdown"))
+    for name, ratio in report["against_co_purchase"].items():
+        click.echo(f"{name}: {ratio['hr@10']}× co-purchase's HR@10, {ratio['ndcg@10']}× its NDCG@10")
     if out:
         out.write_text(json.dumps(report, indent=2))
         click.echo(f"report: {out}")

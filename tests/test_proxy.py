@@ -178,16 +178,39 @@ def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_f
     db.session.commit()
     gate = stage_gate(run)
     assert gate["cases"] > 20 and 0 <= gate["hr@4"] <= 1 and 0 < gate["co-purchase hr@4"] <= 1
-    assert model.metrics["gate"] == gate and gate["reason"] and run.stage == "gate"
+    assert model.metrics["gate"] == gate and run.stage == "gate"
     assert 0 <= gate["faithful_reasons"] <= gate["model_reasons"] <= gate["model_names"]
+    # The line says what was decided and the figures it was decided on.
+    assert gate["reason"].startswith("passed: " if gate["passed"] else "refused, ")
+    assert f"(HR@4 {gate['hr@4']:.3f}), against {gate['retrieval hr@4']:.3f} for the retrieval alone" in gate["reason"]
+    if gate["hr@4"] < gate["retrieval hr@4"]:
+        assert not gate["passed"] and "worse than the retrieval it starts from" in gate["reason"]
     # The verdict decides the deploy: a refused version stays verified until someone forces it.
-    model.metrics = {**model.metrics, "gate": {**gate, "passed": False, "reason": "HR@4 0.100 is below co-purchase"}}
+    model.metrics = {**model.metrics, "gate": {**gate, "passed": False, "reason": "refused, HR@4 0.100 is low"}}
     db.session.commit()
     stage_deploy(run)
     assert model.status == "verified" and run.stage == "deploy refused"
-    assert "evaluation gate: HR@4 0.100 is below co-purchase" in model.metrics["deploy"]
+    assert model.metrics["deploy"] == "refused, HR@4 0.100 is low (pairwell deploy --force to override)"
     stage_deploy(run, force=True)
     assert model.status == "deployed" and model.metrics["deploy"].startswith("forced past the evaluation gate")
+
+
+def test_the_gate_refuses_a_model_whose_re_rank_makes_the_retrieval_worse(installed_shop, tiny_gguf, monkeypatch):
+    import json
+
+    from worker import pipeline
+
+    def picks_the_weakest(messages, candidates, picks):  # names candidates 5-8, pushing the best four out
+        return "\n".join(json.dumps({"title": title, "reason": "r"}) for title in candidates[4:8])
+
+    monkeypatch.setattr(pipeline, "chat_with_gguf", lambda path: picks_the_weakest)
+    model = ModelVersion(shop_id=installed_shop.id, version=1, gguf_path=str(tiny_gguf), quantization="q8_0",
+                         size_bytes=1, sha256="0" * 64, base_model="b", status="verified", metrics={})
+    db.session.add(model)
+    db.session.commit()
+    gate = pipeline.gate_report(model)
+    assert gate["hr@4"] < gate["retrieval hr@4"] and not gate["passed"]
+    assert gate["reason"].startswith("refused, the model's re-rank is worse than the retrieval it starts from")
 
 
 def test_scores_below_needs_more_than_noise():

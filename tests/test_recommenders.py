@@ -1,5 +1,6 @@
-"""The shared retrieval (co-purchase, semantic, hybrid), the name matcher, and the model as a recommender:
-alone it may invent products and is counted; re-ranking the hybrid's candidates it serves only real ones."""
+"""The shared retrieval (co-purchase, EASE, semantic, the served blend), the name matcher, and the model as a
+recommender: alone it may invent products and is counted; re-ranking the blend's candidates it serves only
+real ones."""
 
 import json
 import random
@@ -10,7 +11,7 @@ import pytest
 from core.embeddings import SemanticIndex
 from core.model_hosts import chat_with_gguf
 from core.recommendations import Shelf, ranking
-from core.recommenders import CoPurchase, Hybrid, Semantic, TitleMatcher
+from core.recommenders import DEFAULT_WEIGHTS, Blend, CoPurchase, Semantic, TitleMatcher, fit_blend
 from worker import evaluation
 
 TITLES = {
@@ -46,10 +47,33 @@ def test_co_purchase_knows_companions_semantic_knows_the_never_sold(index):
     assert set(copurchase(["stove"], 3)) == {"fuel", "pot", "mug"}
     assert copurchase.co_purchases("red-bag") == 0 and "red-bag" not in copurchase(["pink-bag"], 5)
     assert Semantic(index)(["pink-bag"], 1) == ["red-bag"]  # the same bag in another colour
-    hybrid = Hybrid(copurchase, index)
-    assert set(hybrid(["stove"], 3)) == {"fuel", "pot", "mug"}  # co-purchase still leads where it knows
+    blend = Blend([b.products for b in baskets()], index)
+    assert set(blend(["stove"], 3)) == {"fuel", "pot", "mug"}  # what was bought together still leads
     # Four cooking products share the pink bag's orders; semantics puts the never-sold red bag beside them.
-    assert "red-bag" in hybrid(["pink-bag"], 5) and "red-bag" not in copurchase(["pink-bag"], 5)
+    assert "red-bag" in blend(["pink-bag"], 5) and "red-bag" not in copurchase(["pink-bag"], 5)
+
+
+def test_co_purchase_counts_pairs_once_an_order_for_lift_reasons_and_ranking():
+    orders = [["stove", "fuel", "fuel"], ["stove", "fuel", "pot"], ["stove", "pot"], ["boots"]]
+    copurchase = CoPurchase(orders)
+    assert copurchase.together("stove", "fuel") == 2 and copurchase.together("fuel", "boots") == 0
+    assert copurchase.together("stove", "stove") == 0 and copurchase.together("stove", "kayak") == 0
+    assert copurchase.bought_with("stove") == {"fuel": 2, "pot": 2} and copurchase.bought_with("kayak") == {}
+    assert copurchase.lift("fuel", "pot") == 1 * 4 / (2 * 2) and copurchase.co_purchases("stove") == 4
+    assert copurchase(["stove"], 3) == ["fuel", "pot", "boots"]  # popularity fills what pairs cannot
+
+
+def test_the_blends_weights_are_chosen_on_the_newest_orders_of_the_training_period(index):
+    # A new product launches late: the newest orders pair the never-before-sold red bag with the pink one. Only
+    # the validation split (the newest 15%) shows that semantics should count for products with no history.
+    history = [b.products for b in baskets(850)]
+    late = [["pink-bag", "red-bag"] if n % 2 else ["stove", "fuel"] for n in range(150)]
+    chosen = fit_blend(history + late, index)
+    assert chosen.weights != DEFAULT_WEIGHTS
+    assert chosen.weights.semantic + chosen.weights.cold_start > DEFAULT_WEIGHTS.semantic
+    assert chosen(["pink-bag"], 1) == ["red-bag"]
+    few = fit_blend(history[:400], index)  # 60 newest orders are too few to choose from: the defaults
+    assert few.weights == DEFAULT_WEIGHTS
 
 
 def test_title_matcher_exact_then_fuzzy_then_embedding(index):
@@ -74,7 +98,7 @@ def scripted_chat(answer_for):
 
 
 def test_model_re_rank_puts_its_picks_first_and_never_serves_an_invented_name(index):
-    shelf = Shelf.everything(TITLES, CoPurchase(b.products for b in baskets()))
+    shelf = Shelf.everything(TITLES, Blend([b.products for b in baskets()], index))
     candidates = ranking(shelf, "stove", [])[:8]
     chosen = candidates[2]
     chat = scripted_chat(lambda prompt: "\n".join([
@@ -88,7 +112,7 @@ def test_model_re_rank_puts_its_picks_first_and_never_serves_an_invented_name(in
     assert "Candidates: " in messages[-1]["content"] and offered == [TITLES[c] for c in candidates]
 
 
-def test_evaluate_reports_the_model_alone_and_the_hybrid_it_re_ranks(index):
+def test_evaluate_reports_the_model_alone_and_the_blend_it_re_ranks(index):
     def answer(prompt):
         viewing = prompt.split("Customer viewing: ", 1)[1].split(".", 1)[0]
         if "Candidates: " in prompt:  # re-rank: the first candidate
@@ -98,18 +122,18 @@ def test_evaluate_reports_the_model_alone_and_the_hybrid_it_re_ranks(index):
 
     report = evaluation.compare_recommenders(baskets(), TITLES, chat=scripted_chat(answer),
                                              model_cases=20)["recommenders"]
-    assert {"popularity", "co-purchase", "semantic", "hybrid", "hybrid (model cases)", "model alone",
-            "hybrid + model re-rank"} <= set(report)
-    alone, rerank = report["model alone"], report["hybrid + model re-rank"]
+    assert {"popularity", "co-purchase", "EASE", "semantic", "blend (served)", "blend (model cases)", "model alone",
+            "blend + model re-rank"} <= set(report)
+    alone, rerank = report["model alone"], report["blend + model re-rank"]
     assert alone["cases"] == rerank["cases"] == 20
     assert alone["hallucination_rate"] > 0 and alone["out_of_catalog_rate"] > 0
     assert rerank["hallucination_rate"] == 0 and rerank["out_of_catalog_rate"] == 0
-    assert 1 <= rerank["relevance@4"] <= 3 and report["hybrid"]["hr@10"] >= report["popularity"]["hr@10"]
+    assert 1 <= rerank["relevance@4"] <= 3 and report["blend (served)"]["hr@10"] >= report["popularity"]["hr@10"]
 
 
 def test_the_real_model_in_llama_cpp_re_ranks_only_catalog_products(index, tiny_gguf):
     report = evaluation.compare_recommenders(baskets(120), TITLES, chat=chat_with_gguf(tiny_gguf), model_cases=4)
-    rerank = report["recommenders"]["hybrid + model re-rank"]
+    rerank = report["recommenders"]["blend + model re-rank"]
     assert rerank["cases"] == 4 and rerank["out_of_catalog_rate"] == 0 and rerank["duplicate_rate"] == 0
     assert rerank["hallucination_rate"] == 0  # the grammar allows candidate titles only
 

@@ -68,7 +68,7 @@ class PairStats(CoPurchase):
         return item != viewing and self.type_lift(viewing, item) >= 1.0 and self.lift(viewing, item) >= 1.0
 
     def partners(self, product: int, k: int, min_count: int = 2) -> list[int]:
-        candidates = [other for other, count in self.pairs.get(product, {}).items()
+        candidates = [other for other, count in self.bought_with(product).items()
                       if count >= min_count and self.coherent(product, other)]
         return sorted(candidates, key=lambda c: (-self.lift(product, c), c))[:k]
 
@@ -261,7 +261,7 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
     train_baskets, eval_baskets = split_by_time(baskets)
     train_items = [b for _, b in train_baskets]
     stats = PairStats(train_items, catalog)
-    retrieve = serving_retrieval(stats, catalog)  # candidates as the storefront finds them
+    retrieve = serving_retrieval(train_items, catalog)  # candidates as the storefront finds them
     system = RECOMMEND_SYSTEM.format(shop=shop.domain)
 
     recommendations = dedupe_and_balance(

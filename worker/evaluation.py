@@ -15,15 +15,29 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from core.embeddings import SemanticIndex
-from core.history import split_by_time
+from core.embeddings import SemanticIndex, catalog_index
+from core.history import Item, split_by_time
 from core.model_hosts import Chat, chat_with_gguf
 from core.prompts import MAX_PICKS, PROMPT_CART, RECOMMEND_SYSTEM, parse_answer
 from core.recommendations import Shelf, rerank, shown_reason
-from core.recommenders import COLD_START_CO_PURCHASES, EASE, CoPurchase, Recommender, Semantic, TitleMatcher
+from core.recommenders import (
+    COLD_START_CO_PURCHASES,
+    EASE,
+    CoPurchase,
+    Purchases,
+    Recommender,
+    Semantic,
+    TitleMatcher,
+    fit_blend,
+)
 
 KS = (4, 10)
 ORDER_COLUMNS = ("order_id", "product_id", "created_at", "quantity", "title")
+Progress = Callable[[Iterable, str], Iterable]  # wraps a phase's loop (a progress bar in the CLI)
+
+
+def _quiet(items: Iterable, label: str) -> Iterable:
+    return items
 
 
 @dataclass
@@ -47,14 +61,15 @@ def _rows(path: Path) -> Iterable[dict]:
 
 
 def load_order_file(path: Path, columns: dict[str, str], *, skip_orders: str | None = None,
-                    skip_products: set[str] = frozenset()) -> tuple[list[Basket], dict[str, str]]:
+                    skip_products: set[str] = frozenset(), progress: Progress = _quiet,
+                    ) -> tuple[list[Basket], dict[str, str]]:
     """Baskets (oldest first) and product titles (each product's most common one, when a title column is
     mapped). Rows with quantity ≤ 0, orders whose id starts with `skip_orders` (cancellations) and listed
     non-product codes are dropped."""
     name = {key: columns.get(key, key) for key in ORDER_COLUMNS}
     baskets: dict[str, Basket] = {}
     titles: dict[str, Counter] = defaultdict(Counter)
-    for row in _rows(path):
+    for row in progress(_rows(path), f"reading {path.name}"):
         order, product = str(row[name["order_id"]]), str(row[name["product_id"]]).strip()
         quantity = row.get(name["quantity"])
         if (quantity is not None and float(quantity) <= 0) or product in skip_products or \
@@ -200,13 +215,15 @@ class Relevance:
         return 3.0 if share == 1 else 2.0 if share >= 0.5 else 1.0
 
 
-def score(recommender: Recommender, cases: list[Case], catalog: set[str], rng: random.Random,
+def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rng: random.Random,
           slices: dict[str, Callable[[Case], bool]], relevance: Relevance | None = None) -> dict:
     hits = {k: [] for k in KS}
     ndcg = {k: [] for k in KS}
     shown, invented, duplicates, latency, relevant = set(), 0, 0, [], []
     per_slice: dict[str, list[float]] = {name: [] for name in slices}
+    scored = 0
     for case in cases:
+        scored += 1
         started = time.perf_counter()
         ranked = recommender(case.context, max(KS))
         latency.append(time.perf_counter() - started)
@@ -222,8 +239,8 @@ def score(recommender: Recommender, cases: list[Case], catalog: set[str], rng: r
         for name, belongs in slices.items():
             if belongs(case):
                 per_slice[name].append(float(case.target in ranked[:10]))
-    shown_total = max(len(cases) * max(KS), 1)
-    report = {"cases": len(cases)}
+    shown_total = max(scored * max(KS), 1)
+    report = {"cases": scored}
     for k in KS:
         mean = sum(hits[k]) / max(len(hits[k]), 1)
         report[f"hr@{k}"] = round(mean, 4)
@@ -247,23 +264,28 @@ def score(recommender: Recommender, cases: list[Case], catalog: set[str], rng: r
 
 
 def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = None, *, test_fraction: float = 0.2,
-             cases_limit: int | None = 5000, seed: int = 0, chat: Chat | None = None, model_cases: int = 300,
-             train_minutes: float = 0, workdir: Path | None = None,
-             progress: Callable[[str], None] = lambda name: None) -> dict:
-    """Every recommender on the same time split and the same hidden products. With titles, the semantic and
-    hybrid recommenders too; with a model (`chat`), the model alone and the hybrid it re-ranks, on the first
-    `model_cases` cases (with the hybrid alone on the same cases, for a paired comparison)."""
+                         cases_limit: int | None = 5000, seed: int = 0, chat: Chat | None = None,
+                         model_cases: int = 300, train_minutes: float = 0, workdir: Path | None = None,
+                         progress: Progress = _quiet) -> dict:
+    """Every recommender on the same time split and the same hidden products. With titles, the semantic
+    recommender and the served blend too (its weights chosen on the newest 15% of the training orders, never
+    the test split); with a model (`chat`), the model alone and the blend it re-ranks, on the first
+    `model_cases` cases (with the blend alone on the same cases, for a paired comparison)."""
     rng = random.Random(seed)
     train, test = split_by_time(baskets, test_fraction)
     catalog = {p for b in baskets for p in b.products}
-    copurchase = CoPurchase(b.products for b in train)
+    purchases = Purchases(b.products for b in train)
+    copurchase = CoPurchase(purchases)
     recommenders: dict[str, Recommender] = {"popularity": copurchase.popularity, "co-purchase": copurchase,
-                                            "EASE": EASE(b.products for b in train)}
-    index = shelf = None
+                                            "EASE": EASE(purchases)}
+    index = shelf = blend = None
     if titles:
-        shelf = Shelf.everything({p: titles.get(p, p) for p in catalog}, copurchase)
-        index, hybrid = shelf.retrieval.index, shelf.retrieval
-        recommenders |= {"semantic": Semantic(index), "hybrid": hybrid}
+        items = {p: Item(p, titles.get(p, p), "", "") for p in sorted(catalog)}
+        index = catalog_index(items, lambda chunks: progress(chunks, "embedding titles"))
+        blend = fit_blend([b.products for b in train], index, seed=seed,
+                          progress=lambda cases: progress(cases, "choosing the blend's weights"))
+        shelf = Shelf.everything({p: item.title for p, item in items.items()}, blend)
+        recommenders |= {"semantic": Semantic(index), "blend (served)": blend}
     cases = leave_one_out(test, rng, cases_limit)
     popular = {p for p, _ in copurchase.items.most_common(max(len(copurchase.items) // 5, 1))}
     slices = {
@@ -273,32 +295,39 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     relevance = Relevance(baskets, index)
     results = {}
     for name, recommender in recommenders.items():
-        progress(name)
-        results[name] = score(recommender, cases, catalog, random.Random(seed), slices, relevance)
+        results[name] = score(recommender, progress(cases, name), catalog, random.Random(seed), slices, relevance)
     trained_on = None
-    if train_minutes and index is not None:
-        progress("fine-tuning")
+    if train_minutes and shelf is not None:
         gguf, trained_on = fine_tune_on_orders(train, shelf, workdir, minutes=train_minutes, seed=seed)
         chat = chat_with_gguf(gguf)
-    if chat is not None and index is not None:
+    if chat is not None and shelf is not None:
         matcher = TitleMatcher({p: titles.get(p, p) for p in catalog}, index)
         system = RECOMMEND_SYSTEM.format(shop="the store")
         sample = cases[:model_cases]
         model_recommenders = {
-            "hybrid (model cases)": hybrid,
+            "blend (model cases)": blend,
             "model alone": ModelAlone(chat, titles, matcher, system),
-            "hybrid + model re-rank": ModelReRank(chat, shelf, system),
+            "blend + model re-rank": ModelReRank(chat, shelf, system),
         }
         for name, recommender in model_recommenders.items():
-            progress(name)
-            results[name] = score(recommender, sample, catalog, random.Random(seed), slices, relevance)
+            results[name] = score(recommender, progress(sample, name), catalog, random.Random(seed), slices,
+                                  relevance)
     return {
         "split": {"train_orders": len(train), "test_orders": len(test), "test_fraction": test_fraction,
                   "split_at": test[0].created_at.isoformat() if test else None, "catalog": len(catalog),
                   "seed": seed},
+        **({"blend": {"weights": vars(blend.weights), "validation": blend.validation}} if blend else {}),
         "recommenders": results,
+        "against_co_purchase": {name: ratios(result, results["co-purchase"]) for name, result in results.items()
+                                if name in ("EASE", "blend (served)")},
         **({"model_trained_on": trained_on} if trained_on else {}),
     }
+
+
+def ratios(result: dict, baseline: dict) -> dict:
+    """How many times the baseline's HR@10 and NDCG@10 a recommender scores."""
+    return {metric: round(result[metric] / baseline[metric], 3) if baseline[metric] else None
+            for metric in ("hr@10", "ndcg@10")}
 
 
 def hits_at(recommender: Recommender, cases: list[Case], k: int) -> list[float]:
@@ -328,7 +357,7 @@ def markdown(report: dict) -> str:
 def run(*, shop=None, orders_file: Path | None = None, products_file: Path | None = None, columns: str = "",
         skip_orders_prefix: str | None = None, skip_products: str = "", test_fraction: float = 0.2,
         cases: int = 5000, model_file: Path | None = None, train_minutes: float = 0.0, model_cases: int = 300,
-        progress: Callable[[str], None] = lambda name: None) -> dict:
+        progress: Progress = _quiet) -> dict:
     """`pairwell evaluate`: a shop's synced orders (a Shop) or an order file, optionally with a product file,
     a fine-tuned GGUF or a time budget to fine-tune one first. The report carries its own markdown table."""
     import tempfile
@@ -336,7 +365,8 @@ def run(*, shop=None, orders_file: Path | None = None, products_file: Path | Non
     mapping = dict(pair.split("=", 1) for pair in columns.split(",") if "=" in pair)
     if orders_file:
         skip = {p.strip() for p in skip_products.split(",") if p.strip()}
-        baskets, titles = load_order_file(orders_file, mapping, skip_orders=skip_orders_prefix, skip_products=skip)
+        baskets, titles = load_order_file(orders_file, mapping, skip_orders=skip_orders_prefix, skip_products=skip,
+                                          progress=progress)
         source = str(orders_file)
     else:
         from core.history import load_baskets, load_catalog
