@@ -197,8 +197,9 @@ def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, bud
         if model is not None:
             log.warning("serving fallback for %s: %s", shop.domain, exc)
         result, source = Reranked(ranking(shelf, viewing.id, cart_ids)[:limit], {}), "fallback"
-    return [(shelf.offers[p], shown_reason(result.reasons.get(p), shelf.catalog[p], shelf.catalog.get(viewing.id)))
-            for p in result.products], source
+    together = shelf.retrieval.copurchase.together
+    return [(shelf.offers[p], shown_reason(result.reasons.get(p), shelf.catalog[p], shelf.catalog.get(viewing.id),
+                                           together(viewing.id, p))) for p in result.products], source
 
 
 # Words a reason may use about any pair without claiming a fact of either product.
@@ -206,15 +207,16 @@ PAIRING_WORDS = stems("pairs pair goes go well together complete completes compa
                       "add adds ideal perfect essential match matches kit setup great keep keeps")
 
 
-def shown_reason(reason: str | None, product: Item, viewing: Item | None) -> str:
+def shown_reason(reason: str | None, product: Item, viewing: Item | None, together: int = 0) -> str:
     """The model's reason if it says nothing the two products' own texts do not (no "isobutane-propane
-    harness" for a climbing harness), else one from the merchant's description of the product."""
+    harness" for a climbing harness), else one built from facts: what the merchant's description says the
+    product is for and, when shoppers did, how many orders bought the two together."""
     facts = stems(embeddings.product_text(product.title, product.product_type, product.description))
     if viewing is not None:
         facts |= stems(f"{viewing.title} {viewing.product_type}")
     if reason and stems(reason) - PAIRING_WORDS <= facts:
         return reason
-    return reason_for(product)
+    return reason_for(product) + (f"; bought together in {together} orders" if together >= 2 else "")
 
 
 def as_json(offer: Offer, reason: str) -> dict:

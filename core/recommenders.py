@@ -159,21 +159,23 @@ class Semantic:
 
 @dataclass(frozen=True)
 class Weights:
-    """How much each signal counts beside EASE (scaled to the basket's best): co-purchase (likewise scaled),
-    semantic similarity, semantic again for products co-purchase knows too little about, and popularity."""
+    """How much each signal counts: EASE and co-purchase (each scaled to the basket's best), semantic
+    similarity, semantic again for products co-purchase knows too little about, and popularity."""
     copurchase: float = 0.25
     semantic: float = 0.2
     cold_start: float = 0.0
     popularity: float = 0.0
+    ease: float = 1.0
 
     def as_array(self) -> np.ndarray:
-        return np.array([1.0, self.copurchase, self.semantic, self.cold_start, self.popularity], dtype=np.float32)
+        return np.array([self.ease, self.copurchase, self.semantic, self.cold_start, self.popularity],
+                        dtype=np.float32)
 
 
 # The defaults, chosen on the Online Retail validation split, serve stores with too few orders to choose.
 DEFAULT_WEIGHTS = Weights()
-WEIGHT_GRID = [Weights(c, s, cold, pop) for c in (0.0, 0.25, 0.5, 1.0) for s in (0.0, 0.05, 0.1, 0.2, 0.4)
-               for cold in (0.0, 0.25, 0.5, 1.0) for pop in (0.0, 0.1)]
+WEIGHT_GRID = [Weights(c, s, cold, pop, ease) for ease in (1.0, 0.0) for c in (0.0, 0.25, 0.5, 1.0)
+               for s in (0.0, 0.05, 0.1, 0.2, 0.4) for cold in (0.0, 0.25, 0.5, 1.0) for pop in (0.0, 0.1)]
 MIN_VALIDATION_CASES = 100
 COLD_START_FLOOR = 0.15  # new products must get shown: the 0.10 goal, with room for a new period's noise
 
@@ -240,13 +242,11 @@ def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *, va
         if target not in trial.position:
             continue
         signals = trial.signals(context)
-        signals[:, [trial.position[p] for p in context if p in trial.position]] = -1e9
         # Only the best of each signal can reach a top 10: score those few hundred, not the catalog.
         pool = np.unique(np.concatenate([np.argpartition(-row, 100)[:100] if len(row) > 100 else np.arange(len(row))
-                                         for row in signals]))
+                                         for row in signals] + [[trial.position[target]]]))
+        pool = pool[~np.isin(pool, [trial.position[p] for p in context if p in trial.position])]
         target_at = np.flatnonzero(pool == trial.position[target])
-        if not len(target_at):
-            continue
         scores = grid @ signals[:, pool] + 1e-3 * trial.popular[pool]
         rank = (scores > scores[:, target_at]).sum(axis=1)
         hits += rank < 10
