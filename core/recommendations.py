@@ -1,10 +1,10 @@
 """"Pairs well with": the one path from a basket to the products a shopper sees.
 
-The hybrid retrieval ranks the sellable products; the deployed model re-ranks and explains the top CANDIDATES
-under a constraint that admits only their titles; its names are matched back to those candidates (exact,
-fuzzy, embedding) and the ranking fills the rest. The storefront, the deploy gate and offline evaluation all
-call `rerank`, so the gate scores exactly what shoppers get. Whatever the model does, the answer holds only
-real, active, in-stock catalog products."""
+The blended retrieval (EASE, co-purchase, semantics) ranks the sellable products; the deployed model
+re-ranks and explains the top CANDIDATES under a constraint that admits only their titles; its names are
+matched back to those candidates (exact, fuzzy, embedding) and the ranking fills the rest. The storefront,
+the deploy gate and offline evaluation all call `rerank`, so the gate scores exactly what shoppers get.
+Whatever the model does, the answer holds only real, active, in-stock catalog products."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ INDEX_TTL_SECONDS = 600
 PRECOMPUTE_BUDGET_SECONDS = 20.0  # nobody waits on a precompute: let the model finish
 SHELF_TTL_SECONDS = 30
 _indexes: dict[int, tuple[float, Blend]] = {}
+_rebuilding: set[int] = set()  # shops whose index a background thread is rebuilding
 _shelves: dict[int, tuple[str, float, Shelf]] = {}
 
 
@@ -108,13 +109,35 @@ def shelf_for(shop: Shop) -> Shelf:
 
 
 def retrieval_index(shop_id: int, catalog: dict[int, Item]) -> Blend:
-    """The serving retrieval over the shop's orders, rebuilt every few minutes (the embeddings of unchanged
-    product texts are remembered, so a rebuild embeds only what changed)."""
+    """The serving retrieval over the shop's orders. Built on first use; after INDEX_TTL_SECONDS it is rebuilt
+    in the background while the old one keeps serving (a big catalog's build takes a minute, and no shopper
+    should wait for it). The embeddings of unchanged product texts are remembered, so a rebuild embeds only
+    what changed."""
     built = _indexes.get(shop_id)
-    if built is None or time.monotonic() - built[0] > INDEX_TTL_SECONDS:
-        built = (time.monotonic(), serving_retrieval([b for _, b in load_baskets(shop_id, catalog)], catalog))
-        _indexes[shop_id] = built
+    if built is None:
+        return _build_index(shop_id, catalog)
+    if time.monotonic() - built[0] > INDEX_TTL_SECONDS and shop_id not in _rebuilding:
+        _rebuilding.add(shop_id)
+        threading.Thread(target=_rebuild_index, args=(current_app._get_current_object(), shop_id, catalog),
+                         name=f"pairwell-index-{shop_id}", daemon=True).start()
     return built[1]
+
+
+def _build_index(shop_id: int, catalog: dict[int, Item]) -> Blend:
+    retrieval = serving_retrieval([b for _, b in load_baskets(shop_id, catalog)], catalog)
+    _indexes[shop_id] = (time.monotonic(), retrieval)
+    return retrieval
+
+
+def _rebuild_index(app, shop_id: int, catalog: dict[int, Item]) -> None:
+    with app.app_context():
+        try:
+            _build_index(shop_id, catalog)
+        except Exception:  # the old index keeps serving; the next request past the TTL tries again
+            log.exception("rebuilding the retrieval index of shop %s failed", shop_id)
+        finally:
+            _rebuilding.discard(shop_id)
+            db.session.remove()
 
 
 def ranking(shelf: Shelf, viewing: Hashable, cart: list[Hashable]) -> list[Hashable]:

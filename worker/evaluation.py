@@ -97,7 +97,7 @@ def load_product_file(path: Path, columns: dict[str, str]) -> dict[str, str]:
 def fine_tune_on_orders(train: list[Basket], shelf: Shelf, workdir: Path, *,
                         minutes: float, baskets: int = 4000, seed: int = 0) -> tuple[Path, dict]:
     """The sampled, time-budgeted training mode for big order files on a CPU: recommendation examples from
-    `baskets` sampled training orders (candidates from the same hybrid that serves), LoRA on SmolLM2-135M
+    `baskets` sampled training orders (candidates from the same blend that serves), LoRA on SmolLM2-135M
     for `minutes`, merged and exported to GGUF. Returns the GGUF and what it was trained on."""
     import json
 
@@ -207,12 +207,15 @@ class Relevance:
 
     def __call__(self, basket: list[str], shown: list[str]) -> float:
         viewed = basket[-1]
-        similarity = self.index.similarities([viewed]) if self.index else None
         related = [(self.together.together(viewed, p) >= 2 and self.together.lift(viewed, p) >= self.lift) or
-                   (similarity is not None and p in self.index.position
-                    and similarity[self.index.position[p]] >= self.similar) for p in shown]
+                   self.similarity(viewed, p) >= self.similar for p in shown]
         share = sum(related) / max(len(related), 1)
         return 3.0 if share == 1 else 2.0 if share >= 0.5 else 1.0
+
+    def similarity(self, a: str, b: str) -> float:
+        if self.index is None or a not in self.index.position or b not in self.index.position:
+            return 0.0
+        return float(self.index.vectors[self.index.position[a]] @ self.index.vectors[self.index.position[b]])
 
 
 def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rng: random.Random,
@@ -274,10 +277,6 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     rng = random.Random(seed)
     train, test = split_by_time(baskets, test_fraction)
     catalog = {p for b in baskets for p in b.products}
-    purchases = Purchases(b.products for b in train)
-    copurchase = CoPurchase(purchases)
-    recommenders: dict[str, Recommender] = {"popularity": copurchase.popularity, "co-purchase": copurchase,
-                                            "EASE": EASE(purchases)}
     index = shelf = blend = None
     if titles:
         items = {p: Item(p, titles.get(p, p), "", "") for p in sorted(catalog)}
@@ -285,6 +284,13 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
         blend = fit_blend([b.products for b in train], index, seed=seed,
                           progress=lambda cases: progress(cases, "choosing the blend's weights"))
         shelf = Shelf.everything({p: item.title for p, item in items.items()}, blend)
+        copurchase, ease = blend.copurchase, blend.ease  # the blend's own, fitted on the same training orders
+    else:
+        purchases = Purchases(b.products for b in train)
+        copurchase, ease = CoPurchase(purchases), EASE(purchases)
+    recommenders: dict[str, Recommender] = {"popularity": copurchase.popularity, "co-purchase": copurchase,
+                                            "EASE": ease}
+    if blend is not None:
         recommenders |= {"semantic": Semantic(index), "blend (served)": blend}
     cases = leave_one_out(test, rng, cases_limit)
     popular = {p for p, _ in copurchase.items.most_common(max(len(copurchase.items) // 5, 1))}
