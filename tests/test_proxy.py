@@ -100,6 +100,25 @@ def test_second_request_is_served_from_cache_until_the_catalog_changes(client, i
     assert not client.get(proxy_url(installed_shop.domain, product_id=store.products[3].id, limit=3)).json["cached"]
 
 
+def test_a_stale_retrieval_index_keeps_serving_while_it_is_rebuilt_in_the_background(installed_shop):
+    import threading
+
+    from core import recommendations
+    from core.history import load_catalog
+
+    catalog = load_catalog(installed_shop.id)
+    first = recommendations.retrieval_index(installed_shop.id, catalog)
+    assert recommendations.retrieval_index(installed_shop.id, catalog) is first  # fresh: no rebuild
+    built_at, _ = recommendations._indexes[installed_shop.id]
+    recommendations._indexes[installed_shop.id] = (built_at - recommendations.INDEX_TTL_SECONDS - 1, first)
+    assert recommendations.retrieval_index(installed_shop.id, catalog) is first  # stale: served at once
+    for thread in threading.enumerate():
+        if thread.name == f"pairwell-index-{installed_shop.id}":
+            thread.join(timeout=60)
+    rebuilt = recommendations.retrieval_index(installed_shop.id, catalog)
+    assert rebuilt is not first and rebuilt.ids == first.ids and installed_shop.id not in recommendations._rebuilding
+
+
 def test_rate_limit_answers_429_with_retry_after(app, client, installed_shop, store):
     app.config["PROXY_LIMIT_PER_IP"] = 3
     codes = [client.get(proxy_url(installed_shop.domain, product_id=store.products[0].id)).status_code

@@ -224,9 +224,7 @@ def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rn
     ndcg = {k: [] for k in KS}
     shown, invented, duplicates, latency, relevant = set(), 0, 0, [], []
     per_slice: dict[str, list[float]] = {name: [] for name in slices}
-    scored = 0
     for case in cases:
-        scored += 1
         started = time.perf_counter()
         ranked = recommender(case.context, max(KS))
         latency.append(time.perf_counter() - started)
@@ -242,6 +240,7 @@ def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rn
         for name, belongs in slices.items():
             if belongs(case):
                 per_slice[name].append(float(case.target in ranked[:10]))
+    scored = len(latency)  # `cases` may be a progress bar
     shown_total = max(scored * max(KS), 1)
     report = {"cases": scored}
     for k in KS:
