@@ -159,8 +159,9 @@ def stage_export(run: TrainingRun, quantization: str = "q8_0", final: bool = Fal
 
 
 def stage_gate(run: TrainingRun, final: bool = False) -> dict | None:
-    """The deploy gate's evidence: the new version, the live one and co-purchase on the same held-out orders
-    (the newest, never trained on), each answered by the storefront's own path (`rerank`)."""
+    """The deploy gate's evidence: the new version, the retrieval it re-ranks, co-purchase and the live version
+    on the same held-out orders (the newest, never trained on), the models through the storefront's own path
+    (`rerank`)."""
     model = db.session.scalar(select(ModelVersion).where(ModelVersion.training_run_id == run.id))
     if model is None or model.status != "verified" or "gate" in (model.metrics or {}):
         return (model.metrics or {}).get("gate") if model else None
