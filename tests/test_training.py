@@ -159,7 +159,7 @@ def test_admin_api_shows_and_cancels_training_runs(client, installed_shop, shopi
     assert client.get("/api/training-runs").status_code == 401
 
 
-def test_training_resumes_from_its_checkpoint(tiny_base, tmp_path):
+def test_training_resumes_from_its_checkpoint(tiny_base, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     answers = [prompts.format_answer([(f"Item {i + 1}", "Goes with it")]) for i in range(24)]
@@ -169,8 +169,12 @@ def test_training_resumes_from_its_checkpoint(tiny_base, tmp_path):
     (data / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
     config = dict(epochs=1, batch_tokens=128, checkpoint_every=1, eval_examples=4)
 
-    first = training.train(tiny_base, data, tmp_path / "out", training.TrainConfig(**config, time_budget_seconds=1e-6))
+    first = training.train(tiny_base, data, tmp_path / "out", training.TrainConfig(**config, time_budget_seconds=1e-6),
+                           progress_bar=True)
     assert first["stopped"] == "time budget" and first["steps"] == 1  # "crashed" after one step
+    said = capsys.readouterr()
+    assert "train (budget 1.66667e-08 min)" in said.err  # a budgeted bar counts the budget, not the steps
+    assert f"train: stopped at step 1 of {first['total_steps']}: the 1.66667e-08-minute budget ran out" in said.out
     second = training.train(tiny_base, data, tmp_path / "out", training.TrainConfig(**config))
     assert second["resumed_from_step"] == 1 and second["steps"] == second["total_steps"] > 1
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()

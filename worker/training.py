@@ -208,9 +208,11 @@ def train(base_dir: Path, dataset_dir: Path, out_dir: Path, config: TrainConfig,
     started, tokens_seen, stopped = time.perf_counter(), 0, None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     bar = None
-    if progress_bar:
+    if progress_bar:  # a time-budgeted run counts its budget, not steps it will never reach
         from tqdm import tqdm
-        bar = tqdm(total=total_steps, initial=state["step"], unit="step", desc="train")
+        budget = config.time_budget_seconds
+        bar = tqdm(total=max(round(budget), 1), unit="s", desc=f"train (budget {budget / 60:g} min)") if budget else \
+            tqdm(total=total_steps, initial=state["step"], unit="step", desc="train")
 
     def end_of_epoch() -> bool:
         """Evaluate, keep the best adapter; True when training should stop early."""
@@ -256,9 +258,12 @@ def train(base_dir: Path, dataset_dir: Path, out_dir: Path, config: TrainConfig,
             last_loss = loss.item()
             if state["step"] % 5 == 0 or state["batch"] == len(batches):
                 state["history"].append({"step": state["step"], "loss": round(last_loss, 4)})
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.3f}")
+            if bar is not None:
+                if config.time_budget_seconds:
+                    bar.update(min(round(time.perf_counter() - started), bar.total) - bar.n)
+                else:
+                    bar.update(1)
+                bar.set_postfix(step=f"{state['step']}/{total_steps}", loss=f"{last_loss:.3f}")
             report()  # may raise Cancelled
             if state["step"] % config.checkpoint_every == 0:
                 save_checkpoint()
@@ -270,8 +275,11 @@ def train(base_dir: Path, dataset_dir: Path, out_dir: Path, config: TrainConfig,
         if end_of_epoch() and stopped is None and state["epoch"] < config.epochs:
             stopped = "early stopping"
         save_checkpoint()
-    if bar:
+    if bar is not None:
         bar.close()
+        why = {"time budget": f"the {config.time_budget_seconds / 60:g}-minute budget ran out",
+               "early stopping": "the held-out loss stopped improving", None: "all epochs done"}[stopped]
+        tqdm.write(f"train: stopped at step {state['step']} of {total_steps}: {why}")
     elapsed = time.perf_counter() - started - eval_seconds
     summary = {"steps": state["step"], "total_steps": total_steps, "resumed_from_step": first_step,
                "best_eval_loss": state["best_eval"],
