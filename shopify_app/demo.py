@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from urllib.parse import urlencode
 
@@ -79,12 +81,17 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
 def fine_tune(shop, minutes: float) -> None:
     """Datasets → LoRA fine-tune within the budget → GGUF → verify; then the base and the tuned model side by
     side on the same held-out cart."""
-    click.echo(f"Fine-tuning for up to {minutes:g} minutes (datasets, LoRA, merge, GGUF, llama.cpp check)...")
-    run = enqueue_pipeline(shop, hyperparameters={**DEMO_TRAINING, "time_budget_seconds": minutes * 60})
-    stats = run.dataset_stats or {}
-    click.echo(f"Datasets {run.dataset_version}: {stats.get('train_examples')} training examples "
-               f"({stats.get('recommendation_examples')} recommendations, {stats.get('support_examples')} support), "
-               f"{stats.get('eval_examples')} held out from orders after {stats.get('split_at')}")
+    click.echo(f"Fine-tuning for up to {minutes:g} minutes (datasets, LoRA, merge, GGUF, llama.cpp check, "
+               "deploy gate)...")
+    stages = logging.StreamHandler(sys.stdout)  # each stage says when it starts, as it starts
+    stages.setFormatter(logging.Formatter("  %(message)s"))
+    pipeline_log = logging.getLogger("worker")
+    pipeline_log.addHandler(stages)
+    pipeline_log.setLevel(logging.INFO)
+    try:
+        run = enqueue_pipeline(shop, hyperparameters={**DEMO_TRAINING, "time_budget_seconds": minutes * 60})
+    finally:
+        pipeline_log.removeHandler(stages)
     if run.status != "succeeded":
         raise click.ClickException(f"training run #{run.id} failed in {run.stage}: {run.error}")
     model = db.session.scalars(db.select(ModelVersion).where(ModelVersion.training_run_id == run.id)).one()

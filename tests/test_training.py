@@ -91,11 +91,17 @@ def test_support_dataset_uses_policies_stock_and_merchant_conversations(installe
     assert all(r["messages"][2]["content"] for r in support)
 
 
-def test_full_chain_on_a_tiny_model(app, installed_shop, tiny_base, tmp_path):
+def test_full_chain_on_a_tiny_model(app, installed_shop, tiny_base, tmp_path, caplog):
     app.config.update(BASE_MODEL=str(tiny_base), PAIRWELL_ARTIFACTS=str(tmp_path))
+    caplog.set_level("INFO", logger="worker")
     run = enqueue_pipeline(installed_shop, hyperparameters={
         "epochs": 1, "batch_tokens": 1024, "time_budget_seconds": 6, "eval_examples": 8, "learning_rate": 1e-2})
     assert run.status == "succeeded", run.error
+    # Each stage says so as it starts; the datasets' summary comes before training, not after.
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("worker")]
+    datasets = next(i for i, line in enumerate(said) if line.startswith(f"run #{run.id}: datasets "))
+    assert said.index(f"run #{run.id}: build datasets…") < datasets < said.index(f"run #{run.id}: train…")
+    assert f"run #{run.id}: export…" in said
     assert run.step > 0 and run.total_steps >= run.step and run.tokens_per_second > 0 and run.history
     assert run.eval_loss is not None and run.dataset_version
     model = db.session.scalars(select(ModelVersion)).one()

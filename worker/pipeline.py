@@ -46,6 +46,7 @@ STAGES = ("build_datasets", "train", "export", "gate", "deploy")
 
 
 def _begin(run: TrainingRun, stage: str) -> None:
+    log.info("run #%d: %s…", run.id, stage.replace("_", " "))  # a line that moves, in the CLI and worker logs
     run.status, run.stage, run.error, run.heartbeat_at, run.finished_at = "running", stage, None, utcnow(), None
     run.artifact_dir = str(run_dir(run))
     db.session.commit()
@@ -77,6 +78,9 @@ def stage_build_datasets(run: TrainingRun, conversations: str | None = None, fin
         _fail(run, exc)
         raise
     run.dataset_version, run.dataset_stats = stats["version"], stats
+    log.info("run #%d: datasets %s: %s training examples (%s recommendations, %s support), %s held out from "
+             "orders after %s", run.id, stats["version"], stats["train_examples"], stats["recommendation_examples"],
+             stats["support_examples"], stats["eval_examples"], stats["split_at"])
     _end(run, "build_datasets", final)
     return stats
 
@@ -243,12 +247,14 @@ def stage_deploy(run: TrainingRun, force: bool = False, final: bool = True) -> M
     elif gate is not None and not gate["passed"] and not force:
         refusal = f"{gate['reason']} (pairwell deploy --force to override)"
     if refusal:
+        log.info("run #%d: v%d not deployed: %s", run.id, model.version, refusal)
         model.metrics = {**model.metrics, "deploy": refusal}
         _end(run, "deploy refused", final)
         return model
     if gate is None or not gate["passed"]:
         model.metrics = {**model.metrics, "deploy": "forced past the evaluation gate: "
                                                     + (gate["reason"] if gate else "no gate result")}
+    log.info("run #%d: deploying v%d…", run.id, model.version)
     activate(model)
     _end(run, "deployed", final)
     return model

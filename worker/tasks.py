@@ -112,6 +112,7 @@ def precompute_recommendations(self, shop_id: int) -> dict:
 
     # In-process (the demo) keeps it to a minute: the rest fills in on first request.
     budget = 60.0 if self.app.conf.task_always_eager else None
+    log.info("precomputing the storefront blocks of shop %d%s…", shop_id, f" (at most {budget:g} s)" if budget else "")
     return recommendations.precompute(db.session.get(Shop, shop_id), budget_seconds=budget)
 
 
