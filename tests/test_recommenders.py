@@ -131,6 +131,7 @@ def test_evaluate_reports_the_model_alone_and_the_blend_it_re_ranks(index):
     assert alone["cases"] == rerank["cases"] == 20
     assert alone["hallucination_rate"] > 0 and alone["out_of_catalog_rate"] > 0
     assert rerank["hallucination_rate"] == 0 and rerank["out_of_catalog_rate"] == 0
+    assert rerank["model_reasons"] == 20 and rerank["faithful_reasons"] == 0  # "r" is no fact of any product
     assert 1 <= rerank["relevance@4"] <= 3 and report["blend (served)"]["hr@10"] >= report["popularity"]["hr@10"]
 
 

@@ -259,6 +259,9 @@ def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rn
         # The seeds' hallucination measure: names the model wrote that are not catalog products.
         report["model_names"] = recommender.names
         report["hallucination_rate"] = round(recommender.invented / max(recommender.names, 1), 4)
+    if getattr(recommender, "reasons", None) is not None:
+        # The model's own reasons, and those the products' texts support (the others are never shown).
+        report["model_reasons"], report["faithful_reasons"] = recommender.reasons, recommender.faithful
     for name, values in per_slice.items():
         report[f"{name}_hr@10"] = round(sum(values) / len(values), 4) if values else None
         report[f"{name}_cases"] = len(values)
