@@ -52,9 +52,6 @@ class Purchases:
         self.matrix = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)),
                                         shape=(len(baskets), len(self.ids)))
 
-    def rows(self, basket: Sequence[Hashable]) -> list[int]:
-        return [self.position[p] for p in basket if p in self.position]
-
 
 def _as_purchases(baskets: Iterable[Sequence[Hashable]] | Purchases) -> Purchases:
     return baskets if isinstance(baskets, Purchases) else Purchases(baskets)
@@ -133,8 +130,9 @@ class EASE:
         gram[np.diag_indices_from(gram)] += lam
         # XᵀX + λI is symmetric positive definite: invert it through its Cholesky factor, in place (half
         # the work of a general inverse, and no second n × n copy).
-        factor, failed = lapack.spotrf(gram, lower=True, overwrite_a=True)
-        inverse, failed = (factor, failed) if failed else lapack.spotri(factor, lower=True, overwrite_c=True)
+        inverse, failed = lapack.spotrf(gram, lower=True, overwrite_a=True)
+        if not failed:
+            inverse, failed = lapack.spotri(inverse, lower=True, overwrite_c=True)
         if failed:
             raise np.linalg.LinAlgError(f"EASE: the Gram matrix is not positive definite ({failed})")
         upper = np.triu_indices_from(inverse, 1)
