@@ -29,7 +29,7 @@ from .inputs import BadInput
 from .model_hosts import ModelUnavailable, host_for, model_ref
 from .models import Conversation, Order, Product, Shop, Variant, db, utcnow
 from .prompts import SUPPORT_REPLY_TOKENS, SUPPORT_SYSTEM, support_prompt
-from .recommendations import Shelf
+from .recommendations import Shelf, offer_json
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +268,7 @@ def compose(q: Question) -> tuple[Reply, Facts]:
         intent = "product" if facts.focus is not None else "off_topic"
     reply = COMPOSERS[intent](q, facts)
     offers = [q.shelf.offers[p] for p in dict.fromkeys(facts.products) if p in q.shelf.offers]
-    reply.products = [{"id": o.id, "handle": o.handle, "title": o.title, "url": o.url, "image": o.image,
-                       "price": o.price} for o in offers]
+    reply.products = [offer_json(o) for o in offers]
     reply.facts = facts.lines
     reply.wordable = intent not in ("person", "off_topic", "order", "greeting")
     return reply, facts

@@ -16,7 +16,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 from flask import current_app
-from sqlalchemy import case, func, select
+from sqlalchemy import select
 
 from . import cache, embeddings
 from .claims import stems
@@ -43,7 +43,8 @@ class Offer:
     title: str
     url: str
     image: str | None
-    price: str | None
+    price: str | None  # of the variant quick add puts in the cart
+    variant_id: int | None = None  # the first variant in stock
 
 
 @dataclass
@@ -78,9 +79,11 @@ def load_shelf(shop: Shop, baskets: Iterable[list[int]] | None = None) -> Shelf:
         Product.id, Product.title, Product.product_type, Product.description, Product.status, Product.handle,
         Product.online_store_url, Product.image_url, Product.embedding_sha).where(Product.shop_id == shop.id)).all()
     in_stock = Variant.available_for_sale & (Variant.inventory_quantity > 0)
-    stock = {product: (price, sellable) for product, price, sellable in db.session.execute(
-        select(Variant.product_id, func.min(Variant.price), func.max(case((in_stock, 1), else_=0)))
-        .where(Variant.shop_id == shop.id).group_by(Variant.product_id))}
+    first_in_stock: dict[int, tuple[int, object]] = {}  # product → (variant, price): what quick add adds
+    for product, variant, price in db.session.execute(
+            select(Variant.product_id, Variant.id, Variant.price).where(Variant.shop_id == shop.id, in_stock)
+            .order_by(Variant.product_id, Variant.id)):
+        first_in_stock.setdefault(product, (variant, price))
     catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products if p.status == "ACTIVE"}
     texts = {p.id: embeddings.product_text(p.title, p.product_type, p.description) for p in products}
     stored = [p.id for p in products if p.id in catalog and not embeddings.is_remembered(texts[p.id])
@@ -89,7 +92,8 @@ def load_shelf(shop: Shop, baskets: Iterable[list[int]] | None = None) -> Shelf:
         embeddings.remember((texts[product], vector) for product, vector in db.session.execute(
             select(Product.id, Product.embedding).where(Product.shop_id == shop.id, Product.id.in_(stored))))
     offers = {p.id: Offer(p.id, p.handle, p.title, p.online_store_url or f"/products/{p.handle}", p.image_url,
-                          str(stock[p.id][0])) for p in products if p.id in catalog and stock.get(p.id, (0, 0))[1]}
+                          str(first_in_stock[p.id][1]), first_in_stock[p.id][0])
+              for p in products if p.id in catalog and p.id in first_in_stock}
     if baskets is None:
         retrieval = retrieval_index(shop.id, catalog)
     else:
@@ -242,9 +246,13 @@ def shown_reason(reason: str | None, product: Item, viewing: Item | None, togeth
     return reason_for(product) + (f"; bought together in {together} orders" if together >= 2 else "")
 
 
-def as_json(offer: Offer, reason: str) -> dict:
+def offer_json(offer: Offer) -> dict:
     return {"id": offer.id, "handle": offer.handle, "title": offer.title, "url": offer.url, "image": offer.image,
-            "price": offer.price, "reason": reason}
+            "price": offer.price, "variant_id": offer.variant_id}
+
+
+def as_json(offer: Offer, reason: str) -> dict:
+    return {**offer_json(offer), "reason": reason}
 
 
 def cache_key(shop_id: int, product_id: int, cart: list[int], limit: int) -> str:

@@ -58,7 +58,7 @@ def test_stock_by_size_comes_from_the_database(client, shop):
     assert body["strategy"] == "answer" and body["handoff"] is False
     assert "7 left" in body["reply"] and f"${variant.price}" in body["reply"]
     assert [p["id"] for p in body["products"]] == [product.id]
-    assert set(body["products"][0]) == {"id", "handle", "title", "url", "image", "price"}
+    assert set(body["products"][0]) == {"id", "handle", "title", "url", "image", "price", "variant_id"}
 
 
 def test_out_of_stock_suggests_in_stock_products_of_the_same_kind(client, shop):
