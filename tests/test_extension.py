@@ -175,3 +175,26 @@ def test_shopify_theme_check_finds_no_offense():
     result = subprocess.run(["node", "-e", script, str(THEME_CHECK), str(EXTENSION)], capture_output=True,
                             text=True, timeout=120, check=True)
     assert json.loads(result.stdout) == []
+
+
+# --- The "pairs well with" block's Liquid, rendered ------------------------------------------------------------
+
+@pytest.mark.parametrize("root, base", [("/", "/"), ("/fr", "/fr/"), ("/fr/", "/fr/")])
+def test_block_builds_every_url_under_the_locale_root(root, base):
+    """routes.root_url is "/" on the primary locale and "/fr" (no trailing slash) on others."""
+    liquid = pytest.importorskip("liquid", reason="python-liquid renders the block's Liquid")
+    source = SCHEMA.sub("", (EXTENSION / "blocks" / "pairs_well_with.liquid").read_text())
+    cart_url = root.rstrip("/") + "/cart"
+    page = Elements(liquid.Environment().from_string(source).render(
+        block={"id": "b1", "settings": {"heading": "Pairs <well>", "limit": 3}, "shopify_attributes": ""},
+        product={"id": 7001}, shop={"currency": "EUR"},
+        routes={"root_url": root, "cart_url": cart_url, "cart_add_url": cart_url + "/add"},
+        cart={"items": [{"product_id": 31}, {"product_id": 42}, {"product_id": 31}]}))
+    block = page.first("data-pairwell-block")
+    assert block["data-proxy"] == f"{base}apps/pairwell/recommendations" and block["data-root"] == base
+    assert block["data-cart-add"] == f"{base}cart/add.js" and block["data-cart-url"] == f"{base}cart.js"
+    assert block["data-product-id"] == "7001" and block["data-limit"] == "3" and block["data-cart"] == "31,42"
+    assert block["data-currency"] == "EUR" and "--pairwell-columns: 3" in block["style"]
+    skeleton = [attrs for tag, attrs in page.found if "pairwell-block__item--skeleton" in attrs.get("class", "")]
+    assert len(skeleton) == 3 and all(attrs["aria-hidden"] == "true" for attrs in skeleton)
+    assert page.first("data-pairwell-status")["role"] == "status"

@@ -1,7 +1,9 @@
-// Pairwell "pairs well with" block: asks the app (through the App Proxy) and renders real catalog products.
-// It also reports what shoppers do with it (shown, clicked, clicked product added to cart) to /events.
+// Pairwell "pairs well with" block: asks the app (through the App Proxy) and renders real catalog products in
+// the space the Liquid reserved; each card can be added to the cart. It reports what shoppers do with it
+// (shown, clicked, added to the cart) to /events. A failure, an empty answer or a slow app leaves no trace.
 (() => {
   const CLICKED = "pairwell:clicked"; // product id → {viewed, source}, for the add-to-cart on the next page
+  const BUDGET_MS = 3500; // the shopper will not wait longer for a block below the buy button
 
   const send = (block, events) => {
     const url = block.dataset.proxy.replace(/recommendations$/, "events");
@@ -15,7 +17,7 @@
     try { return JSON.parse(sessionStorage.getItem(CLICKED)) || {}; } catch { return {}; }
   };
 
-  // On the page of a product reached through the block: its add-to-cart counts for the block.
+  // On the page of a product reached through the block: its product form's add-to-cart counts for the block.
   const watchAddToCart = (block) => {
     const from = clicked()[block.dataset.productId];
     if (!from) return;
@@ -25,38 +27,75 @@
     }, { once: true }));
   };
 
-  const money = (price) => {
+  // The app answers in the shop's currency: format it as that currency, never under the shopper's sign.
+  const money = (price, currency) => {
     const amount = Number(price);
-    return Number.isFinite(amount) ? new Intl.NumberFormat(document.documentElement.lang || undefined, {
-      style: "currency", currency: (window.Shopify && Shopify.currency && Shopify.currency.active) || "USD",
-    }).format(amount) : "";
+    if (price == null || !Number.isFinite(amount)) return "";
+    try {
+      return new Intl.NumberFormat(document.documentElement.lang || undefined,
+                                   { style: "currency", currency: currency || "USD" }).format(amount);
+    } catch { return String(price); }
   };
 
-  const card = (item, block, source) => {
-    const li = document.createElement("li");
-    li.className = "pairwell-block__item";
-    const link = document.createElement("a");
-    link.href = item.url;
-    link.className = "pairwell-block__link";
-    if (item.image) {
-      const img = document.createElement("img");
-      img.src = item.image;
-      img.alt = item.title;
-      img.loading = "lazy";
-      img.width = 160;
-      img.height = 160;
-      link.append(img);
+  const el = (tag, part, text) => {
+    const node = document.createElement(tag);
+    if (part) node.className = `pairwell-block__${part}`;
+    if (text != null) node.textContent = text;
+    return node;
+  };
+
+  // "Add to cart" is what is seen; screen readers hear it first, then which product.
+  const label = (button, text, title) => {
+    button.textContent = text;
+    button.setAttribute("aria-label", `${text}: ${title}`);
+  };
+
+  async function refreshCart(block, line) {
+    let cart = null;
+    try {
+      cart = await (await fetch(block.dataset.cartUrl, { headers: { Accept: "application/json" } })).json();
+      document.querySelectorAll("[data-cart-count]").forEach((count) => { count.textContent = cart.item_count; });
+    } catch { /* the theme's own listeners still hear the event */ }
+    document.dispatchEvent(new CustomEvent("cart:refresh", { bubbles: true, detail: { cart, items: [line] } }));
+  }
+
+  async function addToCart(block, item, button, source) {
+    if (button.getAttribute("aria-disabled") === "true") return;
+    const say = block.dataset;
+    const status = block.querySelector("[data-pairwell-status]");
+    button.setAttribute("aria-disabled", "true"); // not `disabled`: the focus stays on the button
+    try {
+      const response = await fetch(say.cartAdd, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ id: item.variant_id, quantity: 1 }),
+      });
+      const line = await response.json();
+      if (!response.ok) throw new Error(line.description || say.addFailed);
+      label(button, say.added, item.title);
+      button.classList.add("is-added");
+      status.textContent = `${item.title}: ${say.added}`;
+      send(block, [{ kind: "add_to_cart", viewed_product_id: block.dataset.productId, product_id: String(item.id),
+                     source }]);
+      refreshCart(block, line);
+      setTimeout(() => { label(button, say.add, item.title); button.classList.remove("is-added"); }, 2500);
+    } catch (error) {
+      status.textContent = `${item.title}: ${error.message || say.addFailed}`;
+    } finally {
+      button.removeAttribute("aria-disabled");
     }
-    const title = document.createElement("span");
-    title.className = "pairwell-block__title";
-    title.textContent = item.title;
-    const price = document.createElement("span");
-    price.className = "pairwell-block__price";
-    price.textContent = money(item.price);
-    const reason = document.createElement("span");
-    reason.className = "pairwell-block__reason";
-    reason.textContent = item.reason;
-    link.append(title, price, reason);
+  }
+
+  const card = (item, block, source) => {
+    const li = el("li", "item");
+    const link = el("a", "link");
+    // The shopper's own storefront (locale, market), not the primary domain's URL.
+    link.href = item.handle ? `${block.dataset.root}products/${encodeURIComponent(item.handle)}` : item.url;
+    const media = el(item.image ? "img" : "span", "media");
+    if (item.image) {
+      Object.assign(media, { src: item.image, alt: "", loading: "lazy", width: 300, height: 300 });
+    }
+    link.append(media, el("span", "title", item.title));
     link.addEventListener("click", () => {
       const viewed = block.dataset.productId;
       try {
@@ -64,34 +103,47 @@
       } catch { /* private mode: the click still counts */ }
       send(block, [{ kind: "click", viewed_product_id: viewed, product_id: String(item.id), source }]);
     });
-    li.append(link);
+    li.append(link, el("span", "price", money(item.price, block.dataset.currency)), el("span", "reason", item.reason));
+    if (item.variant_id) {
+      const add = el("button", "add");
+      add.type = "button";
+      label(add, block.dataset.add, item.title);
+      add.addEventListener("click", () => addToCart(block, item, add, source));
+      li.append(add);
+    }
     return li;
   };
 
-  async function cartProductIds() {
-    try {
-      const cart = await (await fetch("/cart.js", { headers: { Accept: "application/json" } })).json();
-      return [...new Set(cart.items.map((line) => line.product_id))].slice(0, 50);
-    } catch {
-      return [];
-    }
-  }
+  // Nothing to show: out of sight below, the block goes; in sight, its box stays blank so nothing moves.
+  const vanish = (block) => {
+    if (block.getBoundingClientRect().top >= window.innerHeight) block.hidden = true;
+    else block.classList.add("is-empty");
+    block.setAttribute("aria-hidden", "true");
+  };
 
   async function fill(block) {
     const list = block.querySelector("[data-pairwell-list]");
-    const params = new URLSearchParams({ product_id: block.dataset.productId, limit: block.dataset.limit || "4" });
-    const cart = await cartProductIds();
-    if (cart.length) params.set("cart", cart.join(","));
+    const limit = Number(block.dataset.limit) || 4;
+    const params = new URLSearchParams({ product_id: block.dataset.productId, limit });
+    if (block.dataset.cart) params.set("cart", block.dataset.cart);
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), BUDGET_MS);
     try {
-      const response = await fetch(`${block.dataset.proxy}?${params}`, { headers: { Accept: "application/json" } });
+      const response = await fetch(`${block.dataset.proxy}?${params}`,
+                                   { headers: { Accept: "application/json" }, signal: controller.signal });
       if (!response.ok) throw new Error(response.status);
       const { products, source } = await response.json();
-      if (!products.length) { block.hidden = true; return; }
-      list.replaceChildren(...products.map((item) => card(item, block, source)));
-      send(block, [{ kind: "impression", viewed_product_id: block.dataset.productId, shown: products.length,
-                     source }]);
+      const shown = (Array.isArray(products) ? products : []).filter((p) => p && p.id && p.title).slice(0, limit);
+      if (!shown.length) throw new Error("empty");
+      list.style.minHeight = `${list.offsetHeight}px`; // fewer cards than reserved: keep the space
+      list.replaceChildren(...shown.map((item) => card(item, block, source)));
+      list.removeAttribute("aria-busy");
+      block.classList.add("is-loaded");
+      send(block, [{ kind: "impression", viewed_product_id: block.dataset.productId, shown: shown.length, source }]);
     } catch {
-      block.hidden = true; // never leave a broken block on the product page
+      vanish(block); // never leave a broken or half-empty block on the product page
+    } finally {
+      clearTimeout(timer);
     }
   }
 

@@ -1,0 +1,194 @@
+"""The "pairs well with" block on the storefront preview, in Chromium: the real Liquid, CSS and JS, the App
+Proxy signed as Shopify signs it, the app answering from the synced sample store."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from playwright.sync_api import expect
+from sqlalchemy import select
+
+from core.models import StorefrontEvent, db
+
+BLOCK = "[data-pairwell-block]"
+CARDS = f"{BLOCK} li.pairwell-block__item:not(.pairwell-block__item--skeleton)"
+LOADED = f"{BLOCK}.is-loaded"
+
+# Every layout shift the page makes, from the first paint (buffered), as Core Web Vitals counts them.
+WATCH_SHIFTS = """
+window.__shifts = [];
+new PerformanceObserver((list) => {
+  for (const entry of list.getEntries()) if (!entry.hadRecentInput) window.__shifts.push(entry.value);
+}).observe({ type: "layout-shift", buffered: true });
+"""
+
+
+def products(live_app, count: int, skip: int = 0):
+    """Active products with stock, a different one for each test that stores events."""
+    return [p for p in live_app.store.products if p.status == "ACTIVE" and p.total_inventory][skip:skip + count]
+
+
+def open_product(page, storefront, product, locale=None):
+    """Open a product page and return the recommendations answer the block received."""
+    with page.expect_response(lambda r: "/apps/pairwell/recommendations" in r.url) as answer:
+        page.goto(storefront.product_url(product, locale))
+    page.wait_for_selector(LOADED)
+    return answer.value.json()
+
+
+def layout_shift(page) -> float:
+    page.wait_for_timeout(200)  # let the observer deliver the last entries
+    return page.evaluate("window.__shifts.reduce((a, b) => a + b, 0)")
+
+
+@pytest.mark.parametrize("limit", [4, 2])
+def test_block_shows_limit_cards_of_real_catalog_products(page, storefront, live_app, limit):
+    storefront.block_settings = {"limit": limit}
+    viewed = products(live_app, 1)[0]
+    answer = open_product(page, storefront, viewed)
+    cards = page.locator(CARDS)
+    assert cards.count() == limit == len(answer["products"])
+    assert page.get_by_role("heading", name="Pairs well with").is_visible()
+    by_id = {p.id: p for p in live_app.store.products}
+    for n, item in enumerate(answer["products"]):
+        product = by_id[item["id"]]
+        assert product.status == "ACTIVE" and product.id != viewed.id and item["title"] == product.title
+        card = cards.nth(n)
+        assert card.locator(".pairwell-block__title").inner_text() == product.title
+        assert card.get_by_role("link").get_attribute("href") == f"/products/{product.handle}"
+        assert card.locator(".pairwell-block__price").inner_text() == f"${float(item['price']):,.2f}"
+        assert card.get_by_role("button", name=f"Add to cart: {product.title}").is_visible()
+    assert page.get_by_role("button", name="Ask us").is_visible()  # the assistant's app embed is on the page
+
+
+def test_skeleton_reserves_the_space_so_nothing_moves_when_products_arrive(page, storefront, live_app):
+    page.add_init_script(WATCH_SHIFTS)
+    storefront.proxy_delay = 0.8  # long enough to see the skeleton
+    page.goto(storefront.product_url(products(live_app, 1, skip=1)[0]), wait_until="domcontentloaded")
+    skeleton = page.locator(f"{BLOCK} .pairwell-block__item--skeleton")
+    skeleton.first.wait_for()
+    assert skeleton.count() == 4
+    assert not page.get_by_role("heading", name="Pairs well with").is_visible()  # no heading over nothing yet
+    block_before = page.locator(BLOCK).bounding_box()
+    below_before = page.locator("[data-accordion]").bounding_box()
+    page.wait_for_selector(LOADED)
+    assert page.locator(CARDS).count() == 4
+    assert page.locator(BLOCK).bounding_box() == block_before
+    assert page.locator("[data-accordion]").bounding_box() == below_before
+    assert layout_shift(page) < 0.001
+
+
+def test_quick_add_posts_the_cards_variant_and_the_cart_count_rises(page, storefront, live_app):
+    answer = open_product(page, storefront, products(live_app, 1, skip=2)[0])
+    first = answer["products"][0]
+    product = next(p for p in live_app.store.products if p.id == first["id"])
+    assert first["variant_id"] == next(v.id for v in product.variants if v.inventory_quantity > 0)
+    count = page.locator("[data-cart-count]")
+    assert count.inner_text() == "0"
+    with page.expect_request(lambda r: r.url.endswith("/cart/add.js") and r.method == "POST") as posted:
+        page.locator(CARDS).first.get_by_role("button").click()
+    assert posted.value.post_data_json == {"id": first["variant_id"], "quantity": 1}
+    expect(page.locator(CARDS).first.get_by_role("button", name=f"Added: {product.title}")).to_have_text("Added")
+    expect(count).to_have_text("1")
+    expect(page.get_by_role("status")).to_have_text(f"{product.title}: Added")
+    cart = page.request.get(f"{storefront.origin}/cart.js").json()
+    assert [(line["variant_id"], line["quantity"]) for line in cart["items"]] == [(first["variant_id"], 1)]
+
+
+def stored_events(live_app, viewed_id: int, expected: int, since) -> list[StorefrontEvent]:
+    """The events about one viewed product, once `expected` of them have arrived (beacons are asynchronous)."""
+    deadline = time.monotonic() + 10
+    while True:
+        live_app.flush_events()
+        with live_app.app.app_context():
+            rows = db.session.scalars(select(StorefrontEvent).where(
+                StorefrontEvent.viewed_product_id == viewed_id, StorefrontEvent.created_at >= since)
+                .order_by(StorefrontEvent.id)).all()
+            db.session.expunge_all()
+        if len(rows) >= expected or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def test_impressions_clicks_and_adds_to_cart_are_stored_with_their_source(page, storefront, live_app):
+    from core.models import utcnow
+
+    since = utcnow().replace(microsecond=0)
+    viewed = products(live_app, 1, skip=3)[0]
+    answer = open_product(page, storefront, viewed)
+    added, opened = answer["products"][0], answer["products"][1]
+    cards = page.locator(CARDS)
+    cards.nth(0).get_by_role("button").click()
+    expect(page.locator("[data-cart-count]")).to_have_text("1")
+    with page.expect_navigation():
+        cards.nth(1).get_by_role("link").click()
+    assert page.url == storefront.product_url(opened["handle"])
+    page.wait_for_selector(f"{BLOCK}.is-loaded, {BLOCK}.is-empty, {BLOCK}[hidden]")
+    with page.expect_navigation():  # the product form of the page the block led to counts for the block too
+        page.locator("form[data-product-form] button[type=submit]").click()
+
+    events = stored_events(live_app, viewed.id, 4, since)
+    source = answer["source"]
+    assert [(e.kind, e.product_id, e.source) for e in events] == [
+        ("impression", None, source), ("add_to_cart", added["id"], source),
+        ("click", opened["id"], source), ("add_to_cart", opened["id"], source)]
+    assert events[0].shown == 4
+
+
+def test_keyboard_reaches_every_card_link_and_button_and_enter_opens_a_card(page, storefront, live_app):
+    answer = open_product(page, storefront, products(live_app, 1, skip=4)[0])
+    wanted = [(kind, item["title"]) for item in answer["products"] for kind in ("link", "button")]
+    reached = []
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        focused = page.evaluate("""() => {
+          const el = document.activeElement;
+          const card = el.closest('.pairwell-block__item');
+          const title = card && card.querySelector('.pairwell-block__title').textContent;
+          return card && [el.tagName === 'A' ? 'link' : 'button', title];
+        }""")
+        if focused:
+            reached.append(tuple(focused))
+        elif reached:
+            break
+    assert reached == wanted
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none"  # the focus ring stays
+
+    link = page.locator(CARDS).nth(2).get_by_role("link")
+    link.focus()
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.url == storefront.product_url(answer["products"][2]["handle"])
+
+
+@pytest.mark.allow_console_errors(r"status of 500")  # Chromium logs the failed request itself
+@pytest.mark.parametrize("viewport", [{"width": 1280, "height": 900}, {"width": 390, "height": 844}],
+                         ids=["desktop", "mobile"])
+@pytest.mark.parametrize("mode", ["error", "empty", "hang"])
+def test_a_failing_empty_or_hanging_proxy_leaves_the_product_page_intact(page, storefront, live_app, mode, viewport):
+    storefront.proxy_mode = mode
+    page.set_viewport_size(viewport)
+    page.add_init_script(WATCH_SHIFTS)
+    viewed = products(live_app, 1, skip=5)[0]
+    page.goto(storefront.product_url(viewed), wait_until="domcontentloaded")
+    below = page.locator("[data-accordion]").bounding_box()
+    page.wait_for_selector(f"{BLOCK}.is-empty, {BLOCK}[hidden]", state="attached", timeout=6000)
+    assert page.get_by_role("heading", name=viewed.title).is_visible()
+    assert page.locator("form[data-product-form] button[type=submit]").is_visible()
+    assert not page.get_by_role("heading", name="Pairs well with").is_visible()
+    assert page.locator(CARDS).count() == 0
+    assert layout_shift(page) < 0.001
+    if page.locator(BLOCK).get_attribute("hidden") is None:  # in view: its blank box stays, nothing moved
+        assert page.locator("[data-accordion]").bounding_box() == below
+
+
+def test_a_second_language_asks_the_proxy_under_its_root_and_links_there(page, storefront, live_app):
+    viewed = products(live_app, 1, skip=6)[0]
+    with page.expect_request(lambda r: "/apps/pairwell/recommendations" in r.url) as asked:
+        page.goto(storefront.product_url(viewed, "fr"))
+    assert asked.value.url.startswith(f"{storefront.origin}/fr/apps/pairwell/recommendations?")
+    page.wait_for_selector(LOADED)
+    hrefs = page.locator(CARDS).get_by_role("link").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+    assert len(hrefs) == 4 and all(h.startswith("/fr/products/") for h in hrefs)
