@@ -55,6 +55,10 @@ def from_env(env: dict[str, str] | None = None) -> dict:
         # The sweeper hands out again what was stored but not picked up this long (the broker was down).
         "SWEEP_EVERY_SECONDS": float(env.get("PAIRWELL_SWEEP_EVERY_SECONDS", "60")),
         "SWEEP_AFTER_SECONDS": float(env.get("PAIRWELL_SWEEP_AFTER_SECONDS", "120")),
+        # App Bridge, from Shopify's CDN; the demo and the browser tests use the sample store's stand-in.
+        "APP_BRIDGE_URL": env.get("PAIRWELL_APP_BRIDGE_URL", "https://cdn.shopify.com/shopifycloud/app-bridge.js"),
+        # Train now's hyperparameters (the demo keeps its runs short); empty: the training defaults.
+        "ADMIN_TRAINING": {},
     }
 
 

@@ -97,6 +97,10 @@ class Shop(db.Model):
     policies: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     # The support assistant's settings (enabled, tone, handoff contact, discount codes): `core.assistant.settings`.
     assistant: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
+    # Retraining on new orders (cadence off, weekly, monthly): `core.merchandising.schedule`.
+    schedule: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
+    # The A/B holdout (the share of visitors shown co-purchase instead): `core.merchandising.experiment`.
+    experiment: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     installed_at: Mapped[datetime | None] = mapped_column(Timestamp())
     uninstalled_at: Mapped[datetime | None] = mapped_column(Timestamp())
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
@@ -272,6 +276,40 @@ class ModelVersion(db.Model):
     status: Mapped[str] = mapped_column(String(16), default="verified")
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
     deployed_at: Mapped[datetime | None] = mapped_column(Timestamp())
+
+
+class MerchandisingRule(db.Model):
+    """The merchant's word over the ranking: `pin` other_id to product_id's block, `exclude` product_id from
+    every block, `exclude_type` every product of product_type, `exclude_pair` product_id and other_id from
+    each other's block."""
+
+    __tablename__ = "merchandising_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    product_id: Mapped[int | None] = mapped_column(BigInteger)
+    other_id: Mapped[int | None] = mapped_column(BigInteger)
+    product_type: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+
+
+class RecommendationRating(db.Model):
+    """The merchant's hand-scored relevance of one recommendation (1 unrelated, 2 plausible, 3 pairs well), for
+    the model version that was live (0: none), so a version's card shows its score and training can use it."""
+
+    __tablename__ = "recommendation_ratings"
+    __table_args__ = (UniqueConstraint("shop_id", "viewed_product_id", "product_id", "model_version",
+                                       name="uq_recommendation_ratings_pair"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
+    viewed_product_id: Mapped[int] = mapped_column(BigInteger)
+    product_id: Mapped[int] = mapped_column(BigInteger)
+    model_version: Mapped[int] = mapped_column(Integer, default=0)
+    source: Mapped[str] = mapped_column(String(16), default="")
+    rating: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
 
 
 class StorefrontEvent(db.Model):

@@ -20,7 +20,9 @@ from sqlalchemy import select
 
 from . import cache, embeddings
 from .claims import stems
+from .experiment import HOLDOUT
 from .history import Item, load_baskets
+from .merchandising import Rules, load_rules
 from .model_hosts import Chat, ModelUnavailable, host_for, model_ref
 from .models import ModelVersion, Product, Shop, Variant, db
 from .prompts import CANDIDATES, MAX_PICKS, RECOMMEND_SYSTEM, parse_answer, reason_for, recommendation_prompt
@@ -56,6 +58,7 @@ class Shelf:
     sellable: dict[Hashable, str]
     retrieval: Blend
     offers: dict[int, Offer] = field(default_factory=dict)  # what a storefront reply shows of each sellable one
+    rules: Rules = field(default_factory=Rules)  # the merchant's pins and exclusions
 
     def __post_init__(self):
         self.matcher = TitleMatcher({p: item.title for p, item in self.catalog.items()}, self.retrieval.index)
@@ -98,7 +101,7 @@ def load_shelf(shop: Shop, baskets: Iterable[list[int]] | None = None) -> Shelf:
         retrieval = retrieval_index(shop.id, catalog)
     else:
         retrieval = serving_retrieval(list(baskets), catalog)
-    return Shelf(catalog, {p: catalog[p].product_type for p in offers}, retrieval, offers)
+    return Shelf(catalog, {p: catalog[p].product_type for p in offers}, retrieval, offers, load_rules(shop.id))
 
 
 def shelf_for(shop: Shop) -> Shelf:
@@ -145,13 +148,13 @@ def _rebuild_index(app, shop_id: int, catalog: dict[int, Item]) -> None:
 
 
 def ranking(shelf: Shelf, viewing: Hashable, cart: list[Hashable]) -> list[Hashable]:
-    """Sellable products by the retrieval score with the viewed item and the cart, then the viewed item's
-    department first, then by id: always enough to fill a block."""
+    """Sellable products the merchant allows by the retrieval score with the viewed item and the cart, then the
+    viewed item's department first, then by id: always enough to fill a block."""
     retrieval = shelf.retrieval
     scores = retrieval.scores([viewing, *cart])
     basket = {viewing, *cart}
     score = {p: float(scores[retrieval.position[p]]) if p in retrieval.position else 0.0
-             for p in shelf.sellable if p not in basket}
+             for p, kind in shelf.sellable.items() if p not in basket and shelf.rules.allows(viewing, p, kind)}
     department = shelf.catalog[viewing].product_type if viewing in shelf.catalog else None
     return sorted(score, key=lambda p: (-score[p], shelf.sellable[p] != department, p))
 
@@ -203,13 +206,39 @@ def storefront_chat(model: ModelVersion, budget: float) -> Chat:
                                                          timeout=budget)
 
 
+def copurchase_ranking(shelf: Shelf, viewing: Hashable, cart: list[Hashable]) -> list[Hashable]:
+    """The A/B holdout's list: plain co-purchase (popularity fills), over what the merchant allows."""
+    basket = [viewing, *cart]
+    return [p for p in shelf.retrieval.copurchase(basket, len(shelf.catalog) + len(basket))
+            if p in shelf.sellable and shelf.rules.allows(viewing, p, shelf.sellable[p])]
+
+
+def pinned(shelf: Shelf, viewing: Hashable, cart: list[Hashable]) -> list[Hashable]:
+    """The products the merchant pinned to this product's block that can be sold now (an exclusion wins)."""
+    return [p for p in shelf.rules.pins.get(viewing, []) if p in shelf.offers and p not in cart
+            and shelf.rules.allows(viewing, p, shelf.sellable[p])]
+
+
+@dataclass
+class Pick:
+    """A product in a block, its reason and where it came from: `pinned`, `model`, `co-purchase`, `semantic`
+    or `popular` (the retrieval's strongest signal for it)."""
+    offer: Offer
+    reason: str
+    origin: str
+
+
 def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,
-              shelf: Shelf | None = None) -> tuple[list[tuple[Offer, str]], str]:
-    """The products and their reasons, and where they came from (`model` or `fallback`)."""
+              shelf: Shelf | None = None, arm: str = "served") -> tuple[list[Pick], str]:
+    """The products and their reasons, and where the list came from (`model`, `fallback`, or `holdout` for the
+    A/B holdout's co-purchase list). Pinned products come first."""
     shelf = shelf or shelf_for(shop)
     cart_ids = [c.id for c in cart]
-    model = live_model(shop)
+    pins = pinned(shelf, viewing.id, cart_ids)[:limit]
+    model = live_model(shop) if arm != HOLDOUT else None
     try:
+        if arm == HOLDOUT:
+            raise ModelUnavailable("holdout")
         if model is None:
             raise ModelUnavailable("no model deployed")
         chat = storefront_chat(model, budget or current_app.config["MODEL_BUDGET_SECONDS"])
@@ -223,10 +252,16 @@ def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, bud
     except ModelUnavailable as exc:
         if model is not None:
             log.warning("serving fallback for %s: %s", shop.domain, exc)
-        result, source = Reranked(ranking(shelf, viewing.id, cart_ids)[:limit], {}), "fallback"
+        ordered = copurchase_ranking if arm == HOLDOUT else ranking
+        result = Reranked(ordered(shelf, viewing.id, cart_ids)[:limit], {})
+        source = HOLDOUT if arm == HOLDOUT else "fallback"
+    products = (pins + [p for p in result.products if p not in pins])[:limit]
+    origins = shelf.retrieval.origins([viewing.id, *cart_ids], products)
     together = shelf.retrieval.copurchase.together
-    return [(shelf.offers[p], shown_reason(result.reasons.get(p), shelf.catalog[p], shelf.catalog.get(viewing.id),
-                                           together(viewing.id, p))) for p in result.products], source
+    return [Pick(shelf.offers[p], shown_reason(result.reasons.get(p), shelf.catalog[p], shelf.catalog.get(viewing.id),
+                                              together(viewing.id, p)),
+                 "pinned" if p in pins else "model" if p in result.reasons else
+                 "co-purchase" if source == HOLDOUT else origins[p]) for p in products], source
 
 
 # Words a reason may use about any pair without claiming a fact of either product.
@@ -255,13 +290,14 @@ def as_json(offer: Offer, reason: str) -> dict:
     return {**offer_json(offer), "reason": reason}
 
 
-def cache_key(shop_id: int, product_id: int, cart: list[int], limit: int) -> str:
+def cache_key(shop_id: int, product_id: int, cart: list[int], limit: int, arm: str = "served") -> str:
     generation = cache.store().get(f"generation:{shop_id}") or "0"
-    return f"rec:{shop_id}:{generation}:{product_id}:{','.join(map(str, sorted(set(cart))))}:{limit}"
+    return f"rec:{shop_id}:{generation}:{arm}:{product_id}:{','.join(map(str, sorted(set(cart))))}:{limit}"
 
 
 def invalidate(shop_id: int) -> None:
-    """Forget every cached reply of the shop (a new model, a changed catalog): new keys, old ones expire."""
+    """Forget every cached reply of the shop (a new model, a changed catalog or merchant rule): new keys, old
+    ones expire."""
     cache.store().set(f"generation:{shop_id}", str(time.time_ns()), 30 * 86400)
     _indexes.pop(shop_id, None)
     _shelves.pop(shop_id, None)
@@ -274,15 +310,15 @@ def cached(key: str) -> dict | None:
 
 
 def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,
-          shelf: Shelf | None = None) -> dict:
+          shelf: Shelf | None = None, arm: str = "served") -> dict:
     """The proxy's reply, from the cache when it can be. `budget`: seconds the model may take (default: the
     storefront's MODEL_BUDGET_SECONDS)."""
-    key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit)
+    key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit, arm)
     hit = cached(key)
     if hit is not None:
         return hit
-    picks, source = recommend(shop, viewing, cart, limit, budget, shelf)
-    reply = {"products": [as_json(product, reason) for product, reason in picks], "source": source}
+    picks, source = recommend(shop, viewing, cart, limit, budget, shelf, arm)
+    reply = {"products": [as_json(pick.offer, pick.reason) for pick in picks], "source": source}
     # Model answers keep until the next deploy or catalog change; a fallback only briefly (the model may be back).
     cache.store().set(key, json.dumps(reply), 86400 if source == "model" else 60)
     return {**reply, "cached": False}

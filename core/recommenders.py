@@ -220,6 +220,14 @@ class Blend:
     def scores(self, basket: Sequence[Hashable]) -> np.ndarray:
         return self.weights.as_array() @ self.signals(basket) + 1e-3 * self.popular
 
+    def origins(self, basket: Sequence[Hashable], products: Iterable[Hashable]) -> dict[Hashable, str]:
+        """What put each product on the list: the signal that adds most to its score (EASE and co-purchase are
+        both shoppers' baskets, so both read `co-purchase`)."""
+        weighted = self.weights.as_array()[:, None] * self.signals(basket)
+        names = ("co-purchase", "co-purchase", "semantic", "semantic", "popular")
+        return {p: names[int(weighted[:, self.position[p]].argmax())] if p in self.position else "popular"
+                for p in products}
+
     def __call__(self, basket: Sequence[Hashable], k: int) -> list:
         return top_k(self.ids, self.scores(basket), basket, k)
 

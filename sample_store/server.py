@@ -277,7 +277,31 @@ class SampleShopify:
         app.add_url_rule(f"/admin/api/{API_VERSION}/graphql.json", view_func=self._graphql, methods=["POST"])
         app.add_url_rule("/bulk/<name>.jsonl", view_func=self._bulk_file)
         app.add_url_rule("/admin/apps/pairwell", view_func=self._open_app)
+        app.add_url_rule("/app-bridge.js", view_func=self._app_bridge)
+        app.add_url_rule("/admin/session-token", view_func=self._fresh_session_token)
         return app
+
+    APP_BRIDGE = """// The sample admin's App Bridge: what an embedded app uses of Shopify's (a session token, a toast).
+(() => {
+  const admin = new URL(document.currentScript.src).origin;
+  window.shopify = {
+    environment: { embedded: false, mobile: false },
+    idToken: async () => (await (await fetch(`${admin}/admin/session-token`)).json()).token,
+    toast: { show(message) { console.info(`toast: ${message}`); } },
+  };
+})();
+"""
+
+    def _app_bridge(self):
+        """Stands in for cdn.shopify.com/shopifycloud/app-bridge.js in the demo and the browser tests."""
+        return Response(self.APP_BRIDGE, mimetype="text/javascript")
+
+    def _fresh_session_token(self):
+        """The sample admin's answer to App Bridge's token request (the real one is a postMessage to the
+        admin frame). Loopback only, for its one shop."""
+        response = jsonify(token=self.session_token())
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
 
     def _open_app(self):
         """What the admin does when a merchant clicks the app: load it with a fresh session token."""

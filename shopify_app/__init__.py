@@ -28,9 +28,10 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     celery_init_app(app)
 
-    from . import admin_api, auth, proxy, webhooks
+    from . import admin, admin_api, auth, proxy, webhooks
 
     app.register_blueprint(auth.bp)
+    app.register_blueprint(admin.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(admin_api.bp)
     app.register_blueprint(proxy.bp)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, g, request
+from flask import Blueprint, abort, current_app, g, request
 from sqlalchemy import func, select
 
-from core import assistant, shops
-from core.inputs import BadInput, load_json, whole_number
-from core.models import Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db
-from worker.tasks import enqueue_full_sync
+from core import assistant, experiment, merchandising, recommendations, schedule, shops
+from core.inputs import BadInput, load_json, shopify_id, whole_number
+from core.models import ModelVersion, Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db
+from worker.tasks import PipelineError, enqueue_full_sync, enqueue_pipeline, enqueue_rollback, training_in_progress
 
 from . import analytics
 from .auth import session_token_required
@@ -30,6 +30,14 @@ def sync_run_json(run: SyncRun) -> dict:
         "started_at": run.started_at and run.started_at.isoformat(),
         "finished_at": run.finished_at and run.finished_at.isoformat(),
     }
+
+
+def json_body(what: str, max_depth: int = 3) -> object:
+    """The request's JSON, or a 400 saying what is wrong with it."""
+    try:
+        return load_json(request.get_data(), what, max_depth=max_depth)
+    except BadInput as exc:
+        abort(400, str(exc))
 
 
 def query_number(name: str, default: int, low: int, high: int) -> int:
@@ -125,7 +133,204 @@ def sync_runs():
 
 @bp.post("/sync-runs")
 def start_sync():
-    return sync_run_json(enqueue_full_sync(_current_shop())), 202
+    """Sync now: refused while a sync is queued or running."""
+    shop = _current_shop()
+    busy = db.session.scalar(select(SyncRun).where(SyncRun.shop_id == shop.id,
+                                                   SyncRun.status.in_(("queued", "running"))))
+    if busy is not None:
+        abort(409, f"Sync run #{busy.id} is {busy.status}; wait for it to finish.")
+    return sync_run_json(enqueue_full_sync(shop, background=True)), 202
+
+
+# --- Training and model versions ------------------------------------------------------------------------
+
+@bp.post("/training-runs")
+def start_training():
+    """Train now: the whole chain (datasets → train → export → gate → deploy), one run at a time."""
+    shop = _current_shop()
+    busy = training_in_progress(shop)
+    if busy is not None:
+        abort(409, f"Training run #{busy.id} is {busy.status} ({busy.stage or 'waiting'}); wait for it to finish "
+                   "or cancel it.")
+    if not db.session.scalar(select(func.count()).select_from(Order).where(Order.shop_id == shop.id)):
+        abort(409, "There are no orders to learn from yet: sync the store first.")
+    hyperparameters = current_app.config.get("ADMIN_TRAINING") or {}
+    return training_run_json(enqueue_pipeline(shop, hyperparameters=dict(hyperparameters), background=True)), 202
+
+
+def model_json(model: ModelVersion, relevance: dict[int, dict]) -> dict:
+    """A version's model card: where it came from, how it trained, what the gate found, how the merchant rated
+    what it showed, and what it is (size, checksum)."""
+    run = db.session.get(TrainingRun, model.training_run_id) if model.training_run_id else None
+    gate = (model.metrics or {}).get("gate")
+    named = (gate or {}).get("model_names") or 0
+    return {
+        "id": model.id, "version": model.version, "status": model.status, "live": model.status == "deployed",
+        "created_at": model.created_at.isoformat(), "deployed_at": model.deployed_at and model.deployed_at.isoformat(),
+        "base_model": model.base_model, "quantization": model.quantization, "size_bytes": model.size_bytes,
+        "sha256": model.sha256, "dataset_version": model.dataset_version,
+        "dataset_stats": run.dataset_stats if run else {}, "history": run.history if run else [],
+        "eval_loss": run.eval_loss if run else None, "training_run_id": model.training_run_id,
+        "gate": gate, "hallucination_rate": round(gate["unmatched_names"] / named, 4) if named else None,
+        "deploy_note": (model.metrics or {}).get("deploy"), "relevance": relevance.get(model.version),
+    }
+
+
+@bp.get("/models")
+def model_versions():
+    shop = _current_shop()
+    models = db.session.scalars(select(ModelVersion).where(ModelVersion.shop_id == shop.id)
+                                .order_by(ModelVersion.version.desc()).limit(20)).all()
+    relevance = merchandising.relevance_by_version(shop)
+    return {"models": [model_json(m, relevance) for m in models], "unrated_relevance": relevance.get(0)}
+
+
+@bp.post("/models/<int(min=1, max=2147483647):model_id>/deploy")
+def deploy_model(model_id: int):
+    """Deploy a verified version through the gate; one the gate refused only with `{"force": true}`."""
+    shop = _current_shop()
+    model = db.session.get(ModelVersion, model_id)
+    if model is None or model.shop_id != shop.id:
+        abort(404, f"No model version {model_id} for this shop.")
+    if model.status != "verified" or model.training_run_id is None:
+        abort(409, f"Model v{model.version} is {model.status}; only a verified version can be deployed "
+                   "(use Roll back for an earlier one).")
+    body = json_body("the deploy body") if request.get_data() else {}
+    force = isinstance(body, dict) and body.get("force") is True
+    gate = (model.metrics or {}).get("gate")
+    if gate is not None and not gate["passed"] and not force:
+        abort(409, f"The deploy gate refused v{model.version}: {gate['reason']}. Deploy anyway to override.")
+    busy = training_in_progress(shop)
+    if busy is not None:
+        abort(409, f"Training run #{busy.id} is {busy.status}; deploy when it has finished.")
+    run = db.session.get(TrainingRun, model.training_run_id)
+    try:
+        enqueue_pipeline(shop, first="deploy" if gate else "gate", last="deploy", run=run, force=force,
+                         background=True)
+    except PipelineError as exc:
+        abort(409, str(exc))
+    return model_json(model, {}), 202
+
+
+@bp.post("/models/rollback")
+def roll_back():
+    """Bring back the version that was live before this one."""
+    shop = _current_shop()
+    model = enqueue_rollback(shop, background=True)
+    if model is None:
+        abort(409, "There is no earlier model version to roll back to.")
+    return model_json(model, {}), 202
+
+
+# --- Recommendations and merchandising ------------------------------------------------------------------
+
+@bp.get("/products")
+def products():
+    """Products whose title holds `q` (all when empty), for the pickers."""
+    shop = _current_shop()
+    query = request.args.get("q", "").strip()[:100]
+    rows = db.session.execute(select(Product.id, Product.title, Product.product_type, Product.status).where(
+        Product.shop_id == shop.id, Product.title.ilike(f"%{query}%") if query else True)
+        .order_by(Product.title).limit(query_number("limit", 50, 1, 1000)))
+    return {"products": [{"id": i, "title": t, "product_type": k, "status": st} for i, t, k, st in rows],
+            "product_types": sorted(set(db.session.scalars(select(Product.product_type).where(
+                Product.shop_id == shop.id, Product.product_type != "")).all()))}
+
+
+@bp.get("/recommendations/<product_id>")
+def block_preview(product_id: str):
+    """What the block shows on this product's page right now (no cache, the served arm), with where each
+    product came from, its reason and the merchant's rating."""
+    shop = _current_shop()
+    try:
+        viewing = db.session.get(Product, (shop.id, shopify_id(product_id, "product_id")))
+    except BadInput as exc:
+        abort(400, str(exc))
+    if viewing is None:
+        abort(404, f"The store has no product {product_id}.")
+    picks, source = recommendations.recommend(shop, viewing, [], query_number("limit", 4, 1, 10))
+    rated = merchandising.ratings(shop, viewing.id)
+    live = recommendations.live_model(shop)
+    return {"product": {"id": viewing.id, "title": viewing.title, "product_type": viewing.product_type},
+            "source": source, "model_version": live.version if live else None,
+            "products": [{**recommendations.as_json(pick.offer, pick.reason), "origin": pick.origin,
+                          "rating": rated.get(pick.offer.id)} for pick in picks]}
+
+
+@bp.post("/ratings")
+def rate_recommendation():
+    """The merchant's 1–3 rating of one recommendation, kept for the version live now."""
+    shop = _current_shop()
+    live = recommendations.live_model(shop)
+    try:
+        row = merchandising.rate(shop, json_body("the rating body"), live.version if live else 0)
+    except BadInput as exc:
+        abort(400, str(exc))
+    return {"viewed_product_id": row.viewed_product_id, "product_id": row.product_id, "rating": row.rating,
+            "model_version": row.model_version}, 201
+
+
+@bp.get("/rules")
+def rules():
+    return {"rules": [merchandising.rule_json(r) for r in merchandising.list_rules(_current_shop())]}
+
+
+@bp.post("/rules")
+def add_rule():
+    """Pin, exclude a product or a type, or exclude a pair; the storefront honours it at once."""
+    shop = _current_shop()
+    try:
+        rule = merchandising.add_rule(shop, json_body("the rule body"))
+    except BadInput as exc:
+        abort(400, str(exc))
+    recommendations.invalidate(shop.id)
+    return merchandising.rule_json(rule), 201
+
+
+@bp.delete("/rules/<int(min=1, max=2147483647):rule_id>")
+def remove_rule(rule_id: int):
+    shop = _current_shop()
+    if not merchandising.remove_rule(shop, rule_id):
+        abort(404, f"No rule {rule_id} for this shop.")
+    recommendations.invalidate(shop.id)
+    return "", 204
+
+
+# --- Schedule and experiment -----------------------------------------------------------------------------
+
+@bp.get("/schedule")
+def retraining_schedule():
+    return schedule.schedule_json(_current_shop())
+
+
+@bp.put("/schedule")
+def update_schedule():
+    shop = _current_shop()
+    try:
+        shop.schedule = {**schedule.settings(shop), **schedule.validate_settings(json_body("the schedule body"))}
+    except BadInput as exc:
+        abort(400, str(exc))
+    db.session.commit()
+    return schedule.schedule_json(shop)
+
+
+@bp.get("/experiment")
+def ab_experiment():
+    """The holdout's settings and each arm's CTR, add-to-cart rate and AOV with 95% intervals."""
+    shop = _current_shop()
+    return {**experiment.settings(shop), **analytics.experiment_summary(shop.id, query_number("days", 30, 1, 365))}
+
+
+@bp.put("/experiment")
+def update_experiment():
+    shop = _current_shop()
+    try:
+        shop.experiment = {**experiment.settings(shop),
+                           **experiment.validate_settings(json_body("the experiment body"))}
+    except BadInput as exc:
+        abort(400, str(exc))
+    db.session.commit()
+    return experiment.settings(shop)
 
 
 @bp.get("/storefront-metrics")

@@ -18,13 +18,15 @@ from decimal import Decimal
 from flask import current_app
 from sqlalchemy import insert, select
 
+from core.experiment import HOLDOUT, mean_interval, wilson
 from core.inputs import BadInput, shopify_id
 from core.models import Order, OrderLine, StorefrontEvent, Variant, db, utcnow
 
 log = logging.getLogger(__name__)
 
 KINDS = ("impression", "click", "add_to_cart")
-SOURCES = ("model", "fallback", "cache", "unknown")  # "cache": events from before cached replies kept their origin
+# "holdout": the A/B holdout's co-purchase list; "cache": events from before cached replies kept their origin
+SOURCES = ("model", "fallback", "holdout", "cache", "unknown")
 ATTRIBUTION = timedelta(days=7)
 MAX_EVENTS = 20  # a page sends a handful; more is not a browser
 
@@ -121,17 +123,41 @@ def writer() -> EventWriter:
 
 
 def summary(shop_id: int, days: int = 30) -> dict:
-    writer().flush(timeout=2.0)  # this process's beacons of the last moments count too
     since = utcnow() - timedelta(days=days)
-    events = db.session.scalars(select(StorefrontEvent).where(
-        StorefrontEvent.shop_id == shop_id, StorefrontEvent.created_at >= since)).all()
+    events = _events(shop_id, since)
     by_source = {}
     for source in sorted({e.source for e in events}):
         chosen = [e for e in events if e.source == source]
         by_source[source] = _rates(chosen)
     report = {"days": days, **_rates(events), "by_source": by_source}
-    report.update(order_values(shop_id, since, [e for e in events if e.kind == "add_to_cart"]))
+    with_block, without = attributed_orders(shop_id, since, [e for e in events if e.kind == "add_to_cart"])
+    report.update({"orders_with_recommendations": len(with_block), "orders_without": len(without),
+                   "aov_with_recommendations": _mean(with_block), "aov_without": _mean(without)})
     return report
+
+
+def experiment_summary(shop_id: int, days: int = 30) -> dict:
+    """The A/B holdout read per arm (`served`: the ranking and model; `holdout`: co-purchase): CTR and
+    add-to-cart rate with 95% Wilson intervals, and the AOV of orders holding a product added from that arm's
+    blocks, with a 95% interval."""
+    since = utcnow() - timedelta(days=days)
+    events = _events(shop_id, since)
+    arms = {}
+    for arm in ("served", HOLDOUT):
+        chosen = [e for e in events if (e.source == HOLDOUT) == (arm == HOLDOUT)]
+        rates = _rates(chosen)
+        orders, _ = attributed_orders(shop_id, since, [e for e in chosen if e.kind == "add_to_cart"])
+        arms[arm] = {**rates, "ctr_interval": wilson(rates["clicks"], rates["impressions"]),
+                     "add_to_cart_interval": wilson(rates["add_to_carts"], rates["impressions"]),
+                     "orders": len(orders), "aov": _mean(orders),
+                     "aov_interval": mean_interval([float(v) for v in orders])}
+    return {"days": days, "arms": arms}
+
+
+def _events(shop_id: int, since) -> list[StorefrontEvent]:
+    writer().flush(timeout=2.0)  # this process's beacons of the last moments count too
+    return list(db.session.scalars(select(StorefrontEvent).where(
+        StorefrontEvent.shop_id == shop_id, StorefrontEvent.created_at >= since)))
 
 
 def _rates(events: list[StorefrontEvent]) -> dict:
@@ -142,7 +168,13 @@ def _rates(events: list[StorefrontEvent]) -> dict:
             "add_to_cart_rate": round(counts["add_to_cart"] / shown, 4) if shown else None}
 
 
-def order_values(shop_id: int, since, adds: list[StorefrontEvent]) -> dict:
+def _mean(values: list[Decimal]) -> str | None:
+    return str(round(sum(values) / len(values), 2)) if values else None
+
+
+def attributed_orders(shop_id: int, since, adds: list[StorefrontEvent]) -> tuple[list[Decimal], list[Decimal]]:
+    """The values of the period's orders that hold a product added from the block (within ATTRIBUTION of the
+    add), and of the others."""
     orders = db.session.scalars(select(Order).where(Order.shop_id == shop_id, Order.created_at >= since)).all()
     lines = db.session.execute(select(OrderLine.order_id, OrderLine.product_id, OrderLine.quantity, Variant.price)
                                .join(Variant, (Variant.shop_id == OrderLine.shop_id)
@@ -159,10 +191,4 @@ def order_values(shop_id: int, since, adds: list[StorefrontEvent]) -> dict:
         attributed = any(product in products.get(order.id, ()) and at <= order.created_at <= at + ATTRIBUTION
                          for product, at in added)
         (with_block if attributed else without).append(value.get(order.id, Decimal(0)))
-
-    def mean(values: list[Decimal]) -> str | None:
-        return str(round(sum(values) / len(values), 2)) if values else None
-
-    return {"orders_with_recommendations": len(with_block), "orders_without": len(without),
-            "aov_with_recommendations": mean(with_block), "aov_without": mean(without)}
-
+    return with_block, without

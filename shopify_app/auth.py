@@ -8,13 +8,11 @@ import secrets
 import time
 from urllib.parse import urlencode, urlparse
 
-from flask import Blueprint, abort, current_app, g, redirect, render_template, request, session
+from flask import Blueprint, abort, current_app, g, redirect, request, session
 from shopify import session_token
-from sqlalchemy import select
 
 from core import shopify_api, shops
 from core.inputs import BadInput, whole_number
-from core.models import SyncRun, TrainingRun, db
 from core.shopify_api import ShopifyError
 from core.signatures import MAX_TIMESTAMP, is_valid_shop_domain, same, verify_oauth_query
 from worker.tasks import enqueue_full_sync
@@ -40,6 +38,10 @@ def verify_session_token(token: str) -> dict:
         abort(401, f"Invalid session token: {exc}")
 
 
+def shop_from_claims(claims: dict) -> str:
+    return urlparse(claims["dest"]).hostname
+
+
 def session_token_required(view):
     """Admin JSON endpoints: the caller must present `Authorization: Bearer <session token>`."""
 
@@ -49,7 +51,7 @@ def session_token_required(view):
         if not token:
             abort(401, "Missing session token (send Authorization: Bearer <token> from App Bridge).")
         g.session_claims = verify_session_token(token)
-        g.shop_domain = urlparse(g.session_claims["dest"]).hostname
+        g.shop_domain = shop_from_claims(g.session_claims)
         return view(*args, **kwargs)
 
     return guarded
@@ -74,11 +76,14 @@ def embedded_entry():
     shop_arg = _valid_shop_arg()
     token = _bearer_token()
     if not token:
+        from .admin import bounce
+
+        if shop_arg and request.args.get("embedded") == "1":  # inside the admin: App Bridge has a token for us
+            return bounce()
         if shop_arg:
             return redirect(f"/auth/install?{urlencode({'shop': shop_arg})}")
         abort(400, "Open Pairwell from your Shopify admin: the request carries no shop and no session token.")
-    claims = verify_session_token(token)
-    domain = urlparse(claims["dest"]).hostname
+    domain = shop_from_claims(verify_session_token(token))
     if shop_arg and shop_arg != domain:
         abort(401, "The session token was issued for a different shop.")
 
@@ -90,12 +95,9 @@ def embedded_entry():
             abort(401 if exc.status in (400, 401) else 502, f"Token exchange failed: {exc}")
         shop = _install_and_sync(domain, grant)
 
-    runs = db.session.scalars(
-        select(SyncRun).where(SyncRun.shop_id == shop.id).order_by(SyncRun.id.desc()).limit(5)).all()
-    training = db.session.scalars(
-        select(TrainingRun).where(TrainingRun.shop_id == shop.id).order_by(TrainingRun.id.desc())).first()
-    return render_template("admin.html", shop=shop, runs=runs, training=training,
-                           api_key=current_app.config["SHOPIFY_API_KEY"])
+    from .admin import home_context, render_page
+
+    return render_page("home", shop, **home_context(shop))
 
 
 @bp.get("/auth/install")

@@ -13,7 +13,7 @@ from cachetools import TTLCache
 from flask import Blueprint, abort, current_app, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import assistant, cache, recommendations, shops
+from core import assistant, cache, experiment, recommendations, shops
 from core.inputs import BadInput, id_list, load_json, plain_text, shopify_id, whole_number
 from core.models import Product, Shop, db
 from core.signatures import is_valid_shop_domain, verify_app_proxy_query
@@ -23,6 +23,7 @@ from . import analytics
 bp = Blueprint("proxy", __name__, url_prefix="/proxy")
 MAX_CART_ITEMS = 50
 MAX_EVENTS_BYTES = 16 * 1024
+SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")  # a chat session or a visitor, as the storefront made it
 
 
 @bp.before_request
@@ -79,24 +80,44 @@ def installed_shop_id(domain: str) -> int | None:
     return known[domain]
 
 
+def experiment_arm(visitor: str) -> str:
+    """The shopper's A/B arm: the signed-in customer Shopify signed, else the block's visitor id. The shop's
+    experiment settings are remembered for 30 seconds, like its installation."""
+    known = current_app.extensions.setdefault("pairwell_experiments", TTLCache(maxsize=10_000, ttl=30))
+    if g.shop_id not in known:
+        known[g.shop_id] = db.session.get(Shop, g.shop_id)
+        db.session.expunge(known[g.shop_id])
+    customer = request.args.get("logged_in_customer_id", "")
+    return experiment.arm(known[g.shop_id], f"customer:{customer}" if customer else visitor)
+
+
 @bp.get("/recommendations")
 def product_recommendations():
+    """`?product_id=&cart=&limit=&visitor=` → `{"products": [...], "source", "arm", "cached"}`."""
     try:
         product_id = shopify_id(request.args.get("product_id", ""), "product_id")
         cart_ids = id_list(request.args.get("cart", ""), "cart", MAX_CART_ITEMS)
         limit = whole_number(request.args.get("limit", "4"), "limit", 1, 10)
+        visitor = request.args.get("visitor", "")
+        if visitor and not SESSION_ID.match(visitor):
+            raise BadInput("visitor must be 8-64 letters, digits, - or _.")
     except BadInput as exc:
         abort(400, str(exc))
-    cached = recommendations.cached(recommendations.cache_key(g.shop_id, product_id, cart_ids, limit))
+    try:
+        arm = experiment_arm(visitor)
+    except SQLAlchemyError:
+        db.session.rollback()
+        arm = "served"
+    cached = recommendations.cached(recommendations.cache_key(g.shop_id, product_id, cart_ids, limit, arm))
     if cached is not None:  # the fast path: no database query at all
-        return cached
+        return {**cached, "arm": arm}
     try:
         viewing = db.session.get(Product, (g.shop_id, product_id))
         if viewing is None:
             abort(400, f"Unknown product {product_id}.")
         cart = [p for p in (db.session.get(Product, (g.shop_id, c)) for c in cart_ids)
                 if p is not None]  # a cart may hold products deleted since: ignore them
-        return recommendations.serve(db.session.get(Shop, g.shop_id), viewing, cart, limit)
+        return {**recommendations.serve(db.session.get(Shop, g.shop_id), viewing, cart, limit, arm=arm), "arm": arm}
     except SQLAlchemyError:
         db.session.rollback()
         response = jsonify(products=[], source="unavailable", cached=False,
@@ -116,9 +137,6 @@ def storefront_events():
     except (BadInput, analytics.BadEvents) as exc:
         abort(400, str(exc))
     return {"recorded": stored}, 202
-
-
-SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
 @bp.post("/chat")

@@ -38,7 +38,8 @@ def celery_init_app(app: Flask) -> Celery:
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
         redis_socket_connect_timeout=1.0,
         redis_socket_timeout=2.0,
-        beat_schedule={"sweep": {"task": "worker.tasks.sweep", "schedule": app.config["SWEEP_EVERY_SECONDS"]}},
+        beat_schedule={"sweep": {"task": "worker.tasks.sweep", "schedule": app.config["SWEEP_EVERY_SECONDS"]},
+                       "retrain": {"task": "worker.tasks.retrain_on_schedule", "schedule": 3600.0}},
         include=["worker.tasks"],
     )
     celery.flask_app = app

@@ -282,11 +282,16 @@ def activate(model: ModelVersion) -> None:
             log.warning("could not remove v%s from %s: %s", live.version, host.name, exc)
 
 
+def previous_version(shop: Shop) -> ModelVersion | None:
+    """The most recently retired version: what a roll back brings back."""
+    return db.session.scalars(select(ModelVersion).where(
+        ModelVersion.shop_id == shop.id, ModelVersion.status == "retired").order_by(
+        ModelVersion.deployed_at.desc().nulls_last(), ModelVersion.version.desc())).first()
+
+
 def rollback(shop: Shop) -> ModelVersion | None:
     """Bring back the most recently retired version (the live one is retired in turn)."""
-    previous = db.session.scalars(select(ModelVersion).where(
-        ModelVersion.shop_id == shop.id, ModelVersion.status == "retired").order_by(ModelVersion.deployed_at.desc(),
-                                                                                     ModelVersion.version.desc())).first()
+    previous = previous_version(shop)
     if previous is not None:
         activate(previous)
     return previous
@@ -326,6 +331,14 @@ def newest_verified_run(shop: Shop) -> TrainingRun | None:
         ModelVersion.shop_id == shop.id, ModelVersion.status == "verified",
         ModelVersion.training_run_id.is_not(None)).order_by(ModelVersion.version.desc())).first()
     return db.session.get(TrainingRun, model.training_run_id) if model else None
+
+
+def run_in_progress(shop: Shop) -> TrainingRun | None:
+    """The shop's queued or running training run: one at a time (they share the GPU and the artifacts)."""
+    recover_stale_runs()
+    return db.session.scalars(select(TrainingRun).where(
+        TrainingRun.shop_id == shop.id, TrainingRun.status.in_(("queued", "running")))
+        .order_by(TrainingRun.id.desc())).first()
 
 
 def recover_stale_runs() -> int:

@@ -9,6 +9,7 @@ run in-process.
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 
 from celery import chain, shared_task
@@ -17,6 +18,7 @@ from celery.signals import worker_ready
 from flask import current_app
 from sqlalchemy import func, select, update
 
+from core import schedule
 from core.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db, utcnow
 
 from . import pipeline, sync, webhooks
@@ -141,6 +143,19 @@ def sweep() -> dict:
             "malformed_dropped": dropped}
 
 
+@shared_task(name="worker.tasks.retrain_on_schedule")
+def retrain_on_schedule() -> list[int]:
+    """Start the chain (datasets from the new orders and stored conversations → train → gate → deploy) for every
+    shop whose retraining is due and that has no run in progress. Celery beat runs it hourly."""
+    started = []
+    for shop in schedule.due_shops(utcnow()):
+        if pipeline.run_in_progress(shop) is None:
+            run = enqueue_pipeline(shop, background=True, scheduled=True)
+            started.append(run.id)
+            log.info("scheduled retraining of %s: run #%d", shop.domain, run.id)
+    return started
+
+
 @worker_ready.connect
 def _recover_stale_runs(sender, **_):
     """A worker that died mid-stage leaves its run running: the next worker to start marks it failed."""
@@ -153,17 +168,45 @@ def _recover_stale_runs(sender, **_):
 
 # --- The enqueue functions: the web's way in ------------------------------------------------------------
 
-def enqueue_full_sync(shop: Shop) -> SyncRun:
-    """Record a queued sync run and hand it to the worker (or run it now, in-process mode)."""
+def _send_sync(run_id: int) -> None:
+    try:
+        full_sync.delay(run_id)
+    except Exception:  # in-process: the run row holds the error; queued: the sweeper sends it again
+        log.exception("full sync %s: not sent or failed", run_id)
+
+
+def enqueue_full_sync(shop: Shop, background: bool = False) -> SyncRun:
+    """Record a queued sync run and hand it to the worker (or run it now, in-process mode; with `background`,
+    on a thread of its own, so an admin request returns at once)."""
     run = SyncRun(shop_id=shop.id, kind="full", status="queued")
     db.session.add(run)
     db.session.commit()
-    try:
-        full_sync.delay(run.id)
-    except Exception:  # in-process: the run row holds the error; queued: the sweeper sends it again
-        log.exception("full sync %s: not sent or failed", run.id)
+    _later(_send_sync, run.id) if background else _send_sync(run.id)
     db.session.refresh(run)
     return run
+
+
+def _later(work, *args) -> None:
+    """Queued mode returns at once anyway; in-process mode runs a job where it is sent, so run it on a thread
+    of its own (with its own app context and session) for a web request that must not wait for it."""
+    if not current_app.extensions["celery"].conf.task_always_eager:
+        work(*args)
+        return
+    app = current_app._get_current_object()
+
+    def run() -> None:
+        with app.app_context():
+            try:
+                work(*args)
+            finally:
+                db.session.remove()
+
+    threading.Thread(target=run, name=f"pairwell-{work.__name__}", daemon=True).start()
+
+
+def training_in_progress(shop: Shop) -> TrainingRun | None:
+    """The shop's queued or running training run, if any (one at a time)."""
+    return pipeline.run_in_progress(shop)
 
 
 def enqueue_webhook(delivery: WebhookDelivery) -> None:
@@ -177,10 +220,11 @@ def enqueue_webhook(delivery: WebhookDelivery) -> None:
 
 def enqueue_pipeline(shop: Shop, *, first: str = "build_datasets", last: str = "deploy",
                      hyperparameters: dict | None = None, conversations: str | None = None, force: bool = False,
-                     quantization: str = "q8_0") -> TrainingRun:
+                     quantization: str = "q8_0", run: TrainingRun | None = None, background: bool = False,
+                     scheduled: bool = False) -> TrainingRun:
     """Run the chain from `first` to `last`. From the start it is a new run; from a later stage it continues
-    the run that stage needs (the newest trained run for export, the newest verified model's for the gate and
-    deploy). Raises PipelineError when there is none."""
+    `run`, or the run that stage needs (the newest trained run for export, the newest verified model's for the
+    gate and deploy). Raises PipelineError when there is none. `background`: see `enqueue_full_sync`."""
     stages = pipeline.STAGES
     if first not in stages or last not in stages or stages.index(first) > stages.index(last):
         raise ValueError(f"stages run in the order {stages}; got {first} to {last}")
@@ -188,23 +232,26 @@ def enqueue_pipeline(shop: Shop, *, first: str = "build_datasets", last: str = "
     if first == "build_datasets":
         run = TrainingRun(shop_id=shop.id, status="queued", hyperparameters=hyperparameters or {})
         db.session.add(run)
-    else:
+    elif run is None:
         run = pipeline.latest_trained_run(shop) if first == "export" else pipeline.newest_verified_run(shop)
         if run is None:
             raise PipelineError(f"{shop.domain} has no trained run to export" if first == "export" else
                                 f"{shop.domain} has no verified model version waiting to be deployed")
         run.status, run.error = "queued", None
+    else:
+        run.status, run.error = "queued", None
     run.plan = {"first": first, "last": last, "conversations": conversations, "quantization": quantization,
-                "force": force}
+                "force": force, "scheduled": scheduled}
     db.session.commit()
-    _send_chain(run)
+    _later(_send_chain, run.id) if background else _send_chain(run)
     db.session.refresh(run)
     return run
 
 
-def _send_chain(run: TrainingRun) -> None:
+def _send_chain(run: TrainingRun | int) -> None:
     """The run's planned stretch of the chain, to the queues (or run now, in-process). The heartbeat says when
     it was sent, so the sweeper sends a queued run again only after waiting that long."""
+    run = db.session.get(TrainingRun, run) if isinstance(run, int) else run
     run.heartbeat_at = utcnow()
     db.session.commit()
     plan, stages = run.plan, pipeline.STAGES
@@ -219,10 +266,16 @@ def _send_chain(run: TrainingRun) -> None:
         log.exception("training run %s: chain not sent or failed", run.id)
 
 
-def enqueue_rollback(shop: Shop):
-    """Bring back the previously live model version; returns it (None when there is none)."""
+def enqueue_rollback(shop: Shop, background: bool = False):
+    """Bring back the previously live model version; returns it (None when there is none). With `background`
+    it returns the version that is coming back at once (see `enqueue_full_sync`)."""
     from core.models import ModelVersion
 
+    if background:
+        previous = pipeline.previous_version(shop)
+        if previous is not None:
+            _later(lambda shop_id: rollback.delay(shop_id), shop.id)
+        return previous
     result = rollback.apply_async((shop.id,), ignore_result=False)
     model_id = result.get() if rollback.app.conf.task_always_eager else result.get(timeout=600)
     return db.session.get(ModelVersion, model_id) if model_id else None

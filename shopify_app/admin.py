@@ -1,0 +1,104 @@
+"""The embedded admin's pages: Home, Recommendations, Models, Schedule, Experiment, Assistant.
+
+Each page is rendered on the server from the shop's data and then kept live by its script through `/api/*`
+(admin_api.py) with App Bridge session tokens. Shopify puts `id_token` on the admin's first load; a page
+loaded without one (a link inside the app, a reload) gets the bounce page, which asks App Bridge for a token
+and loads the page again with it, as Shopify's own app templates do."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from flask import Blueprint, abort, current_app, g, render_template, request
+from sqlalchemy import func, select
+
+from core import assistant, experiment, merchandising, recommendations, schedule, shops
+from core.models import ModelVersion, Order, Product, SyncRun, TrainingRun, db
+
+from . import analytics
+from .admin_api import model_json, sync_run_json, training_run_json
+from .auth import shop_from_claims, verify_session_token
+
+bp = Blueprint("admin", __name__)
+
+PAGES = {"home": "Home", "recommendations": "Recommendations", "models": "Models", "schedule": "Schedule",
+         "experiment": "Experiment", "assistant": "Assistant"}
+
+
+def page_links() -> dict[str, str]:
+    """Links between the pages keep the admin's own query (shop, host, embedded), never the token."""
+    kept = urlencode({k: v for k, v in request.args.items() if k in ("shop", "host", "embedded", "locale")})
+    return {name: ("/" if name == "home" else f"/{name}") + (f"?{kept}" if kept else "") for name in PAGES}
+
+
+def render_page(name: str, shop, **context):
+    return render_template(f"admin/{name}.html", page=name, pages=PAGES, links=page_links(), shop=shop,
+                           api_key=current_app.config["SHOPIFY_API_KEY"],
+                           app_bridge_url=current_app.config["APP_BRIDGE_URL"], **context)
+
+
+def bounce():
+    """No session token on this load: let App Bridge supply one and come back."""
+    return render_template("admin/bounce.html", api_key=current_app.config["SHOPIFY_API_KEY"],
+                           app_bridge_url=current_app.config["APP_BRIDGE_URL"])
+
+
+@bp.before_request
+def authenticate_page():
+    token = request.args.get("id_token")
+    if not token:
+        return bounce()
+    g.shop_domain = shop_from_claims(verify_session_token(token))
+    shop = shops.get_shop(g.shop_domain)
+    if shop is None or not shop.is_installed:
+        abort(403, f"{g.shop_domain} has not installed Pairwell: open it from the Shopify admin to install.")
+    g.shop = shop
+
+
+def home_context(shop) -> dict:
+    runs = db.session.scalars(select(SyncRun).where(SyncRun.shop_id == shop.id)
+                              .order_by(SyncRun.id.desc()).limit(5)).all()
+    training = db.session.scalars(select(TrainingRun).where(TrainingRun.shop_id == shop.id)
+                                  .order_by(TrainingRun.id.desc())).first()
+    counts = {name: db.session.scalar(select(func.count()).select_from(model).where(model.shop_id == shop.id))
+              for name, model in (("products", Product), ("orders", Order))}
+    live = recommendations.live_model(shop)
+    return {"sync_runs": [sync_run_json(r) for r in runs], "training": training and training_run_json(training),
+            "counts": counts, "live": live and {"version": live.version, "deployed_at": live.deployed_at},
+            "metrics": analytics.summary(shop.id, 30)}
+
+
+@bp.get("/recommendations")
+def recommendations_page():
+    return render_page("recommendations", g.shop, rules=[merchandising.rule_json(r)
+                                                         for r in merchandising.list_rules(g.shop)])
+
+
+@bp.get("/models")
+def models_page():
+    relevance = merchandising.relevance_by_version(g.shop)
+    models = db.session.scalars(select(ModelVersion).where(ModelVersion.shop_id == g.shop.id)
+                                .order_by(ModelVersion.version.desc()).limit(20)).all()
+    training = db.session.scalars(select(TrainingRun).where(TrainingRun.shop_id == g.shop.id)
+                                  .order_by(TrainingRun.id.desc())).first()
+    return render_page("models", g.shop, models=[model_json(m, relevance) for m in models],
+                       training=training and training_run_json(training))
+
+
+@bp.get("/schedule")
+def schedule_page():
+    return render_page("schedule", g.shop, schedule=schedule.schedule_json(g.shop))
+
+
+@bp.get("/experiment")
+def experiment_page():
+    return render_page("experiment", g.shop, settings=experiment.settings(g.shop),
+                       summary=analytics.experiment_summary(g.shop.id, 30))
+
+
+@bp.get("/assistant")
+def assistant_page():
+    talks = assistant.conversations(g.shop, 20)
+    return render_page("assistant", g.shop, settings=assistant.settings(g.shop), policies=g.shop.policies or {},
+                       policy_kinds=assistant.POLICY_KINDS, tones=sorted(assistant.TONES),
+                       conversations=[assistant.conversation_json(t) for t in talks])

@@ -1,0 +1,101 @@
+// The embedded admin's shared helpers: API calls with App Bridge session tokens, banners, charts.
+(() => {
+  // The session token came in the URL for this load only: keep it out of bookmarks and reloads.
+  const url = new URL(location.href);
+  if (url.searchParams.has("id_token")) {
+    url.searchParams.delete("id_token");
+    history.replaceState(null, "", url);
+  }
+  if (window.shopify && shopify.environment && shopify.environment.embedded) {
+    document.documentElement.classList.add("in-admin"); // the admin shows ui-nav-menu: no tabs of our own
+  }
+
+  const banner = document.getElementById("banner");
+  const status = document.getElementById("status");
+
+  async function api(path, { method = "GET", body } = {}) {
+    const headers = { Authorization: `Bearer ${await shopify.idToken()}`, Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    if (response.status === 204) return null;
+    let json = null;
+    try { json = await response.json(); } catch { /* not JSON: say so below */ }
+    if (!response.ok) {
+      const error = new Error((json && json.message) || `The request failed (${response.status}).`);
+      error.status = response.status;
+      throw error;
+    }
+    return json;
+  }
+
+  function say(message) {
+    status.textContent = message;
+    if (window.shopify && shopify.toast) shopify.toast.show(message);
+  }
+
+  function showError(message) {
+    banner.textContent = message;
+    banner.hidden = false;
+    banner.focus && banner.scrollIntoView({ block: "nearest" });
+  }
+
+  // A button that calls the server: disabled while it works, errors as a banner (never a trace).
+  function action(id, work) {
+    const button = typeof id === "string" ? document.getElementById(id) : id;
+    button.addEventListener("click", async (event) => {
+      banner.hidden = true;
+      button.disabled = true;
+      button.setAttribute("aria-busy", "true");
+      try {
+        await work(event);
+      } catch (error) {
+        showError(error.message);
+      } finally {
+        button.disabled = false;
+        button.removeAttribute("aria-busy");
+      }
+    });
+  }
+
+  function badge(text) {
+    const span = document.createElement("span");
+    span.className = `badge badge-${text.replace(/[^a-z-]/g, "")}`;
+    span.textContent = text;
+    return span;
+  }
+
+  const charts = {};
+  function chart(id, config) {
+    if (!window.Chart) return null;
+    if (charts[id]) charts[id].destroy();
+    config.options = { responsive: true, maintainAspectRatio: false, animation: false, ...(config.options || {}) };
+    charts[id] = new Chart(document.getElementById(id), config);
+    return charts[id];
+  }
+
+  function lossChart(id, history) {
+    const points = (history || []).filter((p) => p.loss != null || p.eval_loss != null);
+    return chart(id, {
+      type: "line",
+      data: {
+        datasets: [
+          { label: "training loss", data: points.filter((p) => p.loss != null).map((p) => ({ x: p.step, y: p.loss })),
+            borderColor: "#008060", pointRadius: 0 },
+          { label: "evaluation loss", data: points.filter((p) => p.eval_loss != null)
+            .map((p) => ({ x: p.step, y: p.eval_loss })), borderColor: "#d72c0d", showLine: false, pointRadius: 4 },
+        ],
+      },
+      options: { scales: { x: { type: "linear", title: { display: true, text: "step" } },
+                           y: { title: { display: true, text: "loss" } } } },
+    });
+  }
+
+  const unfinished = (run) => run.status === "queued" || run.status === "running";
+  const when = (iso) => new Date(iso).toLocaleString();
+  const percent = (v) => (v == null ? "–" : `${(100 * v).toFixed(1)}%`);
+
+  // Load this page again with fresh data (the bounce page fetches a new session token).
+  function reload() { location.replace(location.href); }
+
+  window.Pairwell = { api, say, showError, action, badge, chart, lossChart, unfinished, when, percent, reload };
+})();

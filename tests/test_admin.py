@@ -1,0 +1,186 @@
+"""The embedded admin: its pages (server-rendered, bounced for a session token) and the `/api/*` actions behind
+them: sync and train now, deploy and roll back, ratings, merchandising rules (honoured by the storefront at
+once), the retraining schedule and the A/B holdout."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from core import experiment, recommendations, schedule
+from core.models import ModelVersion, Product, RecommendationRating, StorefrontEvent, TrainingRun, db, utcnow
+from core.signatures import signed_app_proxy_query
+from tests.conftest import API_SECRET
+from worker import tasks
+
+PAGES = ("/recommendations", "/models", "/schedule", "/experiment", "/assistant")
+
+
+def call(client, shopify, method, path, json=None):
+    return client.open(path, method=method, json=json,
+                       headers={"Authorization": f"Bearer {shopify.session_token()}"})
+
+
+def block(client, shop, product_id, visitor=""):
+    query = signed_app_proxy_query(shop.domain, API_SECRET, product_id=product_id, limit=4,
+                                   **({"visitor": visitor} if visitor else {}))
+    response = client.get(f"/proxy/recommendations?{query}")
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def test_every_page_renders_for_the_installed_shop_and_bounces_without_a_token(client, installed_shop, shopify):
+    for path in ("/", *PAGES):
+        page = client.get(f"{path}?shop={shopify.shop}&embedded=1&id_token={shopify.session_token()}")
+        assert page.status_code == 200, (path, page.get_data(as_text=True)[:300])
+        html = page.get_data(as_text=True)
+        assert installed_shop.domain in html and 'aria-current="page"' in html
+        bounced = client.get(f"{path}?shop={shopify.shop}&embedded=1").get_data(as_text=True)
+        assert "shopify.idToken()" in bounced and installed_shop.domain not in bounced
+    assert client.get(f"/models?id_token={shopify.session_token(secret='forged-secret-long-enough-for-hs256')}")\
+        .status_code == 401
+    home = client.get(f"/?shop={shopify.shop}&id_token={shopify.session_token()}").get_data(as_text=True)
+    assert "Train now" in home  # next steps: no model yet
+
+
+def test_pages_for_a_shop_that_has_not_installed_are_refused(client, shopify):
+    response = client.get(f"/models?id_token={shopify.session_token()}")
+    assert response.status_code == 403 and "has not installed" in response.json["message"]
+
+
+def test_sync_now_is_refused_while_a_sync_runs(client, installed_shop, shopify):
+    from core.models import SyncRun
+
+    db.session.add(SyncRun(shop_id=installed_shop.id, status="running"))
+    db.session.commit()
+    response = call(client, shopify, "POST", "/api/sync-runs")
+    assert response.status_code == 409 and "wait for it" in response.json["message"]
+
+
+def test_train_now_is_refused_while_a_run_is_in_progress(client, installed_shop, shopify):
+    db.session.add(TrainingRun(shop_id=installed_shop.id, status="running", stage="train", heartbeat_at=utcnow()))
+    db.session.commit()
+    response = call(client, shopify, "POST", "/api/training-runs")
+    assert response.status_code == 409 and "cancel it" in response.json["message"]
+
+
+def test_ratings_are_kept_per_model_version_and_validated(client, installed_shop, shopify):
+    viewed, other = db.session.scalars(select(Product.id).where(Product.shop_id == installed_shop.id).limit(2)).all()
+    good = {"viewed_product_id": viewed, "product_id": other, "rating": 3, "source": "co-purchase"}
+    assert call(client, shopify, "POST", "/api/ratings", good).status_code == 201
+    assert call(client, shopify, "POST", "/api/ratings", {**good, "rating": 2}).status_code == 201  # changed, not added
+    rows = db.session.scalars(select(RecommendationRating)).all()
+    assert [(r.rating, r.model_version) for r in rows] == [(2, 0)]
+    for bad in ({**good, "rating": 4}, {**good, "rating": True}, {**good, "product_id": 1}, [],
+                {**good, "rating": "3"}):
+        response = call(client, shopify, "POST", "/api/ratings", bad)
+        assert response.status_code == 400 and response.json["message"], bad
+    assert call(client, shopify, "GET", "/api/models").json["unrated_relevance"] == {"mean": 2.0, "count": 1}
+
+
+def test_rules_change_what_the_storefront_shows_at_once(client, installed_shop, shopify):
+    viewed = db.session.scalars(select(Product).where(Product.shop_id == installed_shop.id,
+                                                      Product.status == "ACTIVE")).first()
+    before = [p["id"] for p in block(client, installed_shop, viewed.id)["products"]]
+    preview = call(client, shopify, "GET", f"/api/recommendations/{viewed.id}").json
+    assert [p["id"] for p in preview["products"]] == before
+    assert {p["origin"] for p in preview["products"]} <= {"co-purchase", "semantic", "popular"}
+
+    # Exclude the first product everywhere: gone from this block and from the cache.
+    rule = call(client, shopify, "POST", "/api/rules", {"kind": "exclude", "product_id": before[0]})
+    assert rule.status_code == 201
+    after = [p["id"] for p in block(client, installed_shop, viewed.id)["products"]]
+    assert before[0] not in after and len(after) == len(before)
+
+    # Pin a product from far down the ranking: first in the block, marked as pinned in the preview.
+    ranked = recommendations.ranking(recommendations.load_shelf(installed_shop), viewed.id, [])
+    pin = ranked[-1]
+    assert call(client, shopify, "POST", "/api/rules", {"kind": "pin", "product_id": viewed.id,
+                                                        "other_id": pin}).status_code == 201
+    assert block(client, installed_shop, viewed.id)["products"][0]["id"] == pin
+    assert call(client, shopify, "GET", f"/api/recommendations/{viewed.id}").json["products"][0]["origin"] == "pinned"
+
+    # Exclude the pinned product's type: an exclusion wins over the pin.
+    pinned_type = db.session.get(Product, (installed_shop.id, pin)).product_type
+    call(client, shopify, "POST", "/api/rules", {"kind": "exclude_type", "product_type": pinned_type})
+    shown = block(client, installed_shop, viewed.id)["products"]
+    types = {db.session.get(Product, (installed_shop.id, p["id"])).product_type for p in shown}
+    assert pinned_type not in types and len(shown) == 4
+
+    # Removing the rules brings the block back.
+    for existing in call(client, shopify, "GET", "/api/rules").json["rules"]:
+        assert call(client, shopify, "DELETE", f"/api/rules/{existing['id']}").status_code == 204
+    assert [p["id"] for p in block(client, installed_shop, viewed.id)["products"]] == before
+
+
+@pytest.mark.parametrize("body", [{"kind": "pin", "product_id": 1, "other_id": 2}, {"kind": "teleport"},
+                                  {"kind": "exclude_type", "product_type": ""}, {"kind": "exclude"}, "pin", []])
+def test_bad_rules_are_refused_with_a_message(client, installed_shop, shopify, body):
+    response = call(client, shopify, "POST", "/api/rules", body)
+    assert response.status_code == 400 and response.json["message"]
+
+
+def test_schedule_says_when_the_next_run_is_and_the_beat_task_starts_it(client, installed_shop, shopify):
+    saved = call(client, shopify, "PUT", "/api/schedule", {"cadence": "weekly"}).json
+    assert saved["cadence"] == "weekly" and saved["next_run_at"] and saved["last_run"] is None
+    assert call(client, shopify, "PUT", "/api/schedule", {"cadence": "daily"}).status_code == 400
+    assert schedule.due_shops(utcnow()) == []
+    due = utcnow() + timedelta(days=8)
+    assert [s.id for s in schedule.due_shops(due)] == [installed_shop.id]
+    call(client, shopify, "PUT", "/api/schedule", {"cadence": "off"})
+    assert schedule.due_shops(due) == [] and call(client, shopify, "GET", "/api/schedule").json["next_run_at"] is None
+
+
+def test_holdout_visitors_get_co_purchase_stably_and_each_arm_is_measured(client, installed_shop, shopify):
+    assert call(client, shopify, "PUT", "/api/experiment", {"holdout_percent": 51}).status_code == 400
+    assert call(client, shopify, "PUT", "/api/experiment", {"holdout_percent": 50}).status_code == 200
+    installed_shop.experiment = {"enabled": True, "holdout_percent": 50}
+    visitors = [f"visitor-{n:04d}" for n in range(40)]
+    arms = {v: experiment.arm(installed_shop, v) for v in visitors}
+    assert 8 <= sum(a == "holdout" for a in arms.values()) <= 32  # about half, by hash
+    viewed = db.session.scalars(select(Product.id).where(Product.shop_id == installed_shop.id,
+                                                         Product.status == "ACTIVE")).first()
+    held = next(v for v in visitors if arms[v] == "holdout")
+    served = next(v for v in visitors if arms[v] == "served")
+    for _ in range(2):  # stable, and cached per arm
+        assert block(client, installed_shop, viewed, held)["source"] == "holdout"
+        assert block(client, installed_shop, viewed, served)["source"] == "fallback"
+    query = signed_app_proxy_query(installed_shop.domain, API_SECRET, product_id=viewed, visitor="bad visitor!")
+    assert client.get(f"/proxy/recommendations?{query}").status_code == 400
+
+    now = utcnow()
+    for source, clicks in (("holdout", 1), ("fallback", 3)):
+        db.session.add_all([StorefrontEvent(shop_id=installed_shop.id, kind="impression", viewed_product_id=viewed,
+                                            source=source, shown=4, created_at=now) for _ in range(10)])
+        db.session.add_all([StorefrontEvent(shop_id=installed_shop.id, kind="click", viewed_product_id=viewed,
+                                            product_id=viewed, source=source, created_at=now) for _ in range(clicks)])
+    db.session.commit()
+    report = call(client, shopify, "GET", "/api/experiment").json
+    assert report["arms"]["served"]["ctr"] == 0.3 and report["arms"]["holdout"]["ctr"] == 0.1
+    low, high = report["arms"]["served"]["ctr_interval"]
+    assert low < 0.3 < high
+
+
+def test_deploy_refuses_a_gated_version_unless_forced_and_rollback_needs_an_earlier_one(client, installed_shop,
+                                                                                       shopify, monkeypatch):
+    run = TrainingRun(shop_id=installed_shop.id, status="succeeded")
+    db.session.add(run)
+    db.session.commit()
+    model = ModelVersion(shop_id=installed_shop.id, training_run_id=run.id, version=1, gguf_path="/nonexistent",
+                         quantization="q8_0", size_bytes=1, sha256="0" * 64, base_model="tiny", status="verified",
+                         metrics={"gate": {"passed": False, "reason": "refused, below co-purchase", "hr@4": 0.1,
+                                           "co-purchase hr@4": 0.3, "model_names": 10, "unmatched_names": 2}})
+    db.session.add(model)
+    db.session.commit()
+    cards = call(client, shopify, "GET", "/api/models").json["models"]
+    assert cards[0]["hallucination_rate"] == 0.2 and cards[0]["gate"]["passed"] is False
+    refused = call(client, shopify, "POST", f"/api/models/{model.id}/deploy")
+    assert refused.status_code == 409 and "Deploy anyway" in refused.json["message"]
+    sent = []
+    monkeypatch.setattr(tasks, "_send_chain", lambda r: sent.append(r))
+    assert call(client, shopify, "POST", f"/api/models/{model.id}/deploy", {"force": True}).status_code == 202
+    assert db.session.get(TrainingRun, run.id).plan["force"] is True
+    assert call(client, shopify, "POST", "/api/models/rollback").status_code == 409
+    assert call(client, shopify, "POST", "/api/models/99999/deploy").status_code == 404
