@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from core import assistant, experiment, merchandising, recommendations, schedule, shops
 from core.models import ModelVersion, Order, Product, SyncRun, TrainingRun, db
+from worker.tasks import latest_evaluation
 
 from . import analytics
 from .admin_api import model_json, sync_run_json, training_run_json
@@ -82,7 +83,7 @@ def models_page():
     training = db.session.scalars(select(TrainingRun).where(TrainingRun.shop_id == g.shop.id)
                                   .order_by(TrainingRun.id.desc())).first()
     return render_page("models", g.shop, models=[model_json(m, relevance) for m in models],
-                       training=training and training_run_json(training))
+                       training=training and training_run_json(training), evaluation=latest_evaluation(g.shop))
 
 
 @bp.get("/schedule")

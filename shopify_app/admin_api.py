@@ -8,7 +8,15 @@ from sqlalchemy import func, select
 from core import assistant, experiment, merchandising, recommendations, schedule, shops
 from core.inputs import BadInput, load_json, shopify_id, whole_number
 from core.models import ModelVersion, Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db
-from worker.tasks import PipelineError, enqueue_full_sync, enqueue_pipeline, enqueue_rollback, training_in_progress
+from worker.tasks import (
+    PipelineError,
+    enqueue_evaluation,
+    enqueue_full_sync,
+    enqueue_pipeline,
+    enqueue_rollback,
+    latest_evaluation,
+    training_in_progress,
+)
 
 from . import analytics
 from .auth import session_token_required
@@ -210,6 +218,23 @@ def deploy_model(model_id: int):
     except PipelineError as exc:
         abort(409, str(exc))
     return model_json(model, {}), 202
+
+
+@bp.get("/evaluations/latest")
+def evaluation():
+    """The latest offline evaluation of the shop's recommenders (`pairwell evaluate SHOP`), if any."""
+    return latest_evaluation(_current_shop()) or {"status": "none"}
+
+
+@bp.post("/evaluations")
+def start_evaluation():
+    """Evaluate now: every recommender, and the live model, on the shop's newest orders hidden one at a time."""
+    shop = _current_shop()
+    if (latest_evaluation(shop) or {}).get("status") == "running":
+        abort(409, "An evaluation is running; wait for it to finish.")
+    if not db.session.scalar(select(func.count()).select_from(Order).where(Order.shop_id == shop.id)):
+        abort(409, "There are no orders to evaluate on yet: sync the store first.")
+    return enqueue_evaluation(shop), 202
 
 
 @bp.post("/models/rollback")

@@ -34,6 +34,9 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
     shopify = SampleShopify(store, api_key=app.config["SHOPIFY_API_KEY"], api_secret=app.config["SHOPIFY_API_SECRET"],
                             app_url=f"http://127.0.0.1:{port}")
     app.config["SHOPIFY_ADMIN_ORIGIN"] = shopify.start()
+    # The admin's pages get their session tokens from the sample admin's App Bridge; Train now stays short.
+    app.config["APP_BRIDGE_URL"] = f"{shopify.origin}/app-bridge.js"
+    app.config["ADMIN_TRAINING"] = {**DEMO_TRAINING, "time_budget_seconds": (train_minutes or 4) * 60}
     click.echo(f"Sample store {shopify.shop} on {shopify.origin}: {len(store.products)} products, "
                f"{len(store.orders)} orders")
 
@@ -66,14 +69,23 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
         from waitress import serve as waitress_serve
 
         from core.recommendations import warm_up
+        from sample_store.storefront import StorefrontPreview
 
         warm_up(app)
+        preview = StorefrontPreview(store, shop=shopify.shop, app_url=f"http://127.0.0.1:{port}",
+                                    api_secret=app.config["SHOPIFY_API_SECRET"])
+        preview.start()
+        product = next(p for p in store.products if p.status == "ACTIVE")
         click.echo(f"Serving Pairwell on http://127.0.0.1:{port} (Ctrl-C to stop).")
-        click.echo(f"Open it as the sample store's admin would: {shopify.origin}/admin/apps/pairwell")
-        product = store.products[0].id
+        click.echo(f"The admin, as the sample store's Shopify admin opens it: {shopify.origin}/admin/apps/pairwell")
+        click.echo(f"The storefront preview (the theme block through the App Proxy): "
+                   f"{preview.origin}/products/{product.handle}")
         click.echo("Ask for recommendations as the storefront does (a signed App Proxy request):\n"
-                   f"  curl \"$(.venv/bin/pairwell proxy-url {shopify.shop} {product})\"")
-        waitress_serve(app, host="127.0.0.1", port=port, threads=8)
+                   f"  curl \"$(.venv/bin/pairwell proxy-url {shopify.shop} {product.id})\"")
+        try:
+            waitress_serve(app, host="127.0.0.1", port=port, threads=8)
+        finally:
+            preview.stop()
     shopify.stop()
     return counts
 

@@ -4,6 +4,7 @@ once), the retraining schedule and the A/B holdout."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -184,3 +185,20 @@ def test_deploy_refuses_a_gated_version_unless_forced_and_rollback_needs_an_earl
     assert db.session.get(TrainingRun, run.id).plan["force"] is True
     assert call(client, shopify, "POST", "/api/models/rollback").status_code == 409
     assert call(client, shopify, "POST", "/api/models/99999/deploy").status_code == 404
+
+
+def test_evaluate_now_scores_the_recommenders_on_the_shops_orders(client, installed_shop, shopify, app, tmp_path):
+    app.config["PAIRWELL_ARTIFACTS"] = str(tmp_path)
+    assert call(client, shopify, "GET", "/api/evaluations/latest").json == {"status": "none"}
+    started = call(client, shopify, "POST", "/api/evaluations")
+    assert started.status_code == 202 and started.json["status"] == "running"
+    assert call(client, shopify, "POST", "/api/evaluations").status_code == 409  # one at a time
+    deadline = time.monotonic() + 120
+    while (record := call(client, shopify, "GET", "/api/evaluations/latest").json)["status"] == "running":
+        assert time.monotonic() < deadline, "the evaluation did not finish"
+        time.sleep(0.5)
+    assert record["status"] == "succeeded" and record["model_version"] is None
+    rows = record["report"]["recommenders"]
+    assert {"co-purchase", "blend (served)"} <= set(rows) and rows["blend (served)"]["cases"] > 0
+    page = client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True)
+    assert "Quality on your orders" in page and '"blend (served)"' in page

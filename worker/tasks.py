@@ -281,6 +281,30 @@ def enqueue_rollback(shop: Shop, background: bool = False):
     return db.session.get(ModelVersion, model_id) if model_id else None
 
 
+@shared_task(name="worker.tasks.evaluate_shop")
+def evaluate_shop(shop_id: int) -> str:
+    """The admin's Evaluate: `pairwell evaluate` on the shop's own orders (and its live model), kept for the
+    Models page."""
+    from . import evaluation
+
+    return evaluation.evaluate_shop(db.session.get(Shop, shop_id))["status"]
+
+
+def enqueue_evaluation(shop: Shop) -> dict:
+    """Start an evaluation of the shop's recommenders; returns its record (status `running`)."""
+    from . import evaluation
+
+    record = evaluation.begin_shop_evaluation(shop)
+    _later(lambda shop_id: evaluate_shop.delay(shop_id), shop.id)
+    return record
+
+
+def latest_evaluation(shop: Shop) -> dict | None:
+    from . import evaluation
+
+    return evaluation.shop_evaluation(shop)
+
+
 def run_offline_evaluation(**options) -> dict:
     """`pairwell evaluate`: the recommenders compared on a shop's or a file's orders, in this process (it
     reads local files and reports progress to the terminal)."""
