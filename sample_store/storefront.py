@@ -217,7 +217,7 @@ class StorefrontPreview:
             raise _CartError("Cannot find variant")
         product, variant = found
         try:
-            quantity = int(quantity or 1)
+            quantity = 1 if quantity in (None, "") else int(quantity)
         except (TypeError, ValueError):
             raise _CartError("Quantity must be a number") from None
         if quantity < 1:
@@ -260,7 +260,7 @@ class StorefrontPreview:
         cart = self.cart_json()
         objects = {
             "shop": {"name": "Pairwell Outdoor Demo", "currency": "USD", "money_format": "${{amount}}",
-                     "permanent_domain": self.shop, "domain": self.shop, "url": self.origin},
+                     "permanent_domain": self.shop, "domain": self.shop, "url": request.host_url.rstrip("/")},
             "cart": {"item_count": cart["item_count"], "total_price": cart["total_price"], "items": cart["items"]},
             "routes": {"root_url": root, "cart_url": f"{base}/cart", "cart_add_url": f"{base}/cart/add",
                        "cart_change_url": f"{base}/cart/change", "search_url": f"{base}/search",
