@@ -42,6 +42,13 @@ def test_block_targets_product_sections_and_references_existing_assets():
     assert_translated(block)
 
 
+def test_block_settings_default_to_complementary_intent():
+    settings = {s["id"]: s for s in schema("pairs_well_with.liquid")["settings"]}
+    intent = settings["intent"]
+    assert intent["default"] == "complementary"
+    assert [o["value"] for o in intent["options"]] == ["complementary", "related"]
+
+
 def test_block_asks_the_app_proxy_and_never_uses_inline_javascript():
     liquid = (EXTENSION / "blocks" / "pairs_well_with.liquid").read_text()
     assert "apps/pairwell/recommendations" in liquid and "{% javascript %}" not in liquid
@@ -186,7 +193,8 @@ def test_block_builds_every_url_under_the_locale_root(root, base):
     source = SCHEMA.sub("", (EXTENSION / "blocks" / "pairs_well_with.liquid").read_text())
     cart_url = root.rstrip("/") + "/cart"
     page = Elements(liquid.Environment().from_string(source).render(
-        block={"id": "b1", "settings": {"heading": "Pairs <well>", "limit": 3}, "shopify_attributes": ""},
+        block={"id": "b1", "settings": {"heading": "Pairs <well>", "limit": 3, "intent": "related"},
+               "shopify_attributes": ""},
         product={"id": 7001}, shop={"currency": "EUR"},
         routes={"root_url": root, "cart_url": cart_url, "cart_add_url": cart_url + "/add"},
         cart={"items": [{"product_id": 31}, {"product_id": 42}, {"product_id": 31}]}))
@@ -194,6 +202,7 @@ def test_block_builds_every_url_under_the_locale_root(root, base):
     assert block["data-proxy"] == f"{base}apps/pairwell/recommendations" and block["data-root"] == base
     assert block["data-cart-add"] == f"{base}cart/add.js" and block["data-cart-url"] == f"{base}cart.js"
     assert block["data-product-id"] == "7001" and block["data-limit"] == "3" and block["data-cart"] == "31,42"
+    assert block["data-intent"] == "related"
     assert block["data-currency"] == "EUR" and "--pairwell-columns: 3" in block["style"]
     skeleton = [attrs for tag, attrs in page.found if "pairwell-block__item--skeleton" in attrs.get("class", "")]
     assert len(skeleton) == 3 and all(attrs["aria-hidden"] == "true" for attrs in skeleton)

@@ -3,7 +3,9 @@ Proxy signed as Shopify signs it, the app answering from the synced sample store
 
 from __future__ import annotations
 
+import re
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from playwright.sync_api import expect
@@ -192,3 +194,19 @@ def test_a_second_language_asks_the_proxy_under_its_root_and_links_there(page, s
     page.wait_for_selector(LOADED)
     hrefs = page.locator(CARDS).get_by_role("link").evaluate_all("links => links.map(a => a.getAttribute('href'))")
     assert len(hrefs) == 4 and all(h.startswith("/fr/products/") for h in hrefs)
+
+
+def test_every_request_carries_the_intent_setting_and_one_stable_random_visitor(page, storefront, live_app):
+    first, second = products(live_app, 2, skip=7)
+    with page.expect_request(lambda r: "/apps/pairwell/recommendations" in r.url) as asked:
+        page.goto(storefront.product_url(first))
+    query = parse_qs(urlsplit(asked.value.url).query)
+    visitor = query["visitor"][0]
+    assert re.fullmatch(r"[0-9a-f]{32}", visitor) and query["intent"] == ["complementary"]
+    assert page.evaluate("localStorage.getItem('pairwell:visitor')") == visitor
+    storefront.block_settings = {"intent": "related"}
+    with page.expect_request(lambda r: "/apps/pairwell/recommendations" in r.url) as asked:
+        page.goto(storefront.product_url(second))
+    query = parse_qs(urlsplit(asked.value.url).query)
+    assert query["visitor"] == [visitor] and query["intent"] == ["related"]  # the same shopper, the merchant's intent
+    page.wait_for_selector(LOADED)

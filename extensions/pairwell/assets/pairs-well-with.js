@@ -4,6 +4,18 @@
 (() => {
   const CLICKED = "pairwell:clicked"; // product id → {viewed, source}, for the add-to-cart on the next page
   const BUDGET_MS = 3500; // the shopper will not wait longer for a block below the buy button
+  const VISITOR = "pairwell:visitor"; // a random id, the A/B holdout's stable visitor (no storage: none)
+
+  const visitor = () => {
+    try {
+      let id = localStorage.getItem(VISITOR);
+      if (!/^[\w-]{8,64}$/.test(id || "")) {
+        id = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+        localStorage.setItem(VISITOR, id);
+      }
+      return id;
+    } catch { return null; }
+  };
 
   const send = (block, events) => {
     const url = block.dataset.proxy.replace(/recommendations$/, "events");
@@ -126,6 +138,9 @@
     const limit = Number(block.dataset.limit) || 4;
     const params = new URLSearchParams({ product_id: block.dataset.productId, limit });
     if (block.dataset.cart) params.set("cart", block.dataset.cart);
+    params.set("intent", block.dataset.intent === "related" ? "related" : "complementary");
+    const id = visitor();
+    if (id) params.set("visitor", id);
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), BUDGET_MS);
     try {
