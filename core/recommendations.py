@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 from flask import current_app
@@ -147,14 +147,36 @@ def _rebuild_index(app, shop_id: int, catalog: dict[int, Item]) -> None:
             db.session.remove()
 
 
-def ranking(shelf: Shelf, viewing: Hashable, cart: list[Hashable]) -> list[Hashable]:
-    """Sellable products the merchant allows by the retrieval score with the viewed item and the cart, then the
-    viewed item's department first, then by id: always enough to fill a block."""
+INTENTS = ("complementary", "related")  # as Shopify's own recommendations name them
+BOUGHT_BOTH = 2  # orders holding both: enough to show a product of the viewed one's own type as a complement
+
+
+def admissible(shelf: Shelf, viewing: Hashable, intent: str) -> Callable[[Hashable], bool]:
+    """What may appear in the viewed product's block: what the merchant allows and, for the complementary
+    intent, nothing of the viewed product's own type (a second stove is a substitute) unless shoppers bought
+    both. A catalog without product types cannot tell, so its products are all admissible."""
+    own_type = shelf.catalog[viewing].product_type.casefold() if viewing in shelf.catalog else ""
+    together = shelf.retrieval.copurchase.together
+
+    def allowed(product: Hashable) -> bool:
+        kind = shelf.sellable[product]
+        if not shelf.rules.allows(viewing, product, kind):
+            return False
+        return (intent != "complementary" or not own_type or kind.casefold() != own_type
+                or together(viewing, product) >= BOUGHT_BOTH)
+    return allowed
+
+
+def ranking(shelf: Shelf, viewing: Hashable, cart: list[Hashable], intent: str = "related") -> list[Hashable]:
+    """Sellable products admissible for `intent` by the retrieval score with the viewed item and the cart, then
+    the viewed item's department first, then by id. The gate and evaluation score the ranking itself
+    (`related`: every product); the storefront's default is `complementary`."""
     retrieval = shelf.retrieval
     scores = retrieval.scores([viewing, *cart])
     basket = {viewing, *cart}
+    allowed = admissible(shelf, viewing, intent)
     score = {p: float(scores[retrieval.position[p]]) if p in retrieval.position else 0.0
-             for p, kind in shelf.sellable.items() if p not in basket and shelf.rules.allows(viewing, p, kind)}
+             for p in shelf.sellable if p not in basket and allowed(p)}
     department = shelf.catalog[viewing].product_type if viewing in shelf.catalog else None
     return sorted(score, key=lambda p: (-score[p], shelf.sellable[p] != department, p))
 
@@ -167,10 +189,11 @@ class Reranked:
     misses: int = 0  # names that matched none of its candidates (never shown)
 
 
-def rerank(chat: Chat, shelf: Shelf, viewing: Hashable, cart: list[Hashable], limit: int, system: str) -> Reranked:
+def rerank(chat: Chat, shelf: Shelf, viewing: Hashable, cart: list[Hashable], limit: int, system: str,
+           intent: str = "related") -> Reranked:
     """The model picks up to MAX_PICKS among the ranking's top CANDIDATES (it reads the newest cart items);
     the ranking fills the rest. Raises ModelUnavailable when the model cannot answer in time."""
-    ordered = ranking(shelf, viewing, cart)
+    ordered = ranking(shelf, viewing, cart, intent)
     candidates = ordered[:CANDIDATES]
     titles = [shelf.title(p) for p in candidates]
     prompt = recommendation_prompt(shelf.title(viewing), [shelf.title(c) for c in cart], titles)
@@ -206,11 +229,12 @@ def storefront_chat(model: ModelVersion, budget: float) -> Chat:
                                                          timeout=budget)
 
 
-def copurchase_ranking(shelf: Shelf, viewing: Hashable, cart: list[Hashable]) -> list[Hashable]:
-    """The A/B holdout's list: plain co-purchase (popularity fills), over what the merchant allows."""
+def copurchase_ranking(shelf: Shelf, viewing: Hashable, cart: list[Hashable], intent: str) -> list[Hashable]:
+    """The A/B holdout's list: plain co-purchase (popularity fills), over what is admissible."""
     basket = [viewing, *cart]
+    allowed = admissible(shelf, viewing, intent)
     return [p for p in shelf.retrieval.copurchase(basket, len(shelf.catalog) + len(basket))
-            if p in shelf.sellable and shelf.rules.allows(viewing, p, shelf.sellable[p])]
+            if p in shelf.sellable and allowed(p)]
 
 
 def pinned(shelf: Shelf, viewing: Hashable, cart: list[Hashable]) -> list[Hashable]:
@@ -229,7 +253,8 @@ class Pick:
 
 
 def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,
-              shelf: Shelf | None = None, arm: str = "served") -> tuple[list[Pick], str]:
+              shelf: Shelf | None = None, arm: str = "served", intent: str = "complementary",
+              ) -> tuple[list[Pick], str]:
     """The products and their reasons, and where the list came from (`model`, `fallback`, or `holdout` for the
     A/B holdout's co-purchase list). Pinned products come first."""
     shelf = shelf or shelf_for(shop)
@@ -242,7 +267,7 @@ def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, bud
         if model is None:
             raise ModelUnavailable("no model deployed")
         chat = storefront_chat(model, budget or current_app.config["MODEL_BUDGET_SECONDS"])
-        result = rerank(chat, shelf, viewing.id, cart_ids, limit, RECOMMEND_SYSTEM.format(shop=shop.domain))
+        result = rerank(chat, shelf, viewing.id, cart_ids, limit, RECOMMEND_SYSTEM.format(shop=shop.domain), intent)
         source = "model"
         # The raw miss rate, for evaluation: names the model gave that matched no candidate.
         cache.store().incr(f"model-names:{shop.id}", 30 * 86400)
@@ -253,7 +278,7 @@ def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, bud
         if model is not None:
             log.warning("serving fallback for %s: %s", shop.domain, exc)
         ordered = copurchase_ranking if arm == HOLDOUT else ranking
-        result = Reranked(ordered(shelf, viewing.id, cart_ids)[:limit], {})
+        result = Reranked(ordered(shelf, viewing.id, cart_ids, intent)[:limit], {})
         source = HOLDOUT if arm == HOLDOUT else "fallback"
     products = (pins + [p for p in result.products if p not in pins])[:limit]
     origins = shelf.retrieval.origins([viewing.id, *cart_ids], products)
@@ -290,9 +315,11 @@ def as_json(offer: Offer, reason: str) -> dict:
     return {**offer_json(offer), "reason": reason}
 
 
-def cache_key(shop_id: int, product_id: int, cart: list[int], limit: int, arm: str = "served") -> str:
+def cache_key(shop_id: int, product_id: int, cart: list[int], limit: int, arm: str = "served",
+              intent: str = "complementary") -> str:
     generation = cache.store().get(f"generation:{shop_id}") or "0"
-    return f"rec:{shop_id}:{generation}:{arm}:{product_id}:{','.join(map(str, sorted(set(cart))))}:{limit}"
+    return (f"rec:{shop_id}:{generation}:{arm}:{intent}:{product_id}:{','.join(map(str, sorted(set(cart))))}"
+            f":{limit}")
 
 
 def invalidate(shop_id: int) -> None:
@@ -310,14 +337,14 @@ def cached(key: str) -> dict | None:
 
 
 def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,
-          shelf: Shelf | None = None, arm: str = "served") -> dict:
+          shelf: Shelf | None = None, arm: str = "served", intent: str = "complementary") -> dict:
     """The proxy's reply, from the cache when it can be. `budget`: seconds the model may take (default: the
     storefront's MODEL_BUDGET_SECONDS)."""
-    key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit, arm)
+    key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit, arm, intent)
     hit = cached(key)
     if hit is not None:
         return hit
-    picks, source = recommend(shop, viewing, cart, limit, budget, shelf, arm)
+    picks, source = recommend(shop, viewing, cart, limit, budget, shelf, arm, intent)
     reply = {"products": [as_json(pick.offer, pick.reason) for pick in picks], "source": source}
     # Model answers keep until the next deploy or catalog change; a fallback only briefly (the model may be back).
     cache.store().set(key, json.dumps(reply), 86400 if source == "model" else 60)

@@ -93,7 +93,7 @@ def experiment_arm(visitor: str) -> str:
 
 @bp.get("/recommendations")
 def product_recommendations():
-    """`?product_id=&cart=&limit=&visitor=` → `{"products": [...], "source", "arm", "cached"}`."""
+    """`?product_id=&cart=&limit=&intent=&visitor=` → `{"products": [...], "source", "arm", "cached"}`."""
     try:
         product_id = shopify_id(request.args.get("product_id", ""), "product_id")
         cart_ids = id_list(request.args.get("cart", ""), "cart", MAX_CART_ITEMS)
@@ -101,6 +101,9 @@ def product_recommendations():
         visitor = request.args.get("visitor", "")
         if visitor and not SESSION_ID.match(visitor):
             raise BadInput("visitor must be 8-64 letters, digits, - or _.")
+        intent = request.args.get("intent") or "complementary"
+        if intent not in recommendations.INTENTS:
+            raise BadInput(f"intent must be one of {list(recommendations.INTENTS)}.")
     except BadInput as exc:
         abort(400, str(exc))
     try:
@@ -108,7 +111,7 @@ def product_recommendations():
     except SQLAlchemyError:
         db.session.rollback()
         arm = "served"
-    cached = recommendations.cached(recommendations.cache_key(g.shop_id, product_id, cart_ids, limit, arm))
+    cached = recommendations.cached(recommendations.cache_key(g.shop_id, product_id, cart_ids, limit, arm, intent))
     if cached is not None:  # the fast path: no database query at all
         return {**cached, "arm": arm}
     try:
@@ -117,7 +120,8 @@ def product_recommendations():
             abort(400, f"Unknown product {product_id}.")
         cart = [p for p in (db.session.get(Product, (g.shop_id, c)) for c in cart_ids)
                 if p is not None]  # a cart may hold products deleted since: ignore them
-        return {**recommendations.serve(db.session.get(Shop, g.shop_id), viewing, cart, limit, arm=arm), "arm": arm}
+        return {**recommendations.serve(db.session.get(Shop, g.shop_id), viewing, cart, limit, arm=arm,
+                                        intent=intent), "arm": arm}
     except SQLAlchemyError:
         db.session.rollback()
         response = jsonify(products=[], source="unavailable", cached=False,

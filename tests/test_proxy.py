@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from core import recommendations
 from core.models import ModelVersion, Product, db
 from core.signatures import signed_app_proxy_query
 
@@ -244,7 +245,8 @@ def test_scores_below_needs_more_than_noise():
 
 def test_the_storefront_the_gate_and_evaluation_answer_a_case_with_the_same_list(app, client, installed_shop,
                                                                                    store, tiny_gguf):
-    """One re-rank path: what a shopper is served is what the deploy gate and offline evaluation score."""
+    """One re-rank path: what a shopper is served is what the deploy gate and offline evaluation score (they
+    score the ranking itself, the `related` intent; `complementary` filters it for display)."""
     from core.model_hosts import chat_with_gguf
     from core.prompts import RECOMMEND_SYSTEM
     from core.recommendations import load_shelf
@@ -255,8 +257,33 @@ def test_the_storefront_the_gate_and_evaluation_answer_a_case_with_the_same_list
                                 size_bytes=1, sha256="0" * 64, base_model="tiny", status="deployed"))
     db.session.commit()
     viewing, cart = store.products[20].id, [store.products[21].id, store.products[22].id]
-    body = client.get(proxy_url(installed_shop.domain, product_id=viewing, cart=f"{cart[0]},{cart[1]}", limit=6)).json
+    body = client.get(proxy_url(installed_shop.domain, product_id=viewing, cart=f"{cart[0]},{cart[1]}", limit=6,
+                                intent="related")).json
     assert body["source"] == "model"
     gate = ModelReRank(chat_with_gguf(tiny_gguf), load_shelf(installed_shop),
                        RECOMMEND_SYSTEM.format(shop=installed_shop.domain))
     assert [p["id"] for p in body["products"]] == gate([*cart, viewing], 6)
+
+
+def test_complementary_blocks_hold_no_substitutes_unless_shoppers_bought_both(client, installed_shop):
+    """A backpacking stove's block shows fuel and a pot, not another stove (unless orders hold two of them);
+    `intent=related` allows substitutes, as in Shopify's own recommendations."""
+    shelf = recommendations.load_shelf(installed_shop)
+    together = shelf.retrieval.copurchase.together
+    checked = 0
+    for viewing in [p for p in shelf.offers][:25]:
+        own = shelf.catalog[viewing].product_type
+        answers = {}
+        for intent in ("complementary", "related"):
+            query = signed_app_proxy_query(installed_shop.domain, API_SECRET, product_id=viewing, limit=8,
+                                           intent=intent)
+            response = client.get(f"/proxy/recommendations?{query}")
+            assert response.status_code == 200, response.json
+            answers[intent] = [p["id"] for p in response.json["products"]]
+        assert all(shelf.catalog[p].product_type != own or together(viewing, p) >= 2
+                   for p in answers["complementary"])
+        checked += any(shelf.catalog[p].product_type == own for p in answers["related"])
+    assert checked  # the related intent did show substitutes somewhere, so the filter had work to do
+    query = signed_app_proxy_query(installed_shop.domain, API_SECRET, product_id=viewing, intent="similar")
+    response = client.get(f"/proxy/recommendations?{query}")
+    assert response.status_code == 400 and "intent must be one of" in response.json["message"]
