@@ -162,8 +162,16 @@ def start_training():
                    "or cancel it.")
     if not db.session.scalar(select(func.count()).select_from(Order).where(Order.shop_id == shop.id)):
         abort(409, "There are no orders to learn from yet: sync the store first.")
-    hyperparameters = current_app.config.get("ADMIN_TRAINING") or {}
-    return training_run_json(enqueue_pipeline(shop, hyperparameters=dict(hyperparameters), background=True)), 202
+    hyperparameters = dict(current_app.config.get("ADMIN_TRAINING") or {})
+    body = json_body("the training body") if request.get_data() else {}
+    if not isinstance(body, dict) or not set(body) <= {"minutes"}:
+        abort(400, 'Send nothing, or {"minutes": N} for a time budget.')
+    if "minutes" in body:
+        minutes = body["minutes"]
+        if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 1 <= minutes <= 24 * 60:
+            abort(400, "minutes must be a number from 1 to 1440.")
+        hyperparameters["time_budget_seconds"] = float(minutes) * 60
+    return training_run_json(enqueue_pipeline(shop, hyperparameters=hyperparameters, background=True)), 202
 
 
 def model_json(model: ModelVersion, relevance: dict[int, dict]) -> dict:

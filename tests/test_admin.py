@@ -202,3 +202,29 @@ def test_evaluate_now_scores_the_recommenders_on_the_shops_orders(client, instal
     assert {"co-purchase", "blend (served)"} <= set(rows) and rows["blend (served)"]["cases"] > 0
     page = client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True)
     assert "Quality on your orders" in page and '"blend (served)"' in page
+
+
+def test_train_now_takes_a_time_budget_and_the_schedule_starts_due_runs(client, installed_shop, shopify,
+                                                                        monkeypatch):
+    sent = []
+    monkeypatch.setattr(tasks, "_send_chain", lambda run: sent.append(run))
+    for bad in ({"minutes": 0}, {"minutes": "5"}, {"minutes": True}, {"epochs": 3}, [5]):
+        response = call(client, shopify, "POST", "/api/training-runs", bad)
+        assert response.status_code == 400 and response.json["message"], bad
+    started = call(client, shopify, "POST", "/api/training-runs", {"minutes": 5})
+    assert started.status_code == 202
+    run = db.session.get(TrainingRun, started.json["id"])
+    assert run.hyperparameters["time_budget_seconds"] == 300 and run.plan["scheduled"] is False
+    run.status = "succeeded"
+    db.session.commit()
+
+    # The beat task: nothing is due yet; a week after the newest run, a weekly shop gets a scheduled run.
+    installed_shop.schedule = {"cadence": "weekly"}
+    db.session.commit()
+    assert tasks.retrain_on_schedule() == []
+    run.created_at -= timedelta(days=8)
+    db.session.commit()
+    [started_id] = tasks.retrain_on_schedule()
+    assert db.session.get(TrainingRun, started_id).plan["scheduled"] is True
+    assert tasks.retrain_on_schedule() == []  # one at a time: the scheduled run is still queued
+    assert call(client, shopify, "GET", "/api/schedule").json["last_run"]["scheduled"] is True
