@@ -124,12 +124,15 @@ class StorefrontPreview:
 
     `proxy_mode` makes the App Proxy misbehave for tests: "ok" forwards, "error" answers 500 as a failing app
     would, "empty" answers recommendations with no products, "hang" answers nothing for HANG_SECONDS;
-    `proxy_delay` slows every proxied request down. `block_settings` are the merchant's block settings."""
+    `proxy_delay` slows every proxied request down. `block_settings` are the merchant's block settings;
+    `proxy_path` is where the App Proxy lives (prefix and subpath, `/apps/pairwell` unless the merchant renamed
+    them): only that path reaches the app."""
 
     def __init__(self, store: SampleStore, *, shop: str, app_url: str, api_secret: str,
-                 block_settings: dict | None = None):
+                 block_settings: dict | None = None, proxy_path: str = PROXY_PREFIX):
         self.store, self.shop, self.app_url, self.api_secret = store, shop, app_url.rstrip("/"), api_secret
         self.block_settings = dict(block_settings or {})  # the merchant's settings for the "pairs well with" block
+        self.proxy_path = proxy_path  # the App Proxy's prefix/subpath, as the merchant may have renamed it
         self.proxy_mode = "ok"
         self.proxy_delay = 0.0  # seconds the proxy waits before forwarding: a slow network, to see the skeleton
         self.proxied: list[str] = []  # "METHOD /apps/pairwell/..." as forwarded, for tests
@@ -245,7 +248,7 @@ class StorefrontPreview:
             app.add_url_rule(f"{prefix}/cart.js", f"cart_js{prefix}", self._cart_js)
             app.add_url_rule(f"{prefix}/cart/add.js", f"add_js{prefix}", self._add_js, methods=["POST"])
             app.add_url_rule(f"{prefix}/cart/add", f"add{prefix}", self._add_form, methods=["POST"], defaults=defaults)
-            app.add_url_rule(f"{prefix}{PROXY_PREFIX}/<path:rest>", f"proxy{prefix}", self._proxy,
+            app.add_url_rule(f"{prefix}/<path:path>", f"proxy{prefix}", self._proxy,
                              methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
         app.add_url_rule("/extensions/pairwell/assets/<path:name>", "asset", self._asset)
         return app
@@ -332,10 +335,14 @@ class StorefrontPreview:
                               locale), 422
         return redirect(f"{base}/cart", 303)
 
-    def _proxy(self, rest: str):
-        """Shopify's App Proxy: the shopper's query plus Shopify's signed parameters; method and body passed
-        through; cookies never forwarded; status, type and body passed back."""
-        self.proxied.append(f"{request.method} {PROXY_PREFIX}/{rest}")
+    def _proxy(self, path: str):
+        """Shopify's App Proxy under `proxy_path`: the shopper's query plus Shopify's signed parameters; method
+        and body passed through; cookies never forwarded; status, type and body passed back."""
+        under = self.proxy_path.strip("/") + "/"
+        if not path.startswith(under) or path == under:
+            abort(404)
+        rest = path.removeprefix(under)
+        self.proxied.append(f"{request.method} {self.proxy_path}/{rest}")
         mode = self.proxy_mode
         if self.proxy_delay:
             self._stopping.wait(self.proxy_delay)
@@ -347,7 +354,7 @@ class StorefrontPreview:
         if mode == "empty" and rest.startswith("recommendations"):
             return jsonify(products=[], source="fallback", cached=False)
         pairs = [(k, v) for k, v in request.args.items(multi=True) if k not in PROXY_PARAMS]
-        pairs += [("shop", self.shop), ("logged_in_customer_id", ""), ("path_prefix", PROXY_PREFIX),
+        pairs += [("shop", self.shop), ("logged_in_customer_id", ""), ("path_prefix", self.proxy_path),
                   ("timestamp", str(int(time.time())))]
         pairs.append(("signature", app_proxy_signature(pairs, self.api_secret)))
         headers = {"X-Forwarded-For": request.remote_addr or "127.0.0.1",

@@ -51,7 +51,9 @@ def test_block_settings_default_to_complementary_intent():
 
 def test_block_asks_the_app_proxy_and_never_uses_inline_javascript():
     liquid = (EXTENSION / "blocks" / "pairs_well_with.liquid").read_text()
-    assert "apps/pairwell/recommendations" in liquid and "{% javascript %}" not in liquid
+    assert "{% javascript %}" not in liquid
+    settings = {s["id"]: s for s in schema("pairs_well_with.liquid")["settings"]}
+    assert settings["proxy_path"]["default"] == "/apps/pairwell" and 'data-proxy-path="{{' in liquid
     script = (EXTENSION / "assets" / "pairs-well-with.js").read_text()
     assert "innerHTML" not in script  # model text is rendered as text, never as markup
 
@@ -193,13 +195,14 @@ def test_block_builds_every_url_under_the_locale_root(root, base):
     source = SCHEMA.sub("", (EXTENSION / "blocks" / "pairs_well_with.liquid").read_text())
     cart_url = root.rstrip("/") + "/cart"
     page = Elements(liquid.Environment().from_string(source).render(
-        block={"id": "b1", "settings": {"heading": "Pairs <well>", "limit": 3, "intent": "related"},
+        block={"id": "b1", "settings": {"heading": "Pairs <well>", "limit": 3, "intent": "related",
+                                      "proxy_path": "/tools/pairs"},
                "shopify_attributes": ""},
         product={"id": 7001}, shop={"currency": "EUR"},
         routes={"root_url": root, "cart_url": cart_url, "cart_add_url": cart_url + "/add"},
         cart={"items": [{"product_id": 31}, {"product_id": 42}, {"product_id": 31}]}))
     block = page.first("data-pairwell-block")
-    assert block["data-proxy"] == f"{base}apps/pairwell/recommendations" and block["data-root"] == base
+    assert block["data-proxy-path"] == "/tools/pairs" and block["data-root"] == base
     assert block["data-cart-add"] == f"{base}cart/add.js" and block["data-cart-url"] == f"{base}cart.js"
     assert block["data-product-id"] == "7001" and block["data-limit"] == "3" and block["data-cart"] == "31,42"
     assert block["data-intent"] == "related"

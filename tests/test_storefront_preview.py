@@ -85,6 +85,19 @@ def test_proxy_modes_misbehave_without_asking_the_app(preview, the_app, mode, st
         assert answer.json["products"] == []
 
 
+def test_the_proxy_lives_where_the_merchant_put_it(store, the_app):
+    preview = StorefrontPreview(store, shop=SHOP, app_url=the_app.url, api_secret=SECRET, proxy_path="/tools/pairs")
+    client = preview.app.test_client()
+    assert client.get("/apps/pairwell/recommendations?product_id=7").status_code == 404
+    assert client.get("/tools/pairs").status_code == 404 and client.get("/tools/pairs/").status_code == 404
+    for path in ("/tools/pairs/recommendations?product_id=7", "/fr/tools/pairs/recommendations?product_id=7"):
+        assert client.get(path).json == {"ok": True, "path": "recommendations"}
+        query = dict(parse_qsl(the_app.seen[-1]["query"], keep_blank_values=True))
+        assert query["path_prefix"] == "/tools/pairs" and query["product_id"] == "7"
+    assert preview.proxied == ["GET /tools/pairs/recommendations"] * 2
+    assert client.get("/extensions/pairwell/assets/pairs-well-with.js").status_code == 200  # routes stay routes
+
+
 def test_an_unreachable_app_is_a_502(store):
     preview = StorefrontPreview(store, shop=SHOP, app_url="http://127.0.0.1:9", api_secret=SECRET)
     assert preview.app.test_client().get("/apps/pairwell/recommendations").status_code == 502

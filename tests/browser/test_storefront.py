@@ -186,14 +186,33 @@ def test_a_failing_empty_or_hanging_proxy_leaves_the_product_page_intact(page, s
         assert page.locator("[data-accordion]").bounding_box() == below
 
 
-def test_a_second_language_asks_the_proxy_under_its_root_and_links_there(page, storefront, live_app):
+VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "mobile": {"width": 390, "height": 844}}
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS.values(), ids=VIEWPORTS.keys())
+@pytest.mark.parametrize("locale, proxy_path, setting", [
+    ("fr", "/apps/pairwell", None),  # the default, under the locale root "/fr" (no trailing slash)
+    ("fr", "/tools/pairs", "/tools/pairs/"),  # the merchant renamed prefix and subpath
+    (None, "/apps/pairwell", "//evil.example/x"),  # not a path on this storefront: the default instead
+], ids=["fr-default", "fr-renamed", "invalid-setting"])
+def test_the_block_asks_the_proxy_under_the_locale_root_and_its_path_and_links_there(
+        page, storefront, live_app, viewport, locale, proxy_path, setting):
+    page.set_viewport_size(viewport)
+    storefront.proxy_path = proxy_path
+    if setting:
+        storefront.block_settings = {"proxy_path": setting}
     viewed = products(live_app, 1, skip=6)[0]
-    with page.expect_request(lambda r: "/apps/pairwell/recommendations" in r.url) as asked:
-        page.goto(storefront.product_url(viewed, "fr"))
-    assert asked.value.url.startswith(f"{storefront.origin}/fr/apps/pairwell/recommendations?")
+    base = f"/{locale}" if locale else ""
+    with page.expect_request(lambda r: "/recommendations?" in r.url) as asked:
+        page.goto(storefront.product_url(viewed, locale))
+    assert asked.value.url.startswith(f"{storefront.origin}{base}{proxy_path}/recommendations?")
     page.wait_for_selector(LOADED)
     hrefs = page.locator(CARDS).get_by_role("link").evaluate_all("links => links.map(a => a.getAttribute('href'))")
-    assert len(hrefs) == 4 and all(h.startswith("/fr/products/") for h in hrefs)
+    assert len(hrefs) == 4 and all(h.startswith(f"{base}/products/") for h in hrefs)
+    deadline = time.monotonic() + 5  # the impression goes to the same proxy path (a beacon: asynchronous)
+    while f"POST {proxy_path}/events" not in storefront.proxied and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f"POST {proxy_path}/events" in storefront.proxied
 
 
 def test_every_request_carries_the_intent_setting_and_one_stable_random_visitor(page, storefront, live_app):

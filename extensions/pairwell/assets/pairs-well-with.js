@@ -6,6 +6,14 @@
   const BUDGET_MS = 3500; // the shopper will not wait longer for a block below the buy button
   const VISITOR = "pairwell:visitor"; // a random id, the A/B holdout's stable visitor (no storage: none)
 
+  // The App Proxy's prefix and subpath, as the merchant may have renamed them (a block setting): a path of
+  // plain segments under the shopper's locale root, or the default. Never "//host" nor "..".
+  const proxy = (block, route) => {
+    const path = block.dataset.proxyPath || "";
+    const clean = /^(\/[\w-]+)+\/?$/.test(path) ? path.replace(/\/$/, "") : "/apps/pairwell";
+    return `${block.dataset.root}${clean.slice(1)}/${route}`;
+  };
+
   const visitor = () => {
     try {
       let id = localStorage.getItem(VISITOR);
@@ -18,7 +26,7 @@
   };
 
   const send = (block, events) => {
-    const url = block.dataset.proxy.replace(/recommendations$/, "events");
+    const url = proxy(block, "events");
     const body = new Blob([JSON.stringify({ events })], { type: "application/json" });
     if (!(navigator.sendBeacon && navigator.sendBeacon(url, body))) {
       fetch(url, { method: "POST", body, keepalive: true }).catch(() => {});
@@ -144,7 +152,7 @@
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), BUDGET_MS);
     try {
-      const response = await fetch(`${block.dataset.proxy}?${params}`,
+      const response = await fetch(`${proxy(block, "recommendations")}?${params}`,
                                    { headers: { Accept: "application/json" }, signal: controller.signal });
       if (!response.ok) throw new Error(response.status);
       const { products, source } = await response.json();
