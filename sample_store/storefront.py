@@ -19,7 +19,7 @@ import re
 import secrets
 import threading
 import time
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,6 +50,10 @@ PROXY_PARAMS = ("shop", "logged_in_customer_id", "path_prefix", "timestamp", "si
 PROXY_TIMEOUT_SECONDS = 10.0
 HANG_SECONDS = 15.0  # "hang" mode: far past the block's budget (a few seconds)
 PROXY_MODES = ("ok", "error", "empty", "hang")
+# The shop sells in USD; a shopper may browse in another currency (Shopify Markets: `?currency=EUR` on any page,
+# remembered for the session), and then sees presentment prices: the shop price × the rate, rounded to the cent.
+SHOP_CURRENCY = "USD"
+CURRENCIES = {"USD": ("$", Decimal("1")), "EUR": ("€", Decimal("0.92")), "GBP": ("£", Decimal("0.79"))}
 LOCALES = ("fr",)  # a second language: pages under /fr, where routes.root_url is "/fr" (no trailing slash)
 SCHEMA = re.compile(r"{%-?\s*schema\s*-?%}(.*?){%-?\s*endschema\s*-?%}", re.S)
 
@@ -83,18 +87,19 @@ class ExtensionBlock:
         return f'<div id="shopify-block-{block_id}" class="shopify-app-block">{inner}</div>'
 
 
-def cents(price: Decimal) -> int:
-    return int((price * 100).to_integral_value())
+def cents(price: Decimal, currency: str = SHOP_CURRENCY) -> int:
+    """A shop price in the minor units of `currency` (Shopify's money values: amount × 100)."""
+    return int((price * CURRENCIES[currency][1] * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def money(amount_cents: int) -> str:
-    """The shop's money format, `${{amount}}` (USD), as the theme's `money` filter writes it."""
-    return f"${amount_cents / 100:,.2f}"
+def money(amount_cents: int, currency: str = SHOP_CURRENCY) -> str:
+    """The money format `{symbol}{{amount}}`, as the theme's `money` filter writes it."""
+    return f"{CURRENCIES[currency][0]}{amount_cents / 100:,.2f}"
 
 
-def liquid_product(product: SampleProduct, root: str) -> dict:
-    """The `product` object as Shopify's Liquid exposes it (prices in cents)."""
-    variants = [{"id": v.id, "title": v.title, "price": cents(v.price), "available": v.available_for_sale,
+def liquid_product(product: SampleProduct, root: str, currency: str = SHOP_CURRENCY) -> dict:
+    """The `product` object as Shopify's Liquid exposes it (presentment prices, in cents)."""
+    variants = [{"id": v.id, "title": v.title, "price": cents(v.price, currency), "available": v.available_for_sale,
                  "inventory_quantity": v.inventory_quantity, "sku": v.sku} for v in product.variants]
     first = next((v for v in variants if v["available"]), variants[0])
     return {"id": product.id, "handle": product.handle, "title": product.title, "description": product.description,
@@ -102,6 +107,29 @@ def liquid_product(product: SampleProduct, root: str) -> dict:
             "url": f"{root.rstrip('/')}/products/{product.handle}", "price": min(v["price"] for v in variants),
             "available": any(v["available"] for v in variants), "variants": variants,
             "selected_or_first_available_variant": first, "featured_image": product.image_url}
+
+
+def product_json(product: SampleProduct, root: str, currency: str = SHOP_CURRENCY) -> dict:
+    """`/products/<handle>.js`, in Shopify's documented shape (Ajax Product API): prices in the presentment
+    currency's minor units, `variants[]` with `id`, `price`, `available`, images as protocol-relative URLs."""
+    image = product.image_url.removeprefix("https:")
+    variants = [{"id": v.id, "title": v.title, "option1": v.title, "option2": None, "option3": None, "sku": v.sku,
+                 "requires_shipping": True, "taxable": True, "featured_image": None, "available": v.available_for_sale,
+                 "name": f"{product.title} - {v.title}", "public_title": v.title, "options": [v.title],
+                 "price": cents(v.price, currency), "weight": 0, "compare_at_price": None,
+                 "inventory_management": "shopify", "barcode": None} for v in product.variants]
+    prices = [v["price"] for v in variants]
+    return {"id": product.id, "title": product.title, "handle": product.handle,
+            "description": f"<p>{html.escape(product.description)}</p>",
+            "published_at": product.created_at.isoformat(), "created_at": product.created_at.isoformat(),
+            "vendor": product.vendor, "type": product.product_type, "tags": product.tags,
+            "price": min(prices), "price_min": min(prices), "price_max": max(prices),
+            "available": any(v["available"] for v in variants), "price_varies": min(prices) != max(prices),
+            "compare_at_price": None, "compare_at_price_min": 0, "compare_at_price_max": 0,
+            "compare_at_price_varies": False, "variants": variants, "images": [image], "featured_image": image,
+            "options": [{"name": product.variant_axis, "position": 1, "values": [v.title for v in product.variants]}],
+            "url": f"{root.rstrip('/')}/products/{product.handle}", "requires_selling_plan": False,
+            "selling_plan_groups": []}
 
 
 def placeholder_image(url: str) -> bytes:
@@ -191,9 +219,13 @@ class StorefrontPreview:
     def _cart_lines(self) -> dict[str, int]:
         return dict(session.get("cart", {}))
 
+    def currency(self) -> str:
+        """The shopper's presentment currency (the shop's unless they chose another)."""
+        return session.get("currency", SHOP_CURRENCY)
+
     def _line_json(self, variant_id: str, quantity: int) -> dict:
         product, variant = self._variant(variant_id)
-        price = cents(variant.price)
+        price = cents(variant.price, self.currency())
         return {"id": variant.id, "key": f"{variant.id}:{hashlib.md5(str(variant.id).encode()).hexdigest()}",
                 "product_id": product.id, "variant_id": variant.id, "quantity": quantity,
                 "title": f"{product.title} - {variant.title}", "product_title": product.title,
@@ -211,7 +243,7 @@ class StorefrontPreview:
         return {"token": session.setdefault("token", secrets.token_hex(16)), "note": None, "attributes": {},
                 "original_total_price": total, "total_price": total, "total_discount": 0, "total_weight": 0,
                 "item_count": sum(i["quantity"] for i in items), "items": items, "requires_shipping": bool(items),
-                "currency": "USD", "items_subtotal_price": total, "cart_level_discount_applications": []}
+                "currency": self.currency(), "items_subtotal_price": total, "cart_level_discount_applications": []}
 
     def _add(self, variant_id, quantity) -> dict:
         """Add one line; raises _CartError with Shopify's 422 description when it cannot."""
@@ -240,10 +272,17 @@ class StorefrontPreview:
     def _build_app(self) -> Flask:
         app = Flask("storefront_preview")
         app.secret_key = secrets.token_hex(32)
+
+        @app.before_request
+        def choose_currency():  # Shopify's `?currency=` switch, kept for the session
+            if request.args.get("currency") in CURRENCIES:
+                session["currency"] = request.args["currency"]
         for prefix in ["", *(f"/{locale}" for locale in LOCALES)]:
             defaults = {"locale": prefix.strip("/") or None}
             app.add_url_rule(f"{prefix}/", f"index{prefix}", self._index, defaults=defaults)
             app.add_url_rule(f"{prefix}/products/<handle>", f"product{prefix}", self._product, defaults=defaults)
+            app.add_url_rule(f"{prefix}/products/<handle>.js", f"product_js{prefix}", self._product_js,
+                             defaults=defaults)
             app.add_url_rule(f"{prefix}/cart", f"cart{prefix}", self._cart_page, defaults=defaults)
             app.add_url_rule(f"{prefix}/cart.js", f"cart_js{prefix}", self._cart_js)
             app.add_url_rule(f"{prefix}/cart/add.js", f"add_js{prefix}", self._add_js, methods=["POST"])
@@ -262,9 +301,10 @@ class StorefrontPreview:
         base = root.rstrip("/")
         cart = self.cart_json()
         objects = {
-            "shop": {"name": "Pairwell Outdoor Demo", "currency": "USD", "money_format": "${{amount}}",
+            "shop": {"name": "Pairwell Outdoor Demo", "currency": SHOP_CURRENCY, "money_format": "${{amount}}",
                      "permanent_domain": self.shop, "domain": self.shop, "url": request.host_url.rstrip("/")},
-            "cart": {"item_count": cart["item_count"], "total_price": cart["total_price"], "items": cart["items"]},
+            "cart": {"item_count": cart["item_count"], "total_price": cart["total_price"], "items": cart["items"],
+                     "currency": {"iso_code": cart["currency"], "symbol": CURRENCIES[cart["currency"]][0]}},
             "routes": {"root_url": root, "cart_url": f"{base}/cart", "cart_add_url": f"{base}/cart/add",
                        "cart_change_url": f"{base}/cart/change", "search_url": f"{base}/search",
                        "all_products_collection_url": f"{base}/collections/all"},
@@ -272,7 +312,7 @@ class StorefrontPreview:
                         "design_mode": False},
         }
         if product is not None:
-            objects["product"] = liquid_product(product, root)
+            objects["product"] = liquid_product(product, root, self.currency())
         return objects
 
     def _page(self, title: str, body: str, locale: str | None, *, product: SampleProduct | None = None,
@@ -282,14 +322,16 @@ class StorefrontPreview:
         return render_template_string(
             LAYOUT, title=title, body=body, shop_name=objects["shop"]["name"], lang=locale or "en",
             root=objects["routes"]["root_url"], cart_url=objects["routes"]["cart_url"],
-            item_count=objects["cart"]["item_count"], shop=self.shop,
+            item_count=objects["cart"]["item_count"], shop=self.shop, currency=self.currency(),
+            rate=str(CURRENCIES[self.currency()][1]),
             stylesheets=[*blocks_css, embed.stylesheet], scripts=[*blocks_js, embed.javascript],
             embed=embed.render("pairwell_assistant_embed", **objects))
 
     def _index(self, locale: str | None):
         base = f"/{locale}" if locale else ""
         products = [p for p in self.store.products if p.status == "ACTIVE"]
-        body = render_template_string(INDEX, products=products, base=base, money=money, cents=cents)
+        body = render_template_string(INDEX, products=products, base=base, money=self._money,
+                                      price=lambda p: cents(p.variants[0].price, self.currency()))
         return self._page("Catalog", body, locale)
 
     def _product(self, handle: str, locale: str | None):
@@ -297,15 +339,21 @@ class StorefrontPreview:
         objects = self._objects(locale, product)
         block = self.blocks["pairs_well_with"]
         block_html = block.render("pairwell_pairs_well_with", self.block_settings, **objects)
-        body = render_template_string(PRODUCT, product=objects["product"], money=money, block_html=block_html,
+        body = render_template_string(PRODUCT, product=objects["product"], money=self._money, block_html=block_html,
                                       add_url=objects["routes"]["cart_add_url"], image=product.image_url)
         return self._page(product.title, body, locale, product=product,
                           blocks_css=[block.stylesheet], blocks_js=[block.javascript])
 
     def _cart_page(self, locale: str | None):
         cart = self.cart_json()
-        body = render_template_string(CART, cart=cart, money=money, base=f"/{locale}" if locale else "")
+        body = render_template_string(CART, cart=cart, money=self._money, base=f"/{locale}" if locale else "")
         return self._page("Your cart", body, locale)
+
+    def _money(self, amount_cents: int) -> str:
+        return money(amount_cents, self.currency())
+
+    def _product_js(self, handle: str, locale: str | None):
+        return jsonify(product_json(self._active(handle), f"/{locale}" if locale else "/", self.currency()))
 
     def _cart_js(self):
         return jsonify(self.cart_json())
@@ -427,7 +475,7 @@ LAYOUT = """<!doctype html>
 {% for href in stylesheets if href %}<link rel="stylesheet" href="{{ href }}">
 {% endfor %}
 <script>window.Shopify = { shop: {{ shop|tojson }}, locale: {{ lang|tojson }},
-  currency: { active: "USD", rate: "1.0" }, routes: { root: {{ root|tojson }} } };</script>
+  currency: { active: {{ currency|tojson }}, rate: {{ rate|tojson }} }, routes: { root: {{ root|tojson }} } };</script>
 </head>
 <body>
 <header class="header">
@@ -475,7 +523,7 @@ PRODUCT = """<main class="page" id="MainContent">
 
 INDEX = """<main class="page"><h1>Catalog</h1><ul class="catalog">
 {% for p in products %}<li><a href="{{ base }}/products/{{ p.handle }}">{{ p.title }}<br>
-{{ money(cents(p.variants[0].price)) }}</a></li>
+{{ money(price(p)) }}</a></li>
 {% endfor %}</ul></main>
 """
 

@@ -198,15 +198,16 @@ def test_block_builds_every_url_under_the_locale_root(root, base):
         block={"id": "b1", "settings": {"heading": "Pairs <well>", "limit": 3, "intent": "related",
                                       "proxy_path": "/tools/pairs"},
                "shopify_attributes": ""},
-        product={"id": 7001}, shop={"currency": "EUR"},
+        product={"id": 7001}, shop={"currency": "USD"},
         routes={"root_url": root, "cart_url": cart_url, "cart_add_url": cart_url + "/add"},
-        cart={"items": [{"product_id": 31}, {"product_id": 42}, {"product_id": 31}]}))
+        cart={"items": [{"product_id": 31}, {"product_id": 42}, {"product_id": 31}], "currency": {"iso_code": "EUR"}}))
     block = page.first("data-pairwell-block")
     assert block["data-proxy-path"] == "/tools/pairs" and block["data-root"] == base
     assert block["data-cart-add"] == f"{base}cart/add.js" and block["data-cart-url"] == f"{base}cart.js"
     assert block["data-product-id"] == "7001" and block["data-limit"] == "3" and block["data-cart"] == "31,42"
     assert block["data-intent"] == "related"
-    assert block["data-currency"] == "EUR" and "--pairwell-columns: 3" in block["style"]
+    assert block["data-currency"] == "EUR"  # the shopper's presentment currency, not the shop's
+    assert "--pairwell-columns: 3" in block["style"]
     skeleton = [attrs for tag, attrs in page.found if "pairwell-block__item--skeleton" in attrs.get("class", "")]
     assert len(skeleton) == 3 and all(attrs["aria-hidden"] == "true" for attrs in skeleton)
     assert page.first("data-pairwell-status")["role"] == "status"

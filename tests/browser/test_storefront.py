@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -12,6 +13,7 @@ from playwright.sync_api import expect
 from sqlalchemy import select
 
 from core.models import StorefrontEvent, db
+from sample_store.storefront import cents
 
 BLOCK = "[data-pairwell-block]"
 CARDS = f"{BLOCK} li.pairwell-block__item:not(.pairwell-block__item--skeleton)"
@@ -59,7 +61,7 @@ def test_block_shows_limit_cards_of_real_catalog_products(page, storefront, live
         card = cards.nth(n)
         assert card.locator(".pairwell-block__title").inner_text() == product.title
         assert card.get_by_role("link").get_attribute("href") == f"/products/{product.handle}"
-        assert card.locator(".pairwell-block__price").inner_text() == f"${float(item['price']):,.2f}"
+        expect(card.locator(".pairwell-block__price")).to_have_text(f"${float(item['price']):,.2f}")  # USD: the same
         assert card.get_by_role("button", name=f"Add to cart: {product.title}").is_visible()
     assert page.get_by_role("button", name="Ask us").is_visible()  # the assistant's app embed is on the page
 
@@ -229,3 +231,34 @@ def test_every_request_carries_the_intent_setting_and_one_stable_random_visitor(
     query = parse_qs(urlsplit(asked.value.url).query)
     assert query["visitor"] == [visitor] and query["intent"] == ["related"]  # the same shopper, the merchant's intent
     page.wait_for_selector(LOADED)
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS.values(), ids=VIEWPORTS.keys())
+def test_a_shopper_browsing_in_euros_sees_the_euro_price_they_will_pay(page, storefront, live_app, viewport):
+    page.set_viewport_size(viewport)
+    viewed = products(live_app, 1, skip=8)[0]
+    with page.expect_response(lambda r: "/apps/pairwell/recommendations" in r.url) as answered:
+        page.goto(storefront.product_url(viewed) + "?currency=EUR")
+    answer = answered.value.json()
+    page.wait_for_selector(LOADED)
+    assert page.evaluate("Shopify.currency.active") == "EUR"
+    variants = {v.id: v for p in live_app.store.products for v in p.variants}
+    cards = page.locator(CARDS)
+    for n, item in enumerate(answer["products"]):
+        presentment = cents(variants[item["variant_id"]].price, "EUR")  # what /products/<handle>.js says
+        assert presentment != cents(Decimal(item["price"]))  # the app's shop-currency amount differs
+        expect(cards.nth(n).locator(".pairwell-block__price")).to_have_text(f"€{presentment / 100:,.2f}")
+    shown = cards.locator(".pairwell-block__price").all_inner_texts()
+    assert not any("$" in text for text in shown)
+    product_js = page.request.get(f"{storefront.origin}/products/{answer['products'][0]['handle']}.js").json()
+    assert {v["id"]: v["price"] for v in product_js["variants"]}[answer["products"][0]["variant_id"]] == cents(
+        variants[answer["products"][0]["variant_id"]].price, "EUR")
+
+
+@pytest.mark.allow_console_errors(r"status of 404")
+def test_without_the_storefronts_product_json_a_card_shows_no_price_rather_than_a_wrong_one(page, storefront, live_app):
+    page.route("**/products/*.js", lambda route: route.fulfill(status=404, json={"status": 404}))
+    open_product(page, storefront, products(live_app, 1, skip=9)[0])
+    prices = page.locator(f"{CARDS} .pairwell-block__price:not(.is-pending)")
+    expect(prices).to_have_count(4)
+    assert prices.all_inner_texts() == [""] * 4

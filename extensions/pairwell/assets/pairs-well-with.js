@@ -47,15 +47,31 @@
     }, { once: true }));
   };
 
-  // The app answers in the shop's currency: format it as that currency, never under the shopper's sign.
-  const money = (price, currency) => {
-    const amount = Number(price);
-    if (price == null || !Number.isFinite(amount)) return "";
+  // The price the shopper pays: the storefront's own product JSON (presentment currency, minor units × 100),
+  // formatted in the shopper's active currency. The app's price is the shop's currency: never shown.
+  const money = (cents, block) => {
+    const S = window.Shopify || {};
+    const currency = (S.currency && S.currency.active) || block.dataset.currency;
+    if (!currency || !Number.isFinite(cents)) return "";
     try {
-      return new Intl.NumberFormat(document.documentElement.lang || undefined,
-                                   { style: "currency", currency: currency || "USD" }).format(amount);
-    } catch { return String(price); }
+      return new Intl.NumberFormat(S.locale || document.documentElement.lang || undefined,
+                                   { style: "currency", currency }).format(cents / 100);
+    } catch { return ""; }
   };
+
+  async function price(block, item, li, signal) {
+    const slot = li.querySelector(".pairwell-block__price");
+    try {
+      if (!item.handle) throw new Error("no handle");
+      const response = await fetch(`${block.dataset.root}products/${encodeURIComponent(item.handle)}.js`,
+                                   { headers: { Accept: "application/json" }, signal });
+      if (!response.ok) throw new Error(response.status);
+      const variant = ((await response.json()).variants || []).find((v) => String(v.id) === String(item.variant_id));
+      if (variant && variant.available) slot.textContent = money(Number(variant.price), block);
+      else li.querySelector(".pairwell-block__add")?.remove(); // sold out or gone since the app last synced
+    } catch { /* no price rather than a wrong one */ }
+    slot.classList.remove("is-pending");
+  }
 
   const el = (tag, part, text) => {
     const node = document.createElement(tag);
@@ -123,7 +139,9 @@
       } catch { /* private mode: the click still counts */ }
       send(block, [{ kind: "click", viewed_product_id: viewed, product_id: String(item.id), source }]);
     });
-    li.append(link, el("span", "price", money(item.price, block.dataset.currency)), el("span", "reason", item.reason));
+    const slot = el("span", "price");
+    slot.classList.add("is-pending");
+    li.append(link, slot, el("span", "reason", item.reason));
     if (item.variant_id) {
       const add = el("button", "add");
       add.type = "button";
@@ -159,7 +177,11 @@
       const shown = (Array.isArray(products) ? products : []).filter((p) => p && p.id && p.title).slice(0, limit);
       if (!shown.length) throw new Error("empty");
       list.style.minHeight = `${list.offsetHeight}px`; // fewer cards than reserved: keep the space
-      list.replaceChildren(...shown.map((item) => card(item, block, source)));
+      const cards = shown.map((item) => card(item, block, source));
+      list.replaceChildren(...cards);
+      const prices = new AbortController();
+      setTimeout(() => prices.abort(), BUDGET_MS);
+      shown.forEach((item, n) => price(block, item, cards[n], prices.signal));
       list.removeAttribute("aria-busy");
       block.classList.add("is-loaded");
       send(block, [{ kind: "impression", viewed_product_id: block.dataset.productId, shown: shown.length, source }]);
