@@ -154,13 +154,15 @@ class StorefrontPreview:
     would, "empty" answers recommendations with no products, "hang" answers nothing for HANG_SECONDS;
     `proxy_delay` slows every proxied request down. `block_settings` are the merchant's block settings;
     `proxy_path` is where the App Proxy lives (prefix and subpath, `/apps/pairwell` unless the merchant renamed
-    them): only that path reaches the app."""
+    them): only that path reaches the app. `theme_font` is the theme's root font size: "dawn" (62.5%, 10 px) or
+    "default" (16 px)."""
 
     def __init__(self, store: SampleStore, *, shop: str, app_url: str, api_secret: str,
                  block_settings: dict | None = None, proxy_path: str = PROXY_PREFIX):
         self.store, self.shop, self.app_url, self.api_secret = store, shop, app_url.rstrip("/"), api_secret
         self.block_settings = dict(block_settings or {})  # the merchant's settings for the "pairs well with" block
         self.proxy_path = proxy_path  # the App Proxy's prefix/subpath, as the merchant may have renamed it
+        self.theme_font = "dawn"  # "dawn": a 10 px root (html 62.5%, body 1.5rem); "default": 16 px, body 1rem
         self.proxy_mode = "ok"
         self.proxy_delay = 0.0  # seconds the proxy waits before forwarding: a slow network, to see the skeleton
         self.proxied: list[str] = []  # "METHOD /apps/pairwell/..." as forwarded, for tests
@@ -323,6 +325,8 @@ class StorefrontPreview:
             LAYOUT, title=title, body=body, shop_name=objects["shop"]["name"], lang=locale or "en",
             root=objects["routes"]["root_url"], cart_url=objects["routes"]["cart_url"],
             item_count=objects["cart"]["item_count"], shop=self.shop, currency=self.currency(),
+            root_font="62.5%" if self.theme_font == "dawn" else "100%",
+            body_font="1.5rem" if self.theme_font == "dawn" else "1rem",
             rate=str(CURRENCIES[self.currency()][1]),
             stylesheets=[*blocks_css, embed.stylesheet], scripts=[*blocks_js, embed.javascript],
             embed=embed.render("pairwell_assistant_embed", **objects))
@@ -440,8 +444,8 @@ LAYOUT = """<!doctype html>
 <title>{{ title }} – {{ shop_name }}</title>
 <link rel="icon" href="data:,">
 <style>
-  html { font-size: 62.5%; } /* Dawn's 10 px root: blocks must not rely on rem */
-  body { margin: 0; font: 1.5rem/1.6 system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
+  html { font-size: {{ root_font }}; } /* Dawn's 10 px root (62.5%): blocks must not rely on rem */
+  body { margin: 0; font: {{ body_font }}/1.6 system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
          color: #121212; background: #fff; letter-spacing: .04rem; }
   a { color: inherit; }
   .header { display: flex; align-items: center; justify-content: space-between; padding: 1.6rem 3.2rem;

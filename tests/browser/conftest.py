@@ -12,7 +12,8 @@ Contract (admin browser tests use these names):
   SampleShopify it installed from), `.shop` (the installed, synced `core.models.Shop`, detached: read its
   columns; query the database inside `with live_app.app.app_context():`), `.store` (the sample catalog).
 - `storefront`: the running `StorefrontPreview` for `live_app` (`.origin`, `.proxy_mode`, `.proxy_delay`,
-  `.block_settings`, `.proxy_path`, `.product_url(product)`); those four are back to normal after each test.
+  `.block_settings`, `.proxy_path`, `.theme_font`, `.product_url(product)`); those five are back to normal
+  after each test.
 - `browser` (per session) and `page`: a Playwright sync `Page` in a fresh context (1280×900). Console errors
   and page errors fail the test at teardown unless they match a regex in `page.allowed_console_errors`
   or in `@pytest.mark.allow_console_errors("regex", ...)`.
@@ -142,6 +143,7 @@ def storefront(storefront_server):
     storefront_server.proxy_mode, storefront_server.proxy_delay = "ok", 0.0
     storefront_server.block_settings = {}
     storefront_server.proxy_path = PROXY_PREFIX
+    storefront_server.theme_font = "dawn"
 
 
 # --- Chromium -------------------------------------------------------------------------------------------------

@@ -262,3 +262,52 @@ def test_without_the_storefronts_product_json_a_card_shows_no_price_rather_than_
     prices = page.locator(f"{CARDS} .pairwell-block__price:not(.is-pending)")
     expect(prices).to_have_count(4)
     assert prices.all_inner_texts() == [""] * 4
+
+
+GEOMETRY = """() => {
+  const list = document.querySelector('[data-pairwell-list]');
+  const box = (el) => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const cards = [...list.children].filter((li) => li.offsetParent);
+  return { list: box(list), cards: cards.map(box), scrolls: list.scrollWidth > list.clientWidth,
+           page: document.documentElement.scrollWidth - window.innerWidth,
+           title: parseFloat(getComputedStyle(cards[0].querySelector('.pairwell-block__title')).fontSize),
+           body: parseFloat(getComputedStyle(document.body).fontSize) };
+}"""
+
+
+@pytest.mark.parametrize("theme_font", ["dawn", "default"], ids=["root-10px", "root-16px"])
+def test_every_layout_setting_looks_deliberate_in_10px_and_16px_root_themes(page, storefront, live_app, theme_font):
+    """Desktop: the merchant's columns, never more than products, fewer where a card would be under 7em wide;
+    phones: one swipeable row of about 2.4 cards or two columns of full rows. Text follows the theme's body
+    size whatever its root, cards never overlap and the page never scrolls sideways."""
+    storefront.theme_font = theme_font
+    viewed = products(live_app, 1, skip=10)[0]
+    cases = [  # viewport, settings, columns seen, rows seen
+        ("desktop", {"limit": 6, "columns_desktop": 3}, 3, 2),
+        ("desktop", {"limit": 4, "columns_desktop": 6}, 4, 1),  # 4 products: 4 columns, no empty tracks
+        ("desktop", {"limit": 2, "columns_desktop": 2}, 2, 1),
+        ("mobile", {"limit": 4, "mobile_layout": "scroll"}, 4, 1),
+        ("mobile", {"limit": 4, "mobile_layout": "grid"}, 2, 2),
+        ("mobile", {"limit": 5, "mobile_layout": "grid"}, 2, 2),  # the odd fifth card would stand alone
+    ]
+    for viewport, settings, columns, rows in cases:
+        page.set_viewport_size(VIEWPORTS[viewport])
+        storefront.block_settings = settings
+        page.goto(storefront.product_url(viewed))
+        page.wait_for_selector(LOADED)
+        seen = page.evaluate(GEOMETRY)
+        case = f"{theme_font} {viewport} {settings}"
+        lefts, tops = sorted({round(c[0]) for c in seen["cards"]}), sorted({round(c[1]) for c in seen["cards"]})
+        assert (len(lefts), len(tops)) == (columns, rows), case
+        widths = {round(c[2] - c[0]) for c in seen["cards"]}
+        assert len(widths) == 1 and min(widths) >= 7 * seen["body"], case  # equal cards, 7em at least
+        assert seen["page"] <= 0, case  # nothing pushes the page sideways
+        assert seen["title"] == seen["body"] >= 14, case  # the theme's text size, not a 10 px root's
+        for left, right in zip(seen["cards"], seen["cards"][1:]):
+            assert left[2] <= right[0] or left[3] <= right[1], case  # no card runs into the next
+        if settings.get("mobile_layout") == "scroll":
+            list_width = seen["list"][2] - seen["list"][0]
+            assert seen["scrolls"] and 2.2 <= list_width / widths.pop() <= 2.8, case
+        else:
+            assert not seen["scrolls"] and all(seen["list"][0] <= c[0] and c[2] <= seen["list"][2] + 0.5
+                                               for c in seen["cards"]), case
