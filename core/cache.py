@@ -84,9 +84,12 @@ def store() -> LocalStore | RedisStore:
     return app.extensions["pairwell_store"]
 
 
+clock = time.time  # the limits' clock (tests hold it inside one window)
+
+
 def over_limit(scope: str, identity: str, per_minute: int) -> int | None:
     """Fixed one-minute windows; returns the seconds to wait when `identity` is over its limit."""
-    window = int(time.time() // 60)
-    if store().incr(f"rate:{scope}:{identity}:{window}", 90) > per_minute:
-        return 60 - int(time.time() % 60)
+    now = clock()
+    if store().incr(f"rate:{scope}:{identity}:{int(now // 60)}", 90) > per_minute:
+        return 60 - int(now % 60)
     return None

@@ -246,47 +246,60 @@ def pinned(shelf: Shelf, viewing: Hashable, cart: list[Hashable]) -> list[Hashab
 @dataclass
 class Pick:
     """A product in a block, its reason and where it came from: `pinned`, `model`, `co-purchase`, `semantic`
-    or `popular` (the retrieval's strongest signal for it)."""
+    or `popular` (the retrieval's strongest signal for it; "" when not asked to explain)."""
     offer: Offer
     reason: str
     origin: str
 
 
-def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,
-              shelf: Shelf | None = None, arm: str = "served", intent: str = "complementary",
-              ) -> tuple[list[Pick], str]:
-    """The products and their reasons, and where the list came from (`model`, `fallback`, or `holdout` for the
-    A/B holdout's co-purchase list). Pinned products come first."""
-    shelf = shelf or shelf_for(shop)
-    cart_ids = [c.id for c in cart]
-    pins = pinned(shelf, viewing.id, cart_ids)[:limit]
-    model = live_model(shop) if arm != HOLDOUT else None
+def served_list(shop: Shop, shelf: Shelf, viewing: Hashable, cart: list[Hashable], limit: int,
+                budget: float | None, intent: str) -> tuple[Reranked, str]:
+    """The live model's re-rank of the ranking (`model`), or the ranking alone when no model answers in time
+    (`fallback`)."""
+    model = live_model(shop)
     try:
-        if arm == HOLDOUT:
-            raise ModelUnavailable("holdout")
         if model is None:
             raise ModelUnavailable("no model deployed")
         chat = storefront_chat(model, budget or current_app.config["MODEL_BUDGET_SECONDS"])
-        result = rerank(chat, shelf, viewing.id, cart_ids, limit, RECOMMEND_SYSTEM.format(shop=shop.domain), intent)
-        source = "model"
-        # The raw miss rate, for evaluation: names the model gave that matched no candidate.
-        cache.store().incr(f"model-names:{shop.id}", 30 * 86400)
-        if result.misses:
-            cache.store().incr(f"model-misses:{shop.id}", 30 * 86400)
-            log.info("model named %d products outside the candidates", result.misses)
+        result = rerank(chat, shelf, viewing, cart, limit, RECOMMEND_SYSTEM.format(shop=shop.domain), intent)
     except ModelUnavailable as exc:
         if model is not None:
             log.warning("serving fallback for %s: %s", shop.domain, exc)
-        ordered = copurchase_ranking if arm == HOLDOUT else ranking
-        result = Reranked(ordered(shelf, viewing.id, cart_ids, intent)[:limit], {})
-        source = HOLDOUT if arm == HOLDOUT else "fallback"
+        return Reranked(ranking(shelf, viewing, cart, intent)[:limit], {}), "fallback"
+    # The raw miss rate, for evaluation: names the model gave that matched no candidate.
+    cache.store().incr(f"model-names:{shop.id}", 30 * 86400)
+    if result.misses:
+        cache.store().incr(f"model-misses:{shop.id}", 30 * 86400)
+        log.info("model named %d products outside the candidates", result.misses)
+    return result, "model"
+
+
+def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,
+              shelf: Shelf | None = None, arm: str = "served", intent: str = "complementary",
+              explain: bool = False) -> tuple[list[Pick], str]:
+    """The products and their reasons, and where the list came from (`model`, `fallback`, or `holdout` for the
+    A/B holdout's co-purchase list). Pinned products come first. `explain`: say where each product came from
+    (the admin's preview; it costs a second scoring of the catalog)."""
+    shelf = shelf or shelf_for(shop)
+    cart_ids = [c.id for c in cart]
+    pins = pinned(shelf, viewing.id, cart_ids)[:limit]
+    if arm == HOLDOUT:
+        result, source = Reranked(copurchase_ranking(shelf, viewing.id, cart_ids, intent)[:limit], {}), HOLDOUT
+    else:
+        result, source = served_list(shop, shelf, viewing.id, cart_ids, limit, budget, intent)
     products = (pins + [p for p in result.products if p not in pins])[:limit]
-    origins = shelf.retrieval.origins([viewing.id, *cart_ids], products)
+    origins = shelf.retrieval.origins([viewing.id, *cart_ids], products) if explain else {}
     together = shelf.retrieval.copurchase.together
+
+    def origin(product: Hashable) -> str:
+        if product in pins:
+            return "pinned"
+        if product in result.reasons:
+            return "model"
+        return "co-purchase" if source == HOLDOUT else origins.get(product, "")
+
     return [Pick(shelf.offers[p], shown_reason(result.reasons.get(p), shelf.catalog[p], shelf.catalog.get(viewing.id),
-                                              together(viewing.id, p)),
-                 "pinned" if p in pins else "model" if p in result.reasons else
-                 "co-purchase" if source == HOLDOUT else origins[p]) for p in products], source
+                                              together(viewing.id, p)), origin(p)) for p in products], source
 
 
 # Words a reason may use about any pair without claiming a fact of either product.

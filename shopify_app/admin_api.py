@@ -281,7 +281,7 @@ def block_preview(product_id: str):
         abort(400, str(exc))
     if viewing is None:
         abort(404, f"The store has no product {product_id}.")
-    picks, source = recommendations.recommend(shop, viewing, [], query_number("limit", 4, 1, 10))
+    picks, source = recommendations.recommend(shop, viewing, [], query_number("limit", 4, 1, 10), explain=True)
     rated = merchandising.ratings(shop, viewing.id)
     live = recommendations.live_model(shop)
     return {"product": {"id": viewing.id, "title": viewing.title, "product_type": viewing.product_type},

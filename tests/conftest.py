@@ -4,6 +4,7 @@ once, emptied between tests; and the loopback sample Shopify that the app instal
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,16 @@ def database_url(tmp_path_factory) -> str:
     url = os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
     migrations.upgrade(database_url=url)
     return url
+
+
+@pytest.fixture(autouse=True)
+def one_rate_limit_window(monkeypatch):
+    """The rate limits count in fixed one-minute windows: hold each test inside the window it starts in, so a
+    test that fills a limit never straddles a minute boundary (however slow the machine)."""
+    from core import cache
+
+    started = time.time()
+    monkeypatch.setattr(cache, "clock", lambda: started)
 
 
 @pytest.fixture(scope="session")
