@@ -181,9 +181,13 @@ def enqueue_full_sync(shop: Shop, background: bool = False) -> SyncRun:
     run = SyncRun(shop_id=shop.id, kind="full", status="queued")
     db.session.add(run)
     db.session.commit()
-    _later(_send_sync, run.id) if background else _send_sync(run.id)
+    (_later if background else _now)(_send_sync, run.id)
     db.session.refresh(run)
     return run
+
+
+def _now(work, *args) -> None:
+    work(*args)
 
 
 def _later(work, *args) -> None:
@@ -243,7 +247,7 @@ def enqueue_pipeline(shop: Shop, *, first: str = "build_datasets", last: str = "
     run.plan = {"first": first, "last": last, "conversations": conversations, "quantization": quantization,
                 "force": force, "scheduled": scheduled}
     db.session.commit()
-    _later(_send_chain, run.id) if background else _send_chain(run)
+    (_later if background else _now)(_send_chain, run.id)
     db.session.refresh(run)
     return run
 
@@ -274,7 +278,7 @@ def enqueue_rollback(shop: Shop, background: bool = False):
     if background:
         previous = pipeline.previous_version(shop)
         if previous is not None:
-            _later(lambda shop_id: rollback.delay(shop_id), shop.id)
+            _later(rollback.delay, shop.id)
         return previous
     result = rollback.apply_async((shop.id,), ignore_result=False)
     model_id = result.get() if rollback.app.conf.task_always_eager else result.get(timeout=600)
@@ -295,7 +299,7 @@ def enqueue_evaluation(shop: Shop) -> dict:
     from . import evaluation
 
     record = evaluation.begin_shop_evaluation(shop)
-    _later(lambda shop_id: evaluate_shop.delay(shop_id), shop.id)
+    _later(evaluate_shop.delay, shop.id)
     return record
 
 
