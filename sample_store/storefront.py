@@ -324,7 +324,8 @@ class StorefrontPreview:
         return render_template_string(
             LAYOUT, title=title, body=body, shop_name=objects["shop"]["name"], lang=locale or "en",
             root=objects["routes"]["root_url"], cart_url=objects["routes"]["cart_url"],
-            item_count=objects["cart"]["item_count"], shop=self.shop, currency=self.currency(),
+            cart_icon=CART_ICON.format(count=objects["cart"]["item_count"]), shop=self.shop,
+            currency=self.currency(),
             root_font="62.5%" if self.theme_font == "dawn" else "100%",
             body_font="1.5rem" if self.theme_font == "dawn" else "1rem",
             rate=str(CURRENCIES[self.currency()][1]),
@@ -362,21 +363,35 @@ class StorefrontPreview:
     def _cart_js(self):
         return jsonify(self.cart_json())
 
+    def sections(self, wanted) -> dict:
+        """The Section Rendering API: each asked section id (a list or a comma-separated string, at most 5) as
+        the theme renders it, wrapped in its `shopify-section-<id>` div; null for a section the theme lacks."""
+        ids = wanted.split(",") if isinstance(wanted, str) else wanted if isinstance(wanted, list) else []
+        count = self.cart_json()["item_count"]
+        return {str(i).strip(): (f'<div id="shopify-section-{html.escape(str(i).strip())}" class="shopify-section">'
+                                 f'{CART_ICON.format(count=count)}</div>' if str(i).strip() in SECTIONS else None)
+                for i in ids[:5]}
+
     def _add_js(self):
         """`POST /cart/add.js`: `{id, quantity}` (JSON or form) answers the line; `{items: [...]}` answers
-        `{items: [...]}`; an unknown or sold-out variant is a 422 with Shopify's error body."""
+        `{items: [...]}`; an unknown or sold-out variant is a 422 with Shopify's error body. With `sections`
+        (and `sections_url`), the answer also carries those sections rendered after the add."""
         payload = request.get_json(silent=True) if request.is_json else request.form.to_dict()
         payload = payload if isinstance(payload, dict) else {}
         wanted = payload.get("items") if isinstance(payload.get("items"), list) else None
         saved = self._cart_lines()
         try:
             if wanted is None:
-                return jsonify(self._add(payload.get("id"), payload.get("quantity", 1)))
-            return jsonify(items=[self._add(item.get("id"), item.get("quantity", 1)) for item in wanted
-                                  if isinstance(item, dict)])
+                answer = self._add(payload.get("id"), payload.get("quantity", 1))
+            else:
+                answer = {"items": [self._add(item.get("id"), item.get("quantity", 1)) for item in wanted
+                                    if isinstance(item, dict)]}
         except _CartError as error:
             session["cart"] = saved  # all or nothing, as Shopify adds a list
             return jsonify(status=422, message="Cart Error", description=str(error)), 422
+        if payload.get("sections"):
+            answer["sections"] = self.sections(payload["sections"])  # rendered with the new cart
+        return jsonify(answer)
 
     def _add_form(self, locale: str | None):
         base = f"/{locale}" if locale else ""
@@ -436,6 +451,11 @@ class _CartError(ValueError):
 
 # --- The theme's templates (Jinja; the extension's blocks are real Liquid) --------------------------------------
 
+# The theme's header cart link's contents: the `cart-icon-bubble` section (Dawn's name), on the page and through
+# the Section Rendering API.
+SECTIONS = ("cart-icon-bubble",)
+CART_ICON = 'Cart <span class="cart-count" data-cart-count>{count}</span>'
+
 LAYOUT = """<!doctype html>
 <html lang="{{ lang }}">
 <head>
@@ -484,8 +504,7 @@ LAYOUT = """<!doctype html>
 <body>
 <header class="header">
   <a class="header__name" href="{{ root }}">{{ shop_name }}</a>
-  <a class="header__cart" href="{{ cart_url }}">Cart
-    <span class="cart-count" data-cart-count>{{ item_count }}</span></a>
+  <a class="header__cart" id="cart-icon-bubble" href="{{ cart_url }}">{{ cart_icon|safe }}</a>
 </header>
 {{ body|safe }}
 <footer class="footer"><p>© {{ shop_name }} · Storefront preview for the Pairwell theme app extension</p></footer>

@@ -203,7 +203,7 @@ def test_block_builds_every_url_under_the_locale_root(root, base):
         cart={"items": [{"product_id": 31}, {"product_id": 42}, {"product_id": 31}], "currency": {"iso_code": "EUR"}}))
     block = page.first("data-pairwell-block")
     assert block["data-proxy-path"] == "/tools/pairs" and block["data-root"] == base
-    assert block["data-cart-add"] == f"{base}cart/add.js" and block["data-cart-url"] == f"{base}cart.js"
+    assert block["data-cart-add"] == f"{base}cart/add.js"
     assert block["data-product-id"] == "7001" and block["data-limit"] == "3" and block["data-cart"] == "31,42"
     assert block["data-intent"] == "related"
     assert block["data-currency"] == "EUR"  # the shopper's presentment currency, not the shop's
@@ -211,3 +211,6 @@ def test_block_builds_every_url_under_the_locale_root(root, base):
     skeleton = [attrs for tag, attrs in page.found if "pairwell-block__item--skeleton" in attrs.get("class", "")]
     assert len(skeleton) == 3 and all(attrs["aria-hidden"] == "true" for attrs in skeleton)
     assert page.first("data-pairwell-status")["role"] == "status"
+    listing = page.first("data-pairwell-list")  # named by the heading, and not a live region
+    assert listing["aria-labelledby"] == "pairwell-heading-b1" and "aria-live" not in listing
+    assert ("h2", {"id": "pairwell-heading-b1", "class": "pairwell-block__heading"}) in page.found

@@ -117,9 +117,14 @@ def test_the_ajax_cart_adds_lines_and_answers_in_shopifys_shapes(preview, store)
     cart = client.get("/cart.js").json
     assert cart["item_count"] == 2 and cart["total_price"] == 2 * line["price"] and cart["currency"] == "USD"
     assert [(i["variant_id"], i["quantity"]) for i in cart["items"]] == [(variant.id, 2)]
+    rendered = client.post("/cart/add.js", json={"id": variant.id, "sections": "cart-icon-bubble,cart-drawer",
+                                                 "sections_url": "/products/x"}).json
+    assert rendered["quantity"] == 3 and rendered["sections"]["cart-drawer"] is None  # a section this theme lacks
+    assert rendered["sections"]["cart-icon-bubble"].startswith('<div id="shopify-section-cart-icon-bubble"')
+    assert "data-cart-count>3<" in rendered["sections"]["cart-icon-bubble"]  # the cart after the add
     redirect = client.post("/cart/add", data={"id": variant.id, "quantity": 1})
     assert redirect.status_code == 303 and redirect.headers["Location"].endswith("/cart")
-    assert client.get("/cart.js").json["item_count"] == 3
+    assert client.get("/cart.js").json["item_count"] == 4
 
 
 def test_the_ajax_cart_refuses_unknown_and_sold_out_variants_with_a_422(preview, store):

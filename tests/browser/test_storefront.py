@@ -18,6 +18,7 @@ from sample_store.storefront import cents
 BLOCK = "[data-pairwell-block]"
 CARDS = f"{BLOCK} li.pairwell-block__item:not(.pairwell-block__item--skeleton)"
 LOADED = f"{BLOCK}.is-loaded"
+VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "mobile": {"width": 390, "height": 844}}
 
 # Every layout shift the page makes, from the first paint (buffered), as Core Web Vitals counts them.
 WATCH_SHIFTS = """
@@ -63,6 +64,17 @@ def test_block_shows_limit_cards_of_real_catalog_products(page, storefront, live
         assert card.get_by_role("link").get_attribute("href") == f"/products/{product.handle}"
         expect(card.locator(".pairwell-block__price")).to_have_text(f"${float(item['price']):,.2f}")  # USD: the same
         assert card.get_by_role("button", name=f"Add to cart: {product.title}").is_visible()
+        # the link is named by the title once (the photo is decorative), the photo a sized, lazy CDN rendition
+        assert card.get_by_role("link", name=product.title, exact=True).count() == 1
+        image = card.locator("img")
+        assert image.get_attribute("alt") == "" and image.get_attribute("loading") == "lazy"
+        assert (image.get_attribute("width"), image.get_attribute("height")) == ("360", "360")
+        assert image.get_attribute("src") == f"{product.image_url}?width=360"
+        assert image.get_attribute("srcset") == ", ".join(f"{product.image_url}?width={w} {w}w"
+                                                          for w in (180, 270, 360, 540))
+        assert image.get_attribute("sizes") == f"{round(card.bounding_box()['width'])}px"
+    listing = page.get_by_role("list", name="Pairs well with")  # named by its heading, not a live region
+    assert listing.get_by_role("listitem").count() == limit and listing.get_attribute("aria-live") is None
     assert page.get_by_role("button", name="Ask us").is_visible()  # the assistant's app embed is on the page
 
 
@@ -83,8 +95,15 @@ def test_skeleton_reserves_the_space_so_nothing_moves_when_products_arrive(page,
     assert layout_shift(page) < 0.001
 
 
-def test_quick_add_posts_the_cards_variant_and_the_cart_count_rises(page, storefront, live_app):
-    answer = open_product(page, storefront, products(live_app, 1, skip=2)[0])
+@pytest.mark.parametrize("viewport", VIEWPORTS.values(), ids=VIEWPORTS.keys())
+def test_quick_add_posts_the_cards_variant_and_the_cart_count_rises(page, storefront, live_app, viewport):
+    """The variant the app chose goes to /cart/add.js with the theme's cart section, whose fresh HTML replaces
+    the header's (Section Rendering API); the theme hears cart:refresh and cart:updated; screen readers hear it."""
+    page.set_viewport_size(viewport)
+    page.add_init_script("""window.__cart = []; ["cart:refresh", "cart:updated"].forEach((name) =>
+      document.addEventListener(name, (e) => window.__cart.push([name, e.detail.productVariantId])));""")
+    viewed = products(live_app, 1, skip=2)[0]
+    answer = open_product(page, storefront, viewed)
     first = answer["products"][0]
     product = next(p for p in live_app.store.products if p.id == first["id"])
     assert first["variant_id"] == next(v.id for v in product.variants if v.inventory_quantity > 0)
@@ -92,10 +111,13 @@ def test_quick_add_posts_the_cards_variant_and_the_cart_count_rises(page, storef
     assert count.inner_text() == "0"
     with page.expect_request(lambda r: r.url.endswith("/cart/add.js") and r.method == "POST") as posted:
         page.locator(CARDS).first.get_by_role("button").click()
-    assert posted.value.post_data_json == {"id": first["variant_id"], "quantity": 1}
+    assert posted.value.post_data_json == {"id": first["variant_id"], "quantity": 1, "sections": ["cart-icon-bubble"],
+                                           "sections_url": f"/products/{viewed.handle}"}
     expect(page.locator(CARDS).first.get_by_role("button", name=f"Added: {product.title}")).to_have_text("Added")
     expect(count).to_have_text("1")
     expect(page.get_by_role("status")).to_have_text(f"{product.title}: Added")
+    assert page.evaluate("window.__cart") == [["cart:refresh", first["variant_id"]],
+                                              ["cart:updated", first["variant_id"]]]
     cart = page.request.get(f"{storefront.origin}/cart.js").json()
     assert [(line["variant_id"], line["quantity"]) for line in cart["items"]] == [(first["variant_id"], 1)]
 
@@ -186,9 +208,6 @@ def test_a_failing_empty_or_hanging_proxy_leaves_the_product_page_intact(page, s
     assert layout_shift(page) < 0.001
     if page.locator(BLOCK).get_attribute("hidden") is None:  # in view: its blank box stays, nothing moved
         assert page.locator("[data-accordion]").bounding_box() == below
-
-
-VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "mobile": {"width": 390, "height": 844}}
 
 
 @pytest.mark.parametrize("viewport", VIEWPORTS.values(), ids=VIEWPORTS.keys())
