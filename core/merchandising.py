@@ -24,14 +24,20 @@ class Rules:
     excluded: set[Hashable] = field(default_factory=set)
     excluded_types: set[str] = field(default_factory=set)
     excluded_pairs: set[frozenset] = field(default_factory=set)
+    unrelated: set[tuple[Hashable, Hashable]] = field(default_factory=set)  # (viewed, product) rated 1
 
     def allows(self, viewing: Hashable, product: Hashable, product_type: str) -> bool:
         return (product not in self.excluded and product_type.casefold() not in self.excluded_types
-                and frozenset((viewing, product)) not in self.excluded_pairs)
+                and frozenset((viewing, product)) not in self.excluded_pairs
+                and (viewing, product) not in self.unrelated)
 
 
 def load_rules(shop_id: int) -> Rules:
+    """The rules, and the products the merchant rated unrelated to a block (never shown in it again)."""
     rules = Rules()
+    rules.unrelated = {(viewed, product) for viewed, product in db.session.execute(select(
+        RecommendationRating.viewed_product_id, RecommendationRating.product_id).where(
+        RecommendationRating.shop_id == shop_id, RecommendationRating.rating == 1))}
     for rule in db.session.scalars(select(MerchandisingRule).where(MerchandisingRule.shop_id == shop_id)
                                    .order_by(MerchandisingRule.id)):
         if rule.kind == "pin":

@@ -299,6 +299,7 @@ def rate_recommendation():
         row = merchandising.rate(shop, json_body("the rating body"), live.version if live else 0)
     except BadInput as exc:
         abort(400, str(exc))
+    recommendations.invalidate(shop.id)  # a product rated unrelated leaves the block at once
     return {"viewed_product_id": row.viewed_product_id, "product_id": row.product_id, "rating": row.rating,
             "model_version": row.model_version}, 201
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from core import experiment, recommendations, schedule
+from core import experiment, merchandising, recommendations, schedule
 from core.models import ModelVersion, Product, RecommendationRating, StorefrontEvent, TrainingRun, db, utcnow
 from core.signatures import signed_app_proxy_query
 from tests.conftest import API_SECRET
@@ -79,6 +79,18 @@ def test_ratings_are_kept_per_model_version_and_validated(client, installed_shop
         response = call(client, shopify, "POST", "/api/ratings", bad)
         assert response.status_code == 400 and response.json["message"], bad
     assert call(client, shopify, "GET", "/api/models").json["unrated_relevance"] == {"mean": 2.0, "count": 1}
+
+
+def test_a_product_rated_unrelated_leaves_that_block_at_once(client, installed_shop, shopify):
+    viewed = db.session.scalars(select(Product.id).where(Product.shop_id == installed_shop.id,
+                                                         Product.status == "ACTIVE")).first()
+    shown = [p["id"] for p in block(client, installed_shop, viewed)["products"]]
+    rating = {"viewed_product_id": viewed, "product_id": shown[0], "rating": 1}
+    assert call(client, shopify, "POST", "/api/ratings", rating).status_code == 201
+    after = [p["id"] for p in block(client, installed_shop, viewed)["products"]]
+    assert shown[0] not in after and after[:3] == shown[1:]
+    rules = merchandising.load_rules(installed_shop.id)  # the rating is about this block only
+    assert not rules.allows(viewed, shown[0], "") and rules.allows(shown[1], shown[0], "")
 
 
 def test_rules_change_what_the_storefront_shows_at_once(client, installed_shop, shopify):

@@ -1,6 +1,7 @@
 """The embedded admin in Chromium, as a merchant uses it: every page renders (with data, and empty states where
 there is none), Sync now and Train now start runs whose progress moves, deploy and roll back change the live
-version, a rating is stored and a pin changes what the storefront preview's block shows; every control is
+version, a rating (1: unrelated, gone from the block) and a pin change what the storefront preview's block
+shows; every control is
 reachable with the keyboard; no console errors.
 
 The pages load App Bridge from the sample admin (`/app-bridge.js`), which hands out session tokens as the
@@ -145,6 +146,10 @@ def test_a_rating_is_stored_and_a_pin_changes_the_preview_block(page, live_app, 
     expect(first.get_by_role("button", name="3 Pairs well")).to_have_attribute("aria-pressed", "true")
     with live_app.app.app_context():
         assert db.session.scalars(select(RecommendationRating.rating)).all() == [3]
+    unrelated = cards.nth(1).locator("h3").evaluate("(title) => title.firstChild.textContent.trim()")
+    cards.nth(1).get_by_role("button", name="1 Unrelated").click()  # leaves the block at once
+    expect(page.locator("#block-preview")).not_to_contain_text(unrelated)
+    expect(cards).to_have_count(4)
 
     page.locator("#pin-select").select_option(str(pin))
     page.get_by_role("button", name="Pin", exact=True).click()
@@ -155,6 +160,7 @@ def test_a_rating_is_stored_and_a_pin_changes_the_preview_block(page, live_app, 
     shopper = page.context.new_page()
     shopper.goto(f"{storefront.origin}/products/{handle}")
     expect(shopper.locator(".pairwell-block__item").first).to_contain_text(pin_title)
+    expect(shopper.locator("[data-pairwell-block]")).not_to_contain_text(unrelated)
     shopper.close()
     page.locator("#rules tbody tr").get_by_role("button").click()
     expect(page.locator("#rules tbody tr")).to_have_count(0)
