@@ -162,7 +162,9 @@ def test_impressions_clicks_and_adds_to_cart_are_stored_with_their_source(page, 
     assert events[0].shown == 4
 
 
-def test_keyboard_reaches_every_card_link_and_button_and_enter_opens_a_card(page, storefront, live_app):
+@pytest.mark.parametrize("viewport", VIEWPORTS.values(), ids=VIEWPORTS.keys())
+def test_keyboard_reaches_every_card_link_and_button_and_enter_opens_a_card(page, storefront, live_app, viewport):
+    page.set_viewport_size(viewport)  # on phones the cards sit in a swipeable row: Tab scrolls them into view
     answer = open_product(page, storefront, products(live_app, 1, skip=4)[0])
     wanted = [(kind, item["title"]) for item in answer["products"] for kind in ("link", "button")]
     reached = []
@@ -181,6 +183,9 @@ def test_keyboard_reaches_every_card_link_and_button_and_enter_opens_a_card(page
     assert reached == wanted
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none"  # the focus ring stays
+    focused, scroller = page.evaluate("""() => [document.activeElement.getBoundingClientRect().right,
+                                               document.querySelector('[data-pairwell-list]').getBoundingClientRect().right]""")
+    assert focused <= scroller + 1  # the last card's button was scrolled into sight
 
     link = page.locator(CARDS).nth(2).get_by_role("link")
     link.focus()
@@ -330,3 +335,52 @@ def test_every_layout_setting_looks_deliberate_in_10px_and_16px_root_themes(page
         else:
             assert not seen["scrolls"] and all(seen["list"][0] <= c[0] and c[2] <= seen["list"][2] + 0.5
                                                for c in seen["cards"]), case
+
+
+HOSTILE = "<script>window.__pwned=1</script><img/src/onerror=window.__pwned=2>" + "Ultralight" * 30
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS.values(), ids=VIEWPORTS.keys())
+def test_a_hostile_300_character_title_stays_text_inside_its_card(page, storefront, live_app, viewport):
+    page.set_viewport_size(viewport)
+    title, reason = HOSTILE[:300], "Because" + "x" * 293
+
+    def hostile(route):
+        answer = route.fetch().json()
+        answer["products"][0].update(title=title, reason=reason)
+        route.fulfill(json=answer)
+
+    page.route("**/apps/pairwell/recommendations?*", hostile)
+    page.goto(storefront.product_url(products(live_app, 1, skip=11)[0]))
+    page.wait_for_selector(LOADED)
+    first = page.locator(CARDS).first
+    assert first.locator(".pairwell-block__title").text_content() == title and " " not in title
+    assert first.locator(".pairwell-block__reason").text_content() == reason
+    assert page.evaluate("window.__pwned") is None and first.locator("script, .pairwell-block__title img").count() == 0
+    boxes = page.locator(CARDS).evaluate_all("""cards => cards.map((card) => [card, ...card.querySelectorAll('*')]
+      .map((el) => { const r = el.getBoundingClientRect(); return [r.left, r.right, el.scrollWidth > el.clientWidth
+                     && getComputedStyle(el).overflowX === 'visible']; }))""")
+    card_left, card_right, _ = boxes[0][0]
+    for left, right, spills in boxes[0][1:]:  # nothing inside the card reaches beyond it
+        assert card_left - 0.5 <= left and right <= card_right + 0.5 and not spills
+    assert card_right <= boxes[1][0][0]  # nor into its neighbour
+    assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+
+
+def test_complementary_intent_shows_no_product_of_the_viewed_type_unless_shoppers_bought_both(
+        page, storefront, live_app):
+    """The server's rule for the default intent, seen on the storefront: a card of the viewed product's own type
+    (a second stove) only where at least two orders hold both. `related` asks for substitutes too."""
+    by_id = {p.id: p for p in live_app.store.products}
+    orders = [{line.product_id for line in order.lines} for order in live_app.store.orders]
+    same_type_seen = 0
+    for viewed in products(live_app, 3, skip=12):
+        answer = open_product(page, storefront, viewed)
+        for item in answer["products"]:
+            if by_id[item["id"]].product_type == viewed.product_type:
+                assert sum(1 for o in orders if {viewed.id, item["id"]} <= o) >= 2, (viewed.title, item["title"])
+        storefront.block_settings = {"intent": "related"}
+        related = open_product(page, storefront, viewed)
+        same_type_seen += sum(by_id[i["id"]].product_type == viewed.product_type for i in related["products"])
+        storefront.block_settings = {}
+    assert same_type_seen  # the related intent does bring substitutes
