@@ -239,3 +239,20 @@ def test_the_sweeper_sends_a_queued_run_again_and_a_run_sent_twice_is_taken_once
     tasks.full_sync.delay(sync.id)  # a sync run already done is not run again
     db.session.refresh(sync)
     assert sync.status == "succeeded" and sync.finished_at is not None
+
+
+def test_the_merchants_ratings_become_training_examples(installed_shop, tmp_path):
+    from core.models import RecommendationRating
+
+    viewed, good, fair, bad = db.session.scalars(select(Product.id).where(
+        Product.shop_id == installed_shop.id, Product.status == "ACTIVE").order_by(Product.id).limit(4)).all()
+    db.session.add_all([RecommendationRating(shop_id=installed_shop.id, viewed_product_id=viewed, product_id=p,
+                                             rating=r) for p, r in ((good, 3), (fair, 2), (bad, 1))])
+    db.session.commit()
+    stats = datasets.build_datasets(installed_shop, tmp_path)
+    [example] = [e for e in map(json.loads, (tmp_path / "train.jsonl").open()) if e.get("source") == "ratings"]
+    assert stats["rated_examples"] == 1 and example["viewing"] == viewed and example["answer"] == [good, fair]
+    title = {p: db.session.get(Product, (installed_shop.id, p)).title for p in (good, fair, bad)}
+    candidates = example["messages"][1]["content"].split("Candidates: ", 1)[1].split("; ")
+    assert {title[good], title[fair], title[bad]} <= set(candidates)  # the unrelated one is offered, not chosen
+    assert title[bad] not in example["messages"][2]["content"]

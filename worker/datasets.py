@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from core import assistant
 from core.history import Item, load_baskets, load_catalog, split_by_time
-from core.models import Conversation, Product, Shop, db
+from core.models import Conversation, Product, RecommendationRating, Shop, db
 from core.prompts import (
     CANDIDATES,
     MAX_PICKS,
@@ -141,6 +141,28 @@ def copurchase_examples(stats: PairStats, catalog: dict[int, Item], system: str,
             answer = [catalog[p] for p in partners]
             candidates = candidates_for(stats, catalog[product], [], answer, rng)
             examples.append(_example(system, catalog[product], [], answer, candidates, source="copurchase"))
+    return examples
+
+
+def rated_examples(shop: Shop, stats: PairStats, catalog: dict[int, Item], system: str,
+                   rng: random.Random) -> list[dict]:
+    """The merchant's ratings as teaching: viewing X → the products they rated 3, then 2, chosen among candidates
+    that hold the ones they rated 1 (so the model learns to pass over those)."""
+    rated: dict[int, dict[int, int]] = defaultdict(dict)
+    for viewed, product, rating in db.session.execute(select(
+            RecommendationRating.viewed_product_id, RecommendationRating.product_id, RecommendationRating.rating)
+            .where(RecommendationRating.shop_id == shop.id).order_by(RecommendationRating.created_at)):
+        if viewed in catalog and product in catalog:
+            rated[viewed][product] = rating
+    examples = []
+    for viewed, ratings in sorted(rated.items()):
+        answer = [catalog[p] for p, r in sorted(ratings.items(), key=lambda pr: (-pr[1], pr[0])) if r >= 2]
+        if not answer:
+            continue
+        answer = answer[:MAX_PICKS]
+        unrelated = [catalog[p] for p, r in sorted(ratings.items()) if r == 1][:CANDIDATES - len(answer)]
+        candidates = candidates_for(stats, catalog[viewed], [], answer + unrelated, rng)
+        examples.append(_example(system, catalog[viewed], [], answer, candidates, source="ratings"))
     return examples
 
 
@@ -267,6 +289,8 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
     recommendations = dedupe_and_balance(
         basket_examples(train_items, stats, catalog, system, rng, retrieve=retrieve)
         + copurchase_examples(stats, catalog, system, rng), rng)
+    rated = rated_examples(shop, stats, catalog, system, rng)  # few and hand-made: never capped
+    recommendations += rated
     held_out = basket_examples([b for _, b in eval_baskets], stats, catalog, system, rng, per_basket=1,
                                retrieve=retrieve)
     support = support_examples(shop, load_shelf(shop), rng, limit=max(len(recommendations) // 4, 50))
@@ -290,7 +314,8 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
     result = {
         "version": digest.hexdigest()[:12],
         "train_examples": len(train), "eval_examples": len(evaluation),
-        "recommendation_examples": len(recommendations), "support_examples": len(support_train),
+        "recommendation_examples": len(recommendations), "rated_examples": len(rated),
+        "support_examples": len(support_train),
         "held_out_recommendation_examples": len(held_out),
         "orders": len(baskets), "train_orders": len(train_baskets), "eval_orders": len(eval_baskets),
         "split_at": eval_baskets[0][0].isoformat() if eval_baskets else None,
