@@ -129,7 +129,7 @@ def shop_activity(env: Env, browser, train_minutes: float) -> None:
         env.app.config["ADMIN_TRAINING"] = {**DEMO_TRAINING, "time_budget_seconds": train_minutes * 60}
         wait_for(lambda: api("POST", "/api/training-runs"), api, "/api/training-runs",
                  lambda answer: answer["training_runs"][0]["status"] not in ("queued", "running"))
-    wait_for(lambda: api("POST", "/api/evaluations"), api, "/api/evaluations/latest",
+    wait_for(lambda: api("POST", "/api/evaluations/recommenders"), api, "/api/evaluations/recommenders",
              lambda answer: answer["status"] != "running")
 
 

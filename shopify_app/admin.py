@@ -83,7 +83,8 @@ def models_page():
     training = db.session.scalars(select(TrainingRun).where(TrainingRun.shop_id == g.shop.id)
                                   .order_by(TrainingRun.id.desc())).first()
     return render_page("models", g.shop, models=[model_json(m, relevance) for m in models],
-                       training=training and training_run_json(training), evaluation=latest_evaluation(g.shop))
+                       training=training and training_run_json(training),
+                       evaluation=latest_evaluation(g.shop, "recommenders"))
 
 
 @bp.get("/schedule")
@@ -102,4 +103,5 @@ def assistant_page():
     talks = assistant.conversations(g.shop, 20)
     return render_page("assistant", g.shop, settings=assistant.settings(g.shop), policies=g.shop.policies or {},
                        policy_kinds=assistant.POLICY_KINDS, tones=sorted(assistant.TONES),
-                       conversations=[assistant.conversation_json(t) for t in talks])
+                       conversations=[assistant.conversation_json(t) for t in talks],
+                       evaluation=latest_evaluation(g.shop, "assistant"))

@@ -228,21 +228,23 @@ def deploy_model(model_id: int):
     return model_json(model, {}), 202
 
 
-@bp.get("/evaluations/latest")
-def evaluation():
-    """The latest offline evaluation of the shop's recommenders (`pairwell evaluate SHOP`), if any."""
-    return latest_evaluation(_current_shop()) or {"status": "none"}
+@bp.get("/evaluations/<any(recommenders, assistant):kind>")
+def evaluation(kind: str):
+    """The latest report: `recommenders` (`pairwell evaluate SHOP`) or `assistant` (`pairwell
+    evaluate-assistant SHOP`), if any."""
+    return latest_evaluation(_current_shop(), kind) or {"status": "none"}
 
 
-@bp.post("/evaluations")
-def start_evaluation():
-    """Evaluate now: every recommender, and the live model, on the shop's newest orders hidden one at a time."""
+@bp.post("/evaluations/<any(recommenders, assistant):kind>")
+def start_evaluation(kind: str):
+    """Evaluate now: every recommender and the live model on the shop's newest orders, one product hidden each;
+    or the assistant on its held-out questions from the shop's catalog, policies and orders."""
     shop = _current_shop()
-    if (latest_evaluation(shop) or {}).get("status") == "running":
-        abort(409, "An evaluation is running; wait for it to finish.")
+    if (latest_evaluation(shop, kind) or {}).get("status") == "running":
+        abort(409, "This evaluation is running; wait for it to finish.")
     if not db.session.scalar(select(func.count()).select_from(Order).where(Order.shop_id == shop.id)):
         abort(409, "There are no orders to evaluate on yet: sync the store first.")
-    return enqueue_evaluation(shop), 202
+    return enqueue_evaluation(shop, kind), 202
 
 
 @bp.post("/models/rollback")

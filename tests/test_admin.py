@@ -201,12 +201,13 @@ def test_deploy_refuses_a_gated_version_unless_forced_and_rollback_needs_an_earl
 
 def test_evaluate_now_scores_the_recommenders_on_the_shops_orders(client, installed_shop, shopify, app, tmp_path):
     app.config["PAIRWELL_ARTIFACTS"] = str(tmp_path)
-    assert call(client, shopify, "GET", "/api/evaluations/latest").json == {"status": "none"}
-    started = call(client, shopify, "POST", "/api/evaluations")
+    assert call(client, shopify, "GET", "/api/evaluations/recommenders").json == {"status": "none"}
+    assert call(client, shopify, "GET", "/api/evaluations/everything").status_code == 404
+    started = call(client, shopify, "POST", "/api/evaluations/recommenders")
     assert started.status_code == 202 and started.json["status"] == "running"
-    assert call(client, shopify, "POST", "/api/evaluations").status_code == 409  # one at a time
+    assert call(client, shopify, "POST", "/api/evaluations/recommenders").status_code == 409  # one at a time
     deadline = time.monotonic() + 120
-    while (record := call(client, shopify, "GET", "/api/evaluations/latest").json)["status"] == "running":
+    while (record := call(client, shopify, "GET", "/api/evaluations/recommenders").json)["status"] == "running":
         assert time.monotonic() < deadline, "the evaluation did not finish"
         time.sleep(0.5)
     assert record["status"] == "succeeded" and record["model_version"] is None
@@ -240,3 +241,17 @@ def test_train_now_takes_a_time_budget_and_the_schedule_starts_due_runs(client, 
     assert db.session.get(TrainingRun, started_id).plan["scheduled"] is True
     assert tasks.retrain_on_schedule() == []  # one at a time: the scheduled run is still queued
     assert call(client, shopify, "GET", "/api/schedule").json["last_run"]["scheduled"] is True
+
+
+def test_check_the_assistant_answers_its_question_set_from_the_facts(client, installed_shop, shopify, app, tmp_path):
+    app.config["PAIRWELL_ARTIFACTS"] = str(tmp_path)
+    assert call(client, shopify, "POST", "/api/evaluations/assistant").status_code == 202
+    deadline = time.monotonic() + 120
+    while (record := call(client, shopify, "GET", "/api/evaluations/assistant").json)["status"] == "running":
+        assert time.monotonic() < deadline, "the check did not finish"
+        time.sleep(0.5)
+    assert record["status"] == "succeeded", record.get("error")
+    facts = record["report"]["results"]["facts only"]
+    assert record["report"]["questions"] > 0 and facts["served"]["forbidden_claim_rate"] == 0
+    page = client.get(f"/assistant?id_token={shopify.session_token()}").get_data(as_text=True)
+    assert "Check the assistant" in page and '"facts only"' in page

@@ -253,3 +253,13 @@ def evaluate(shop: Shop, model_file: str | None = None, base: bool = True, size:
         configurations.append(("fine-tuned + grounding", gguf_chat(str(model_file))))
     return {"questions": len(cases), "kinds": dict(Counter(c.kind for c in cases)), "model_file": model_file,
             "results": {label: run(shop, chat, cases, label) for label, chat in configurations}}
+
+
+def evaluate_shop(shop: Shop) -> dict:
+    """The admin's Check the assistant: the question set from the facts alone and with the live model (the base
+    model's row is left to `pairwell evaluate-assistant`, it only slows the check), kept as a report."""
+    from . import reports
+
+    live = recommendations.live_model(shop)
+    return reports.produce(shop, "assistant", lambda: evaluate(shop, base=False, size=120),
+                           model_version=live.version if live else None)

@@ -6,12 +6,8 @@ Works on a shop's synced orders or on files (CSV/Parquet) such as the UCI Online
 from __future__ import annotations
 
 import csv
-import json
-import logging
 import math
-import os
 import random
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -22,7 +18,6 @@ from pathlib import Path
 from core.embeddings import SemanticIndex, catalog_index
 from core.history import Item, split_by_time
 from core.model_hosts import Chat, chat_with_gguf
-from core.models import utcnow
 from core.prompts import MAX_PICKS, PROMPT_CART, RECOMMEND_SYSTEM, parse_answer
 from core.recommendations import Shelf, rerank, shown_reason
 from core.recommenders import (
@@ -35,8 +30,6 @@ from core.recommenders import (
     TitleMatcher,
     fit_blend,
 )
-
-log = logging.getLogger(__name__)
 
 KS = (4, 10)
 ORDER_COLUMNS = ("order_id", "product_id", "created_at", "quantity", "title")
@@ -373,48 +366,21 @@ SHOP_EVALUATION_CASES = 2000
 SHOP_MODEL_CASES = 60  # the live model re-ranks this many test cases (llama.cpp on the worker's CPU or GPU)
 
 
-def _evaluation_file(shop) -> Path:
-    from .pipeline import artifacts_root
-
-    return artifacts_root() / shop.domain / "evaluation.json"
-
-
-def shop_evaluation(shop) -> dict | None:
-    """The shop's latest evaluation record: status, when, and the report once it has one."""
-    path = _evaluation_file(shop)
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _write_evaluation(shop, record: dict) -> dict:
-    path = _evaluation_file(shop)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # whole, or not at all
-    written.write_text(json.dumps(record))
-    written.replace(path)
-    return record
-
-
-def begin_shop_evaluation(shop) -> dict:
-    return _write_evaluation(shop, {"status": "running", "started_at": utcnow().isoformat()})
-
-
 def evaluate_shop(shop) -> dict:
-    """`pairwell evaluate SHOP` with the live model's rows, for the admin: recorded as it starts and ends."""
+    """`pairwell evaluate SHOP` with the live model's rows, for the admin's Evaluate now (`worker/reports.py`)."""
     from core.recommendations import live_model
 
-    record = {"status": "running", "started_at": utcnow().isoformat()}
-    _write_evaluation(shop, record)
+    from . import reports
+
     live = live_model(shop)
-    try:
-        report = run(shop=shop, cases=SHOP_EVALUATION_CASES, model_cases=SHOP_MODEL_CASES,
-                     model_file=Path(live.gguf_path) if live and Path(live.gguf_path).exists() else None)
-    except Exception as exc:  # the page says what went wrong; the worker's log has the trace
-        log.exception("evaluating %s failed", shop.domain)
-        return _write_evaluation(shop, {**record, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                                        "finished_at": utcnow().isoformat()})
-    report.pop("markdown", None)
-    return _write_evaluation(shop, {**record, "status": "succeeded", "finished_at": utcnow().isoformat(),
-                                    "model_version": live.version if live else None, "report": report})
+    model = Path(live.gguf_path) if live and Path(live.gguf_path).exists() else None
+
+    def scored() -> dict:
+        report = run(shop=shop, cases=SHOP_EVALUATION_CASES, model_cases=SHOP_MODEL_CASES, model_file=model)
+        report.pop("markdown", None)
+        return report
+
+    return reports.produce(shop, "recommenders", scored, model_version=live.version if model else None)
 
 
 def run(*, shop=None, orders_file: Path | None = None, products_file: Path | None = None, columns: str = "",

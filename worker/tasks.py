@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from core import schedule
 from core.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db, utcnow
 
-from . import pipeline, sync, webhooks
+from . import pipeline, reports, sync, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -286,27 +286,24 @@ def enqueue_rollback(shop: Shop, background: bool = False):
 
 
 @shared_task(name="worker.tasks.evaluate_shop")
-def evaluate_shop(shop_id: int) -> str:
-    """The admin's Evaluate: `pairwell evaluate` on the shop's own orders (and its live model), kept for the
-    Models page."""
-    from . import evaluation
+def evaluate_shop(shop_id: int, kind: str) -> str:
+    """The admin's Evaluate now (`recommenders`: `pairwell evaluate SHOP`) and Check the assistant
+    (`assistant`: `pairwell evaluate-assistant SHOP`), kept as reports for their pages."""
+    from . import assistant_evaluation, evaluation
 
-    return evaluation.evaluate_shop(db.session.get(Shop, shop_id))["status"]
+    module = evaluation if kind == "recommenders" else assistant_evaluation
+    return module.evaluate_shop(db.session.get(Shop, shop_id))["status"]
 
 
-def enqueue_evaluation(shop: Shop) -> dict:
-    """Start an evaluation of the shop's recommenders; returns its record (status `running`)."""
-    from . import evaluation
-
-    record = evaluation.begin_shop_evaluation(shop)
-    _later(evaluate_shop.delay, shop.id)
+def enqueue_evaluation(shop: Shop, kind: str) -> dict:
+    """Start a report of `kind` (reports.KINDS); returns its record (status `running`)."""
+    record = reports.begin(shop, kind)
+    _later(evaluate_shop.delay, shop.id, kind)
     return record
 
 
-def latest_evaluation(shop: Shop) -> dict | None:
-    from . import evaluation
-
-    return evaluation.shop_evaluation(shop)
+def latest_evaluation(shop: Shop, kind: str) -> dict | None:
+    return reports.read(shop, kind)
 
 
 def run_offline_evaluation(**options) -> dict:
