@@ -10,6 +10,7 @@ from core.inputs import BadInput, load_json, shopify_id, whole_number
 from core.models import ModelVersion, Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db
 from worker.tasks import (
     PipelineError,
+    add_conversations,
     enqueue_evaluation,
     enqueue_full_sync,
     enqueue_pipeline,
@@ -396,6 +397,18 @@ def update_assistant_settings():
     shop.assistant = {**assistant.settings(shop), **changes}
     db.session.commit()
     return assistant_json(shop)
+
+
+@bp.post("/conversations/import")
+def import_conversations():
+    """Past support conversations for training (`?format=csv`: question,answer[,strategy]; `jsonl`: one
+    {"messages": [...]} a line), as `pairwell dataset --conversations` takes them."""
+    shop = _current_shop()
+    try:
+        examples = add_conversations(shop, request.get_data(), request.args.get("format", "csv"))
+    except BadInput as exc:
+        abort(400, str(exc))
+    return {"examples": examples}, 201
 
 
 @bp.get("/conversations")

@@ -4,6 +4,7 @@ once), the retraining schedule and the A/B holdout."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 
@@ -255,3 +256,26 @@ def test_check_the_assistant_answers_its_question_set_from_the_facts(client, ins
     assert record["report"]["questions"] > 0 and facts["served"]["forbidden_claim_rate"] == 0
     page = client.get(f"/assistant?id_token={shopify.session_token()}").get_data(as_text=True)
     assert "Check the assistant" in page and '"facts only"' in page
+
+
+def test_past_conversations_uploaded_in_the_admin_are_checked_and_trained_on(client, installed_shop, shopify, app,
+                                                                            tmp_path):
+    app.config["PAIRWELL_ARTIFACTS"] = str(tmp_path / "artifacts")
+
+    def upload(data: bytes, kind: str):
+        return client.post(f"/api/conversations/import?format={kind}", data=data,
+                           headers={"Authorization": f"Bearer {shopify.session_token()}"})
+
+    for data, kind in ((b"question,answer\nDo you price match?,We don't price match.\n", "pdf"), (b"", "csv"),
+                       (b"q,a\nx,y\n", "csv"), (b"\xff\xfe", "csv"), (b'{"messages": "hi"}\n', "jsonl"),
+                       (b"not json\n", "jsonl"), (b"question,answer\n", "csv")):
+        response = upload(data, kind)
+        assert response.status_code == 400 and response.json["message"], (data, kind)
+    assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").rglob("*.csv"))
+    good = upload(b"question,answer,strategy\nDo you price match?,We don't price match; sorry.,reassure\n", "csv")
+    assert good.status_code == 201 and good.json == {"examples": 1}
+    from worker import datasets
+
+    datasets.build_datasets(installed_shop, tmp_path / "ds")
+    rows = [json.loads(line) for name in ("train.jsonl", "eval.jsonl") for line in (tmp_path / "ds" / name).open()]
+    assert any(r["messages"][-1]["content"] == "We don't price match; sorry." for r in rows)

@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import statistics
+import time
 from collections import Counter, defaultdict
 from itertools import combinations
 from pathlib import Path
@@ -24,6 +25,7 @@ from sqlalchemy import select
 
 from core import assistant
 from core.history import Item, load_baskets, load_catalog, split_by_time
+from core.inputs import BadInput
 from core.models import Conversation, Product, RecommendationRating, Shop, db
 from core.prompts import (
     CANDIDATES,
@@ -273,6 +275,53 @@ def merchant_conversations(upload: str | Path, shop: Shop) -> list[dict]:
     return examples
 
 
+MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+
+
+def uploads_dir(shop: Shop) -> Path:
+    """Past conversations the merchant added from the admin: every later training run learns from them."""
+    from .pipeline import artifacts_root
+
+    return artifacts_root() / shop.domain / "conversations"
+
+
+def add_conversations(shop: Shop, data: bytes, kind: str) -> int:
+    """Check an upload (`csv`: question,answer[,strategy]; `jsonl`: {"messages": [...]} a line) and keep it for
+    training; returns how many examples it holds. BadInput says what is wrong, and nothing is kept."""
+    if kind not in ("csv", "jsonl"):
+        raise BadInput("format must be csv or jsonl.")
+    if not data or len(data) > MAX_UPLOAD_BYTES:
+        raise BadInput(f"Send a file of 1 byte to {MAX_UPLOAD_BYTES // 1024 // 1024} MB.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput("The file is not UTF-8 text.") from None
+    if kind == "jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise BadInput(f"line {number} is not JSON.") from None
+            messages = record.get("messages") if isinstance(record, dict) else None
+            if not isinstance(messages, list) or not messages or not all(
+                    isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                    and isinstance(m.get("content"), str) for m in messages):
+                raise BadInput(f'line {number}: expected {{"messages": [{{"role", "content"}}, ...]}}.')
+    elif not {"question", "answer"} <= set(next(csv.reader(io.StringIO(text)), [])):
+        raise BadInput("The CSV needs a header with question and answer (and optionally strategy).")
+    folder = uploads_dir(shop)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{time.time_ns()}.{kind}"
+    path.write_bytes(data)
+    examples = len(merchant_conversations(path, shop))
+    if not examples:
+        path.unlink()
+        raise BadInput("The file holds no conversations.")
+    return examples
+
+
 # --- The stage --------------------------------------------------------------------------------------------
 
 def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: str | Path | None = None) -> dict:
@@ -295,8 +344,9 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
                                retrieve=retrieve)
     support = support_examples(shop, load_shelf(shop), rng, limit=max(len(recommendations) // 4, 50))
     support += stored_conversations(shop)
-    if conversations:
-        support += merchant_conversations(conversations, shop)
+    uploads = sorted(uploads_dir(shop).glob("*")) if uploads_dir(shop).exists() else []
+    for upload in [*uploads, *([conversations] if conversations else [])]:
+        support += merchant_conversations(upload, shop)
     rng.shuffle(support)
     support_eval, support_train = support[:len(support) // 10], support[len(support) // 10:]
     train = recommendations + support_train

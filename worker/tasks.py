@@ -302,6 +302,13 @@ def enqueue_evaluation(shop: Shop, kind: str) -> dict:
     return record
 
 
+def add_conversations(shop: Shop, data: bytes, kind: str) -> int:
+    """Keep the merchant's past conversations for every later training run (raises BadInput)."""
+    from . import datasets
+
+    return datasets.add_conversations(shop, data, kind)
+
+
 def latest_evaluation(shop: Shop, kind: str) -> dict | None:
     return reports.read(shop, kind)
 

@@ -13,10 +13,12 @@
   const banner = document.getElementById("banner");
   const status = document.getElementById("status");
 
-  async function api(path, { method = "GET", body } = {}) {
+  // `body` goes as JSON, `text` (a file's contents) as it is.
+  async function api(path, { method = "GET", body, text } = {}) {
     const headers = { Authorization: `Bearer ${await shopify.idToken()}`, Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
-    const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    if (text !== undefined) headers["Content-Type"] = "text/plain";
+    const response = await fetch(path, { method, headers, body: text ?? (body === undefined ? undefined : JSON.stringify(body)) });
     if (response.status === 204) return null;
     let json = null;
     try { json = await response.json(); } catch { /* not JSON: say so below */ }
