@@ -36,6 +36,7 @@ from flask import (
     session,
 )
 from liquid import Environment
+from liquid.filter import with_context
 from werkzeug.serving import make_server
 
 from core.config import ROOT
@@ -85,6 +86,27 @@ class ExtensionBlock:
                  "settings": {**self.settings, **(settings or {})}, "shopify_attributes": ""}
         inner = self.template.render(block=block, **objects)
         return f'<div id="shopify-block-{block_id}" class="shopify-app-block">{inner}</div>'
+
+
+def liquid_environment() -> Environment:
+    """Liquid as a theme renders the extension: Shopify's `t` filter included."""
+    env = Environment()
+    env.filters["t"] = translate
+    return env
+
+
+@with_context
+def translate(key: str, *, context) -> str:
+    """Liquid's `t` filter: the extension's storefront strings in the request's locale, else the default's."""
+    locale = (context.resolve("request") or {}).get("locale", {}).get("iso_code", "en")
+    for name in (f"{locale}.json", "en.default.json"):
+        path = EXTENSION / "locales" / name
+        value = json.loads(path.read_text()) if path.exists() else {}
+        for part in key.split("."):
+            value = value.get(part, {}) if isinstance(value, dict) else {}
+        if isinstance(value, str):
+            return value
+    return f"translation missing: {locale}.{key}"
 
 
 def cents(price: Decimal, currency: str = SHOP_CURRENCY) -> int:
@@ -167,7 +189,7 @@ class StorefrontPreview:
         self.proxy_delay = 0.0  # seconds the proxy waits before forwarding: a slow network, to see the skeleton
         self.proxied: list[str] = []  # "METHOD /apps/pairwell/..." as forwarded, for tests
         self._stopping = threading.Event()
-        env = Environment()
+        env = liquid_environment()
         self.blocks = {name: ExtensionBlock(name, env) for name in ("pairs_well_with", "assistant")}
         self.app = self._build_app()
         self._server = None

@@ -191,10 +191,11 @@ def test_shopify_theme_check_finds_no_offense():
 @pytest.mark.parametrize("root, base", [("/", "/"), ("/fr", "/fr/"), ("/fr/", "/fr/")])
 def test_block_builds_every_url_under_the_locale_root(root, base):
     """routes.root_url is "/" on the primary locale and "/fr" (no trailing slash) on others."""
-    liquid = pytest.importorskip("liquid", reason="python-liquid renders the block's Liquid")
+    from sample_store.storefront import liquid_environment
+
     source = SCHEMA.sub("", (EXTENSION / "blocks" / "pairs_well_with.liquid").read_text())
     cart_url = root.rstrip("/") + "/cart"
-    page = Elements(liquid.Environment().from_string(source).render(
+    page = Elements(liquid_environment().from_string(source).render(
         block={"id": "b1", "settings": {"heading": "Pairs <well>", "limit": 3, "intent": "related",
                                       "proxy_path": "/tools/pairs"},
                "shopify_attributes": ""},

@@ -384,3 +384,13 @@ def test_complementary_intent_shows_no_product_of_the_viewed_type_unless_shopper
         same_type_seen += sum(by_id[i["id"]].product_type == viewed.product_type for i in related["products"])
         storefront.block_settings = {}
     assert same_type_seen  # the related intent does bring substitutes
+
+
+def test_the_block_speaks_the_shoppers_language(page, storefront, live_app):
+    """The quick-add button's words come from the extension's storefront locales (`| t`), in the route's language."""
+    product = products(live_app, 1)[0]
+    open_product(page, storefront, product, locale="fr")
+    card = page.locator(CARDS).first
+    expect(card.get_by_role("button", name=re.compile("^Ajouter au panier"))).to_be_visible()
+    open_product(page, storefront, product)
+    expect(page.locator(CARDS).first.get_by_role("button", name=re.compile("^Add to cart"))).to_be_visible()
