@@ -109,6 +109,7 @@ def training_run_json(run: TrainingRun) -> dict:
         "loss": run.loss, "eval_loss": run.eval_loss, "tokens_per_second": run.tokens_per_second,
         "eta_seconds": run.eta_seconds, "history": run.history, "dataset_version": run.dataset_version,
         "dataset_stats": run.dataset_stats, "error": run.error,
+        "time_budget_seconds": (run.hyperparameters or {}).get("time_budget_seconds"),
     }
 
 
