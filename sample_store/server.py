@@ -136,6 +136,39 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+class LoopbackServer:
+    """A WSGI app served from a thread on a free 127.0.0.1 port: the sample Shopify, the storefront preview, and
+    Pairwell itself in the browser tests and screenshots. A context manager, or start()/stop()."""
+
+    def __init__(self, app):
+        self.app = app
+        self._server = None
+        self._thread = None
+
+    def start(self) -> str:
+        self._server = make_server("127.0.0.1", 0, self.app, threaded=True, request_handler=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+        return self.origin
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._thread.join()
+            self._server = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+
 # --- The server ---------------------------------------------------------------------------------------
 
 @dataclass
@@ -169,7 +202,7 @@ class _Bucket:
         return self.available
 
 
-class SampleShopify:
+class SampleShopify(LoopbackServer):
     """Shopify for one sample shop on 127.0.0.1. Use as a context manager or call start()/stop()."""
 
     def __init__(self, store: SampleStore | None = None, *, api_key: str, api_secret: str,
@@ -189,33 +222,7 @@ class SampleShopify:
         self.requests: list[str] = []  # what was asked, for tests: "token:<grant>", "graphql:<root field>"
         self.sent_webhooks: list[requests.Response] = []
         self._lock = threading.Lock()
-        self.app = self._build_app()
-        self._server = None
-        self._thread = None
-
-    # lifecycle
-    def start(self) -> str:
-        self._server = make_server("127.0.0.1", 0, self.app, threaded=True, request_handler=_QuietHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-        return self.origin
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._thread.join()
-            self._server = None
-
-    def __enter__(self) -> SampleShopify:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
+        super().__init__(self._build_app())
 
     # what the Shopify admin and platform do
     def session_token(self, *, shop: str | None = None, lifetime: int = 60, secret: str | None = None,

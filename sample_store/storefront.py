@@ -37,13 +37,12 @@ from flask import (
 )
 from liquid import Environment
 from liquid.filter import with_context
-from werkzeug.serving import make_server
 
 from core.config import ROOT
 from core.signatures import app_proxy_signature
 
 from .catalog import SampleProduct, SampleStore, SampleVariant
-from .server import _QuietHandler
+from .server import LoopbackServer
 
 EXTENSION = ROOT / "extensions" / "pairwell"
 PROXY_PREFIX = "/apps/pairwell"
@@ -169,7 +168,7 @@ def placeholder_image(url: str) -> bytes:
 
 # --- The preview server ---------------------------------------------------------------------------------------
 
-class StorefrontPreview:
+class StorefrontPreview(LoopbackServer):
     """The sample store's Online Store on 127.0.0.1, with the Pairwell app behind `/apps/pairwell`.
 
     `proxy_mode` makes the App Proxy misbehave for tests: "ok" forwards, "error" answers 500 as a failing app
@@ -191,35 +190,15 @@ class StorefrontPreview:
         self._stopping = threading.Event()
         env = liquid_environment()
         self.blocks = {name: ExtensionBlock(name, env) for name in ("pairs_well_with", "assistant")}
-        self.app = self._build_app()
-        self._server = None
-        self._thread = None
+        super().__init__(self._build_app())
 
-    # lifecycle, as SampleShopify
     def start(self) -> str:
         self._stopping.clear()
-        self._server = make_server("127.0.0.1", 0, self.app, threaded=True, request_handler=_QuietHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-        return self.origin
+        return super().start()
 
     def stop(self) -> None:
         self._stopping.set()  # hanging proxy requests end now
-        if self._server:
-            self._server.shutdown()
-            self._thread.join()
-            self._server = None
-
-    def __enter__(self) -> StorefrontPreview:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
+        super().stop()
 
     def product_url(self, product: SampleProduct | str, locale: str | None = None) -> str:
         handle = product if isinstance(product, str) else product.handle

@@ -18,14 +18,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
-
-from werkzeug.serving import make_server
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -33,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from core.models import Shop, db  # noqa: E402
 from core.recommendations import warm_up  # noqa: E402
 from sample_store import SampleShopify, generate_store  # noqa: E402
-from sample_store.server import _QuietHandler  # noqa: E402
+from sample_store.server import LoopbackServer  # noqa: E402
 from sample_store.storefront import StorefrontPreview, placeholder_image  # noqa: E402
 from shopify_app import create_app, migrations  # noqa: E402
 from shopify_app.demo import DEMO_TRAINING  # noqa: E402
@@ -155,11 +152,8 @@ def running(workdir: Path) -> Iterator[Env]:
                           "SHOPIFY_ADMIN_ORIGIN": shopify.origin, "REDIS_URL": None, "BULK_POLL_SECONDS": 0.05,
                           "PAIRWELL_ARTIFACTS": str(workdir / "artifacts"),
                           "APP_BRIDGE_URL": f"{shopify.origin}/app-bridge.js"})
-        server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
-        app_url = f"http://127.0.0.1:{server.server_port}"
-        app.config["SHOPIFY_APP_URL"] = app_url
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
+        server = LoopbackServer(app)
+        app_url = app.config["SHOPIFY_APP_URL"] = server.start()
         try:
             with app.app_context():
                 response = app.test_client().get(f"/?shop={shopify.shop}&id_token={shopify.session_token()}"
@@ -174,8 +168,7 @@ def running(workdir: Path) -> Iterator[Env]:
                                    api_secret=API_SECRET) as storefront:
                 yield Env(app_url, app, shopify, storefront, shop)
         finally:
-            server.shutdown()
-            thread.join()
+            server.stop()
 
 
 def keep_local(context) -> None:

@@ -49,6 +49,17 @@ def json_body(what: str, max_depth: int = 3) -> object:
         abort(400, str(exc))
 
 
+def update_settings(shop, column: str, kind) -> None:
+    """A PUT of one of the shop's settings (assistant, schedule, experiment): the body checked by the module's
+    `validate_settings`, merged over its `settings`; a 400 saying what is wrong."""
+    try:
+        changes = kind.validate_settings(load_json(request.get_data(), f"the {column} settings", max_depth=4))
+    except BadInput as exc:
+        abort(400, str(exc))
+    setattr(shop, column, {**kind.settings(shop), **changes})
+    db.session.commit()
+
+
 def query_number(name: str, default: int, low: int, high: int) -> int:
     """A whole number from the query string, or a 400 saying what is wrong with it."""
     try:
@@ -344,11 +355,7 @@ def retraining_schedule():
 @bp.put("/schedule")
 def update_schedule():
     shop = _current_shop()
-    try:
-        shop.schedule = {**schedule.settings(shop), **schedule.validate_settings(json_body("the schedule body"))}
-    except BadInput as exc:
-        abort(400, str(exc))
-    db.session.commit()
+    update_settings(shop, "schedule", schedule)
     return schedule.schedule_json(shop)
 
 
@@ -362,12 +369,7 @@ def ab_experiment():
 @bp.put("/experiment")
 def update_experiment():
     shop = _current_shop()
-    try:
-        shop.experiment = {**experiment.settings(shop),
-                           **experiment.validate_settings(json_body("the experiment body"))}
-    except BadInput as exc:
-        abort(400, str(exc))
-    db.session.commit()
+    update_settings(shop, "experiment", experiment)
     return experiment.settings(shop)
 
 
@@ -391,12 +393,7 @@ def assistant_json(shop) -> dict:
 def update_assistant_settings():
     """Switch the assistant on or off, set its tone, handoff contact and the discount codes it may name."""
     shop = _current_shop()
-    try:
-        changes = assistant.validate_settings(load_json(request.get_data(), "the settings body", max_depth=4))
-    except BadInput as exc:
-        abort(400, str(exc))
-    shop.assistant = {**assistant.settings(shop), **changes}
-    db.session.commit()
+    update_settings(shop, "assistant", assistant)
     return assistant_json(shop)
 
 

@@ -22,20 +22,18 @@ Contract (admin browser tests use these names):
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
 
 from core import recommendations
 from core.models import Base, Shop, db
 from core.signatures import signed_app_proxy_query
 from sample_store import SampleShopify, SampleStore
-from sample_store.server import _QuietHandler
+from sample_store.server import LoopbackServer
 from sample_store.storefront import PROXY_PREFIX, StorefrontPreview, placeholder_image
 from shopify_app import create_app
 from tests.conftest import API_KEY, API_SECRET
@@ -93,11 +91,8 @@ def live_app(database_url, store):
             "BULK_POLL_SECONDS": 0.01,
             "PROXY_LIMIT_PER_IP": 100_000,  # every shopper here is 127.0.0.1
         })
-        server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
-        url = f"http://127.0.0.1:{server.server_port}"
-        app.config["SHOPIFY_APP_URL"] = url
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
+        server = LoopbackServer(app)
+        url = app.config["SHOPIFY_APP_URL"] = server.start()
         try:
             # Each request in the server thread has its own app context (and database session); this one is the
             # fixture's, closed before any test runs.
@@ -106,8 +101,7 @@ def live_app(database_url, store):
             shopify.app_url = url  # from now on the sample admin opens the app and webhooks reach it
             yield LiveApp(url=url, app=app, shopify=shopify, shop=shop, store=store)
         finally:
-            server.shutdown()
-            thread.join()
+            server.stop()
             empty_tables(app)
 
 
