@@ -305,9 +305,11 @@ class SampleShopify(LoopbackServer):
 
     def _fresh_session_token(self):
         """The sample admin's answer to App Bridge's token request (the real one is a postMessage to the
-        admin frame). Loopback only, for its one shop."""
+        admin frame). Loopback only, for its one shop, and only to the app's own pages (CORS)."""
+        if not self.app_url:
+            abort(404)
         response = jsonify(token=self.session_token())
-        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Access-Control-Allow-Origin"] = self.app_url.rstrip("/")
         return response
 
     def _open_app(self):

@@ -278,7 +278,7 @@ def products():
     shop = _current_shop()
     query = request.args.get("q", "").strip()[:100]
     rows = db.session.execute(select(Product.id, Product.title, Product.product_type, Product.status).where(
-        Product.shop_id == shop.id, Product.title.ilike(f"%{query}%") if query else True)
+        Product.shop_id == shop.id, Product.title.icontains(query, autoescape=True) if query else True)
         .order_by(Product.title).limit(query_number("limit", 50, 1, 1000)))
     return {"products": [{"id": i, "title": t, "product_type": k, "status": st} for i, t, k, st in rows],
             "product_types": sorted(set(db.session.scalars(select(Product.product_type).where(

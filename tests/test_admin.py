@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import select
@@ -279,3 +280,12 @@ def test_past_conversations_uploaded_in_the_admin_are_checked_and_trained_on(cli
     datasets.build_datasets(installed_shop, tmp_path / "ds")
     rows = [json.loads(line) for name in ("train.jsonl", "eval.jsonl") for line in (tmp_path / "ds" / name).open()]
     assert any(r["messages"][-1]["content"] == "We don't price match; sorry." for r in rows)
+
+
+def test_product_search_takes_the_merchants_words_literally(client, installed_shop, shopify):
+    everything = call(client, shopify, "GET", "/api/products?limit=1000").json["products"]
+    title = everything[0]["title"]
+    found = call(client, shopify, "GET", f"/api/products?q={quote(title[2:9].lower())}").json["products"]
+    assert title in [p["title"] for p in found]
+    assert call(client, shopify, "GET", "/api/products?q=%25").json["products"] == []  # no wildcard
+    assert call(client, shopify, "GET", "/api/products?limit=0").status_code == 400

@@ -276,6 +276,7 @@ def merchant_conversations(upload: str | Path, shop: Shop) -> list[dict]:
 
 
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+MAX_UPLOADS = 50
 
 
 def uploads_dir(shop: Shop) -> Path:
@@ -313,6 +314,8 @@ def add_conversations(shop: Shop, data: bytes, kind: str) -> int:
         raise BadInput("The CSV needs a header with question and answer (and optionally strategy).")
     folder = uploads_dir(shop)
     folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.iterdir())) >= MAX_UPLOADS:
+        raise BadInput(f"The store already keeps {MAX_UPLOADS} conversation files; that is the most it takes.")
     path = folder / f"{time.time_ns()}.{kind}"
     path.write_bytes(data)
     examples = len(merchant_conversations(path, shop))
