@@ -293,7 +293,12 @@ class StorefrontPreview(LoopbackServer):
             app.add_url_rule(f"{prefix}/<path:path>", f"proxy{prefix}", self._proxy,
                              methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
         app.add_url_rule("/extensions/pairwell/assets/<path:name>", "asset", self._asset)
+        app.add_url_rule("/placeholder/<path:name>", "placeholder", self._placeholder)
         return app
+
+    def _placeholder(self, name: str):
+        """The stand-in for a product photo the sample store does not have (see the layout's error handler)."""
+        return Response(placeholder_image(name), mimetype="image/svg+xml")
 
     def _asset(self, name: str):
         return send_from_directory(EXTENSION / "assets", name, max_age=0)
@@ -500,7 +505,16 @@ LAYOUT = """<!doctype html>
 {% for href in stylesheets if href %}<link rel="stylesheet" href="{{ href }}">
 {% endfor %}
 <script>window.Shopify = { shop: {{ shop|tojson }}, locale: {{ lang|tojson }},
-  currency: { active: {{ currency|tojson }}, rate: {{ rate|tojson }} }, routes: { root: {{ root|tojson }} } };</script>
+  currency: { active: {{ currency|tojson }}, rate: {{ rate|tojson }} }, routes: { root: {{ root|tojson }} } };
+// The sample store's photos do not exist on Shopify's CDN: a photo that fails draws the preview's placeholder.
+addEventListener("error", (event) => {
+  const img = event.target;
+  if (img.tagName === "IMG" && !img.dataset.placeholder) {
+    img.dataset.placeholder = "1";
+    img.removeAttribute("srcset");
+    img.src = "/placeholder/" + new URL(img.currentSrc || img.src, location.href).pathname.split("/").pop();
+  }
+}, true);</script>
 </head>
 <body>
 <header class="header">

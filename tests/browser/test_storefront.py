@@ -394,3 +394,14 @@ def test_the_block_speaks_the_shoppers_language(page, storefront, live_app):
     expect(card.get_by_role("button", name=re.compile("^Ajouter au panier"))).to_be_visible()
     open_product(page, storefront, product)
     expect(page.locator(CARDS).first.get_by_role("button", name=re.compile("^Add to cart"))).to_be_visible()
+
+
+@pytest.mark.allow_console_errors(r"Failed to load resource")
+def test_the_preview_draws_placeholders_where_the_sample_stores_photos_do_not_exist(page, storefront, live_app):
+    """The sample store's photos are not on Shopify's CDN: in `make demo` a browser gets errors for them, and the
+    preview theme draws its placeholders instead of broken images."""
+    page.route(re.compile(r"^https://cdn\.shopify\.com/"), lambda route: route.abort("internetdisconnected"))
+    open_product(page, storefront, products(live_app, 1)[0])
+    page.wait_for_function("""() => [...document.querySelectorAll('img')].length > 0 && [...document.querySelectorAll(
+        'img')].every((img) => img.src.includes('/placeholder/') && img.complete && img.naturalWidth > 0)""",
+                           timeout=10_000)
