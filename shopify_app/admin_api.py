@@ -15,6 +15,7 @@ from worker.tasks import (
     enqueue_full_sync,
     enqueue_pipeline,
     enqueue_rollback,
+    evaluation_running,
     latest_evaluation,
     training_in_progress,
 )
@@ -253,7 +254,7 @@ def start_evaluation(kind: str):
     """Evaluate now: every recommender and the live model on the shop's newest orders, one product hidden each;
     or the assistant on its held-out questions from the shop's catalog, policies and orders."""
     shop = _current_shop()
-    if (latest_evaluation(shop, kind) or {}).get("status") == "running":
+    if evaluation_running(shop, kind):
         abort(409, "This evaluation is running; wait for it to finish.")
     if not db.session.scalar(select(func.count()).select_from(Order).where(Order.shop_id == shop.id)):
         abort(409, "There are no orders to evaluate on yet: sync the store first.")

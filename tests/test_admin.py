@@ -245,6 +245,19 @@ def test_train_now_takes_a_time_budget_and_the_schedule_starts_due_runs(client, 
     assert call(client, shopify, "GET", "/api/schedule").json["last_run"]["scheduled"] is True
 
 
+def test_a_report_whose_worker_died_can_be_started_again(client, installed_shop, shopify, app, tmp_path, monkeypatch):
+    from worker import reports
+
+    app.config["PAIRWELL_ARTIFACTS"] = str(tmp_path)
+    monkeypatch.setattr(tasks, "_later", lambda work, *args: None)  # the job itself is not the point here
+    reports.write(installed_shop, "assistant", {"status": "running",
+                                                "started_at": (utcnow() - timedelta(minutes=30)).isoformat()})
+    assert call(client, shopify, "POST", "/api/evaluations/assistant").status_code == 409
+    reports.write(installed_shop, "assistant", {"status": "running",
+                                                "started_at": (utcnow() - timedelta(hours=3)).isoformat()})
+    assert call(client, shopify, "POST", "/api/evaluations/assistant").status_code == 202
+
+
 def test_check_the_assistant_answers_its_question_set_from_the_facts(client, installed_shop, shopify, app, tmp_path):
     app.config["PAIRWELL_ARTIFACTS"] = str(tmp_path)
     assert call(client, shopify, "POST", "/api/evaluations/assistant").status_code == 202

@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from core.models import Shop, utcnow
@@ -16,6 +17,7 @@ from .pipeline import artifacts_root
 
 log = logging.getLogger(__name__)
 KINDS = ("recommenders", "assistant")
+STALE = timedelta(hours=2)  # a report "running" this long lost its worker: it may be started again
 
 
 def _path(shop: Shop, kind: str) -> Path:
@@ -34,6 +36,12 @@ def write(shop: Shop, kind: str, record: dict) -> dict:
     written.write_text(json.dumps(record))
     written.replace(path)
     return record
+
+
+def running(record: dict | None) -> bool:
+    """Whether a report is being made now (one that started more than STALE ago died with its worker)."""
+    return bool(record) and record["status"] == "running" and \
+        datetime.fromisoformat(record["started_at"]) > utcnow() - STALE
 
 
 def begin(shop: Shop, kind: str) -> dict:

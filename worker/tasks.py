@@ -313,6 +313,10 @@ def latest_evaluation(shop: Shop, kind: str) -> dict | None:
     return reports.read(shop, kind)
 
 
+def evaluation_running(shop: Shop, kind: str) -> bool:
+    return reports.running(reports.read(shop, kind))
+
+
 def run_offline_evaluation(**options) -> dict:
     """`pairwell evaluate`: the recommenders compared on a shop's or a file's orders, in this process (it
     reads local files and reports progress to the terminal)."""
