@@ -50,6 +50,8 @@ def authenticate_page():
     if not token:
         return bounce()
     g.shop_domain = shop_from_claims(verify_session_token(token))
+    if request.args.get("shop", g.shop_domain) != g.shop_domain:
+        abort(401, "The session token was issued for a different shop.")
     shop = shops.get_shop(g.shop_domain)
     if shop is None or not shop.is_installed:
         abort(403, f"{g.shop_domain} has not installed Pairwell: open it from the Shopify admin to install.")

@@ -44,6 +44,7 @@ def test_every_page_renders_for_the_installed_shop_and_bounces_without_a_token(c
         assert "shopify.idToken()" in bounced and installed_shop.domain not in bounced
     assert client.get(f"/models?id_token={shopify.session_token(secret='forged-secret-long-enough-for-hs256')}")\
         .status_code == 401
+    assert client.get(f"/models?shop=other.myshopify.com&id_token={shopify.session_token()}").status_code == 401
     home = client.get(f"/?shop={shopify.shop}&id_token={shopify.session_token()}").get_data(as_text=True)
     assert "Train now" in home  # next steps: no model yet
 
