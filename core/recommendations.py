@@ -335,10 +335,16 @@ def cache_key(shop_id: int, product_id: int, cart: list[int], limit: int, arm: s
             f":{limit}")
 
 
-def invalidate(shop_id: int) -> None:
-    """Forget every cached reply of the shop (a new model, a changed catalog or merchant rule): new keys, old
-    ones expire."""
+def forget_replies(shop_id: int) -> None:
+    """Forget every cached reply of the shop (a merchant's rule or rating): new keys, old ones expire, and each
+    process reloads the shelf, which brings the rules, on its next request. The retrieval index stays."""
     cache.store().set(f"generation:{shop_id}", str(time.time_ns()), 30 * 86400)
+
+
+def invalidate(shop_id: int) -> None:
+    """Forget every cached reply of the shop and the retrieval index this process built (a new model, a changed
+    catalog)."""
+    forget_replies(shop_id)
     _indexes.pop(shop_id, None)
     _shelves.pop(shop_id, None)
 

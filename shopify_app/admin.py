@@ -13,11 +13,11 @@ from flask import Blueprint, abort, current_app, g, render_template, request
 from sqlalchemy import func, select
 
 from core import assistant, experiment, merchandising, recommendations, schedule, shops
-from core.models import ModelVersion, Order, Product, SyncRun, TrainingRun, db
+from core.models import Order, Product, SyncRun, TrainingRun, db
 from worker.tasks import latest_evaluation
 
 from . import analytics
-from .admin_api import model_json, sync_run_json, training_run_json
+from .admin_api import model_cards, sync_run_json, training_run_json
 from .auth import shop_from_claims, verify_session_token
 
 bp = Blueprint("admin", __name__)
@@ -61,12 +61,10 @@ def authenticate_page():
 def home_context(shop) -> dict:
     runs = db.session.scalars(select(SyncRun).where(SyncRun.shop_id == shop.id)
                               .order_by(SyncRun.id.desc()).limit(5)).all()
-    training = db.session.scalars(select(TrainingRun).where(TrainingRun.shop_id == shop.id)
-                                  .order_by(TrainingRun.id.desc())).first()
     counts = {name: db.session.scalar(select(func.count()).select_from(model).where(model.shop_id == shop.id))
               for name, model in (("products", Product), ("orders", Order))}
     live = recommendations.live_model(shop)
-    return {"sync_runs": [sync_run_json(r) for r in runs], "training": training and training_run_json(training),
+    return {"sync_runs": [sync_run_json(r) for r in runs],
             "counts": counts, "live": live and {"version": live.version, "deployed_at": live.deployed_at},
             "metrics": analytics.summary(shop.id, 30)}
 
@@ -79,12 +77,9 @@ def recommendations_page():
 
 @bp.get("/models")
 def models_page():
-    relevance = merchandising.relevance_by_version(g.shop)
-    models = db.session.scalars(select(ModelVersion).where(ModelVersion.shop_id == g.shop.id)
-                                .order_by(ModelVersion.version.desc()).limit(20)).all()
     training = db.session.scalars(select(TrainingRun).where(TrainingRun.shop_id == g.shop.id)
                                   .order_by(TrainingRun.id.desc())).first()
-    return render_page("models", g.shop, models=[model_json(m, relevance) for m in models],
+    return render_page("models", g.shop, models=model_cards(g.shop)["models"],
                        training=training and training_run_json(training),
                        evaluation=latest_evaluation(g.shop, "recommenders"))
 

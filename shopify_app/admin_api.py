@@ -206,13 +206,17 @@ def model_json(model: ModelVersion, relevance: dict[int, dict]) -> dict:
     }
 
 
-@bp.get("/models")
-def model_versions():
-    shop = _current_shop()
+def model_cards(shop) -> dict:
+    """The shop's newest versions' cards, and the merchant's ratings made while no model was live."""
     models = db.session.scalars(select(ModelVersion).where(ModelVersion.shop_id == shop.id)
                                 .order_by(ModelVersion.version.desc()).limit(20)).all()
     relevance = merchandising.relevance_by_version(shop)
     return {"models": [model_json(m, relevance) for m in models], "unrated_relevance": relevance.get(0)}
+
+
+@bp.get("/models")
+def model_versions():
+    return model_cards(_current_shop())
 
 
 @bp.post("/models/<int(min=1, max=2147483647):model_id>/deploy")
@@ -315,7 +319,7 @@ def rate_recommendation():
         row = merchandising.rate(shop, json_body("the rating body"), live.version if live else 0)
     except BadInput as exc:
         abort(400, str(exc))
-    recommendations.invalidate(shop.id)  # a product rated unrelated leaves the block at once
+    recommendations.forget_replies(shop.id)  # a product rated unrelated leaves the block at once
     return {"viewed_product_id": row.viewed_product_id, "product_id": row.product_id, "rating": row.rating,
             "model_version": row.model_version}, 201
 
@@ -333,7 +337,7 @@ def add_rule():
         rule = merchandising.add_rule(shop, json_body("the rule body"))
     except BadInput as exc:
         abort(400, str(exc))
-    recommendations.invalidate(shop.id)
+    recommendations.forget_replies(shop.id)
     return merchandising.rule_json(rule), 201
 
 
@@ -342,7 +346,7 @@ def remove_rule(rule_id: int):
     shop = _current_shop()
     if not merchandising.remove_rule(shop, rule_id):
         abort(404, f"No rule {rule_id} for this shop.")
-    recommendations.invalidate(shop.id)
+    recommendations.forget_replies(shop.id)
     return "", 204
 
 
