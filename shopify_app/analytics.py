@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from flask import current_app
@@ -130,7 +130,8 @@ def summary(shop_id: int, days: int = 30) -> dict:
         chosen = [e for e in events if e.source == source]
         by_source[source] = _rates(chosen)
     report = {"days": days, **_rates(events), "by_source": by_source}
-    with_block, without = attributed_orders(shop_id, since, [e for e in events if e.kind == "add_to_cart"])
+    with_block, without = attributed_orders(period_orders(shop_id, since),
+                                            [e for e in events if e.kind == "add_to_cart"])
     report.update({"orders_with_recommendations": len(with_block), "orders_without": len(without),
                    "aov_with_recommendations": _mean(with_block), "aov_without": _mean(without)})
     return report
@@ -141,16 +142,16 @@ def experiment_summary(shop_id: int, days: int = 30) -> dict:
     add-to-cart rate with 95% Wilson intervals, and the AOV of orders holding a product added from that arm's
     blocks, with a 95% interval."""
     since = utcnow() - timedelta(days=days)
-    events = _events(shop_id, since)
+    events, orders = _events(shop_id, since), period_orders(shop_id, since)
     arms = {}
     for arm in ("served", HOLDOUT):
         chosen = [e for e in events if (e.source == HOLDOUT) == (arm == HOLDOUT)]
         rates = _rates(chosen)
-        orders, _ = attributed_orders(shop_id, since, [e for e in chosen if e.kind == "add_to_cart"])
+        orders_of_arm, _ = attributed_orders(orders, [e for e in chosen if e.kind == "add_to_cart"])
         arms[arm] = {**rates, "ctr_interval": wilson(rates["clicks"], rates["impressions"]),
                      "add_to_cart_interval": wilson(rates["add_to_carts"], rates["impressions"]),
-                     "orders": len(orders), "aov": _mean(orders),
-                     "aov_interval": mean_interval([float(v) for v in orders])}
+                     "orders": len(orders_of_arm), "aov": _mean(orders_of_arm),
+                     "aov_interval": mean_interval([float(v) for v in orders_of_arm])}
     return {"days": days, "arms": arms}
 
 
@@ -172,9 +173,8 @@ def _mean(values: list[Decimal]) -> str | None:
     return str(round(sum(values) / len(values), 2)) if values else None
 
 
-def attributed_orders(shop_id: int, since, adds: list[StorefrontEvent]) -> tuple[list[Decimal], list[Decimal]]:
-    """The values of the period's orders that hold a product added from the block (within ATTRIBUTION of the
-    add), and of the others."""
+def period_orders(shop_id: int, since) -> list[tuple[datetime, Decimal, set[int]]]:
+    """The period's orders: when each was placed, its value and its products."""
     orders = db.session.scalars(select(Order).where(Order.shop_id == shop_id, Order.created_at >= since)).all()
     lines = db.session.execute(select(OrderLine.order_id, OrderLine.product_id, OrderLine.quantity, Variant.price)
                                .join(Variant, (Variant.shop_id == OrderLine.shop_id)
@@ -185,10 +185,16 @@ def attributed_orders(shop_id: int, since, adds: list[StorefrontEvent]) -> tuple
     for order_id, product_id, quantity, price in lines:
         value[order_id] = value.get(order_id, Decimal(0)) + price * quantity
         products.setdefault(order_id, set()).add(product_id)
+    return [(o.created_at, value.get(o.id, Decimal(0)), products.get(o.id, set())) for o in orders]
+
+
+def attributed_orders(orders: list[tuple[datetime, Decimal, set[int]]],
+                      adds: list[StorefrontEvent]) -> tuple[list[Decimal], list[Decimal]]:
+    """The values of the orders that hold a product added from the block (within ATTRIBUTION of the add), and
+    of the others."""
     added = [(e.product_id, e.created_at) for e in adds]
     with_block, without = [], []
-    for order in orders:
-        attributed = any(product in products.get(order.id, ()) and at <= order.created_at <= at + ATTRIBUTION
-                         for product, at in added)
-        (with_block if attributed else without).append(value.get(order.id, Decimal(0)))
+    for placed, value, products in orders:
+        attributed = any(product in products and at <= placed <= at + ATTRIBUTION for product, at in added)
+        (with_block if attributed else without).append(value)
     return with_block, without
