@@ -92,6 +92,28 @@
     });
   }
 
+  // A table body of text cells, a row per item.
+  function rows(tbody, items, cells) {
+    tbody.replaceChildren(...items.map((item) => {
+      const row = document.createElement("tr");
+      for (const text of cells(item)) row.insertCell().textContent = text;
+      return row;
+    }));
+  }
+
+  // A report the admin starts (`/api/evaluations/<kind>`): drawn now, polled while it runs, started by its button.
+  function report(kind, buttonId, record, draw) {
+    const url = `/api/evaluations/${kind}`;
+    const show = (current) => {
+      const busy = current.status === "running";
+      document.getElementById(buttonId).disabled = busy;
+      draw(current);
+      if (busy) setTimeout(async () => show(await api(url)), 2000);
+    };
+    show(record);
+    action(buttonId, async () => show(await api(url, { method: "POST" })));
+  }
+
   const unfinished = (run) => run.status === "queued" || run.status === "running";
   const when = (iso) => new Date(iso).toLocaleString();
   const percent = (v) => (v == null ? "–" : `${(100 * v).toFixed(1)}%`);
@@ -99,5 +121,6 @@
   // Load this page again with fresh data (the bounce page fetches a new session token).
   function reload() { location.replace(location.href); }
 
-  window.Pairwell = { api, say, showError, action, badge, chart, lossChart, unfinished, when, percent, reload };
+  window.Pairwell = { api, say, showError, action, badge, chart, lossChart, rows, report, unfinished, when, percent,
+                      reload };
 })();
