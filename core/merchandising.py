@@ -85,13 +85,14 @@ def add_rule(shop: Shop, body: object) -> MerchandisingRule:
             rule.other_id = _product(shop, body.get("other_id"), "other_id")
             if rule.other_id == rule.product_id:
                 raise BadInput("A product cannot be paired with itself.")
-    existing = [r for r in list_rules(shop) if (r.kind, r.product_id, r.other_id, r.product_type)
+    rules = list_rules(shop)
+    existing = [r for r in rules if (r.kind, r.product_id, r.other_id, r.product_type)
                 == (rule.kind, rule.product_id, rule.other_id, rule.product_type)]
     if existing:
         return existing[0]
-    if len(list_rules(shop)) >= MAX_RULES:
+    if len(rules) >= MAX_RULES:
         raise BadInput(f"A store may keep at most {MAX_RULES} rules; remove some first.")
-    if kind == "pin" and sum(r.kind == "pin" and r.product_id == rule.product_id for r in list_rules(shop)) >= MAX_PINS:
+    if kind == "pin" and sum(r.kind == "pin" and r.product_id == rule.product_id for r in rules) >= MAX_PINS:
         raise BadInput(f"At most {MAX_PINS} products can be pinned to one block.")
     db.session.add(rule)
     db.session.commit()

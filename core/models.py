@@ -97,9 +97,9 @@ class Shop(db.Model):
     policies: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     # The support assistant's settings (enabled, tone, handoff contact, discount codes): `core.assistant.settings`.
     assistant: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
-    # Retraining on new orders (cadence off, weekly, monthly): `core.merchandising.schedule`.
+    # Retraining on new orders (cadence off, weekly, monthly): `core.schedule.settings`.
     schedule: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
-    # The A/B holdout (the share of visitors shown co-purchase instead): `core.merchandising.experiment`.
+    # The A/B holdout (the share of visitors shown co-purchase instead): `core.experiment.settings`.
     experiment: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     installed_at: Mapped[datetime | None] = mapped_column(Timestamp())
     uninstalled_at: Mapped[datetime | None] = mapped_column(Timestamp())

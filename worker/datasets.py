@@ -347,8 +347,7 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
                                retrieve=retrieve)
     support = support_examples(shop, load_shelf(shop), rng, limit=max(len(recommendations) // 4, 50))
     support += stored_conversations(shop)
-    uploads = sorted(uploads_dir(shop).glob("*")) if uploads_dir(shop).exists() else []
-    for upload in [*uploads, *([conversations] if conversations else [])]:
+    for upload in [*sorted(uploads_dir(shop).glob("*")), *([conversations] if conversations else [])]:
         support += merchant_conversations(upload, shop)
     rng.shuffle(support)
     support_eval, support_train = support[:len(support) // 10], support[len(support) // 10:]

@@ -16,7 +16,6 @@ from core.models import Shop, utcnow
 from .pipeline import artifacts_root
 
 log = logging.getLogger(__name__)
-KINDS = ("recommenders", "assistant")
 STALE = timedelta(hours=2)  # a report "running" this long lost its worker: it may be started again
 
 
