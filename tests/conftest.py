@@ -4,6 +4,7 @@ once, emptied between tests; and the loopback sample Shopify that the app instal
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +36,21 @@ def one_rate_limit_window(monkeypatch):
     monkeypatch.setattr(cache, "clock", lambda: started)
 
 
+def finish_background_jobs(timeout: float = 180) -> None:
+    """Wait for the jobs a test started on in-process threads (Sync now, Train now, a roll back and its
+    precompute): their rows must not outlive the test's tables. Eager Celery tasks overlapping on two threads
+    can leave Celery's process-wide "inside a task" flag set (each restores the value it found); once they have
+    all ended no task is running, so clear it, or a later test's `.get()` is refused."""
+    from celery.result import _set_task_join_will_block
+
+    from worker.tasks import JOB_THREAD
+
+    for thread in threading.enumerate():
+        if thread.name.startswith(JOB_THREAD):
+            thread.join(timeout)
+    _set_task_join_will_block(False)
+
+
 @pytest.fixture(scope="session")
 def store():
     return generate_store(seed=11, orders=400)
@@ -60,6 +76,7 @@ def app(database_url, shopify):
     })
     with app.app_context():
         yield app
+        finish_background_jobs()
         db.session.remove()
         with db.engine.begin() as connection:
             for table in reversed(Base.metadata.sorted_tables):

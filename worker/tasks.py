@@ -190,6 +190,9 @@ def _now(work, *args) -> None:
     work(*args)
 
 
+JOB_THREAD = "pairwell-job-"  # the name every in-process background job's thread starts with
+
+
 def _later(work, *args) -> None:
     """Queued mode returns at once anyway; in-process mode runs a job where it is sent, so run it on a thread
     of its own (with its own app context and session) for a web request that must not wait for it."""
@@ -205,7 +208,7 @@ def _later(work, *args) -> None:
             finally:
                 db.session.remove()
 
-    threading.Thread(target=run, name=f"pairwell-{work.__name__}", daemon=True).start()
+    threading.Thread(target=run, name=f"{JOB_THREAD}{work.__name__}", daemon=True).start()
 
 
 def training_in_progress(shop: Shop) -> TrainingRun | None:
@@ -281,7 +284,10 @@ def enqueue_rollback(shop: Shop, background: bool = False):
             _later(rollback.delay, shop.id)
         return previous
     result = rollback.apply_async((shop.id,), ignore_result=False)
-    model_id = result.get() if rollback.app.conf.task_always_eager else result.get(timeout=600)
+    # An eager result is already there; Celery's "inside a task" flag is process-wide and may be set by a job on
+    # another thread, so do not let it refuse this one.
+    model_id = result.get(disable_sync_subtasks=False) if rollback.app.conf.task_always_eager \
+        else result.get(timeout=600)
     return db.session.get(ModelVersion, model_id) if model_id else None
 
 
@@ -296,7 +302,7 @@ def evaluate_shop(shop_id: int, kind: str) -> str:
 
 
 def enqueue_evaluation(shop: Shop, kind: str) -> dict:
-    """Start a report of `kind` (reports.KINDS); returns its record (status `running`)."""
+    """Start a report of `kind` (`recommenders` or `assistant`); returns its record (status `running`)."""
     record = reports.begin(shop, kind)
     _later(evaluate_shop.delay, shop.id, kind)
     return record

@@ -36,7 +36,7 @@ from sample_store import SampleShopify, SampleStore
 from sample_store.server import LoopbackServer
 from sample_store.storefront import PROXY_PREFIX, StorefrontPreview, placeholder_image
 from shopify_app import create_app
-from tests.conftest import API_KEY, API_SECRET
+from tests.conftest import API_KEY, API_SECRET, finish_background_jobs
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOP = "outdoor-test.myshopify.com"
@@ -102,6 +102,7 @@ def live_app(database_url, store):
             yield LiveApp(url=url, app=app, shopify=shopify, shop=shop, store=store)
         finally:
             server.stop()
+            finish_background_jobs()
             empty_tables(app)
 
 
