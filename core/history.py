@@ -1,9 +1,11 @@
 """A shop's order history as the recommenders read it: the active catalog, each order's distinct products
-oldest first, and the time split that keeps the newest orders out of training (the deploy gate scores them)."""
+and customer, oldest first, and the time split that keeps the newest orders out of training (the deploy gate
+scores them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
@@ -21,24 +23,36 @@ class Item:
     description: str
 
 
+@dataclass
+class Basket:
+    """An order as the recommenders read it: its distinct products in line order, and who bought it (None for a
+    guest)."""
+    order_id: str
+    created_at: datetime
+    products: list = field(default_factory=list)
+    customer: Hashable | None = None
+
+
 def load_catalog(shop_id: int) -> dict[int, Item]:
     rows = db.session.scalars(select(Product).where(Product.shop_id == shop_id, Product.status == "ACTIVE"))
     return {p.id: Item(p.id, p.title, p.product_type, p.description) for p in rows}
 
 
-def load_baskets(shop_id: int, catalog: dict[int, Item]) -> list[tuple[datetime, list[int]]]:
-    """Each order's distinct catalog products, oldest first (lines naming vanished products are dropped)."""
-    rows = db.session.execute(
-        select(Order.id, Order.created_at, OrderLine.product_id)
-        .join(OrderLine, (OrderLine.shop_id == Order.shop_id) & (OrderLine.order_id == Order.id))
-        .where(Order.shop_id == shop_id)
-        .order_by(Order.created_at, Order.id, OrderLine.id))
-    baskets: dict[int, tuple[datetime, list[int]]] = {}
-    for order_id, created_at, product_id in rows:
-        created, products = baskets.setdefault(order_id, (created_at, []))
-        if product_id in catalog and product_id not in products:
-            products.append(product_id)
-    return [basket for basket in baskets.values() if basket[1]]
+def load_baskets(shop_id: int, catalog: dict[int, Item], customer: str | None = None) -> list[Basket]:
+    """Each order's distinct catalog products, oldest first (lines naming vanished products are dropped); only
+    `customer`'s orders when given."""
+    query = (select(Order.id, Order.created_at, Order.customer_ref, OrderLine.product_id)
+             .join(OrderLine, (OrderLine.shop_id == Order.shop_id) & (OrderLine.order_id == Order.id))
+             .where(Order.shop_id == shop_id)
+             .order_by(Order.created_at, Order.id, OrderLine.id))
+    if customer is not None:
+        query = query.where(Order.customer_ref == customer)
+    baskets: dict[int, Basket] = {}
+    for order_id, created_at, customer_ref, product_id in db.session.execute(query):
+        basket = baskets.setdefault(order_id, Basket(str(order_id), created_at, [], customer_ref))
+        if product_id in catalog and product_id not in basket.products:
+            basket.products.append(product_id)
+    return [basket for basket in baskets.values() if basket.products]
 
 
 def split_by_time(baskets: list, held_out: float = EVAL_FRACTION) -> tuple[list, list]:

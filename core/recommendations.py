@@ -12,8 +12,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from flask import current_app
 from sqlalchemy import select
@@ -21,12 +22,12 @@ from sqlalchemy import select
 from . import cache, embeddings
 from .claims import stems
 from .experiment import HOLDOUT
-from .history import Item, load_baskets
+from .history import Basket, Item, load_baskets
 from .merchandising import Rules, load_rules
 from .model_hosts import Chat, ModelUnavailable, host_for, model_ref
 from .models import ModelVersion, Product, Shop, Variant, db
 from .prompts import CANDIDATES, MAX_PICKS, RECOMMEND_SYSTEM, parse_answer, reason_for, recommendation_prompt
-from .recommenders import Blend, TitleMatcher, serving_retrieval
+from .recommenders import Blend, History, TitleMatcher, bought_before, serving_retrieval
 
 log = logging.getLogger(__name__)
 INDEX_TTL_SECONDS = 600
@@ -74,7 +75,7 @@ class Shelf:
         return cls(catalog, dict.fromkeys(catalog, ""), retrieval)
 
 
-def load_shelf(shop: Shop, baskets: Iterable[list[int]] | None = None) -> Shelf:
+def load_shelf(shop: Shop, baskets: list[Basket] | None = None) -> Shelf:
     """The shop's shelf, read in three light queries (columns, not ORM objects). Retrieval learns from all its
     orders (remembered a few minutes), or from `baskets` when given (the deploy gate passes the training period
     only). Stored product embeddings stand in for the encoder."""
@@ -100,7 +101,7 @@ def load_shelf(shop: Shop, baskets: Iterable[list[int]] | None = None) -> Shelf:
     if baskets is None:
         retrieval = retrieval_index(shop.id, catalog)
     else:
-        retrieval = serving_retrieval(list(baskets), catalog)
+        retrieval = serving_retrieval(baskets, catalog)
     return Shelf(catalog, {p: catalog[p].product_type for p in offers}, retrieval, offers, load_rules(shop.id))
 
 
@@ -131,7 +132,7 @@ def retrieval_index(shop_id: int, catalog: dict[int, Item]) -> Blend:
 
 
 def _build_index(shop_id: int, catalog: dict[int, Item]) -> Blend:
-    retrieval = serving_retrieval([b for _, b in load_baskets(shop_id, catalog)], catalog)
+    retrieval = serving_retrieval(load_baskets(shop_id, catalog), catalog)
     _indexes[shop_id] = (time.monotonic(), retrieval)
     return retrieval
 
@@ -167,12 +168,14 @@ def admissible(shelf: Shelf, viewing: Hashable, intent: str) -> Callable[[Hashab
     return allowed
 
 
-def ranking(shelf: Shelf, viewing: Hashable, cart: list[Hashable], intent: str = "related") -> list[Hashable]:
-    """Sellable products admissible for `intent` by the retrieval score with the viewed item and the cart, then
-    the viewed item's department first, then by id. The gate and evaluation score the ranking itself
-    (`related`: every product); the storefront's default is `complementary`."""
+def ranking(shelf: Shelf, viewing: Hashable, cart: list[Hashable], intent: str = "related",
+            history: History | None = None) -> list[Hashable]:
+    """Sellable products admissible for `intent` by the retrieval score with the viewed item, the cart and the
+    signed-in customer's `history`, then the viewed item's department first, then by id. The gate and
+    evaluation score the ranking itself (`related`: every product); the storefront's default is
+    `complementary`."""
     retrieval = shelf.retrieval
-    scores = retrieval.scores([viewing, *cart])
+    scores = retrieval.scores([viewing, *cart], history)
     basket = {viewing, *cart}
     allowed = admissible(shelf, viewing, intent)
     score = {p: float(scores[retrieval.position[p]]) if p in retrieval.position else 0.0
@@ -190,10 +193,10 @@ class Reranked:
 
 
 def rerank(chat: Chat, shelf: Shelf, viewing: Hashable, cart: list[Hashable], limit: int, system: str,
-           intent: str = "related") -> Reranked:
+           intent: str = "related", history: History | None = None) -> Reranked:
     """The model picks up to MAX_PICKS among the ranking's top CANDIDATES (it reads the newest cart items);
     the ranking fills the rest. Raises ModelUnavailable when the model cannot answer in time."""
-    ordered = ranking(shelf, viewing, cart, intent)
+    ordered = ranking(shelf, viewing, cart, intent, history)
     candidates = ordered[:CANDIDATES]
     titles = [shelf.title(p) for p in candidates]
     prompt = recommendation_prompt(shelf.title(viewing), [shelf.title(c) for c in cart], titles)
@@ -253,7 +256,7 @@ class Pick:
 
 
 def served_list(shop: Shop, shelf: Shelf, viewing: Hashable, cart: list[Hashable], limit: int,
-                budget: float | None, intent: str) -> tuple[Reranked, str]:
+                budget: float | None, intent: str, history: History | None = None) -> tuple[Reranked, str]:
     """The live model's re-rank of the ranking (`model`), or the ranking alone when no model answers in time
     (`fallback`)."""
     model = live_model(shop)
@@ -261,11 +264,12 @@ def served_list(shop: Shop, shelf: Shelf, viewing: Hashable, cart: list[Hashable
         if model is None:
             raise ModelUnavailable("no model deployed")
         chat = storefront_chat(model, budget or current_app.config["MODEL_BUDGET_SECONDS"])
-        result = rerank(chat, shelf, viewing, cart, limit, RECOMMEND_SYSTEM.format(shop=shop.domain), intent)
+        result = rerank(chat, shelf, viewing, cart, limit, RECOMMEND_SYSTEM.format(shop=shop.domain), intent,
+                        history)
     except ModelUnavailable as exc:
         if model is not None:
             log.warning("serving fallback for %s: %s", shop.domain, exc)
-        return Reranked(ranking(shelf, viewing, cart, intent)[:limit], {}), "fallback"
+        return Reranked(ranking(shelf, viewing, cart, intent, history)[:limit], {}), "fallback"
     # The raw miss rate, for evaluation: names the model gave that matched no candidate.
     cache.store().incr(f"model-names:{shop.id}", 30 * 86400)
     if result.misses:
@@ -274,21 +278,31 @@ def served_list(shop: Shop, shelf: Shelf, viewing: Hashable, cart: list[Hashable
     return result, "model"
 
 
+def customer_history(shop: Shop, customer: str, shelf: Shelf) -> History:
+    """What the signed-in customer (Shopify's `logged_in_customer_id`) bought in this shop before, by recency;
+    nothing for a guest."""
+    if not customer:
+        return {}
+    orders = load_baskets(shop.id, shelf.catalog, customer)
+    return bought_before(((o.created_at, o.products) for o in orders), datetime.now(timezone.utc))
+
+
 def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,
               shelf: Shelf | None = None, arm: str = "served", intent: str = "complementary",
-              explain: bool = False) -> tuple[list[Pick], str]:
+              explain: bool = False, history: History | None = None) -> tuple[list[Pick], str]:
     """The products and their reasons, and where the list came from (`model`, `fallback`, or `holdout` for the
-    A/B holdout's co-purchase list). Pinned products come first. `explain`: say where each product came from
-    (the admin's preview; it costs a second scoring of the catalog)."""
+    A/B holdout's co-purchase list). Pinned products come first. `history`: the signed-in customer's
+    (`customer_history`). `explain`: say where each product came from (the admin's preview; it costs a second
+    scoring of the catalog)."""
     shelf = shelf or shelf_for(shop)
     cart_ids = [c.id for c in cart]
     pins = pinned(shelf, viewing.id, cart_ids)[:limit]
     if arm == HOLDOUT:
         result, source = Reranked(copurchase_ranking(shelf, viewing.id, cart_ids, intent)[:limit], {}), HOLDOUT
     else:
-        result, source = served_list(shop, shelf, viewing.id, cart_ids, limit, budget, intent)
+        result, source = served_list(shop, shelf, viewing.id, cart_ids, limit, budget, intent, history)
     products = (pins + [p for p in result.products if p not in pins])[:limit]
-    origins = shelf.retrieval.origins([viewing.id, *cart_ids], products) if explain else {}
+    origins = shelf.retrieval.origins([viewing.id, *cart_ids], products, history) if explain else {}
     together = shelf.retrieval.copurchase.together
 
     def origin(product: Hashable) -> str:
@@ -329,10 +343,11 @@ def as_json(offer: Offer, reason: str) -> dict:
 
 
 def cache_key(shop_id: int, product_id: int, cart: list[int], limit: int, arm: str = "served",
-              intent: str = "complementary") -> str:
+              intent: str = "complementary", customer: str = "") -> str:
+    """A reply's key; a customer with a history gets their own (`customer`), everybody else shares it."""
     generation = cache.store().get(f"generation:{shop_id}") or "0"
     return (f"rec:{shop_id}:{generation}:{arm}:{intent}:{product_id}:{','.join(map(str, sorted(set(cart))))}"
-            f":{limit}")
+            f":{limit}" + (f":customer:{customer}" if customer else ""))
 
 
 def forget_replies(shop_id: int) -> None:
@@ -356,14 +371,16 @@ def cached(key: str) -> dict | None:
 
 
 def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget: float | None = None,
-          shelf: Shelf | None = None, arm: str = "served", intent: str = "complementary") -> dict:
+          shelf: Shelf | None = None, arm: str = "served", intent: str = "complementary", customer: str = "") -> dict:
     """The proxy's reply, from the cache when it can be. `budget`: seconds the model may take (default: the
-    storefront's MODEL_BUDGET_SECONDS)."""
-    key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit, arm, intent)
+    storefront's MODEL_BUDGET_SECONDS). `customer`: the signed-in customer, whose earlier orders count (the
+    holdout's co-purchase list reads none)."""
+    history = customer_history(shop, customer, shelf or shelf_for(shop)) if arm != HOLDOUT else {}
+    key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit, arm, intent, customer if history else "")
     hit = cached(key)
     if hit is not None:
         return hit
-    picks, source = recommend(shop, viewing, cart, limit, budget, shelf, arm, intent)
+    picks, source = recommend(shop, viewing, cart, limit, budget, shelf, arm, intent, history=history)
     reply = {"products": [as_json(pick.offer, pick.reason) for pick in picks], "source": source}
     # Model answers keep until the next deploy or catalog change; a fallback only briefly (the model may be back).
     cache.store().set(key, json.dumps(reply), 86400 if source == "model" else 60)

@@ -6,11 +6,14 @@ gate and evaluation (the baselines), so all of them measure and serve the same t
   examples, counts for reasons.
 - EASE: Steck's closed-form linear item model ("Embarrassingly Shallow Autoencoders", WWW 2019).
 - Semantic: sentence-embedding similarity of product text; knows products nobody has bought together yet.
-- Blend: what serves. EASE, co-purchase and semantic similarity, with weights chosen on the newest part of
-  the store's own training orders (`fit_blend`), so each store gets the mix its data supports. The fine-tuned
-  model re-ranks its top candidates (core/recommendations.py `rerank`).
+- History: what the signed-in customer bought before, the newest counting most (a wholesaler reorders; a
+  hiker who bought a stove last month needs its fuel).
+- Blend: what serves. EASE, co-purchase, semantic similarity and the customer's history, with weights chosen
+  on the newest part of the store's own training orders (`fit_blend`), so each store gets the mix its data
+  supports. The fine-tuned model re-ranks its top candidates (core/recommendations.py `rerank`).
 
-A recommender is called with a basket (product ids) and K, and returns up to K other product ids, best first.
+A recommender is called with a basket (product ids), K and the customer's history (`bought_before`; None for
+a guest), and returns up to K other product ids, best first. Only the Blend reads the history.
 Purchases are sparse matrices, so a catalog of 70,000 products and 1.5 million order lines fits in memory.
 """
 
@@ -19,9 +22,11 @@ from __future__ import annotations
 import difflib
 import random
 import re
-from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from bisect import bisect_left
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from scipy import sparse
@@ -33,8 +38,11 @@ COLD_START_CO_PURCHASES = 10  # fewer training co-purchases than this and co-pur
 EASE_LAMBDA = 50.0  # Steck's suggestion; 20–800 tried on the Online Retail validation split, 50 was best
 EASE_ITEMS = 8000  # the dense inverse is n² memory and n³ time: the most-bought 8,000 carry nearly all the signal
 MAX_BASKET = 50  # a 500-line wholesale order says little of pairs
+HISTORY_HALF_LIFE_DAYS = 60.0  # a purchase counts half as much two months on (no decay: 0.334 against 0.336 on
+# the Online Retail validation split)
 
-Recommender = Callable[[Sequence[Hashable], int], list]
+History = Mapping[Hashable, float]  # product → the customer's recency-weighted purchases of it
+Recommender = Callable[[Sequence[Hashable], int, History | None], list]
 
 
 class Purchases:
@@ -63,7 +71,7 @@ class Popularity:
     def __init__(self, counts: Counter):
         self.ranking = [p for p, _ in counts.most_common()]
 
-    def __call__(self, basket: Sequence[Hashable], k: int) -> list:
+    def __call__(self, basket: Sequence[Hashable], k: int, history: History | None = None) -> list:
         seen = set(basket)
         return [p for p in self.ranking[:k + len(seen)] if p not in seen][:k]
 
@@ -109,7 +117,7 @@ class CoPurchase:
             return np.zeros(len(self.ids), dtype=np.float32)
         return np.asarray(self.cosine[rows].sum(axis=0)).ravel()
 
-    def __call__(self, basket: Sequence[Hashable], k: int) -> list:
+    def __call__(self, basket: Sequence[Hashable], k: int, history: History | None = None) -> list:
         scores = self.scores(basket)
         ranked = [p for p in top_k(self.ids, scores, basket, k) if scores[self.position[p]] > 0]
         return ranked + self.popularity(list(basket) + ranked, k - len(ranked))
@@ -146,7 +154,7 @@ class EASE:
         rows = [self.position[p] for p in basket if p in self.position]
         return self.weights[rows].sum(axis=0) if rows else np.zeros(len(self.ids), dtype=np.float32)
 
-    def __call__(self, basket: Sequence[Hashable], k: int) -> list:
+    def __call__(self, basket: Sequence[Hashable], k: int, history: History | None = None) -> list:
         scores = self.scores(basket)
         ranked = top_k(self.ids, scores, basket, k) if scores.any() else []
         return ranked + self.popularity(list(basket) + ranked, k - len(ranked))
@@ -158,29 +166,62 @@ class Semantic:
     def __init__(self, index: SemanticIndex):
         self.index = index
 
-    def __call__(self, basket: Sequence[Hashable], k: int) -> list:
+    def __call__(self, basket: Sequence[Hashable], k: int, history: History | None = None) -> list:
         return top_k(self.index.ids, self.index.similarities(basket), basket, k)
+
+
+def bought_before(orders: Iterable[tuple[datetime, Sequence[Hashable]]], now: datetime) -> dict[Hashable, float]:
+    """A customer's history as the Blend reads it: each product they bought in `orders` (time, products),
+    weighted by recency (halved every HISTORY_HALF_LIFE_DAYS) and summed over their orders."""
+    weights: Counter = Counter()
+    for when, products in orders:
+        decay = 0.5 ** (max((now - when).total_seconds(), 0.0) / 86400 / HISTORY_HALF_LIFE_DAYS)
+        for product in set(products):
+            weights[product] += decay
+    return dict(weights)
+
+
+class CustomerHistories:
+    """Every customer's orders, to ask what one had bought before a moment (`before`): the history an order's
+    customer brought to it, for choosing weights and for evaluation. Orders without a customer are guests'."""
+
+    def __init__(self, orders: Iterable[tuple[Hashable | None, datetime, Sequence[Hashable]]]):
+        self.orders: dict[Hashable, list[tuple[datetime, Sequence[Hashable]]]] = defaultdict(list)
+        for customer, when, products in orders:
+            if customer is not None:
+                self.orders[customer].append((when, products))
+        for kept in self.orders.values():
+            kept.sort(key=lambda order: order[0])
+
+    def before(self, customer: Hashable | None, now: datetime) -> dict[Hashable, float]:
+        kept = self.orders.get(customer, []) if customer is not None else []
+        return bought_before(kept[:bisect_left(kept, now, key=lambda order: order[0])], now)
 
 
 @dataclass(frozen=True)
 class Weights:
     """How much each signal counts: EASE and co-purchase (each scaled to the basket's best), semantic
-    similarity, semantic again for products co-purchase knows too little about, and popularity."""
+    similarity, semantic again for products co-purchase knows too little about, popularity, and the
+    customer's history (scaled to its best)."""
     copurchase: float = 0.25
     semantic: float = 0.4
     cold_start: float = 0.5
     popularity: float = 0.0
     ease: float = 1.0
+    history: float = 0.25
 
     def as_array(self) -> np.ndarray:
-        return np.array([self.ease, self.copurchase, self.semantic, self.cold_start, self.popularity],
+        return np.array([self.ease, self.copurchase, self.semantic, self.cold_start, self.popularity, self.history],
                         dtype=np.float32)
 
 
-# The defaults, what `fit_blend` chose on Online Retail, serve stores with too few orders to choose their own.
+# The defaults serve stores with too few orders to choose their own: what `fit_blend` chose on Online Retail
+# before the history signal, and the history weight it chose with it (docs/evaluation.md).
 DEFAULT_WEIGHTS = Weights()
-WEIGHT_GRID = [Weights(c, s, cold, pop, ease) for ease in (1.0, 0.0) for c in (0.0, 0.25, 0.5, 1.0)
-               for s in (0.0, 0.05, 0.1, 0.2, 0.4) for cold in (0.0, 0.25, 0.5, 1.0) for pop in (0.0, 0.1)]
+HISTORY_GRID = (0.0, 0.25, 0.5, 1.0)
+WEIGHT_GRID = [Weights(c, s, cold, pop, ease, history) for ease in (1.0, 0.0) for c in (0.0, 0.25, 0.5, 1.0)
+               for s in (0.0, 0.05, 0.1, 0.2, 0.4) for cold in (0.0, 0.25, 0.5, 1.0) for pop in (0.0, 0.1)
+               for history in HISTORY_GRID]
 MIN_VALIDATION_CASES = 100
 COLD_START_FLOOR = 0.15  # new products must get shown: the 0.10 goal, with room for a new period's noise
 
@@ -207,81 +248,93 @@ class Blend:
         self.popular = bought / max(float(bought.max(initial=0)), 1.0)
         self.validation: dict | None = None  # how the weights did on the validation split (`fit_blend`)
 
-    def signals(self, basket: Sequence[Hashable]) -> np.ndarray:
-        """The five signals (rows) for every catalog product (columns), each as `Weights` weighs it."""
-        ease, copurchase = (np.zeros(len(self.ids), dtype=np.float32) for _ in range(2))
+    def signals(self, basket: Sequence[Hashable], history: History | None = None) -> np.ndarray:
+        """The six signals (rows) for every catalog product (columns), each as `Weights` weighs it. `history`:
+        the customer's earlier purchases (`bought_before`), if known."""
+        ease, copurchase, bought = (np.zeros(len(self.ids), dtype=np.float32) for _ in range(3))
         ease[self._ease_to] = self.ease.scores(basket)[self._ease_from]
         copurchase[self._to] = self.copurchase.scores(basket)[self._from]
+        for product, weight in (history or {}).items():
+            if product in self.position:
+                bought[self.position[product]] = weight
         similar = self.index.similarities(basket)
         return np.stack([ease / max(float(ease.max(initial=0)), 1e-9),
                          copurchase / max(float(copurchase.max(initial=0)), 1e-9),
-                         similar, similar * self.cold, self.popular])
+                         similar, similar * self.cold, self.popular, bought / max(float(bought.max(initial=0)), 1e-9)])
 
-    def scores(self, basket: Sequence[Hashable]) -> np.ndarray:
-        return self.weights.as_array() @ self.signals(basket) + 1e-3 * self.popular
+    def scores(self, basket: Sequence[Hashable], history: History | None = None) -> np.ndarray:
+        return self.weights.as_array() @ self.signals(basket, history) + 1e-3 * self.popular
 
-    def origins(self, basket: Sequence[Hashable], products: Iterable[Hashable]) -> dict[Hashable, str]:
+    def origins(self, basket: Sequence[Hashable], products: Iterable[Hashable],
+                history: History | None = None) -> dict[Hashable, str]:
         """What put each product on the list: the signal that adds most to its score (EASE and co-purchase are
-        both shoppers' baskets, so both read `co-purchase`)."""
-        weighted = self.weights.as_array()[:, None] * self.signals(basket)
-        names = ("co-purchase", "co-purchase", "semantic", "semantic", "popular")
+        both shoppers' baskets, so both read `co-purchase`; `history` is the customer's own)."""
+        weighted = self.weights.as_array()[:, None] * self.signals(basket, history)
+        names = ("co-purchase", "co-purchase", "semantic", "semantic", "popular", "history")
         return {p: names[int(weighted[:, self.position[p]].argmax())] if p in self.position else "popular"
                 for p in products}
 
-    def __call__(self, basket: Sequence[Hashable], k: int) -> list:
-        return top_k(self.ids, self.scores(basket), basket, k)
+    def __call__(self, basket: Sequence[Hashable], k: int, history: History | None = None) -> list:
+        return top_k(self.ids, self.scores(basket, history), basket, k)
 
 
-def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *, validation: float = 0.15,
-              cases: int = 2000, seed: int = 0, progress: Callable[[Iterable], Iterable] = lambda it: it) -> Blend:
+def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *,
+              history: Callable[[int], History] | None = None, grid: Sequence[Weights] = WEIGHT_GRID,
+              validation: float = 0.15, cases: int = 2000, seed: int = 0,
+              progress: Callable[[Iterable], Iterable] = lambda it: it) -> Blend:
     """The Blend with the weights that do best on this store's own newest orders: fitted on the oldest
-    (1 - validation) of the time-ordered `baskets`, every weight in WEIGHT_GRID scores leave-one-out cases
-    from the rest. The best HR@10 (then NDCG@10) among the weights that find at least COLD_START_FLOOR of the
-    cold-start targets wins and is refitted on all baskets. A store with fewer than MIN_VALIDATION_CASES
-    cases gets DEFAULT_WEIGHTS. `progress` wraps the loop over cases (a progress bar)."""
+    (1 - validation) of the time-ordered `baskets`, every setting in `grid` scores leave-one-out cases from
+    the rest, each with its customer's earlier purchases (`history(i)` of basket i; none without it). The
+    best HR@10 (then NDCG@10) among the settings that find at least COLD_START_FLOOR of the cold-start
+    targets wins and is refitted on all baskets. A store with fewer than MIN_VALIDATION_CASES cases gets
+    DEFAULT_WEIGHTS. `progress` wraps the loop over cases (a progress bar)."""
     baskets = [list(dict.fromkeys(b)) for b in baskets]
     cut = int(len(baskets) * (1 - validation))
     rng = random.Random(seed)
-    held_out = [(b, rng.choice(b)) for b in baskets[cut:] if len(b) >= 2]
+    held_out = [(i, rng.choice(baskets[i])) for i in range(cut, len(baskets)) if len(baskets[i]) >= 2]
     held_out = rng.sample(held_out, min(cases, len(held_out)))
     if len(held_out) < MIN_VALIDATION_CASES:
-        return Blend(baskets, index)
+        return Blend(baskets, index, DEFAULT_WEIGHTS if DEFAULT_WEIGHTS in grid else grid[0])
     trial = Blend(baskets[:cut], index)
-    grid = np.stack([w.as_array() for w in WEIGHT_GRID])
-    gains, hits, cold_hits = np.zeros(len(WEIGHT_GRID)), np.zeros(len(WEIGHT_GRID)), np.zeros(len(WEIGHT_GRID))
-    cold_cases = 0
-    for basket, target in progress(held_out):
-        context = [p for p in basket if p != target]
+    weights = np.stack([w.as_array() for w in grid])
+    gains, hits, cold_hits = np.zeros(len(grid)), np.zeros(len(grid)), np.zeros(len(grid))
+    cold_cases = known_customers = 0
+    for i, target in progress(held_out):
+        context = [p for p in baskets[i] if p != target]
         if target not in trial.position:
             continue
-        signals = trial.signals(context)
+        bought = history(i) if history else {}
+        known_customers += bool(bought)
+        signals = trial.signals(context, bought)
         # Only the best of each signal can reach a top 10: score those few hundred, not the catalog.
         pool = np.unique(np.concatenate([np.argpartition(-row, 100)[:100] if len(row) > 100 else np.arange(len(row))
                                          for row in signals] + [[trial.position[target]]]))
         pool = pool[~np.isin(pool, [trial.position[p] for p in context if p in trial.position])]
         target_at = np.flatnonzero(pool == trial.position[target])
-        scores = grid @ signals[:, pool] + 1e-3 * trial.popular[pool]
+        scores = weights @ signals[:, pool] + 1e-3 * trial.popular[pool]
         rank = (scores > scores[:, target_at]).sum(axis=1)
         hits += rank < 10
         gains += np.where(rank < 10, 1 / np.log2(rank + 2), 0.0)
         if trial.cold[trial.position[target]]:
             cold_cases += 1
             cold_hits += rank < 10
-    default = WEIGHT_GRID.index(DEFAULT_WEIGHTS)  # a tie is no evidence to move from the defaults
-    eligible = [i for i in range(len(WEIGHT_GRID)) if cold_hits[i] >= COLD_START_FLOOR * cold_cases]
-    best = max(eligible or range(len(WEIGHT_GRID)), key=lambda i: (hits[i], round(gains[i], 6), i == default))
-    blend = Blend(baskets, index, WEIGHT_GRID[best])
+    default = list(grid).index(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS in grid else -1  # a tie is no evidence to move
+    eligible = [i for i in range(len(grid)) if cold_hits[i] >= COLD_START_FLOOR * cold_cases]
+    best = max(eligible or range(len(grid)), key=lambda i: (hits[i], round(gains[i], 6), i == default))
+    blend = Blend(baskets, index, grid[best])
     blend.validation = {"cases": len(held_out), "hr@10": round(hits[best] / len(held_out), 4),
-                        "cold_start_cases": cold_cases,
+                        "cold_start_cases": cold_cases, "cases_with_history": known_customers,
                         "cold_start_hr@10": round(cold_hits[best] / cold_cases, 4) if cold_cases else None}
     return blend
 
 
-def serving_retrieval(baskets: Sequence[Sequence[Hashable]], catalog: dict) -> Blend:
+def serving_retrieval(orders: Sequence, catalog: dict) -> Blend:
     """The recommender the storefront serves with (and so the one training's candidates and the deploy gate
-    use): the Blend of the time-ordered `baskets`, weights chosen on their newest part, over the catalog's
-    text embeddings. `catalog`: Items by product id."""
-    return fit_blend(baskets, catalog_index(catalog))
+    use): the Blend of the time-ordered `orders` (core.history.Basket: customer, created_at, products), weights
+    chosen on their newest part, over the catalog's text embeddings. `catalog`: Items by product id."""
+    histories = CustomerHistories((o.customer, o.created_at, o.products) for o in orders)
+    return fit_blend([o.products for o in orders], catalog_index(catalog),
+                     history=lambda i: histories.before(orders[i].customer, orders[i].created_at))
 
 
 def top_k(ids: list, scores: np.ndarray, exclude: Iterable[Hashable], k: int) -> list:

@@ -195,7 +195,7 @@ def deploy(shop, roll_back, force):
 @cli.command()
 @click.argument("shop", required=False)
 @click.option("--orders", "orders_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV or Parquet with order_id, product_id, created_at (optional quantity, title).")
+              help="CSV or Parquet with order_id, product_id, created_at (optional quantity, title, customer_id).")
 @click.option("--products", "products_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV or Parquet with product_id, title.")
 @click.option("--columns", default="", help="Our name=their column, comma-separated, e.g. order_id=InvoiceNo.")
@@ -228,7 +228,8 @@ def evaluate(shop, orders_file, products_file, columns, skip_orders_prefix, skip
         progress=lambda items, label: tqdm(items, desc=label, leave=False, disable=None))
     source, split = report["source"], report["split"]
     click.echo(f"{source}: {split['train_orders']} training and {split['test_orders']} test "
-               f"orders (split at {split['split_at']}), catalog {split['catalog']}")
+               f"orders (split at {split['split_at']}), catalog {split['catalog']}, "
+               f"{split['cases_with_history']} test cases with the customer's earlier orders")
     if "model_trained_on" in report:
         click.echo(f"model trained on: {json.dumps(report['model_trained_on'])}")
     if "blend" in report:
@@ -237,6 +238,10 @@ def evaluate(shop, orders_file, products_file, columns, skip_orders_prefix, skip
     click.echo(report.pop("markdown"))
     for name, ratio in report["against_co_purchase"].items():
         click.echo(f"{name}: {ratio['hr@10']}× co-purchase's HR@10, {ratio['ndcg@10']}× its NDCG@10")
+    if "against_co_purchase_with_history" in report:
+        ratio = report["against_co_purchase_with_history"]
+        click.echo(f"blend (served): {ratio['hr@10']}× the HR@10 of co-purchase + history, {ratio['ndcg@10']}× "
+                   "its NDCG@10")
     if out:
         out.write_text(json.dumps(report, indent=2))
         click.echo(f"report: {out}")

@@ -2,6 +2,7 @@
 ranking, and the model path (a tiny GGUF under a candidate grammar) — always real, sellable products."""
 
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -287,3 +288,35 @@ def test_complementary_blocks_hold_no_substitutes_unless_shoppers_bought_both(cl
     query = signed_app_proxy_query(installed_shop.domain, API_SECRET, product_id=viewing, intent="similar")
     response = client.get(f"/proxy/recommendations?{query}")
     assert response.status_code == 400 and "intent must be one of" in response.json["message"]
+
+
+def test_a_signed_in_customers_earlier_orders_count_and_their_reply_stays_theirs(client, installed_shop, store):
+    """Shopify signs `logged_in_customer_id`: what that customer ordered before lifts it in their block (by the
+    weight the store's orders chose; set here, as the sample store's random customers never reorder). Their
+    reply is cached under their own key: a guest and another customer still get the shared one."""
+    from datetime import timedelta
+
+    from core import experiment
+    from core.models import Order, OrderLine, utcnow
+
+    customer = next(c for c in map(str, range(4242, 4300))
+                    if experiment.arm(installed_shop, f"customer:{c}") == "served")  # not the A/B holdout
+    shelf = recommendations.shelf_for(installed_shop)
+    shelf.retrieval.weights = replace(shelf.retrieval.weights, history=10.0)
+    viewing = next(p for p in store.products if p.item_type == "Backpacking Stove" and p.status == "ACTIVE")
+    guest = [p["id"] for p in client.get(proxy_url(installed_shop.domain, product_id=viewing.id)).json["products"]]
+    usual = next(p for p in shelf.offers if p not in guest and p != viewing.id
+                 and shelf.sellable[p] != shelf.sellable[viewing.id])
+    for n in range(2):
+        db.session.add(Order(shop_id=installed_shop.id, id=990_000 + n, name=f"#99{n}", customer_ref=customer,
+                             created_at=utcnow() - timedelta(days=10 * n), updated_at=utcnow()))
+        db.session.add(OrderLine(shop_id=installed_shop.id, id=990_000 + n, order_id=990_000 + n, product_id=usual,
+                                 quantity=1))
+    db.session.commit()
+    signed = client.get(proxy_url(installed_shop.domain, product_id=viewing.id, logged_in_customer_id=customer)).json
+    assert usual in [p["id"] for p in signed["products"]] and signed["cached"] is False
+    again = client.get(proxy_url(installed_shop.domain, product_id=viewing.id, logged_in_customer_id=customer)).json
+    assert again["cached"] is True and again["products"] == signed["products"]
+    for other in ({}, {"logged_in_customer_id": "77"}, {"logged_in_customer_id": ""}):
+        body = client.get(proxy_url(installed_shop.domain, product_id=viewing.id, **other)).json
+        assert [p["id"] for p in body["products"]] == guest and body["cached"] is True

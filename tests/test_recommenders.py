@@ -11,7 +11,15 @@ import pytest
 from core.embeddings import SemanticIndex
 from core.model_hosts import chat_with_gguf
 from core.recommendations import Shelf, ranking
-from core.recommenders import DEFAULT_WEIGHTS, Blend, CoPurchase, Semantic, TitleMatcher, fit_blend
+from core.recommenders import (
+    DEFAULT_WEIGHTS,
+    Blend,
+    CoPurchase,
+    CustomerHistories,
+    Semantic,
+    TitleMatcher,
+    fit_blend,
+)
 from worker import evaluation
 
 TITLES = {
@@ -77,6 +85,42 @@ def test_the_blends_weights_are_chosen_on_the_newest_orders_of_the_training_peri
     assert chosen(["pink-bag"], 1) == ["red-bag"]
     few = fit_blend(history[:400], index)  # 60 newest orders are too few to choose from: the defaults
     assert few.weights == DEFAULT_WEIGHTS
+
+
+def test_a_customer_history_is_their_earlier_orders_newest_counting_most():
+    day = datetime(2025, 3, 1)
+    histories = CustomerHistories([("ann", day - timedelta(days=60), ["stove", "fuel"]), ("ann", day, ["pot"]),
+                                   ("bob", day - timedelta(days=1), ["tent"]), (None, day, ["mug"]),
+                                   ("ann", day - timedelta(days=1), ["fuel"])])
+    before = histories.before("ann", day)  # the order placed at `day` itself is not yet history
+    assert set(before) == {"stove", "fuel"} and before["stove"] == pytest.approx(0.5)
+    assert before["fuel"] == pytest.approx(0.5 + 0.5 ** (1 / 60))
+    assert histories.before("ann", day - timedelta(days=60)) == {} and histories.before(None, day) == {}
+    assert histories.before("cat", day) == {}
+
+
+def test_a_store_whose_customers_reorder_learns_to_weigh_their_history(index):
+    """Each customer always adds their own usual product to whatever kit they buy: the basket cannot tell which,
+    their earlier orders can. Validation finds that, and a customer's usual product leads their list."""
+    rng = random.Random(3)
+    customers = {f"c{n}": rng.choice(["mug", "chalk", "pink-bag", "pot", "rope"]) for n in range(40)}
+    groups = [["tent", "stakes", "footprint"], ["stove", "fuel", "pot"], ["chalk", "shoes", "rope"]]
+    start = datetime(2025, 1, 1)
+    orders = []
+    for n in range(1000):
+        customer = rng.choice(sorted(customers))
+        group = rng.choice(groups)
+        products = list(dict.fromkeys(rng.sample(group, 2) + [customers[customer]]))
+        orders.append((customer, start + timedelta(hours=n), products))
+    histories = CustomerHistories(orders)
+    chosen = fit_blend([products for _, _, products in orders], index,
+                       history=lambda i: histories.before(orders[i][0], orders[i][1]))
+    assert chosen.weights.history > 0 and chosen.validation["cases_with_history"] > 100
+    regular = next(c for c, usual in customers.items() if usual == "mug")
+    later = start + timedelta(hours=1000)
+    assert chosen(["tent", "stakes"], 1, histories.before(regular, later)) == ["mug"]
+    assert chosen(["tent", "stakes"], 1) == ["footprint"]  # a guest: the basket alone
+    assert chosen.origins(["tent", "stakes"], ["mug"], histories.before(regular, later)) == {"mug": "history"}
 
 
 def test_title_matcher_exact_then_fuzzy_then_embedding(index):

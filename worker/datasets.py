@@ -333,9 +333,9 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
     catalog = load_catalog(shop.id)
     baskets = load_baskets(shop.id, catalog)
     train_baskets, eval_baskets = split_by_time(baskets)
-    train_items = [b for _, b in train_baskets]
+    train_items = [b.products for b in train_baskets]
     stats = PairStats(train_items, catalog)
-    retrieve = serving_retrieval(train_items, catalog)  # candidates as the storefront finds them
+    retrieve = serving_retrieval(train_baskets, catalog)  # candidates as the storefront finds them
     system = RECOMMEND_SYSTEM.format(shop=shop.domain)
 
     recommendations = dedupe_and_balance(
@@ -343,7 +343,7 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
         + copurchase_examples(stats, catalog, system, rng), rng)
     rated = rated_examples(shop, stats, catalog, system, rng)  # few and hand-made: never capped
     recommendations += rated
-    held_out = basket_examples([b for _, b in eval_baskets], stats, catalog, system, rng, per_basket=1,
+    held_out = basket_examples([b.products for b in eval_baskets], stats, catalog, system, rng, per_basket=1,
                                retrieve=retrieve)
     support = support_examples(shop, load_shelf(shop), rng, limit=max(len(recommendations) // 4, 50))
     support += stored_conversations(shop)
@@ -370,7 +370,7 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
         "support_examples": len(support_train),
         "held_out_recommendation_examples": len(held_out),
         "orders": len(baskets), "train_orders": len(train_baskets), "eval_orders": len(eval_baskets),
-        "split_at": eval_baskets[0][0].isoformat() if eval_baskets else None,
+        "split_at": eval_baskets[0].created_at.isoformat() if eval_baskets else None,
         "products": len(catalog), "products_covered": len({e["viewing"] for e in recommendations} | set(answered)),
         "long_tail_share": round(sum(p not in popular for p in answered) / max(len(answered), 1), 3),
         "support_strategies": dict(Counter(e["strategy"] for e in support)),

@@ -16,35 +16,34 @@ from datetime import datetime
 from pathlib import Path
 
 from core.embeddings import SemanticIndex, catalog_index
-from core.history import Item, split_by_time
+from core.history import Basket, Item, split_by_time
 from core.model_hosts import Chat, chat_with_gguf
 from core.prompts import MAX_PICKS, PROMPT_CART, RECOMMEND_SYSTEM, parse_answer
 from core.recommendations import Shelf, rerank, shown_reason
 from core.recommenders import (
     COLD_START_CO_PURCHASES,
     EASE,
+    HISTORY_GRID,
+    WEIGHT_GRID,
+    Blend,
     CoPurchase,
+    CustomerHistories,
+    History,
     Purchases,
     Recommender,
     Semantic,
     TitleMatcher,
+    Weights,
     fit_blend,
 )
 
 KS = (4, 10)
-ORDER_COLUMNS = ("order_id", "product_id", "created_at", "quantity", "title")
+ORDER_COLUMNS = ("order_id", "product_id", "created_at", "quantity", "title", "customer_id")
 Progress = Callable[[Iterable, str], Iterable]  # wraps a phase's loop (a progress bar in the CLI)
 
 
 def _quiet(items: Iterable, label: str) -> Iterable:
     return items
-
-
-@dataclass
-class Basket:
-    order_id: str
-    created_at: datetime
-    products: list[str] = field(default_factory=list)
 
 
 # --- Loading ------------------------------------------------------------------------------------------
@@ -63,9 +62,9 @@ def _rows(path: Path) -> Iterable[dict]:
 def load_order_file(path: Path, columns: dict[str, str], *, skip_orders: str | None = None,
                     skip_products: set[str] = frozenset(), progress: Progress = _quiet,
                     ) -> tuple[list[Basket], dict[str, str]]:
-    """Baskets (oldest first) and product titles (each product's most common one, when a title column is
-    mapped). Rows with quantity ≤ 0, orders whose id starts with `skip_orders` (cancellations) and listed
-    non-product codes are dropped."""
+    """Baskets (oldest first, each with its customer when a customer column is mapped) and product titles (each
+    product's most common one, when a title column is mapped). Rows with quantity ≤ 0, orders whose id starts
+    with `skip_orders` (cancellations) and listed non-product codes are dropped."""
     name = {key: columns.get(key, key) for key in ORDER_COLUMNS}
     baskets: dict[str, Basket] = {}
     titles: dict[str, Counter] = defaultdict(Counter)
@@ -77,7 +76,8 @@ def load_order_file(path: Path, columns: dict[str, str], *, skip_orders: str | N
             continue
         created = row[name["created_at"]]
         created = created if isinstance(created, datetime) else datetime.fromisoformat(str(created))
-        basket = baskets.setdefault(order, Basket(order, created))
+        customer = str(row.get(name["customer_id"]) or "").strip() or None
+        basket = baskets.setdefault(order, Basket(order, created, [], customer))
         if product not in basket.products:
             basket.products.append(product)
         if row.get(name["title"]):
@@ -137,7 +137,7 @@ class ModelAlone:
         self.chat, self.titles, self.matcher, self.system = chat, titles, matcher, system
         self.names = self.invented = 0
 
-    def __call__(self, basket: list[str], k: int) -> list[str]:
+    def __call__(self, basket: list[str], k: int, history: History | None = None) -> list[str]:
         viewing, cart = basket[-1], basket[-PROMPT_CART - 1:-1]
         prompt = f"Customer viewing: {self.titles.get(viewing, viewing)}. " \
                  f"Cart: {', '.join(self.titles.get(c, c) for c in cart) or 'empty'}."
@@ -163,8 +163,8 @@ class ModelReRank:
         self.chat, self.shelf, self.system = chat, shelf, system
         self.names = self.invented = self.reasons = self.faithful = 0
 
-    def __call__(self, basket: list, k: int) -> list:
-        result = rerank(self.chat, self.shelf, basket[-1], list(basket[:-1]), k, self.system)
+    def __call__(self, basket: list, k: int, history: History | None = None) -> list:
+        result = rerank(self.chat, self.shelf, basket[-1], list(basket[:-1]), k, self.system, history=history)
         self.names += result.names
         self.invented += result.misses
         for product, reason in result.reasons.items():
@@ -180,10 +180,16 @@ class ModelReRank:
 class Case:
     context: list[str]
     target: str
+    history: History = field(default_factory=dict)  # what the order's customer had bought before it
 
 
-def leave_one_out(test: list[Basket], rng: random.Random, limit: int | None) -> list[Case]:
-    cases = [Case([p for p in b.products if p != target], target)
+def leave_one_out(test: list[Basket], rng: random.Random, limit: int | None,
+                  histories: CustomerHistories | None = None) -> list[Case]:
+    """One case a test basket of two products or more: one hidden at random, the rest the context, and the
+    customer's earlier orders (of any period: the store knows them when the order is placed) from
+    `histories`."""
+    cases = [Case([p for p in b.products if p != target], target,
+                  histories.before(b.customer, b.created_at) if histories else {})
              for b in test if len(b.products) >= 2 for target in [rng.choice(b.products)]]
     return rng.sample(cases, limit) if limit and len(cases) > limit else cases
 
@@ -226,7 +232,7 @@ def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rn
     per_slice: dict[str, list[float]] = {name: [] for name in slices}
     for case in cases:
         started = time.perf_counter()
-        ranked = recommender(case.context, max(KS))
+        ranked = recommender(case.context, max(KS), case.history)
         latency.append(time.perf_counter() - started)
         invented += sum(p not in catalog for p in ranked)
         duplicates += len(ranked) - len(set(ranked))
@@ -279,12 +285,18 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     rng = random.Random(seed)
     train, test = split_by_time(baskets, test_fraction)
     catalog = {p for b in baskets for p in b.products}
+    histories = CustomerHistories((b.customer, b.created_at, b.products) for b in baskets)
     index = shelf = blend = None
     if titles:
         items = {p: Item(p, titles.get(p, p), "", "") for p in sorted(catalog)}
         index = catalog_index(items, lambda chunks: progress(chunks, "embedding titles"))
-        blend = fit_blend([b.products for b in train], index, seed=seed,
-                          progress=lambda cases: progress(cases, "choosing the blend's weights"))
+
+        def choose(label: str, grid: list[Weights] = WEIGHT_GRID) -> Blend:
+            return fit_blend([b.products for b in train], index, grid=grid, seed=seed,
+                             history=lambda i: histories.before(train[i].customer, train[i].created_at),
+                             progress=lambda cases: progress(cases, label))
+
+        blend = choose("choosing the blend's weights")
         shelf = Shelf.everything({p: item.title for p, item in items.items()}, blend)
         copurchase, ease = blend.copurchase, blend.ease  # the blend's own, fitted on the same training orders
     else:
@@ -292,9 +304,14 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
         copurchase, ease = CoPurchase(purchases), EASE(purchases)
     recommenders: dict[str, Recommender] = {"popularity": copurchase.popularity, "co-purchase": copurchase,
                                             "EASE": ease}
+    cases = leave_one_out(test, rng, cases_limit, histories)
     if blend is not None:
-        recommenders |= {"semantic": Semantic(index), "blend (served)": blend}
-    cases = leave_one_out(test, rng, cases_limit)
+        recommenders["semantic"] = Semantic(index)
+        if any(case.history for case in cases):
+            # Fair to the baseline: co-purchase given the same history, its weight chosen the same way.
+            recommenders["co-purchase + history"] = choose("choosing co-purchase's history weight", [
+                Weights(copurchase=1.0, semantic=0.0, cold_start=0.0, ease=0.0, history=h) for h in HISTORY_GRID])
+        recommenders["blend (served)"] = blend
     popular = {p for p, _ in copurchase.items.most_common(max(len(copurchase.items) // 5, 1))}
     slices = {
         "long_tail": lambda c: c.target not in popular,
@@ -323,11 +340,14 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     return {
         "split": {"train_orders": len(train), "test_orders": len(test), "test_fraction": test_fraction,
                   "split_at": test[0].created_at.isoformat() if test else None, "catalog": len(catalog),
+                  "cases_with_history": sum(bool(case.history) for case in cases),
                   "seed": seed},
         **({"blend": {"weights": vars(blend.weights), "validation": blend.validation}} if blend else {}),
         "recommenders": results,
         "against_co_purchase": {name: ratios(result, results["co-purchase"]) for name, result in results.items()
-                                if name in ("EASE", "blend (served)")},
+                                if name in ("EASE", "co-purchase + history", "blend (served)")},
+        **({"against_co_purchase_with_history": ratios(results["blend (served)"], results["co-purchase + history"])}
+           if "co-purchase + history" in results else {}),
         **({"model_trained_on": trained_on} if trained_on else {}),
     }
 
@@ -339,7 +359,7 @@ def ratios(result: dict, baseline: dict) -> dict:
 
 
 def hits_at(recommender: Recommender, cases: list[Case], k: int) -> list[float]:
-    return [float(case.target in recommender(case.context, k)[:k]) for case in cases]
+    return [float(case.target in recommender(case.context, k, case.history)[:k]) for case in cases]
 
 
 def scores_below(candidate: list[float], baseline: list[float], rng: random.Random, rounds: int = 1000) -> bool:
@@ -401,8 +421,8 @@ def run(*, shop=None, orders_file: Path | None = None, products_file: Path | Non
         from core.history import load_baskets, load_catalog
 
         catalog = load_catalog(shop.id)
-        baskets = [Basket(str(i), created, [str(p) for p in products])
-                   for i, (created, products) in enumerate(load_baskets(shop.id, catalog))]
+        baskets = [Basket(b.order_id, b.created_at, [str(p) for p in b.products], b.customer)
+                   for b in load_baskets(shop.id, catalog)]
         titles = {str(p): item.title for p, item in catalog.items()}
         source = shop.domain
     if products_file:

@@ -19,11 +19,12 @@ from core.model_hosts import chat_with_gguf, embedded_host, host_for, model_ref
 from core.models import ModelVersion, Product, Shop, TrainingRun, db, utcnow
 from core.prompts import RECOMMEND_SYSTEM
 from core.recommendations import load_shelf, ranking
+from core.recommenders import CustomerHistories, History
 
 from . import export, training
 from .base_model import prepare_base_model, smollm2_gguf
 from .datasets import build_datasets
-from .evaluation import Basket, ModelReRank, hits_at, leave_one_out, scores_below
+from .evaluation import ModelReRank, hits_at, leave_one_out, scores_below
 from .ingest import embed_products
 
 log = logging.getLogger(__name__)
@@ -183,18 +184,19 @@ def stage_gate(run: TrainingRun, final: bool = False) -> dict | None:
 def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4) -> dict:
     shop = db.session.get(Shop, model.shop_id)
     catalog = load_catalog(shop.id)
-    train, held_out = split_by_time(load_baskets(shop.id, catalog))
-    cases = leave_one_out([Basket(str(i), created, products) for i, (created, products) in enumerate(held_out)],
-                          random.Random(0), cases_limit)
-    shelf = load_shelf(shop, [products for _, products in train])  # retrieval that never saw the held-out orders
+    orders = load_baskets(shop.id, catalog)
+    train, held_out = split_by_time(orders)
+    histories = CustomerHistories((o.customer, o.created_at, o.products) for o in orders)
+    cases = leave_one_out(held_out, random.Random(0), cases_limit, histories)
+    shelf = load_shelf(shop, train)  # retrieval that never saw the held-out orders
     system = RECOMMEND_SYSTEM.format(shop=shop.domain)
     rerank = ModelReRank(chat_with_gguf(model.gguf_path), shelf, system)
 
-    def retrieval(basket: list, k: int) -> list:
+    def retrieval(basket: list, k: int, history: History | None = None) -> list:
         """What the storefront shows without a model: the sellable products as the blend ranks them."""
-        return ranking(shelf, basket[-1], list(basket[:-1]))[:k]
+        return ranking(shelf, basket[-1], list(basket[:-1]), history=history)[:k]
 
-    def copurchase(basket: list, k: int) -> list:
+    def copurchase(basket: list, k: int, history: History | None = None) -> list:
         """The baseline on the same shelf: a co-purchase block shows only sellable products too."""
         ranked = shelf.retrieval.copurchase(basket, len(shelf.catalog))
         return [p for p in ranked if p in shelf.sellable][:k]
