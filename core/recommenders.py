@@ -183,13 +183,14 @@ def bought_before(orders: Iterable[tuple[datetime, Sequence[Hashable]]], now: da
 
 class CustomerHistories:
     """Every customer's orders, to ask what one had bought before a moment (`before`): the history an order's
-    customer brought to it, for choosing weights and for evaluation. Orders without a customer are guests'."""
+    customer brought to it, for choosing weights and for evaluation. `orders`: core.history.Basket (customer,
+    created_at, products); a guest's (customer None) are nobody's history."""
 
-    def __init__(self, orders: Iterable[tuple[Hashable | None, datetime, Sequence[Hashable]]]):
+    def __init__(self, orders: Iterable):
         self.orders: dict[Hashable, list[tuple[datetime, Sequence[Hashable]]]] = defaultdict(list)
-        for customer, when, products in orders:
-            if customer is not None:
-                self.orders[customer].append((when, products))
+        for order in orders:
+            if order.customer is not None:
+                self.orders[order.customer].append((order.created_at, order.products))
         for kept in self.orders.values():
             kept.sort(key=lambda order: order[0])
 
@@ -332,7 +333,7 @@ def serving_retrieval(orders: Sequence, catalog: dict) -> Blend:
     """The recommender the storefront serves with (and so the one training's candidates and the deploy gate
     use): the Blend of the time-ordered `orders` (core.history.Basket: customer, created_at, products), weights
     chosen on their newest part, over the catalog's text embeddings. `catalog`: Items by product id."""
-    histories = CustomerHistories((o.customer, o.created_at, o.products) for o in orders)
+    histories = CustomerHistories(orders)
     return fit_blend([o.products for o in orders], catalog_index(catalog),
                      history=lambda i: histories.before(orders[i].customer, orders[i].created_at))
 

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from core.embeddings import SemanticIndex
+from core.history import Basket
 from core.model_hosts import chat_with_gguf
 from core.recommendations import Shelf, ranking
 from core.recommenders import (
@@ -89,9 +90,11 @@ def test_the_blends_weights_are_chosen_on_the_newest_orders_of_the_training_peri
 
 def test_a_customer_history_is_their_earlier_orders_newest_counting_most():
     day = datetime(2025, 3, 1)
-    histories = CustomerHistories([("ann", day - timedelta(days=60), ["stove", "fuel"]), ("ann", day, ["pot"]),
-                                   ("bob", day - timedelta(days=1), ["tent"]), (None, day, ["mug"]),
-                                   ("ann", day - timedelta(days=1), ["fuel"])])
+    orders = [("ann", day - timedelta(days=60), ["stove", "fuel"]), ("ann", day, ["pot"]),
+              ("bob", day - timedelta(days=1), ["tent"]), (None, day, ["mug"]),
+              ("ann", day - timedelta(days=1), ["fuel"])]
+    histories = CustomerHistories(Basket(str(n), when, products, customer)
+                                  for n, (customer, when, products) in enumerate(orders))
     before = histories.before("ann", day)  # the order placed at `day` itself is not yet history
     assert set(before) == {"stove", "fuel"} and before["stove"] == pytest.approx(0.5)
     assert before["fuel"] == pytest.approx(0.5 + 0.5 ** (1 / 60))
@@ -111,10 +114,10 @@ def test_a_store_whose_customers_reorder_learns_to_weigh_their_history(index):
         customer = rng.choice(sorted(customers))
         group = rng.choice(groups)
         products = list(dict.fromkeys(rng.sample(group, 2) + [customers[customer]]))
-        orders.append((customer, start + timedelta(hours=n), products))
+        orders.append(Basket(str(n), start + timedelta(hours=n), products, customer))
     histories = CustomerHistories(orders)
-    chosen = fit_blend([products for _, _, products in orders], index,
-                       history=lambda i: histories.before(orders[i][0], orders[i][1]))
+    chosen = fit_blend([o.products for o in orders], index,
+                       history=lambda i: histories.before(orders[i].customer, orders[i].created_at))
     assert chosen.weights.history > 0 and chosen.validation["cases_with_history"] > 100
     regular = next(c for c, usual in customers.items() if usual == "mug")
     later = start + timedelta(hours=1000)

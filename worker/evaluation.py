@@ -285,7 +285,7 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     rng = random.Random(seed)
     train, test = split_by_time(baskets, test_fraction)
     catalog = {p for b in baskets for p in b.products}
-    histories = CustomerHistories((b.customer, b.created_at, b.products) for b in baskets)
+    histories = CustomerHistories(baskets)
     index = shelf = blend = None
     if titles:
         items = {p: Item(p, titles.get(p, p), "", "") for p in sorted(catalog)}

@@ -186,7 +186,7 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4) 
     catalog = load_catalog(shop.id)
     orders = load_baskets(shop.id, catalog)
     train, held_out = split_by_time(orders)
-    histories = CustomerHistories((o.customer, o.created_at, o.products) for o in orders)
+    histories = CustomerHistories(orders)
     cases = leave_one_out(held_out, random.Random(0), cases_limit, histories)
     shelf = load_shelf(shop, train)  # retrieval that never saw the held-out orders
     system = RECOMMEND_SYSTEM.format(shop=shop.domain)
