@@ -8,8 +8,9 @@ The files are the sample store (`sample_store/catalog.py`) scaled up, the same f
 item types × models × vendors × editions × colours, launched over time (the newest have little history);
 orders are two years of use-cases ("backpacking stove kit", winter ones in winter) with single-item orders,
 multi-use-case big ones, noise, and a power-law popularity within each item type (a few best-sellers, a long
-tail of rarely bought products). `orders.parquet` has one row per order line (order_id, product_id,
-created_at, quantity, title), `products.parquet` every product (product_id, title), sold or not.
+tail of rarely bought products) and customers (a quarter of the orders are guests'). `orders.parquet` has one
+row per order line (order_id, product_id, created_at, quantity, title, customer_id), `products.parquet` every
+product (product_id, title), sold or not.
 
 Measured: the wall time of `pairwell evaluate` on those files, run as a subprocess, and its peak resident
 memory (ru_maxrss of the largest child process), against the goal of 15 minutes and 8 GB on the 2-core
@@ -54,7 +55,8 @@ SINGLE, NOISE, CONSUMABLE_MORE = 0.3, 0.15, 0.3  # single-item orders; an unrela
 CORE, EXTRA = 0.85, 0.35  # chance of each core / extra item type of a use-case
 USE_CASES_PER_ORDER, BIG_ORDERS = 0.45, 0.03  # geometric number of use-cases in an order; share of big orders
 ROW_GROUP = 200_000
-GENERATOR = 1  # bump when the generator changes: files with another version are regenerated
+CUSTOMERS_PER_ORDER, GUESTS = 0.25, 0.25  # the customer base as a share of the orders; the share of guest orders
+GENERATOR = 2  # bump when the generator changes: files with another version are regenerated
 
 
 def make_products(rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
@@ -179,13 +181,18 @@ def generate(out_dir: Path, orders: int, products: int, seed: int) -> dict:
     order, kind, product = order[keep], kind[keep], product[keep]
     consumable = np.isin(kind, [i for i, t in enumerate(ITEM_TYPES) if t in CONSUMABLES])
     quantity = np.where(consumable, rng.integers(1, 5, len(kind)), 1 + (rng.random(len(kind)) < 0.04))
+    # Who ordered: a quarter of orders are guests'; the rest are spread over a customer base where a few
+    # customers order often and most once or twice (no repeat-purchase pattern: this measures cost, not quality).
+    customer_of = (CUSTOMERS_PER_ORDER * orders * rng.random(orders) ** 2).astype(np.int64)
+    customer_of[rng.random(orders) < GUESTS] = -1
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = pc.cast(pa.array(PRODUCT_ID_BASE + 1 + np.arange(len(catalog["type"]))), pa.string())
     titles = pa.array(catalog["title"].tolist(), pa.string())
     pq.write_table(pa.table({"product_id": ids, "title": titles}), out_dir / "products.parquet")
     schema = pa.schema([("order_id", pa.string()), ("product_id", pa.string()),
-                        ("created_at", pa.timestamp("s", tz="UTC")), ("quantity", pa.int32()), ("title", pa.string())])
+                        ("created_at", pa.timestamp("s", tz="UTC")), ("quantity", pa.int32()), ("title", pa.string()),
+                        ("customer_id", pa.string())])
     with pq.ParquetWriter(out_dir / "orders.parquet", schema) as writer:
         for at in tqdm(range(0, len(order), ROW_GROUP), desc="orders.parquet", unit="row group", leave=False):
             rows = slice(at, at + ROW_GROUP)
@@ -196,12 +203,16 @@ def generate(out_dir: Path, orders: int, products: int, seed: int) -> dict:
                 "created_at": pa.array(times[order[rows]], pa.timestamp("s", tz="UTC")),
                 "quantity": pa.array(quantity[rows], pa.int32()),
                 "title": titles.take(chosen),
+                "customer_id": pc.cast(pa.array(customer_of[order[rows]], mask=customer_of[order[rows]] < 0),
+                                       pa.string()),
             }, schema=schema))
 
     size = np.bincount(order, minlength=orders)
     sales = np.bincount(product, minlength=len(catalog["type"]))
     recent = catalog["launch"] > DEFAULT_END.timestamp() - 90 * 86400
     return {"lines": len(order), "orders": int((size > 0).sum()), "products": len(sales),
+            "customers": int(len(np.unique(customer_of[customer_of >= 0]))),
+            "guest_orders": round(float((customer_of < 0).mean()), 3),
             "products_sold": int((sales > 0).sum()), "mean_products_per_order": round(float(size.mean()), 2),
             "single_item_orders": round(float((size == 1).mean()), 3),
             "products_per_order_p50_p90_p99_max": np.percentile(size, (50, 90, 99, 100)).astype(int).tolist(),

@@ -299,8 +299,8 @@ def test_a_signed_in_customers_earlier_orders_count_and_their_reply_stays_theirs
     from core import experiment
     from core.models import Order, OrderLine, utcnow
 
-    customer = next(c for c in map(str, range(4242, 4300))
-                    if experiment.arm(installed_shop, f"customer:{c}") == "served")  # not the A/B holdout
+    customer, other = [c for c in map(str, range(4242, 4400))
+                       if experiment.arm(installed_shop, f"customer:{c}") == "served"][:2]  # not the A/B holdout
     shelf = recommendations.shelf_for(installed_shop)
     shelf.retrieval.weights = replace(shelf.retrieval.weights, history=10.0)
     viewing = next(p for p in store.products if p.item_type == "Backpacking Stove" and p.status == "ACTIVE")
@@ -317,6 +317,6 @@ def test_a_signed_in_customers_earlier_orders_count_and_their_reply_stays_theirs
     assert usual in [p["id"] for p in signed["products"]] and signed["cached"] is False
     again = client.get(proxy_url(installed_shop.domain, product_id=viewing.id, logged_in_customer_id=customer)).json
     assert again["cached"] is True and again["products"] == signed["products"]
-    for other in ({}, {"logged_in_customer_id": "77"}, {"logged_in_customer_id": ""}):
-        body = client.get(proxy_url(installed_shop.domain, product_id=viewing.id, **other)).json
+    for who in ({}, {"logged_in_customer_id": other}, {"logged_in_customer_id": ""}):
+        body = client.get(proxy_url(installed_shop.domain, product_id=viewing.id, **who)).json
         assert [p["id"] for p in body["products"]] == guest and body["cached"] is True
