@@ -312,8 +312,14 @@ def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, bud
             return "model"
         return "co-purchase" if source == HOLDOUT else origins.get(product, "")
 
-    return [Pick(shelf.offers[p], shown_reason(result.reasons.get(p), shelf.catalog[p], shelf.catalog.get(viewing.id),
-                                              together(viewing.id, p)), origin(p)) for p in products], source
+    def reason(product: Hashable) -> str:
+        shown = shown_reason(result.reasons.get(product), shelf.catalog[product], shelf.catalog.get(viewing.id),
+                             together(viewing.id, product))
+        if history and product in history and product not in result.reasons:
+            shown += "; you ordered it before"  # a fact of the customer's own orders
+        return shown
+
+    return [Pick(shelf.offers[p], reason(p), origin(p)) for p in products], source
 
 
 # Words a reason may use about any pair without claiming a fact of either product.

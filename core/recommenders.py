@@ -19,6 +19,7 @@ Purchases are sparse matrices, so a catalog of 70,000 products and 1.5 million o
 
 from __future__ import annotations
 
+import copy
 import difflib
 import random
 import re
@@ -248,6 +249,13 @@ class Blend:
         bought[self._to] = np.log1p(purchases.counts[self._from])
         self.popular = bought / max(float(bought.max(initial=0)), 1.0)
         self.validation: dict | None = None  # how the weights did on the validation split (`fit_blend`)
+        self.tried: dict[Weights, tuple[int, float]] = {}  # every setting's validation (hits, NDCG gain) there
+
+    def reweighted(self, weights: Weights) -> Blend:
+        """The same fitted signals under other weights (no refit)."""
+        other = copy.copy(self)
+        other.weights = weights
+        return other
 
     def signals(self, basket: Sequence[Hashable], history: History | None = None) -> np.ndarray:
         """The six signals (rows) for every catalog product (columns), each as `Weights` weighs it. `history`:
@@ -280,12 +288,11 @@ class Blend:
 
 
 def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *,
-              history: Callable[[int], History] | None = None, grid: Sequence[Weights] = WEIGHT_GRID,
-              validation: float = 0.15, cases: int = 2000, seed: int = 0,
-              progress: Callable[[Iterable], Iterable] = lambda it: it) -> Blend:
+              history: Callable[[int], History] | None = None, validation: float = 0.15, cases: int = 2000,
+              seed: int = 0, progress: Callable[[Iterable], Iterable] = lambda it: it) -> Blend:
     """The Blend with the weights that do best on this store's own newest orders: fitted on the oldest
-    (1 - validation) of the time-ordered `baskets`, every setting in `grid` scores leave-one-out cases from
-    the rest, each with its customer's earlier purchases (`history(i)` of basket i; none without it). The
+    (1 - validation) of the time-ordered `baskets`, every setting in WEIGHT_GRID scores leave-one-out cases
+    from the rest, each with its customer's earlier purchases (`history(i)` of basket i; none without it). The
     best HR@10 (then NDCG@10) among the settings that find at least COLD_START_FLOOR of the cold-start
     targets wins and is refitted on all baskets. A store with fewer than MIN_VALIDATION_CASES cases gets
     DEFAULT_WEIGHTS. `progress` wraps the loop over cases (a progress bar)."""
@@ -295,10 +302,10 @@ def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *,
     held_out = [(i, rng.choice(baskets[i])) for i in range(cut, len(baskets)) if len(baskets[i]) >= 2]
     held_out = rng.sample(held_out, min(cases, len(held_out)))
     if len(held_out) < MIN_VALIDATION_CASES:
-        return Blend(baskets, index, DEFAULT_WEIGHTS if DEFAULT_WEIGHTS in grid else grid[0])
+        return Blend(baskets, index)
     trial = Blend(baskets[:cut], index)
-    weights = np.stack([w.as_array() for w in grid])
-    gains, hits, cold_hits = np.zeros(len(grid)), np.zeros(len(grid)), np.zeros(len(grid))
+    grid = np.stack([w.as_array() for w in WEIGHT_GRID])
+    gains, hits, cold_hits = np.zeros(len(WEIGHT_GRID)), np.zeros(len(WEIGHT_GRID)), np.zeros(len(WEIGHT_GRID))
     cold_cases = known_customers = 0
     for i, target in progress(held_out):
         context = [p for p in baskets[i] if p != target]
@@ -312,17 +319,18 @@ def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *,
                                          for row in signals] + [[trial.position[target]]]))
         pool = pool[~np.isin(pool, [trial.position[p] for p in context if p in trial.position])]
         target_at = np.flatnonzero(pool == trial.position[target])
-        scores = weights @ signals[:, pool] + 1e-3 * trial.popular[pool]
+        scores = grid @ signals[:, pool] + 1e-3 * trial.popular[pool]
         rank = (scores > scores[:, target_at]).sum(axis=1)
         hits += rank < 10
         gains += np.where(rank < 10, 1 / np.log2(rank + 2), 0.0)
         if trial.cold[trial.position[target]]:
             cold_cases += 1
             cold_hits += rank < 10
-    default = list(grid).index(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS in grid else -1  # a tie is no evidence to move
-    eligible = [i for i in range(len(grid)) if cold_hits[i] >= COLD_START_FLOOR * cold_cases]
-    best = max(eligible or range(len(grid)), key=lambda i: (hits[i], round(gains[i], 6), i == default))
-    blend = Blend(baskets, index, grid[best])
+    default = WEIGHT_GRID.index(DEFAULT_WEIGHTS)  # a tie is no evidence to move from the defaults
+    eligible = [i for i in range(len(WEIGHT_GRID)) if cold_hits[i] >= COLD_START_FLOOR * cold_cases]
+    best = max(eligible or range(len(WEIGHT_GRID)), key=lambda i: (hits[i], round(gains[i], 6), i == default))
+    blend = Blend(baskets, index, WEIGHT_GRID[best])
+    blend.tried = {setting: (int(hits[i]), round(float(gains[i]), 6)) for i, setting in enumerate(WEIGHT_GRID)}
     blend.validation = {"cases": len(held_out), "hr@10": round(hits[best] / len(held_out), 4),
                         "cold_start_cases": cold_cases, "cases_with_history": known_customers,
                         "cold_start_hr@10": round(cold_hits[best] / cold_cases, 4) if cold_cases else None}

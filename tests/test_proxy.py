@@ -290,10 +290,11 @@ def test_complementary_blocks_hold_no_substitutes_unless_shoppers_bought_both(cl
     assert response.status_code == 400 and "intent must be one of" in response.json["message"]
 
 
-def test_a_signed_in_customers_earlier_orders_count_and_their_reply_stays_theirs(client, installed_shop, store):
+def test_a_signed_in_customers_earlier_orders_count_and_their_reply_stays_theirs(client, installed_shop, store,
+                                                                                 monkeypatch):
     """Shopify signs `logged_in_customer_id`: what that customer ordered before lifts it in their block (by the
     weight the store's orders chose; set here, as the sample store's random customers never reorder). Their
-    reply is cached under their own key: a guest and another customer still get the shared one."""
+    reply says so and is cached under their own key: a guest and another customer still get the shared one."""
     from datetime import timedelta
 
     from core import experiment
@@ -302,7 +303,7 @@ def test_a_signed_in_customers_earlier_orders_count_and_their_reply_stays_theirs
     customer, other = [c for c in map(str, range(4242, 4400))
                        if experiment.arm(installed_shop, f"customer:{c}") == "served"][:2]  # not the A/B holdout
     shelf = recommendations.shelf_for(installed_shop)
-    shelf.retrieval.weights = replace(shelf.retrieval.weights, history=10.0)
+    monkeypatch.setattr(shelf.retrieval, "weights", replace(shelf.retrieval.weights, history=10.0))
     viewing = next(p for p in store.products if p.item_type == "Backpacking Stove" and p.status == "ACTIVE")
     guest = [p["id"] for p in client.get(proxy_url(installed_shop.domain, product_id=viewing.id)).json["products"]]
     usual = next(p for p in shelf.offers if p not in guest and p != viewing.id
@@ -315,6 +316,7 @@ def test_a_signed_in_customers_earlier_orders_count_and_their_reply_stays_theirs
     db.session.commit()
     signed = client.get(proxy_url(installed_shop.domain, product_id=viewing.id, logged_in_customer_id=customer)).json
     assert usual in [p["id"] for p in signed["products"]] and signed["cached"] is False
+    assert next(p["reason"] for p in signed["products"] if p["id"] == usual).endswith("; you ordered it before")
     again = client.get(proxy_url(installed_shop.domain, product_id=viewing.id, logged_in_customer_id=customer)).json
     assert again["cached"] is True and again["products"] == signed["products"]
     for who in ({}, {"logged_in_customer_id": other}, {"logged_in_customer_id": ""}):

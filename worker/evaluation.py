@@ -24,8 +24,6 @@ from core.recommenders import (
     COLD_START_CO_PURCHASES,
     EASE,
     HISTORY_GRID,
-    WEIGHT_GRID,
-    Blend,
     CoPurchase,
     CustomerHistories,
     History,
@@ -290,13 +288,9 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     if titles:
         items = {p: Item(p, titles.get(p, p), "", "") for p in sorted(catalog)}
         index = catalog_index(items, lambda chunks: progress(chunks, "embedding titles"))
-
-        def choose(label: str, grid: list[Weights] = WEIGHT_GRID) -> Blend:
-            return fit_blend([b.products for b in train], index, grid=grid, seed=seed,
-                             history=lambda i: histories.before(train[i].customer, train[i].created_at),
-                             progress=lambda cases: progress(cases, label))
-
-        blend = choose("choosing the blend's weights")
+        blend = fit_blend([b.products for b in train], index, seed=seed,
+                          history=lambda i: histories.before(train[i].customer, train[i].created_at),
+                          progress=lambda cases: progress(cases, "choosing the blend's weights"))
         shelf = Shelf.everything({p: item.title for p, item in items.items()}, blend)
         copurchase, ease = blend.copurchase, blend.ease  # the blend's own, fitted on the same training orders
     else:
@@ -308,9 +302,11 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     if blend is not None:
         recommenders["semantic"] = Semantic(index)
         if any(case.history for case in cases):
-            # Fair to the baseline: co-purchase given the same history, its weight chosen the same way.
-            recommenders["co-purchase + history"] = choose("choosing co-purchase's history weight", [
-                Weights(copurchase=1.0, semantic=0.0, cold_start=0.0, ease=0.0, history=h) for h in HISTORY_GRID])
+            # Fair to the baseline: co-purchase given the same history, its weight the best of those settings on
+            # the blend's own validation cases (a tie keeps no history).
+            alone = [Weights(copurchase=1.0, semantic=0.0, cold_start=0.0, ease=0.0, history=h) for h in HISTORY_GRID]
+            recommenders["co-purchase + history"] = blend.reweighted(
+                max(alone, key=lambda w: blend.tried.get(w, (0, 0.0))))
         recommenders["blend (served)"] = blend
     popular = {p for p, _ in copurchase.items.most_common(max(len(copurchase.items) // 5, 1))}
     slices = {
