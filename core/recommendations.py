@@ -381,7 +381,10 @@ def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget:
     """The proxy's reply, from the cache when it can be. `budget`: seconds the model may take (default: the
     storefront's MODEL_BUDGET_SECONDS). `customer`: the signed-in customer, whose earlier orders count (the
     holdout's co-purchase list reads none)."""
-    history = customer_history(shop, customer, shelf or shelf_for(shop)) if customer and arm != HOLDOUT else {}
+    history: History = {}
+    if customer and arm != HOLDOUT:  # a guest's cached reply never waits for the shelf
+        shelf = shelf or shelf_for(shop)
+        history = customer_history(shop, customer, shelf)
     key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit, arm, intent, customer if history else "")
     hit = cached(key)
     if hit is not None:

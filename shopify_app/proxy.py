@@ -49,6 +49,13 @@ def too_many_requests(message: str, wait: int):
     return response
 
 
+def signed_customer() -> str:
+    """The signed-in customer's id as Shopify signs it (`logged_in_customer_id`), or "" for a guest (or anything
+    that is not a customer id): whose orders a reply may read."""
+    customer = request.args.get("logged_in_customer_id", "")
+    return customer if customer.isdigit() else ""
+
+
 def shopper_identity() -> str:
     """Whom the per-shopper limit counts. Shopify signs `logged_in_customer_id`, so a signed-in shopper is
     that customer. A guest is the address Shopify's proxy saw: the right-most X-Forwarded-For entry past our
@@ -111,8 +118,7 @@ def product_recommendations():
     except SQLAlchemyError:
         db.session.rollback()
         arm = "served"
-    customer = request.args.get("logged_in_customer_id", "")  # signed by Shopify: their earlier orders count
-    customer = customer if customer.isdigit() else ""
+    customer = signed_customer()  # their earlier orders count
     cached = None if customer else recommendations.cached(
         recommendations.cache_key(g.shop_id, product_id, cart_ids, limit, arm, intent))
     if cached is not None:  # a guest's fast path: no database query at all
@@ -168,11 +174,10 @@ def support_chat():
     wait = cache.over_limit("chat", f"{g.shop_id}:{session_id}", assistant.MESSAGES_PER_MINUTE)
     if wait is not None:
         return too_many_requests(f"Over {assistant.MESSAGES_PER_MINUTE} messages a minute; wait a moment.", wait)
-    customer = request.args.get("logged_in_customer_id", "")
     shop = db.session.get(Shop, g.shop_id)  # a database that is away: the app's 503 (shopify_app/__init__.py)
     if not assistant.settings(shop)["enabled"]:
         abort(403, "The store's assistant is switched off.")
     viewing = db.session.get(Product, (g.shop_id, product_id)) if product_id else None
     reply = assistant.answer(shop, session_id, message, viewing=viewing, cart=cart,
-                             customer_ref=customer if customer.isdigit() else "", chat=assistant.live_chat(shop))
+                             customer_ref=signed_customer(), chat=assistant.live_chat(shop))
     return reply.as_json()
