@@ -21,13 +21,12 @@ import numpy as np
 from flask import current_app
 from rapidfuzz import fuzz, process
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from . import embeddings, recommendations
 from .claims import numbers, stems, supported
 from .inputs import BadInput
 from .model_hosts import ModelUnavailable, host_for, model_ref
-from .models import Conversation, Order, Product, Shop, Variant, db, utcnow
+from .models import Conversation, Order, Product, Shop, Variant, db, locked_shop, utcnow
 from .prompts import SUPPORT_REPLY_TOKENS, SUPPORT_SYSTEM, support_prompt
 from .recommendations import Shelf, offer_json
 
@@ -37,7 +36,6 @@ TONES = {"friendly": "Happy to help! ", "concise": "", "formal": "Thank you for 
 DEFAULT_SETTINGS = {"enabled": True, "tone": "friendly", "handoff_contact": "", "discount_codes": []}
 POLICY_KINDS = ("shipping", "returns", "invoices", "payment", "discounts")
 MAX_MESSAGE_CHARS = 2000
-MESSAGES_PER_MINUTE = 30
 KEEP_MESSAGES = 200  # a conversation's stored turns (the newest)
 SupportChat = Callable[[list[dict]], str]  # messages → the model's reply text
 
@@ -258,7 +256,7 @@ def compose(q: Question) -> tuple[Reply, Facts]:
         focus_id = similar[0] if similar else None
     if focus_id is not None:
         facts.focus = db.session.get(Product, (q.shop.id, focus_id))
-        if facts.focus is not None and facts.focus.status == "ACTIVE":
+        if facts.focus is not None and facts.focus.on_storefront:  # no facts of what shoppers cannot see
             facts.variant = variant_named(facts.focus.variants, asked)
         else:
             facts.focus = None
@@ -595,6 +593,8 @@ def live_chat(shop: Shop, budget: float | None = None) -> SupportChat | None:
     budget = budget or current_app.config["ASSISTANT_BUDGET_SECONDS"]
 
     def chat(messages: list[dict]) -> str:
+        if not recommendations.within_model_budget(shop.id):
+            raise ModelUnavailable("the shop's model calls for this minute are spent")
         return host.chat(model_ref(host, model), messages, max_tokens=SUPPORT_REPLY_TOKENS, timeout=budget)
     return chat
 
@@ -627,11 +627,12 @@ def respond(q: Question, chat: SupportChat | None) -> Reply:
 
 
 def conversation(shop: Shop, session_id: str, customer_ref: str) -> Conversation:
-    """The session's conversation for this shopper (a guest is ""), locked until the turn is stored (two tabs
-    answering at once must not drop a turn); an unknown session starts one."""
+    """The session's conversation for this shopper (a guest is ""), read under the shop's lock so that two
+    tabs answering at once each append to what the other stored; an unknown session starts one."""
+    locked_shop(shop.id)
     found = db.session.scalars(select(Conversation).where(
         Conversation.shop_id == shop.id, Conversation.session_id == session_id,
-        Conversation.customer_ref == customer_ref).with_for_update()).first()
+        Conversation.customer_ref == customer_ref).execution_options(populate_existing=True)).first()
     if found is None:
         found = Conversation(shop_id=shop.id, session_id=session_id, customer_ref=customer_ref, messages=[])
         db.session.add(found)
@@ -649,20 +650,14 @@ def answer(shop: Shop, session_id: str, message: str, *, viewing: Product | None
             {"role": "assistant", "content": reply.text, "at": now, "strategy": reply.strategy, "source": reply.source,
              "facts": reply.facts, "failed": reply.failed, "wordable": reply.wordable,
              "product_id": viewing.id if viewing is not None else None}]
-    for attempt in range(2):
-        talk = conversation(shop, session_id, customer_ref)
-        talk.messages = [*talk.messages, *turn][-KEEP_MESSAGES:]
-        talk.updated_at = utcnow()
-        if reply.handoff:
-            talk.handoff = True
-            reply.handoff_url = handoff_url(shop, talk.messages)
-        try:
-            db.session.commit()
-            return reply
-        except IntegrityError:  # the session's first turn, stored meanwhile by another request: append to it
-            db.session.rollback()
-            if attempt:
-                raise
+    talk = conversation(shop, session_id, customer_ref)
+    talk.messages = [*talk.messages, *turn][-KEEP_MESSAGES:]
+    talk.updated_at = utcnow()
+    if reply.handoff:
+        talk.handoff = True
+        reply.handoff_url = handoff_url(shop, talk.messages)
+    db.session.commit()
+    return reply
 
 
 def conversation_json(talk: Conversation) -> dict:

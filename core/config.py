@@ -36,6 +36,8 @@ def from_env(env: dict[str, str] | None = None) -> dict:
         # Where Admin API calls go; unset means the real https://{shop}. The sample store sets it to loopback.
         "SHOPIFY_ADMIN_ORIGIN": env.get("SHOPIFY_ADMIN_ORIGIN") or None,
         "SQLALCHEMY_DATABASE_URI": env.get("DATABASE_URL", f"sqlite:///{INSTANCE_DIR / 'pairwell.db'}"),
+        # A failed statement's error never carries its parameters (a shopper's message, a customer id) into a log.
+        "SQLALCHEMY_ENGINE_OPTIONS": {"hide_parameters": True},
         "REDIS_URL": env.get("REDIS_URL") or None,
         "OLLAMA_HOST": env.get("OLLAMA_HOST") or None,
         "PAIRWELL_ENCRYPTION_KEY": env.get("PAIRWELL_ENCRYPTION_KEY") or _derived_key(secret, "tokens"),
@@ -49,6 +51,12 @@ def from_env(env: dict[str, str] | None = None) -> dict:
         "ASSISTANT_BUDGET_SECONDS": float(env.get("PAIRWELL_ASSISTANT_BUDGET_SECONDS", "3.0")),
         "PROXY_LIMIT_PER_IP": int(env.get("PAIRWELL_PROXY_LIMIT_PER_IP", "120")),
         "PROXY_LIMIT_PER_SHOP": int(env.get("PAIRWELL_PROXY_LIMIT_PER_SHOP", "6000")),
+        # Chat messages a minute per shopper (the signed customer, else the address) and per shop.
+        "CHAT_LIMIT_PER_SHOPPER": int(env.get("PAIRWELL_CHAT_LIMIT_PER_SHOPPER", "30")),
+        "CHAT_LIMIT_PER_SHOP": int(env.get("PAIRWELL_CHAT_LIMIT_PER_SHOP", "1200")),
+        # Model calls a minute that shoppers' requests may make per shop, over every web process: past it the
+        # shop's shoppers get the ranking or the facts alone, and the model host stays free for other shops.
+        "MODEL_CALLS_PER_SHOP": int(env.get("PAIRWELL_MODEL_CALLS_PER_SHOP", "600")),
         # Proxies of our own in front of the app that append to X-Forwarded-For (Shopify's App Proxy counts).
         "TRUSTED_PROXIES": int(env.get("PAIRWELL_TRUSTED_PROXIES", "1")),
         "SECRET_KEY": env.get("SECRET_KEY") or _derived_key(secret, "cookies"),

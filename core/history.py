@@ -34,7 +34,10 @@ class Basket:
 
 
 def load_catalog(shop_id: int) -> dict[int, Item]:
-    rows = db.session.scalars(select(Product).where(Product.shop_id == shop_id, Product.status == "ACTIVE"))
+    """The products shoppers can see (`Product.on_storefront`: active and published to the Online Store): what
+    the recommenders learn from and may offer. An order's lines naming others are dropped (`load_baskets`), so
+    a hidden product is never a training target, a gate case or a candidate."""
+    rows = db.session.scalars(select(Product).where(Product.shop_id == shop_id, Product.on_storefront))
     return {p.id: Item(p.id, p.title, p.product_type, p.description) for p in rows}
 
 

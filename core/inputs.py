@@ -87,3 +87,43 @@ def load_json(body: bytes | str, what: str = "body", max_depth: int = MAX_JSON_D
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise BadInput(f"{what} is not valid JSON: {exc}") from None
+
+
+def line_of(data: bytes | str, offset: int) -> int:
+    """The 1-based line number of `offset` in `data`."""
+    return data.count(b"\n" if isinstance(data, bytes) else "\n", 0, offset) + 1
+
+
+def utf8_text(data: bytes, what: str, at_most: int) -> str:
+    """The text of an uploaded file: 1 byte to `at_most` bytes of UTF-8 (a leading byte-order mark dropped), with
+    no NUL character. BadInput names the line where it goes wrong, so a merchant can find it."""
+    if not data:
+        raise BadInput(f"line 1: {what} is empty.")
+    if len(data) > at_most:
+        raise BadInput(f"line {line_of(data, at_most)}: {what} is larger than {at_most} bytes; split it up.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"line {line_of(data, exc.start)}: {what} is not UTF-8 text (byte {exc.start} "
+                       f"cannot be decoded); save it as UTF-8.") from None
+    text = text.removeprefix("\ufeff")
+    if "\x00" in text:
+        raise BadInput(f"line {line_of(text, text.index(chr(0)))}: {what} holds a NUL character.")
+    if not text.strip():
+        raise BadInput(f"line 1: {what} holds nothing but blank space.")
+    return text
+
+
+def text_lines(text: str, what: str, max_lines: int, max_line_chars: int) -> list[str]:
+    """`text` cut into lines at "\\n" only (a JSON string may hold U+2028, which `str.splitlines` would cut at),
+    "\\r\\n" endings taken off; BadInput names the first line past `max_lines` or longer than `max_line_chars`."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) > max_lines:
+        raise BadInput(f"line {max_lines + 1}: {what} has more than {max_lines} lines; split it up.")
+    lines = [line.removesuffix("\r") for line in lines]
+    for number, line in enumerate(lines, 1):
+        if len(line) > max_line_chars:
+            raise BadInput(f"line {number}: longer than {max_line_chars} characters.")
+    return lines

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 
 from .inputs import BadInput, shopify_id
-from .models import MerchandisingRule, Product, RecommendationRating, Shop, db
+from .models import MerchandisingRule, Product, RecommendationRating, Shop, db, locked_shop
 
 RULE_KINDS = ("pin", "exclude", "exclude_type", "exclude_pair")
 MAX_RULES = 2000
@@ -85,6 +85,7 @@ def add_rule(shop: Shop, body: object) -> MerchandisingRule:
             rule.other_id = _product(shop, body.get("other_id"), "other_id")
             if rule.other_id == rule.product_id:
                 raise BadInput("A product cannot be paired with itself.")
+    locked_shop(shop.id)  # the same rule sent twice at once is kept once, and the caps hold
     rules = list_rules(shop)
     existing = [r for r in rules if (r.kind, r.product_id, r.other_id, r.product_type)
                 == (rule.kind, rule.product_id, rule.other_id, rule.product_type)]
@@ -118,6 +119,7 @@ def rate(shop: Shop, body: object, model_version: int) -> RecommendationRating:
     viewed = _product(shop, body.get("viewed_product_id"), "viewed_product_id")
     product = _product(shop, body.get("product_id"), "product_id")
     source = body.get("source") if isinstance(body.get("source"), str) else ""
+    locked_shop(shop.id)  # two ratings of one pair at once: one row, the later rating
     row = db.session.scalar(select(RecommendationRating).where(
         RecommendationRating.shop_id == shop.id, RecommendationRating.viewed_product_id == viewed,
         RecommendationRating.product_id == product, RecommendationRating.model_version == model_version))

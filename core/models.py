@@ -7,6 +7,9 @@ and a webhook can address a row directly. Customers are kept only as opaque ids.
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -26,9 +29,12 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    and_,
     event,
+    true,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -60,6 +66,30 @@ def _sqlite_pragmas(dbapi_connection, _record):
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.close()
+
+
+def locked_shop(shop_id: int) -> Shop | None:
+    """The shop's row, locked until this transaction ends: the one lock every read-modify-write of a shop's
+    shared rows takes first (settings, rules, ratings, a conversation, starting a job), so whatever it reads
+    after this is current and nobody else writes it meanwhile. Postgres locks the row (FOR UPDATE); SQLite
+    ignores FOR UPDATE, so there the transaction begins by taking the database's one write lock (BEGIN
+    IMMEDIATE; the driver opens a transaction only before a write, so an open one already holds that lock)."""
+    connection = db.session.connection()
+    if connection.dialect.name == "sqlite" and not connection.connection.driver_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    return db.session.get(Shop, shop_id, with_for_update=True, populate_existing=True)
+
+
+@contextmanager
+def shop_lock(shop_id: int) -> Iterator[Shop | None]:
+    """`locked_shop` for a block: committed at its end (the lock goes with it), rolled back on any exception
+    (a refusal included)."""
+    try:
+        yield locked_shop(shop_id)
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        raise
 
 
 class Timestamp(TypeDecorator):
@@ -101,6 +131,10 @@ class Shop(db.Model):
     schedule: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     # The A/B holdout (the share of visitors shown co-purchase instead): `core.experiment.settings`.
     experiment: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
+    # Moves whenever the shop's cached storefront replies go stale: `core.recommendations.forget_replies`. It
+    # starts at the creation time (µs), so a shop created again under a reused id never meets old replies.
+    reply_generation: Mapped[int] = mapped_column(BigInteger, default=lambda: time.time_ns() // 1000,
+                                                  server_default="0")
     installed_at: Mapped[datetime | None] = mapped_column(Timestamp())
     uninstalled_at: Mapped[datetime | None] = mapped_column(Timestamp())
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
@@ -112,6 +146,7 @@ class Shop(db.Model):
 
 class Product(db.Model):
     __tablename__ = "products"
+    __table_args__ = (Index("ix_products_storefront", "shop_id", "status", "published"),)
 
     shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), primary_key=True)
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
@@ -122,6 +157,9 @@ class Product(db.Model):
     vendor: Mapped[str] = mapped_column(String(255), default="")
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), default="ACTIVE")
+    # Published to the Online Store sales channel: a sync reads GraphQL `onlineStoreUrl` (null when not published
+    # there), a products/create|update webhook its REST `published_at` (null when not). See `on_storefront`.
+    published: Mapped[bool] = mapped_column(default=True, server_default=true())
     online_store_url: Mapped[str | None] = mapped_column(Text)
     image_url: Mapped[str | None] = mapped_column(Text)
     image_alt: Mapped[str | None] = mapped_column(Text)
@@ -135,6 +173,20 @@ class Product(db.Model):
     variants: Mapped[list[Variant]] = relationship(
         back_populates="product", cascade="all, delete-orphan", passive_deletes=True
     )
+
+    @hybrid_property
+    def on_storefront(self) -> bool:
+        """Whether shoppers can see the product at all: ACTIVE and published to the Online Store sales channel.
+        The one definition every storefront surface (the block, quick add, the chat, the admin's preview) and
+        everything that learns or scores what they offer (datasets, the gate, evaluation) reads; on top of it a
+        product is sellable with a variant in stock (`core.recommendations.load_shelf`). Also a SQL expression:
+        `select(Product).where(Product.on_storefront)`."""
+        return self.status == "ACTIVE" and bool(self.published)
+
+    @on_storefront.inplace.expression
+    @classmethod
+    def _on_storefront_expression(cls):
+        return and_(cls.status == "ACTIVE", cls.published)
 
 
 class Variant(db.Model):

@@ -4,7 +4,8 @@ The blended retrieval (EASE, co-purchase, semantics) ranks the sellable products
 re-ranks and explains the top CANDIDATES under a constraint that admits only their titles; its names are
 matched back to those candidates (exact, fuzzy, embedding) and the ranking fills the rest. The storefront,
 the deploy gate and offline evaluation all call `rerank`, so the gate scores exactly what shoppers get.
-Whatever the model does, the answer holds only real, active, in-stock catalog products."""
+Whatever the model does, the answer holds only real, in-stock catalog products that shoppers can see (active and
+published to the Online Store: `Product.on_storefront`)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from flask import current_app
-from sqlalchemy import select
+from cachetools import LRUCache
+from flask import current_app, has_request_context
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import cache, embeddings
 from .claims import stems
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 INDEX_TTL_SECONDS = 600
 PRECOMPUTE_BUDGET_SECONDS = 20.0  # nobody waits on a precompute: let the model finish
 SHELF_TTL_SECONDS = 30
+GENERATION_TTL_SECONDS = 2.0  # how late another process's bump of the reply generation may be seen
 _indexes: dict[int, tuple[float, Blend]] = {}
 _rebuilding: set[int] = set()  # shops whose index a background thread is rebuilding
 _shelves: dict[int, tuple[str, float, Shelf]] = {}
@@ -52,7 +56,7 @@ class Offer:
 
 @dataclass
 class Shelf:
-    """What can be recommended right now: the active catalog (what the model reads), the sellable products by
+    """What can be recommended right now: the storefront catalog (what the model reads), the sellable products by
     department (what may be shown), and the retrieval that ranks them. Loaded once a request, a precompute or
     a gate run."""
     catalog: dict[Hashable, Item]
@@ -80,15 +84,18 @@ def load_shelf(shop: Shop, baskets: list[Basket] | None = None) -> Shelf:
     orders (remembered a few minutes), or from `baskets` when given (the deploy gate passes the training period
     only). Stored product embeddings stand in for the encoder."""
     products = db.session.execute(select(
-        Product.id, Product.title, Product.product_type, Product.description, Product.status, Product.handle,
-        Product.online_store_url, Product.image_url, Product.embedding_sha).where(Product.shop_id == shop.id)).all()
+        Product.id, Product.title, Product.product_type, Product.description,
+        Product.on_storefront.label("on_storefront"), Product.handle, Product.online_store_url, Product.image_url,
+        Product.embedding_sha).where(Product.shop_id == shop.id)).all()
     in_stock = Variant.available_for_sale & (Variant.inventory_quantity > 0)
     first_in_stock: dict[int, tuple[int, object]] = {}  # product → (variant, price): what quick add adds
     for product, variant, price in db.session.execute(
             select(Variant.product_id, Variant.id, Variant.price).where(Variant.shop_id == shop.id, in_stock)
             .order_by(Variant.product_id, Variant.id)):
         first_in_stock.setdefault(product, (variant, price))
-    catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products if p.status == "ACTIVE"}
+    # Only what shoppers can see (active and published to the Online Store); of that, what has a variant in
+    # stock is sellable (`offers`).
+    catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products if p.on_storefront}
     texts = {p.id: embeddings.product_text(p.title, p.product_type, p.description) for p in products}
     stored = [p.id for p in products if p.id in catalog and not embeddings.is_remembered(texts[p.id])
               and p.embedding_sha == embeddings.text_sha(texts[p.id])]
@@ -107,8 +114,8 @@ def load_shelf(shop: Shop, baskets: list[Basket] | None = None) -> Shelf:
 
 def shelf_for(shop: Shop) -> Shelf:
     """The shop's shelf for a storefront request, reused by this process while the catalog has not changed
-    (a product webhook moves the shop's cache generation) and for at most SHELF_TTL_SECONDS (stock)."""
-    generation = cache.store().get(f"generation:{shop.id}") or "0"
+    (a product webhook moves the shop's reply generation) and for at most SHELF_TTL_SECONDS (stock)."""
+    generation = reply_generation(shop.id)
     kept = _shelves.get(shop.id)
     if kept is None or kept[0] != generation or time.monotonic() - kept[1] > SHELF_TTL_SECONDS:
         kept = (generation, time.monotonic(), load_shelf(shop))
@@ -224,6 +231,15 @@ def live_model(shop: Shop) -> ModelVersion | None:
         ModelVersion.shop_id == shop.id, ModelVersion.status == "deployed")).first()
 
 
+def within_model_budget(shop_id: int) -> bool:
+    """Whether a shopper's request may call the shop's model now: at most MODEL_CALLS_PER_SHOP a minute over
+    every web process, so one shop's storm cannot take the model host from the others. A job's own calls
+    (precompute, the gate) are outside any request and never counted."""
+    if not has_request_context():
+        return True
+    return cache.over_limit("model", str(shop_id), current_app.config["MODEL_CALLS_PER_SHOP"]) is None
+
+
 def storefront_chat(model: ModelVersion, budget: float) -> Chat:
     """The live model on the configured host, each answer within `budget` seconds."""
     host = host_for(current_app)
@@ -263,6 +279,8 @@ def served_list(shop: Shop, shelf: Shelf, viewing: Hashable, cart: list[Hashable
     try:
         if model is None:
             raise ModelUnavailable("no model deployed")
+        if not within_model_budget(shop.id):
+            raise ModelUnavailable("the shop's model calls for this minute are spent")
         chat = storefront_chat(model, budget or current_app.config["MODEL_BUDGET_SECONDS"])
         result = rerank(chat, shelf, viewing, cart, limit, RECOMMEND_SYSTEM.format(shop=shop.domain), intent,
                         history)
@@ -350,16 +368,37 @@ def as_json(offer: Offer, reason: str) -> dict:
 
 def cache_key(shop_id: int, product_id: int, cart: list[int], limit: int, arm: str = "served",
               intent: str = "complementary", customer: str = "") -> str:
-    """A reply's key; a customer with a history gets their own (`customer`), everybody else shares it."""
-    generation = cache.store().get(f"generation:{shop_id}") or "0"
-    return (f"rec:{shop_id}:{generation}:{arm}:{intent}:{product_id}:{','.join(map(str, sorted(set(cart))))}"
-            f":{limit}" + (f":customer:{customer}" if customer else ""))
+    """A reply's key, which carries the reply generation it is built at, so a reply from before the generation
+    moved is never found again. A customer with a history gets their own (`customer`); everybody else shares."""
+    return (f"rec:{shop_id}:{reply_generation(shop_id)}:{arm}:{intent}:{product_id}:"
+            f"{','.join(map(str, sorted(set(cart))))}:{limit}" + (f":customer:{customer}" if customer else ""))
+
+
+def reply_generation(shop_id: int) -> int:
+    """The shop's reply generation as the database has it, read again by this process at most every
+    GENERATION_TTL_SECONDS. The database, not the cache, holds it: a bump made while Redis was away still
+    reaches every process. While the database is away nothing can bump it, so the last value read stands."""
+    known = current_app.extensions.setdefault("pairwell_reply_generations", LRUCache(maxsize=10_000))
+    value, read_at = known.get(shop_id, (None, 0.0))
+    if value is None or time.monotonic() - read_at > GENERATION_TTL_SECONDS:
+        try:
+            value = db.session.scalar(select(Shop.reply_generation).where(Shop.id == shop_id)) or 0
+        except SQLAlchemyError:
+            db.session.rollback()
+            if value is None:
+                raise
+        known[shop_id] = (value, time.monotonic())
+    return value
 
 
 def forget_replies(shop_id: int) -> None:
-    """Forget every cached reply of the shop (a merchant's rule or rating): new keys, old ones expire, and each
-    process reloads the shelf, which brings the rules, on its next request. The retrieval index stays."""
-    cache.store().set(f"generation:{shop_id}", str(time.time_ns()), 30 * 86400)
+    """Forget every cached reply of the shop (a rule, a rating, a catalog change, a deploy, a redaction): the
+    generation moves in one atomic update (committed), so every process's keys change, and each reloads the
+    shelf, which brings the rules, on its next request. The retrieval index stays."""
+    db.session.execute(update(Shop).where(Shop.id == shop_id)
+                       .values(reply_generation=Shop.reply_generation + 1))
+    db.session.commit()
+    current_app.extensions.get("pairwell_reply_generations", {}).pop(shop_id, None)
 
 
 def invalidate(shop_id: int) -> None:
@@ -397,12 +436,12 @@ def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget:
 
 
 def precompute(shop: Shop, limit: int = 4, budget_seconds: float | None = None) -> dict:
-    """Every active product's empty-cart block, best-sellers first, so storefront requests hit the cache.
+    """Every storefront product's empty-cart block, best-sellers first, so storefront requests hit the cache.
     With a budget, what is left is computed on its first request instead."""
     started = time.monotonic()
     shelf = load_shelf(shop)
     products = {p.id: p for p in db.session.scalars(
-        select(Product).where(Product.shop_id == shop.id, Product.status == "ACTIVE"))}
+        select(Product).where(Product.shop_id == shop.id, Product.on_storefront))}
     popularity = shelf.retrieval.copurchase.items
     counts: dict[str, int] = {}
     for product_id in sorted(products, key=lambda p: (-popularity[p], p)):

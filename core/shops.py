@@ -7,9 +7,10 @@ from datetime import datetime, timedelta, timezone
 from cryptography.fernet import Fernet
 from flask import current_app
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from . import shopify_api
-from .models import Shop, db, utcnow
+from .models import Shop, db, shop_lock, utcnow
 from .shopify_api import AdminClient, ShopifyError, TokenGrant
 
 REFRESH_MARGIN = timedelta(minutes=5)
@@ -48,13 +49,17 @@ def store_grant(shop: Shop, grant: TokenGrant) -> None:
 
 def install(domain: str, grant: TokenGrant) -> Shop:
     """Record a (re)install. A shop that had uninstalled starts over with a fresh install time."""
-    shop = get_shop(domain) or Shop(domain=domain)
-    if shop.uninstalled_at is not None or shop.installed_at is None:
-        shop.installed_at = utcnow()
-        shop.uninstalled_at = None
-    store_grant(shop, grant)
-    db.session.add(shop)
-    db.session.commit()
+    if get_shop(domain) is None:
+        try:  # two first loads at once: one inserts, the other finds its row
+            db.session.add(Shop(domain=domain))
+            db.session.commit()
+        except IntegrityError:
+            db.session.rollback()
+    with shop_lock(get_shop(domain).id) as shop:
+        if shop.uninstalled_at is not None or shop.installed_at is None:
+            shop.installed_at = utcnow()
+            shop.uninstalled_at = None
+        store_grant(shop, grant)
     return shop
 
 
@@ -74,15 +79,23 @@ def access_token(shop: Shop, now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     if not shop.access_token_encrypted:
         raise ShopifyError(f"{shop.domain} has no access token (not installed)", status=401)
-    expires_at = shop.access_token_expires_at
-    if expires_at is not None and expires_at - REFRESH_MARGIN <= now:
-        if not shop.refresh_token_encrypted or (shop.refresh_token_expires_at or now) <= now:
-            raise ShopifyError(f"{shop.domain}: access token expired and cannot be refreshed", status=401)
-        grant = shopify_api.refresh_access_token(shop.domain, decrypt(shop.refresh_token_encrypted),
-                                                 **app_credentials())
-        store_grant(shop, grant)
-        db.session.commit()
+    if _expiring(shop, now):
+        # A refresh retires the refresh token it used: under the shop's lock, only the first of two processes
+        # refreshes, and the second reads the token the first stored.
+        with shop_lock(shop.id):
+            if _expiring(shop, now):
+                if not shop.refresh_token_encrypted or (shop.refresh_token_expires_at or now) <= now:
+                    raise ShopifyError(f"{shop.domain}: access token expired and cannot be refreshed", status=401)
+                grant = shopify_api.refresh_access_token(shop.domain, decrypt(shop.refresh_token_encrypted),
+                                                         **app_credentials())
+                store_grant(shop, grant)
+    if not shop.access_token_encrypted:
+        raise ShopifyError(f"{shop.domain} has no access token (not installed)", status=401)
     return decrypt(shop.access_token_encrypted)
+
+
+def _expiring(shop: Shop, now: datetime) -> bool:
+    return shop.access_token_expires_at is not None and shop.access_token_expires_at - REFRESH_MARGIN <= now
 
 
 def admin_client(shop: Shop, **kwargs) -> AdminClient:

@@ -141,6 +141,17 @@ class SampleProduct:
     updated_at: datetime
     variants: list[SampleVariant]
     variant_axis: str
+    published: bool = True  # on the Online Store sales channel (its status may still be ACTIVE when it is not)
+
+    @property
+    def published_at(self) -> datetime | None:
+        """REST `published_at`: when it went on the Online Store; None while it is not published there."""
+        return self.created_at if self.published else None
+
+    @property
+    def on_storefront(self) -> bool:
+        """Whether shoppers can reach it: ACTIVE and published to the Online Store."""
+        return self.status == "ACTIVE" and self.published
 
     @property
     def total_inventory(self) -> int:

@@ -51,7 +51,8 @@ def product_jsonl(product: SampleProduct, shop: str) -> list[dict]:
         "id": parent, "handle": product.handle, "title": product.title, "description": product.description,
         "productType": product.product_type, "vendor": product.vendor, "tags": product.tags,
         "status": product.status,
-        "onlineStoreUrl": f"https://{shop}/products/{product.handle}" if product.status == "ACTIVE" else None,
+        # Null unless shoppers can reach it: active and published to the Online Store sales channel.
+        "onlineStoreUrl": f"https://{shop}/products/{product.handle}" if product.on_storefront else None,
         "totalInventory": product.total_inventory, "updatedAt": _iso(product.updated_at),
         "featuredMedia": {"image": {"url": product.image_url, "altText": product.title}},
     }]
@@ -88,7 +89,8 @@ def product_webhook_payload(product: SampleProduct) -> dict:
         "title": product.title, "body_html": f"<p>{product.description}</p>", "vendor": product.vendor,
         "product_type": product.product_type, "handle": product.handle,
         "created_at": _iso(product.created_at), "updated_at": _iso(product.updated_at),
-        "published_at": _iso(product.created_at), "template_suffix": None, "published_scope": "web",
+        "published_at": _iso(product.published_at) if product.published_at else None,  # null: off the Online Store
+        "template_suffix": None, "published_scope": "web",
         "status": product.status.lower(), "tags": ", ".join(product.tags),
         "variants": [{
             "admin_graphql_api_id": _gid("ProductVariant", v.id), "id": v.id, "product_id": product.id,
@@ -226,14 +228,20 @@ class SampleShopify(LoopbackServer):
 
     # what the Shopify admin and platform do
     def session_token(self, *, shop: str | None = None, lifetime: int = 60, secret: str | None = None,
-                      audience: str | None = None, issued_at: float | None = None) -> str:
-        """An App Bridge session token, as the admin hands it to the embedded app."""
+                      audience: str | None = None, issued_at: float | None = None, claims: dict | None = None,
+                      drop: tuple[str, ...] = (), algorithm: str = "HS256") -> str:
+        """An App Bridge session token, as the admin hands it to the embedded app. For tests of the app's checks:
+        `claims` adds or replaces claims, `drop` leaves claims out, `algorithm` signs otherwise ("none": unsigned)."""
         shop = shop or self.shop
         iat = int(issued_at if issued_at is not None else time.time())
-        claims = {"iss": f"https://{shop}/admin", "dest": f"https://{shop}", "aud": audience or self.api_key,
-                  "sub": "42", "exp": iat + lifetime, "nbf": iat, "iat": iat, "jti": str(uuid.uuid4()),
-                  "sid": secrets.token_hex(16)}
-        return jwt.encode(claims, secret or self.api_secret, algorithm="HS256")
+        payload = {"iss": f"https://{shop}/admin", "dest": f"https://{shop}", "aud": audience or self.api_key,
+                   "sub": "42", "exp": iat + lifetime, "nbf": iat, "iat": iat, "jti": str(uuid.uuid4()),
+                   "sid": secrets.token_hex(16), **(claims or {})}
+        for name in drop:
+            payload.pop(name, None)
+        key = None if algorithm == "none" else secret or self.api_secret
+        body = json.dumps(payload, separators=(",", ":")).encode()  # as jwt.encode, minus its checks of iss & co.
+        return jwt.api_jws.encode(body, key, algorithm=algorithm, headers={"typ": "JWT"})
 
     def authorization_code(self) -> str:
         code = secrets.token_hex(16)
@@ -270,6 +278,37 @@ class SampleShopify(LoopbackServer):
             "X-Shopify-API-Version": API_VERSION,
         }
         return body, headers
+
+    def update_product(self, product_id: int, *, published: bool | None = None, status: str | None = None,
+                       inventory: int | None = None, send: bool = False) -> dict:
+        """A merchant's edit in the Shopify admin: take the product off the Online Store sales channel or put it
+        back (`published`; its status stays as it is), set its status (ACTIVE, DRAFT, ARCHIVED), or set every
+        variant's stock (`inventory`). Shopify moves `updated_at` and sends products/update: this returns that
+        body (REST shape, `published_at` null while unpublished) and, with `send`, delivers it to `app_url`.
+        The next bulk query shows the change as well (`onlineStoreUrl` null unless active and published)."""
+        product = self.store.product(product_id)
+        if published is not None:
+            product.published = published
+        if status is not None:
+            if status not in ("ACTIVE", "DRAFT", "ARCHIVED"):
+                raise ValueError(f"a product's status is ACTIVE, DRAFT or ARCHIVED, not {status!r}")
+            product.status = status
+        if inventory is not None:
+            for variant in product.variants:
+                variant.inventory_quantity = inventory
+        product.updated_at += timedelta(seconds=1)
+        payload = product_webhook_payload(product)
+        if send:
+            self.send_webhook("products/update", payload)
+        return payload
+
+    def unpublish(self, product_id: int, *, send: bool = False) -> dict:
+        """The merchant takes the product off the Online Store (it stays ACTIVE): see `update_product`."""
+        return self.update_product(product_id, published=False, send=send)
+
+    def publish(self, product_id: int, *, send: bool = False) -> dict:
+        """The merchant puts the product back on the Online Store: see `update_product`."""
+        return self.update_product(product_id, published=True, send=send)
 
     def send_webhook(self, topic: str, payload: dict | bytes, **kwargs) -> requests.Response:
         body, headers = self.signed_webhook(topic, payload, **kwargs)

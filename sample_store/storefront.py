@@ -142,7 +142,8 @@ def product_json(product: SampleProduct, root: str, currency: str = SHOP_CURRENC
     prices = [v["price"] for v in variants]
     return {"id": product.id, "title": product.title, "handle": product.handle,
             "description": f"<p>{html.escape(product.description)}</p>",
-            "published_at": product.created_at.isoformat(), "created_at": product.created_at.isoformat(),
+            "published_at": product.published_at.isoformat() if product.published_at else None,
+            "created_at": product.created_at.isoformat(),
             "vendor": product.vendor, "type": product.product_type, "tags": product.tags,
             "price": min(prices), "price_min": min(prices), "price_max": max(prices),
             "available": any(v["available"] for v in variants), "price_varies": min(prices) != max(prices),
@@ -206,7 +207,7 @@ class StorefrontPreview(LoopbackServer):
 
     # the catalog as the storefront sees it
     def _active(self, handle: str) -> SampleProduct:
-        product = next((p for p in self.store.products if p.handle == handle and p.status == "ACTIVE"), None)
+        product = next((p for p in self.store.products if p.handle == handle and p.on_storefront), None)
         if product is None:
             abort(404)
         return product
@@ -214,7 +215,7 @@ class StorefrontPreview(LoopbackServer):
     def _variant(self, variant_id) -> tuple[SampleProduct, SampleVariant] | None:
         for product in self.store.products:
             for variant in product.variants:
-                if str(variant.id) == str(variant_id) and product.status == "ACTIVE":
+                if str(variant.id) == str(variant_id) and product.on_storefront:
                     return product, variant
         return None
 
@@ -340,7 +341,7 @@ class StorefrontPreview(LoopbackServer):
 
     def _index(self, locale: str | None):
         base = f"/{locale}" if locale else ""
-        products = [p for p in self.store.products if p.status == "ACTIVE"]
+        products = [p for p in self.store.products if p.on_storefront]
         body = render_template_string(INDEX, products=products, base=base, money=self._money,
                                       price=lambda p: cents(p.variants[0].price, self.currency()))
         return self._page("Catalog", body, locale)

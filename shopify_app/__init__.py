@@ -6,13 +6,14 @@ from flask import Flask, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from core import config
+from core import config, logs
 from core.models import db
 from core.recommendations import readiness
 from core.signatures import is_valid_shop_domain
 
 
 def create_app(test_config: dict | None = None) -> Flask:
+    logs.install()
     app = Flask(__name__, template_folder=str(config.ROOT / "templates"), instance_path=str(config.INSTANCE_DIR))
     app.config.from_mapping(config.from_env(), MAX_CONTENT_LENGTH=8 * 1024 * 1024,
                             SESSION_COOKIE_SAMESITE="Lax")

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from core import assistant, experiment, merchandising, recommendations, schedule, shops
 from core.inputs import BadInput, load_json, shopify_id, whole_number
-from core.models import ModelVersion, Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db
+from core.models import ModelVersion, Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db, shop_lock
 from worker.tasks import (
     PipelineError,
     add_conversations,
@@ -57,8 +57,8 @@ def update_settings(shop, column: str, kind) -> None:
         changes = kind.validate_settings(load_json(request.get_data(), f"the {column} settings", max_depth=4))
     except BadInput as exc:
         abort(400, str(exc))
-    setattr(shop, column, {**kind.settings(shop), **changes})
-    db.session.commit()
+    with shop_lock(shop.id):  # merged over what is stored now, not what this request read
+        setattr(shop, column, {**kind.settings(shop), **changes})
 
 
 def query_number(name: str, default: int, low: int, high: int) -> int:
@@ -109,9 +109,9 @@ def update_policies():
     unknown = sorted(set(body) - set(POLICY_KINDS))
     if unknown:
         abort(400, f"Unknown policy kinds {unknown}; expected some of {list(POLICY_KINDS)}.")
-    policies = {**(shop.policies or {}), **{k: v.strip() for k, v in body.items()}}
-    shop.policies = {k: v for k, v in policies.items() if v}
-    db.session.commit()
+    with shop_lock(shop.id):  # merged over what is stored now, not what this request read
+        policies = {**(shop.policies or {}), **{k: v.strip() for k, v in body.items()}}
+        shop.policies = {k: v for k, v in policies.items() if v}
     return {"policies": shop.policies}
 
 
@@ -157,11 +157,12 @@ def sync_runs():
 def start_sync():
     """Sync now: refused while a sync is queued or running."""
     shop = _current_shop()
-    busy = db.session.scalar(select(SyncRun).where(SyncRun.shop_id == shop.id,
-                                                   SyncRun.status.in_(("queued", "running"))))
-    if busy is not None:
-        abort(409, f"Sync run #{busy.id} is {busy.status}; wait for it to finish.")
-    return sync_run_json(enqueue_full_sync(shop, background=True)), 202
+    with shop_lock(shop.id):  # two clicks at once start one sync
+        busy = db.session.scalar(select(SyncRun).where(SyncRun.shop_id == shop.id,
+                                                       SyncRun.status.in_(("queued", "running"))))
+        if busy is not None:
+            abort(409, f"Sync run #{busy.id} is {busy.status}; wait for it to finish.")
+        return sync_run_json(enqueue_full_sync(shop, background=True)), 202
 
 
 # --- Training and model versions ------------------------------------------------------------------------
@@ -185,7 +186,10 @@ def start_training():
         if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 1 <= minutes <= 24 * 60:
             abort(400, "minutes must be a number from 1 to 1440.")
         hyperparameters["time_budget_seconds"] = float(minutes) * 60
-    return training_run_json(enqueue_pipeline(shop, hyperparameters=hyperparameters, background=True)), 202
+    try:  # the run in progress may have started since the check above
+        return training_run_json(enqueue_pipeline(shop, hyperparameters=hyperparameters, background=True)), 202
+    except PipelineError as exc:
+        abort(409, str(exc))
 
 
 def model_json(model: ModelVersion, relevance: dict[int, dict]) -> dict:
@@ -258,11 +262,12 @@ def start_evaluation(kind: str):
     """Evaluate now: every recommender and the live model on the shop's newest orders, one product hidden each;
     or the assistant on its held-out questions from the shop's catalog, policies and orders."""
     shop = _current_shop()
-    if evaluation_running(shop, kind):
-        abort(409, "This evaluation is running; wait for it to finish.")
     if not db.session.scalar(select(func.count()).select_from(Order).where(Order.shop_id == shop.id)):
         abort(409, "There are no orders to evaluate on yet: sync the store first.")
-    return enqueue_evaluation(shop, kind), 202
+    with shop_lock(shop.id):  # two clicks at once start one report
+        if evaluation_running(shop, kind):
+            abort(409, "This evaluation is running; wait for it to finish.")
+        return enqueue_evaluation(shop, kind), 202
 
 
 @bp.post("/models/rollback")
@@ -282,10 +287,13 @@ def products():
     """Products whose title holds `q` (all when empty), for the pickers."""
     shop = _current_shop()
     query = request.args.get("q", "").strip()[:100]
-    rows = db.session.execute(select(Product.id, Product.title, Product.product_type, Product.status).where(
+    rows = db.session.execute(select(
+        Product.id, Product.title, Product.product_type, Product.status, Product.published).where(
         Product.shop_id == shop.id, Product.title.icontains(query, autoescape=True) if query else True)
         .order_by(Product.title).limit(query_number("limit", 50, 1, 1000)))
-    return {"products": [{"id": i, "title": t, "product_type": k, "status": st} for i, t, k, st in rows],
+    # `published`: on the Online Store sales channel (only an ACTIVE, published product is ever recommended)
+    return {"products": [{"id": i, "title": t, "product_type": k, "status": st, "published": pub}
+                         for i, t, k, st, pub in rows],
             "product_types": sorted(set(db.session.scalars(select(Product.product_type).where(
                 Product.shop_id == shop.id, Product.product_type != "")).all()))}
 
@@ -405,10 +413,15 @@ def update_assistant_settings():
 @bp.post("/conversations/import")
 def import_conversations():
     """Past support conversations for training (`?format=csv`: question,answer[,strategy]; `jsonl`: one
-    {"messages": [...]} a line), as `pairwell dataset --conversations` takes them."""
+    {"messages": [...]} a line), as `pairwell dataset --conversations` takes them. The file is checked whole
+    against one schema (worker/datasets.py `conversation_records`: types, sizes, nesting, lines, encoding): it is
+    kept, or refused with a 400 naming the line and the reason, and nothing of it is kept."""
     shop = _current_shop()
+    kind = request.args.get("format", "csv")
+    if kind not in ("csv", "jsonl"):  # before reading the body
+        abort(400, "format must be csv or jsonl.")
     try:
-        examples = add_conversations(shop, request.get_data(), request.args.get("format", "csv"))
+        examples = add_conversations(shop, request.get_data(cache=False), kind)
     except BadInput as exc:
         abort(400, str(exc))
     return {"examples": examples}, 201

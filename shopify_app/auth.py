@@ -8,8 +8,8 @@ import secrets
 import time
 from urllib.parse import urlencode, urlparse
 
+import jwt
 from flask import Blueprint, abort, current_app, g, redirect, request, session
-from shopify import session_token
 
 from core import shopify_api, shops
 from core.inputs import BadInput, whole_number
@@ -21,6 +21,13 @@ bp = Blueprint("auth", __name__)
 
 OAUTH_MAX_AGE_SECONDS = 24 * 3600
 
+# App Bridge session tokens (docs/notes-session-tokens.md): Shopify's documented payload, every claim required.
+SESSION_TOKEN_ALGORITHM = "HS256"
+SESSION_TOKEN_CLAIMS = ("iss", "dest", "aud", "sub", "exp", "nbf", "iat", "jti", "sid")
+SESSION_TOKEN_TEXT_CLAIMS = ("iss", "dest", "aud", "sub", "jti", "sid")
+SESSION_TOKEN_TIME_CLAIMS = ("exp", "nbf", "iat")
+SESSION_TOKEN_LEEWAY_SECONDS = 10  # clock skew allowed on exp, nbf and iat (Shopify's own libraries allow 10 s)
+
 
 def _bearer_token() -> str | None:
     header = request.headers.get("Authorization", "")
@@ -29,12 +36,39 @@ def _bearer_token() -> str | None:
     return request.args.get("id_token") if request.endpoint == "auth.embedded_entry" else None
 
 
+def _session_token_claims(token: str) -> dict:
+    """The verified claims, or `jwt.InvalidTokenError` saying what is wrong. Signature, algorithm, audience, the
+    presence of every claim and the times are PyJWT's; the shapes and the shop are checked after it."""
+    try:
+        claims = jwt.decode(
+            token, current_app.config["SHOPIFY_API_SECRET"], algorithms=[SESSION_TOKEN_ALGORITHM],
+            audience=current_app.config["SHOPIFY_API_KEY"], leeway=SESSION_TOKEN_LEEWAY_SECONDS,
+            options={"require": list(SESSION_TOKEN_CLAIMS), "verify_signature": True, "verify_exp": True,
+                     "verify_nbf": True, "verify_iat": True, "verify_aud": True, "strict_aud": True})
+    except (TypeError, ValueError, OverflowError) as exc:  # a claim PyJWT could not even compare (inf, a list…)
+        raise jwt.InvalidTokenError(f"malformed claims ({type(exc).__name__})") from exc
+    for name in SESSION_TOKEN_TEXT_CLAIMS:
+        if not isinstance(claims[name], str) or not claims[name]:
+            raise jwt.InvalidTokenError(f"the {name} claim must be a non-empty string")
+    for name in SESSION_TOKEN_TIME_CLAIMS:
+        if type(claims[name]) is not int:  # NumericDate in whole seconds; not a bool, a float or a numeric string
+            raise jwt.InvalidTokenError(f"the {name} claim must be a whole number of seconds")
+    # PyJWT 2.15 refuses a future iat itself (verify_iat); pyproject admits older PyJWTs, so the rule is also here.
+    if claims["iat"] > time.time() + SESSION_TOKEN_LEEWAY_SECONDS:
+        raise jwt.ImmatureSignatureError("The token is not yet valid (iat)")
+    shop = claims["dest"].removeprefix("https://")
+    if claims["dest"] != f"https://{shop}" or not is_valid_shop_domain(shop):
+        raise jwt.InvalidTokenError("dest must be https://<shop>.myshopify.com")
+    if claims["iss"] != f"https://{shop}/admin":
+        raise jwt.InvalidIssuerError("iss must be the admin of the dest shop (https://<shop>.myshopify.com/admin)")
+    return claims
+
+
 def verify_session_token(token: str) -> dict:
     """Claims of a valid App Bridge session token, or 401."""
     try:
-        return session_token.decode_from_header(
-            f"Bearer {token}", current_app.config["SHOPIFY_API_KEY"], current_app.config["SHOPIFY_API_SECRET"])
-    except session_token.SessionTokenError as exc:
+        return _session_token_claims(token)
+    except jwt.InvalidTokenError as exc:
         abort(401, f"Invalid session token: {exc}")
 
 

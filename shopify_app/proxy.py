@@ -171,9 +171,13 @@ def support_chat():
         cart = [shopify_id(str(c), "cart") for c in cart]
     except BadInput as exc:
         abort(400, str(exc))
-    wait = cache.over_limit("chat", f"{g.shop_id}:{session_id}", assistant.MESSAGES_PER_MINUTE)
-    if wait is not None:
-        return too_many_requests(f"Over {assistant.MESSAGES_PER_MINUTE} messages a minute; wait a moment.", wait)
+    # Counted per shopper and per shop, never per session: the shopper picks the session id.
+    config = current_app.config
+    for scope, identity, limit in (("chat", f"{g.shop_id}:{shopper_identity()}", config["CHAT_LIMIT_PER_SHOPPER"]),
+                                   ("chat-shop", str(g.shop_id), config["CHAT_LIMIT_PER_SHOP"])):
+        wait = cache.over_limit(scope, identity, limit)
+        if wait is not None:
+            return too_many_requests(f"Over {limit} messages a minute; wait a moment.", wait)
     shop = db.session.get(Shop, g.shop_id)  # a database that is away: the app's 503 (shopify_app/__init__.py)
     if not assistant.settings(shop)["enabled"]:
         abort(403, "The store's assistant is switched off.")

@@ -285,12 +285,55 @@ def test_malformed_bodies_are_400(client, shop, raw):
     assert response.status_code == 400 and response.json["message"]
 
 
-def test_more_than_30_messages_a_minute_is_429(client, shop):
-    for _ in range(assistant.MESSAGES_PER_MINUTE):
-        ask(client, shop, "hi")
-    response = client.post(chat_url(shop.domain), json={"session_id": SESSION, "message": "hi"})
+def test_more_than_30_messages_a_minute_from_one_shopper_is_429_whatever_the_session(client, shop):
+    """The session id is the shopper's to pick: a new one per message must not reset the count."""
+    for number in range(30):
+        ask(client, shop, "hi", session=f"fresh-session-{number:04d}")
+    response = client.post(chat_url(shop.domain), json={"session_id": "yet-another-session", "message": "hi"})
     assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
-    assert ask(client, shop, "hi", session="another-session-1")["reply"]  # the limit is per session
+    elsewhere = client.post(chat_url(shop.domain), json={"session_id": "fresh-session-0000", "message": "hi"},
+                            headers={"X-Forwarded-For": "198.51.100.7"})
+    assert elsewhere.status_code == 200  # another shopper (another address, as the proxy saw it) still talks
+
+
+def test_a_signed_in_customer_is_limited_as_themselves_from_any_address(client, shop):
+    for number in range(30):
+        response = client.post(chat_url(shop.domain, customer="7001"), json={"session_id": SESSION, "message": "hi"},
+                               headers={"X-Forwarded-For": f"203.0.113.{number}"})
+        assert response.status_code == 200
+    response = client.post(chat_url(shop.domain, customer="7001"), json={"session_id": SESSION, "message": "hi"},
+                           headers={"X-Forwarded-For": "203.0.113.200"})
+    assert response.status_code == 429
+
+
+def test_one_shops_chat_storm_is_capped_per_shop(app, client, shop):
+    app.config["CHAT_LIMIT_PER_SHOP"] = 5
+    codes = [client.post(chat_url(shop.domain), json={"session_id": SESSION, "message": "hi"},
+                         headers={"X-Forwarded-For": f"192.0.2.{number}"}).status_code for number in range(7)]
+    assert codes == [200] * 5 + [429] * 2
+
+
+def test_model_calls_are_a_budget_per_shop_past_which_the_facts_answer(app, client, shop, monkeypatch):
+    """A storm of shoppers (each under their own limit) spends the shop's model calls, not the host."""
+    calls = []
+
+    class Host:
+        def chat(self, ref, messages, **_):
+            calls.append(ref)
+            return "I'm happy to help with that."
+    monkeypatch.setattr(recommendations, "live_model", lambda shop: type("Live", (), {"version": 1})())
+    monkeypatch.setattr(assistant, "host_for", lambda app: Host())
+    monkeypatch.setattr(assistant, "model_ref", lambda host, model: "live")
+    app.config["MODEL_CALLS_PER_SHOP"] = 3
+    product = product_with(shop, lambda p: True)
+    for number in range(6):
+        response = client.post(chat_url(shop.domain), json={"session_id": SESSION, "message": "Tell me about it",
+                                                             "product_id": product.id},
+                               headers={"X-Forwarded-For": f"192.0.2.{number}"})
+        assert response.status_code == 200 and response.json["reply"]
+    assert len(calls) == 3
+    with app.test_request_context():
+        assert recommendations.within_model_budget(shop.id + 1)  # another shop's budget is its own
 
 
 def test_forged_chat_is_401_and_a_switched_off_assistant_403(client, shop):
@@ -455,14 +498,16 @@ def test_products_are_found_by_name_misspelled_or_by_meaning(client, shop):
 
 
 def test_turns_sent_at_once_in_one_session_are_all_kept(app, shop):
-    """Two tabs of one shopper: every turn is stored, none overwrites another (row lock, retried first insert)."""
+    """Two tabs of one shopper: every turn is stored, none overwrites another (see tests/test_concurrency.py)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from core.signatures import signed_app_proxy_query
 
+    domain = shop.domain  # read here: the threads have no app context of their own to load it in
+
     def send(number):
         with app.test_client() as client:
-            url = "/proxy/chat?" + signed_app_proxy_query(shop.domain, API_SECRET)
+            url = "/proxy/chat?" + signed_app_proxy_query(domain, API_SECRET)
             return client.post(url, json={"session_id": "session-parallel", "message": f"hi {number}"}).status_code
 
     with ThreadPoolExecutor(4) as pool:

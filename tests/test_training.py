@@ -205,6 +205,10 @@ def test_a_run_is_running_until_the_last_stage_it_was_asked_for_ends(app, instal
     db.session.commit()
     pipeline.stage_build_datasets(run)  # the first of several stages
     assert run.status == "running" and run.stage == "build_datasets" and run.dataset_version
+    with pytest.raises(PipelineError, match=f"#{run.id} is running"):  # one run at a time
+        enqueue_pipeline(installed_shop, last="build_datasets")
+    run.status = "failed"
+    db.session.commit()
     whole = enqueue_pipeline(installed_shop, last="build_datasets")  # the chain, asked to stop there
     assert whole.status == "succeeded" and whole.finished_at is not None
     with pytest.raises(PipelineError, match="no verified model"):

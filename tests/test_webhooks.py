@@ -232,18 +232,30 @@ def test_customer_redact_drops_waiting_deliveries_about_them(app, client, instal
     from worker import tasks
 
     order = next(o for o in store.orders if o.customer_id)
+    someone_else = next(o for o in store.orders if o.customer_id and o.customer_id != order.customer_id)
     payload = order_webhook_payload(order, store)
     payload["customer"] |= {"email": "jo@example.com"}
+    guest = order_webhook_payload(someone_else, store)
+    guest["id"], guest["customer"] = 991_001, None  # a guest checkout names no customer
     monkeypatch.setattr(tasks, "enqueue_webhook", lambda delivery: None)  # the broker is down: it waits
     monkeypatch.setattr("shopify_app.webhooks.enqueue_webhook", lambda delivery: None)
     post(client, shopify, "orders/create", payload)
     waiting = db.session.scalars(select(WebhookDelivery)).one()
     assert waiting.status == "received" and b"jo@example.com" not in waiting.raw_body  # only what processing needs
     assert json.loads(waiting.raw_body)["customer"] == {"id": order.customer_id}
+    post(client, shopify, "orders/create", order_webhook_payload(someone_else, store))
+    post(client, shopify, "orders/create", guest)
     monkeypatch.undo()
+    # kept as it came (malformed: about another shop), with the customer's id and email in it
+    post(client, shopify, "customers/data_request", {
+        "shop_id": 1, "shop_domain": "someone-else.myshopify.com", "orders_requested": [],
+        "customer": {"id": order.customer_id, "email": "jo@example.com", "phone": None}, "data_request": {"id": 3}})
     post(client, shopify, "customers/redact", {"shop_id": 1, "shop_domain": shopify.shop, "orders_to_redact": [],
-                                               "customer": {"id": order.customer_id}})
-    assert [d.topic for d in db.session.scalars(select(WebhookDelivery))] == ["customers/redact"]
+                                               "customer": {"id": order.customer_id, "email": "jo@example.com",
+                                                            "phone": None}})
+    kept = [(d.topic, d.status) for d in db.session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id))]
+    assert kept == [("orders/create", "received"), ("orders/create", "received"), ("customers/redact", "processed")]
+    assert b"jo@example.com" not in b"".join(d.raw_body for d in db.session.scalars(select(WebhookDelivery)))
 
 
 @pytest.mark.parametrize("topic, payload, message", [

@@ -50,7 +50,7 @@ class Case:
 def question_set(shop: Shop, shelf: recommendations.Shelf, size: int = 240, seed: int = 1) -> list[Case]:
     """At least `size` cases across every kind of question, from the shop's live data."""
     rng = random.Random(seed)
-    products = db.session.scalars(select(Product).where(Product.shop_id == shop.id, Product.status == "ACTIVE")
+    products = db.session.scalars(select(Product).where(Product.shop_id == shop.id, Product.on_storefront)
                                   .order_by(Product.id)).all()
     rng.shuffle(products)
     cases: list[Case] = []

@@ -85,6 +85,8 @@ def product_row(obj: dict, shop_id: int) -> dict:
         "vendor": obj.get("vendor") or "",
         "tags": list(obj.get("tags") or []),
         "status": obj.get("status") or "ACTIVE",
+        # GraphQL `Product.onlineStoreUrl`: null when the product is not published to the Online Store.
+        "published": obj.get("onlineStoreUrl") is not None,
         "online_store_url": obj.get("onlineStoreUrl"),
         "image_url": image.get("url"),
         "image_alt": image.get("altText"),
@@ -207,6 +209,9 @@ def product_rows_from_webhook(payload: dict, shop_id: int) -> tuple[dict, list[d
         "vendor": payload.get("vendor") or "",
         "tags": [t.strip() for t in (payload.get("tags") or "").split(",") if t.strip()],
         "status": (payload.get("status") or "active").upper(),
+        # REST `published_at`: null when the product is not published to the Online Store (taking it off the
+        # channel sends products/update with it null). A body without the key leaves the stored value alone.
+        **({"published": payload["published_at"] is not None} if "published_at" in payload else {}),
         "image_url": image.get("src"),
         "image_alt": image.get("alt"),
         "total_inventory": sum(v.get("inventory_quantity") or 0 for v in variants),

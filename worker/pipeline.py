@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from core import recommendations
 from core.history import load_baskets, load_catalog, split_by_time
@@ -346,10 +346,15 @@ def run_in_progress(shop: Shop) -> TrainingRun | None:
 def recover_stale_runs() -> int:
     """Runs whose worker died mid-stage (no heartbeat for a while) are marked failed, never left running."""
     cutoff = utcnow() - STALE_AFTER
-    stale = db.session.scalars(select(TrainingRun).where(
+    stale = db.session.execute(select(TrainingRun.id, TrainingRun.stage, TrainingRun.heartbeat_at).where(
         TrainingRun.status == "running", TrainingRun.heartbeat_at < cutoff)).all()
-    for run in stale:
-        run.status, run.finished_at = "failed", utcnow()
-        run.error = f"worker stopped during {run.stage} (no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M} UTC)"
-    db.session.commit()
-    return len(stale)
+    failed = 0
+    for run_id, stage, heartbeat_at in stale:  # compare and set: a worker that beat meanwhile keeps its run
+        failed += db.session.execute(update(TrainingRun).where(
+            TrainingRun.id == run_id, TrainingRun.status == "running", TrainingRun.heartbeat_at == heartbeat_at)
+            .values(status="failed", finished_at=utcnow(), error=f"worker stopped during {stage} (no heartbeat "
+                                                                 f"since {heartbeat_at:%Y-%m-%d %H:%M} UTC)")
+        ).rowcount
+    if stale:  # otherwise a caller's transaction (and the shop lock it holds) goes on
+        db.session.commit()
+    return failed

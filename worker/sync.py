@@ -7,9 +7,10 @@ from collections import Counter
 
 from flask import current_app
 from markupsafe import Markup
+from sqlalchemy import select
 
-from core import shops
-from core.models import Product, Shop, SyncRun, Variant, db, utcnow
+from core import recommendations, shops
+from core.models import Product, Shop, SyncRun, Variant, db, locked_shop, utcnow
 from core.shopify_api import AdminClient, ShopifyError, stream_lines
 
 from .ingest import delete_missing, embed_products, ingest_jsonl
@@ -66,6 +67,7 @@ def sync_policies(client: AdminClient, shop: Shop) -> int:
     """Shopify's shipping and refund policy pages; kinds the merchant entered in Pairwell stay as they are."""
     policies = client.execute(SHOP_POLICIES_QUERY)["shop"]["shopPolicies"]
     found = {POLICY_KINDS[p["type"]]: Markup(p["body"]).striptags() for p in policies if p["type"] in POLICY_KINDS}
+    locked_shop(shop.id)  # merged over what the merchant saved meanwhile (the caller commits at once)
     shop.policies = {**(shop.policies or {}), **found}
     return len(found)
 
@@ -92,12 +94,20 @@ def wait_for_bulk_operation(client: AdminClient, operation_id: str, *, poll_seco
         time.sleep(poll_seconds)
 
 
+def on_storefront(shop_id: int) -> set[int]:
+    """The shop's products shoppers can see (`Product.on_storefront`)."""
+    return set(db.session.scalars(select(Product.id).where(Product.shop_id == shop_id, Product.on_storefront)))
+
+
 def run_full_sync(run: SyncRun) -> SyncRun:
-    """Reconcile one shop with Shopify: products (deleting what vanished), then orders."""
+    """Reconcile one shop with Shopify: products (deleting what vanished), then orders. When that changed which
+    products shoppers can see (one unpublished, archived or deleted while no webhook reached us), the cached
+    blocks, which may hold them, are dropped."""
     poll_seconds = current_app.config["BULK_POLL_SECONDS"]
     shop = db.session.get(Shop, run.shop_id)
     run.status, run.started_at, run.error = "running", utcnow(), None
     db.session.commit()
+    visible = on_storefront(shop.id)
     try:
         client = shops.admin_client(shop)
         operations = {
@@ -125,6 +135,8 @@ def run_full_sync(run: SyncRun) -> SyncRun:
             if name == "products":
                 totals["products_deleted"] = delete_missing(Product, shop.id, seen[Product])
                 totals["variants_deleted"] = delete_missing(Variant, shop.id, seen[Variant])
+                if on_storefront(shop.id) != visible:
+                    recommendations.invalidate(shop.id)
         totals["policies"] = sync_policies(client, shop)
         run.stage = "embedding products"
         db.session.commit()

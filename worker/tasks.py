@@ -19,7 +19,7 @@ from flask import current_app
 from sqlalchemy import func, select, update
 
 from core import schedule
-from core.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db, utcnow
+from core.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db, locked_shop, utcnow
 
 from . import pipeline, reports, sync, webhooks
 
@@ -149,10 +149,12 @@ def retrain_on_schedule() -> list[int]:
     shop whose retraining is due and that has no run in progress. Celery beat runs it hourly."""
     started = []
     for shop in schedule.due_shops(utcnow()):
-        if pipeline.run_in_progress(shop) is None:
+        try:
             run = enqueue_pipeline(shop, background=True, scheduled=True)
-            started.append(run.id)
-            log.info("scheduled retraining of %s: run #%d", shop.domain, run.id)
+        except PipelineError:  # a run is in progress: the next hourly check tries again
+            continue
+        started.append(run.id)
+        log.info("scheduled retraining of %s: run #%d", shop.domain, run.id)
     return started
 
 
@@ -236,6 +238,12 @@ def enqueue_pipeline(shop: Shop, *, first: str = "build_datasets", last: str = "
     if first not in stages or last not in stages or stages.index(first) > stages.index(last):
         raise ValueError(f"stages run in the order {stages}; got {first} to {last}")
     pipeline.recover_stale_runs()
+    locked_shop(shop.id)  # one run at a time: the check and the run it starts are one locked transaction
+    busy = pipeline.run_in_progress(shop)
+    if busy is not None:
+        db.session.rollback()
+        raise PipelineError(f"Training run #{busy.id} is {busy.status} ({busy.stage or 'waiting'}); wait for it "
+                            "to finish or cancel it.")
     if first == "build_datasets":
         run = TrainingRun(shop_id=shop.id, status="queued", hyperparameters=hyperparameters or {})
         db.session.add(run)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from collections.abc import Callable
 
 from sqlalchemy import delete, or_, select, update
@@ -10,9 +12,22 @@ from sqlalchemy import delete, or_, select, update
 from core import recommendations, shops
 from core.assistant import conversation_json
 from core.inputs import MAX_ID
-from core.models import Conversation, Order, OrderLine, Product, Shop, SyncRun, Variant, WebhookDelivery, db, utcnow
+from core.models import (
+    Conversation,
+    Order,
+    OrderLine,
+    Product,
+    Shop,
+    SyncRun,
+    Variant,
+    WebhookDelivery,
+    db,
+    locked_shop,
+    utcnow,
+)
 from core.webhooks import TOPICS
 
+from .datasets import forget_conversations, uploads_dir
 from .ingest import embed_products, order_rows_from_webhook, product_rows_from_webhook, upsert
 from .pipeline import forget_artifacts
 
@@ -33,7 +48,8 @@ def product_changed(shop: Shop | None, payload: dict, domain: str) -> dict | Non
     if shop is None:
         return {"ignored": "unknown shop"}
     product, variants = product_rows_from_webhook(payload, shop.id)
-    current = db.session.get(Product, (shop.id, product["id"]))
+    locked_shop(shop.id)  # two deliveries of one product at once: the check and the writes are one step
+    current = db.session.get(Product, (shop.id, product["id"]), populate_existing=True)
     if current is not None and current.updated_at >= product["updated_at"]:
         return {"ignored": "stale update", "stored_updated_at": current.updated_at.isoformat()}
     upsert(Product, [product])
@@ -41,7 +57,9 @@ def product_changed(shop: Shop | None, payload: dict, domain: str) -> dict | Non
         Variant.shop_id == shop.id, Variant.product_id == product["id"],
         Variant.id.not_in([v["id"] for v in variants])))
     upsert(Variant, variants)
-    embed_products(shop.id, [product["id"]])
+    embed_products(shop.id, [product["id"]])  # commits: a block built after the invalidation reads the new row
+    # Cached blocks may hold the product as it was: one unpublished (`published_at: null`), archived or sold out
+    # must leave them now (Shopify sends products/update when a product leaves the Online Store).
     recommendations.invalidate(shop.id)
     return {"product": product["id"], "variants": len(variants)}
 
@@ -51,6 +69,7 @@ def product_deleted(shop: Shop | None, payload: dict, domain: str) -> dict | Non
     if shop is None:
         return {"ignored": "unknown shop"}
     deleted = db.session.execute(delete(Product).where(Product.shop_id == shop.id, Product.id == payload["id"]))
+    db.session.commit()  # before the invalidation: a block rebuilt at once must not find the product still there
     recommendations.invalidate(shop.id)
     return {"deleted": deleted.rowcount}
 
@@ -60,7 +79,8 @@ def order_changed(shop: Shop | None, payload: dict, domain: str) -> dict | None:
     if shop is None:
         return {"ignored": "unknown shop"}
     order, lines = order_rows_from_webhook(payload, shop.id)
-    current = db.session.get(Order, (shop.id, order["id"]))
+    locked_shop(shop.id)  # two deliveries of one order at once: the check and the writes are one step
+    current = db.session.get(Order, (shop.id, order["id"]), populate_existing=True)
     if current is not None and current.updated_at >= order["updated_at"]:
         return {"ignored": "stale update"}
     upsert(Order, [order])
@@ -121,7 +141,9 @@ def _customer_conversations(shop: Shop, payload: dict) -> list[Conversation]:
 
 @handles("customers/data_request")
 def customer_data_request(shop: Shop | None, payload: dict, domain: str) -> dict | None:
-    """Everything we hold on the customer: their orders' ids, dates and line items, nothing else."""
+    """Everything we hold on the customer: their conversations with the assistant, and their orders' ids, dates and
+    line items. This export is the delivery's stored result, for the merchant to hand over; `customers/redact`
+    erases it with the rest."""
     if shop is None:
         return {"customer": (payload.get("customer") or {}).get("id"), "orders": []}
     return {
@@ -135,38 +157,76 @@ def customer_data_request(shop: Shop | None, payload: dict, domain: str) -> dict
     }
 
 
+WAITING = ("received", "failed", "processing", "malformed")
+ABOUT_A_CUSTOMER = ("orders/create", "orders/updated", "customers/data_request")
+
+
+def _names_customer(delivery: WebhookDelivery, customer: str | None, order_ids: set[int]) -> bool:
+    """Whether a stored delivery's body or result is about the customer or one of their orders. A body that is not
+    JSON (a malformed delivery, kept as it came) counts if it holds their id anywhere."""
+    for stored in (delivery.raw_body, delivery.result):
+        if not stored:
+            continue
+        try:
+            data = json.loads(stored) if isinstance(stored, bytes) else stored
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
+            text = stored.decode("utf-8", "replace") if isinstance(stored, bytes) else json.dumps(stored)
+            if customer and re.search(rf"(?<!\d){customer}(?!\d)", text):
+                return True
+            continue
+        who = data.get("customer")
+        who = who.get("id") if isinstance(who, dict) else who
+        if customer and str(who) == customer:
+            return True
+        if any(isinstance(data.get(key), int) and data[key] in order_ids for key in ("id", "order")):
+            return True
+    return False
+
+
 @handles("customers/redact")
 def customer_redact(shop: Shop | None, payload: dict, domain: str) -> dict | None:
-    """Delete the customer's orders, and any stored delivery still waiting that is about them."""
+    """Erase the customer: their orders and conversations; every dataset file holding their words, with the training
+    files made from it (`datasets.forget_conversations`); every stored delivery about them (a waiting one is
+    dropped, a processed one, such as an earlier data request's export, keeps only its id for de-duplication);
+    and the shop's cached replies (a signed-in customer's block is cached under their own key)."""
     orders = _customer_orders(shop, payload) if shop else []
     order_ids = {order.id for order in orders}
+    talks = _customer_conversations(shop, payload) if shop else []
+    files = forget_conversations(shop, talks) if talks else {}
     for order in orders:
         db.session.delete(order)
-    talks = _customer_conversations(shop, payload) if shop else []
     for talk in talks:
         db.session.delete(talk)
-    customer = str((payload.get("customer") or {}).get("id"))
-    waiting = db.session.scalars(select(WebhookDelivery).where(
-        WebhookDelivery.shop_domain == domain, WebhookDelivery.topic.in_(("orders/create", "orders/updated")),
-        WebhookDelivery.status.in_(("received", "failed", "processing", "malformed")))).all()
-    dropped = 0
-    for delivery in waiting:
-        body = delivery.raw_body.decode("utf-8", "replace")
-        try:
-            order = json.loads(body)
-            about_them = str((order.get("customer") or {}).get("id")) == customer or order.get("id") in order_ids
-        except (ValueError, AttributeError):
-            about_them = customer in body  # a malformed body: drop it if it names them at all
-        if about_them:
+    customer_id = (payload.get("customer") or {}).get("id")
+    customer = str(customer_id) if isinstance(customer_id, int) and 0 < customer_id <= MAX_ID else None
+    deliveries = db.session.scalars(select(WebhookDelivery).where(
+        WebhookDelivery.shop_domain == domain,
+        or_(WebhookDelivery.topic.in_(ABOUT_A_CUSTOMER), WebhookDelivery.status == "malformed"))).all()
+    dropped = erased = 0
+    for delivery in deliveries:
+        if not _names_customer(delivery, customer, order_ids):
+            continue
+        if delivery.status in WAITING:
             db.session.delete(delivery)
             dropped += 1
-    return {"orders_deleted": len(orders), "conversations_deleted": len(talks), "deliveries_dropped": dropped}
+        else:
+            delivery.raw_body, delivery.result, delivery.error = b"", {"erased": "customers/redact"}, None
+            erased += 1
+    if shop is not None:
+        recommendations.forget_replies(shop.id)
+    return {"orders_deleted": len(orders), "conversations_deleted": len(talks), "deliveries_dropped": dropped,
+            "delivery_results_erased": erased, **files}
 
 
 @handles("shop/redact")
 def shop_redact(shop: Shop | None, payload: dict, domain: str) -> dict | None:
-    """Forget the shop entirely: its rows cascade from the shop, its stored webhook bodies go too."""
+    """Forget the shop entirely: its rows cascade from the shop, its stored webhook bodies and results go too, its
+    files (datasets, training files, models, reports, the merchant's uploads) and its cached replies."""
     if shop is not None:
+        recommendations.invalidate(shop.id)
+        shutil.rmtree(uploads_dir(shop), ignore_errors=True)  # under the artifacts folder today; wherever it lives
         db.session.delete(shop)
     db.session.execute(delete(WebhookDelivery).where(
         WebhookDelivery.shop_domain == domain, WebhookDelivery.topic != "shop/redact"))
