@@ -69,6 +69,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="pairwell-load-"))
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{workdir / 'load.db'}", **CREDENTIALS,
            "PAIRWELL_PROXY_LIMIT_PER_IP": "100000000", "PAIRWELL_PROXY_LIMIT_PER_SHOP": "100000000",
+           "PAIRWELL_MODEL_CALLS_PER_SHOP": "100000000",
            "PAIRWELL_MODEL_BUDGET_SECONDS": "5"}
     env.pop("REDIS_URL", None)
     shop, products = install_sample_store(env, args.gguf)

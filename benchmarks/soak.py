@@ -256,6 +256,7 @@ def main() -> int:
     env = {**os.environ, **CREDENTIALS, "DATABASE_URL": url, "REDIS_URL": redis.url,
            "OLLAMA_HOST": ollama.url, "PAIRWELL_ARTIFACTS": str(workdir / "artifacts"),
            "PAIRWELL_PROXY_LIMIT_PER_IP": "100000000", "PAIRWELL_PROXY_LIMIT_PER_SHOP": "100000000",
+           "PAIRWELL_MODEL_CALLS_PER_SHOP": "100000000",
            "PAIRWELL_SWEEP_EVERY_SECONDS": "5", "PAIRWELL_SWEEP_AFTER_SECONDS": "10"}
     shop, products, shopify = install(env, ollama.url)
     port = free_port()

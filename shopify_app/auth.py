@@ -21,7 +21,7 @@ bp = Blueprint("auth", __name__)
 
 OAUTH_MAX_AGE_SECONDS = 24 * 3600
 
-# App Bridge session tokens (docs/notes-session-tokens.md): Shopify's documented payload, every claim required.
+# App Bridge session tokens (docs/security.md, Session tokens): Shopify's documented payload, every claim required.
 SESSION_TOKEN_ALGORITHM = "HS256"
 SESSION_TOKEN_CLAIMS = ("iss", "dest", "aud", "sub", "exp", "nbf", "iat", "jti", "sid")
 SESSION_TOKEN_TEXT_CLAIMS = ("iss", "dest", "aud", "sub", "jti", "sid")

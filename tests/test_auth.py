@@ -177,7 +177,7 @@ def test_sample_admin_opens_the_app_with_a_fresh_session_token(client, shopify):
     assert client.get(location.removeprefix("https://pairwell.test")).status_code == 200
 
 
-# --- Session tokens: every claim Shopify documents, present and right (docs/notes-session-tokens.md) ---------
+# --- Session tokens: every claim Shopify documents, present and right (docs/security.md) -----------------------
 
 OTHER_SHOP = "other-shop.myshopify.com"
 
