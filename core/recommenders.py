@@ -4,6 +4,9 @@ gate and evaluation (the baselines), so all of them measure and serve the same t
 - Popularity: the most-bought products.
 - CoPurchase: item-to-item co-occurrence ("customers also bought"): cosine to rank, lift to filter training
   examples, counts for reasons.
+- ItemKNN: co-purchase with its normalisation, shrinkage and neighbourhood chosen on validation
+  (`fit_item_knn`): the tuned baseline evaluation measures the served list against.
+- TypeCoPurchase: product types bought together, ranked within type by popularity: the cold-start baseline.
 - EASE: Steck's closed-form linear item model ("Embarrassingly Shallow Autoencoders", WWW 2019).
 - Semantic: sentence-embedding similarity of product text; knows products nobody has bought together yet.
 - History: what the signed-in customer bought before, the newest counting most (a wholesaler reorders; a
@@ -89,7 +92,7 @@ class CoPurchase:
         self.counts = together
         self.totals = np.asarray(together.sum(axis=1)).ravel()
         scale = sparse.diags(1 / np.sqrt(np.maximum(purchases.counts, 1)))
-        self.cosine = (scale @ together @ scale).tocsr()
+        self.similar = (scale @ together @ scale).tocsr()  # cosine
         self.popularity = Popularity(self.items)
 
     def together(self, a: Hashable, b: Hashable) -> int:
@@ -112,16 +115,123 @@ class CoPurchase:
         return {self.ids[i]: int(c) for i, c in zip(row.indices, row.data, strict=True)}
 
     def scores(self, basket: Sequence[Hashable]) -> np.ndarray:
-        """Each product's summed cosine with the basket's products, over `ids`."""
+        """Each product's summed similarity (cosine) with the basket's products, over `ids`."""
         rows = [self.position[p] for p in basket if p in self.position]
         if not rows:
             return np.zeros(len(self.ids), dtype=np.float32)
-        return np.asarray(self.cosine[rows].sum(axis=0)).ravel()
+        return np.asarray(self.similar[rows].sum(axis=0)).ravel()
 
     def __call__(self, basket: Sequence[Hashable], k: int, history: History | None = None) -> list:
         scores = self.scores(basket)
         ranked = [p for p in top_k(self.ids, scores, basket, k) if scores[self.position[p]] > 0]
         return ranked + self.popularity(list(basket) + ranked, k - len(ranked))
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """How item-kNN weighs a pair: together(i, j) / (cnt(i)^alpha · cnt(j)^(1 - alpha) + shrink) for a
+    candidate i of the basket's product j (cnt: training purchases), each j keeping its `keep` best candidates
+    (None: all). alpha ½, no shrink, all kept is CoPurchase's cosine; alpha 0 is P(i | j), 1 favours rare i."""
+    alpha: float = 0.5
+    shrink: float = 0.0
+    keep: int | None = None
+
+
+COSINE = Neighbours()
+NEIGHBOUR_GRID = [Neighbours(alpha, shrink, keep) for alpha in (0.0, 0.25, 0.5, 0.75, 1.0)
+                  for shrink in (0.0, 2.0, 10.0, 50.0) for keep in (None, 100, 20)]
+
+
+class ItemKNN(CoPurchase):
+    """Item-kNN co-purchase: each product's summed `setting`-weighted co-purchases with the basket's products,
+    plus `history_weight` times the customer's earlier purchases (each part scaled to its best); what scores
+    nothing is filled by popularity. `fit_item_knn` chooses both on validation."""
+
+    def __init__(self, baskets: Iterable[Sequence[Hashable]] | Purchases, setting: Neighbours = COSINE,
+                 history_weight: float = 0.0):
+        super().__init__(baskets)
+        self.bought = np.array([self.items[p] for p in self.ids], dtype=np.float64)
+        self.history_weight = history_weight
+        self.validation: dict | None = None  # what `fit_item_knn` chose and how it did
+        self.tried: dict[Neighbours, tuple[int, float]] = {}  # every setting's validation (hits, NDCG gain)
+        self.tuned(setting)
+
+    def with_history(self, weight: float) -> ItemKNN:
+        """The same item-kNN, adding the customer's earlier purchases at `weight`."""
+        other = copy.copy(self)
+        other.history_weight = weight
+        return other
+
+    def tuned(self, setting: Neighbours) -> ItemKNN:
+        """Re-weigh the pairs by `setting`, in place (the counts stay)."""
+        self.setting = setting
+        pairs = self.counts.tocoo()
+        weights = pairs.data / (self.bought[pairs.col] ** setting.alpha * self.bought[pairs.row] ** (1 - setting.alpha)
+                                + setting.shrink)
+        if setting.keep is not None and len(weights):
+            # Keep each row's `keep` largest: sort by row, then weight, and drop what ranks past `keep` in its row.
+            order = np.lexsort((-weights, pairs.row))
+            starts = np.searchsorted(pairs.row[order], np.arange(len(self.ids)))
+            weights[order[np.arange(len(order)) - starts[pairs.row[order]] >= setting.keep]] = 0
+        self.similar = sparse.csr_matrix((weights.astype(np.float32), (pairs.row, pairs.col)), shape=self.counts.shape)
+        self.similar.eliminate_zeros()
+        return self
+
+    def scores(self, basket: Sequence[Hashable], history: History | None = None) -> np.ndarray:
+        scores = super().scores(basket)
+        if self.history_weight and history:
+            bought = np.zeros(len(self.ids), dtype=np.float32)
+            for product, weight in history.items():
+                if product in self.position:
+                    bought[self.position[product]] = weight
+            scores = scores / max(float(scores.max(initial=0)), 1e-9) + \
+                self.history_weight * bought / max(float(bought.max(initial=0)), 1e-9)
+        return scores
+
+    def __call__(self, basket: Sequence[Hashable], k: int, history: History | None = None) -> list:
+        scores = self.scores(basket, history)
+        ranked = [p for p in top_k(self.ids, scores, basket, k) if scores[self.position[p]] > 0]
+        return ranked + self.popularity(list(basket) + ranked, k - len(ranked))
+
+
+class TypeCoPurchase:
+    """Type-level co-purchase, for the products co-purchase cannot judge: the product types bought together in
+    the training baskets (item-kNN over types, weighed by `setting`; with `same_type`, a type also goes with
+    itself, as often as baskets held two products of it). Every typed product takes its type's score and is
+    ranked within its type by popularity (training purchases; never-bought products last), so a new product is
+    known by its type alone. `types`: product → type, for the typed products only."""
+
+    def __init__(self, baskets: Iterable[Sequence[Hashable]], types: Mapping[Hashable, str],
+                 setting: Neighbours = COSINE, same_type: bool = False):
+        baskets = [list(dict.fromkeys(p for p in b if p in types))[:MAX_BASKET] for b in baskets]
+        bought = Counter(p for b in baskets for p in b)
+        self.types, self.ids = types, sorted(types, key=lambda p: -bought[p])
+        self.position = {p: i for i, p in enumerate(self.ids)}
+        self.kinds = ItemKNN([[types[p] for p in b] for b in baskets])
+        self.kind_of = np.array([self.kinds.position.get(types[p], -1) for p in self.ids], dtype=np.int64)
+        repeats = Counter(kind for b in baskets for kind, n in Counter(types[p] for p in b).items() if n >= 2)
+        self.repeats = np.array([repeats[kind] for kind in self.kinds.ids], dtype=np.float32)
+        self.validation: dict | None = None  # what `fit_type_copurchase` chose and how it did
+        self.tuned(setting, same_type)
+
+    def tuned(self, setting: Neighbours, same_type: bool) -> TypeCoPurchase:
+        self.setting, self.same_type = setting, same_type
+        self.kinds.tuned(setting)
+        if same_type:
+            self.kinds.similar = (self.kinds.similar + sparse.diags(
+                self.repeats / (self.kinds.bought + setting.shrink))).tocsr()
+        return self
+
+    def scores(self, basket: Sequence[Hashable]) -> np.ndarray:
+        kinds = self.kinds.scores([self.types[p] for p in basket if p in self.types])
+        return np.where(self.kind_of >= 0, kinds[self.kind_of], 0.0)
+
+    def __call__(self, basket: Sequence[Hashable], k: int, history: History | None = None) -> list:
+        return top_k(self.ids, self.scores(basket), basket, k)  # ties: the more bought first
+
+
+TYPE_GRID = [(Neighbours(alpha, shrink), same) for alpha in (0.0, 0.5, 1.0) for shrink in (0.0, 10.0)
+             for same in (False, True)]
 
 
 class EASE:
@@ -287,6 +397,17 @@ class Blend:
         return top_k(self.ids, self.scores(basket, history), basket, k)
 
 
+def validation_split(baskets: Sequence[Sequence[Hashable]], validation: float = 0.15, cases: int = 2000,
+                     seed: int = 0) -> tuple[int, list[tuple[int, Hashable]]]:
+    """The validation split of the time-ordered training `baskets` (each of distinct products), as the blend and
+    the tuned baselines use it: fit on baskets[:cut], the oldest (1 - validation); up to `cases` leave-one-out
+    cases (basket index, hidden product) from the rest, drawn with `seed`."""
+    cut = int(len(baskets) * (1 - validation))
+    rng = random.Random(seed)
+    held_out = [(i, rng.choice(baskets[i])) for i in range(cut, len(baskets)) if len(baskets[i]) >= 2]
+    return cut, rng.sample(held_out, min(cases, len(held_out)))
+
+
 def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *,
               history: Callable[[int], History] | None = None, validation: float = 0.15, cases: int = 2000,
               seed: int = 0, progress: Callable[[Iterable], Iterable] = lambda it: it) -> Blend:
@@ -297,10 +418,7 @@ def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *,
     targets wins and is refitted on all baskets. A store with fewer than MIN_VALIDATION_CASES cases gets
     DEFAULT_WEIGHTS. `progress` wraps the loop over cases (a progress bar)."""
     baskets = [list(dict.fromkeys(b)) for b in baskets]
-    cut = int(len(baskets) * (1 - validation))
-    rng = random.Random(seed)
-    held_out = [(i, rng.choice(baskets[i])) for i in range(cut, len(baskets)) if len(baskets[i]) >= 2]
-    held_out = rng.sample(held_out, min(cases, len(held_out)))
+    cut, held_out = validation_split(baskets, validation, cases, seed)
     if len(held_out) < MIN_VALIDATION_CASES:
         return Blend(baskets, index)
     trial = Blend(baskets[:cut], index)
@@ -335,6 +453,106 @@ def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *,
                         "cold_start_cases": cold_cases, "cases_with_history": known_customers,
                         "cold_start_hr@10": round(cold_hits[best] / cold_cases, 4) if cold_cases else None}
     return blend
+
+
+def _ranks(scores: sparse.csr_matrix, context: sparse.csr_matrix, targets: np.ndarray) -> np.ndarray:
+    """Where each case's target (a column; -1: unknown, never found) lands in ItemKNN's list, from the cases'
+    scores (rows): positive scores first, then the rest by popularity (columns are ordered most bought first,
+    which also breaks ties), the context (nonzero in `context`) left out."""
+    scores = sparse.csr_matrix(scores)
+    scores = (scores - scores.multiply(context > 0)).tocsr()
+    scores.eliminate_zeros()
+    rows = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr))
+    target = np.maximum(targets, 0)
+    own = np.asarray(scores[np.arange(scores.shape[0]), target]).ravel()
+    before = scores.indices < target[rows]
+    ahead = np.bincount(rows[(scores.data > own[rows]) | ((scores.data == own[rows]) & before)],
+                        minlength=scores.shape[0])
+    # A target nobody scored comes after every scored product, at its popularity among the unscored.
+    context_rows = np.repeat(np.arange(context.shape[0]), np.diff(context.indptr))
+    unscored_before = target - np.bincount(rows[before], minlength=len(target)) - \
+        np.bincount(context_rows[context.indices < target[context_rows]], minlength=len(target))
+    ranks = np.where(own > 0, ahead, ahead + unscored_before)
+    return np.where(targets >= 0, ranks, np.iinfo(np.int64).max)
+
+
+def _scaled(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
+    """Each row divided by its largest value."""
+    best = matrix.max(axis=1).toarray().ravel()
+    return sparse.diags(1 / np.maximum(best, 1e-9)) @ matrix
+
+
+def fit_item_knn(baskets: Sequence[Sequence[Hashable]], *, history: Callable[[int], History] | None = None,
+                 validation: float = 0.15, cases: int = 2000, seed: int = 0,
+                 grid: Sequence[Neighbours] = tuple(NEIGHBOUR_GRID),
+                 progress: Callable[[Iterable], Iterable] = lambda it: it) -> ItemKNN:
+    """Item-kNN tuned as `fit_blend` tunes the blend, on the same validation split of the time-ordered training
+    `baskets`: fitted on the oldest part, every `grid` setting scores the same leave-one-out cases of the newest
+    part; the best HR@10 (then NDCG@10; a tie keeps cosine) wins. Then, with the customers' earlier purchases
+    (`history(i)` of basket i), the history weight: the best of HISTORY_GRID on the same cases (a tie keeps
+    none). Refitted on all baskets. Too few validation cases: cosine, no history. `progress` wraps the loop
+    over settings."""
+    baskets = [list(dict.fromkeys(b)) for b in baskets]
+    cut, held_out = validation_split(baskets, validation, cases, seed)
+    if len(held_out) < MIN_VALIDATION_CASES:
+        return ItemKNN(baskets)
+    trial = ItemKNN(baskets[:cut])
+    targets = np.array([trial.position.get(target, -1) for _, target in held_out], dtype=np.int64)
+    contexts = sparse.lil_matrix((len(held_out), len(trial.ids)), dtype=np.float32)
+    bought = sparse.lil_matrix((len(held_out), len(trial.ids)), dtype=np.float32)
+    for row, (i, target) in enumerate(held_out):
+        for product in baskets[i]:
+            if product != target and product in trial.position:
+                contexts[row, trial.position[product]] = 1
+        for product, weight in (history(i) if history else {}).items():
+            if product in trial.position:
+                bought[row, trial.position[product]] = weight
+    contexts, bought = contexts.tocsr(), _scaled(bought.tocsr())
+
+    def judged(ranks: np.ndarray) -> tuple[int, float]:
+        found = ranks < 10
+        return int(found.sum()), round(float(np.where(found, 1 / np.log2(np.minimum(ranks, 10) + 2), 0).sum()), 6)
+
+    tried = {setting: judged(_ranks(contexts @ trial.tuned(setting).similar, contexts, targets))
+             for setting in progress(list(dict.fromkeys([COSINE, *grid])))}
+    best = max(tried, key=lambda s: (*tried[s], s == COSINE))
+    basket_scores = _scaled(contexts @ trial.tuned(best).similar)
+    weighed = {weight: judged(_ranks(basket_scores + weight * bought, contexts, targets))
+               for weight in (HISTORY_GRID if bought.nnz else (0.0,))}
+    weight = max(weighed, key=lambda w: (*weighed[w], w == 0))
+    knn = ItemKNN(baskets, best)
+    knn.validation = {"cases": len(held_out), "setting": vars(best), "history_weight": weight,
+                      "hr@10": round(tried[best][0] / len(held_out), 4),
+                      "cosine_hr@10": round(tried[COSINE][0] / len(held_out), 4),
+                      "hr@10_with_history": round(weighed[weight][0] / len(held_out), 4),
+                      "cases_with_history": int(np.diff(bought.indptr).astype(bool).sum())}
+    knn.tried = tried
+    return knn
+
+
+def fit_type_copurchase(baskets: Sequence[Sequence[Hashable]], types: Mapping[Hashable, str], *,
+                        validation: float = 0.15, cases: int = 2000, seed: int = 0) -> TypeCoPurchase:
+    """Type-level co-purchase tuned on the blend's validation split of the time-ordered training `baskets`: each
+    TYPE_GRID setting scores the validation cases whose hidden product is cold start (fewer than
+    COLD_START_CO_PURCHASES co-purchases in the fitting part; all cases if none is), the best HR@10 (then
+    NDCG@10; a tie keeps cosine, no same type) wins and is refitted on all baskets."""
+    baskets = [list(dict.fromkeys(b)) for b in baskets]
+    cut, held_out = validation_split(baskets, validation, cases, seed)
+    if len(held_out) < MIN_VALIDATION_CASES:
+        return TypeCoPurchase(baskets, types)
+    trial, fitted = TypeCoPurchase(baskets[:cut], types), CoPurchase(baskets[:cut])
+    cold = [(i, t) for i, t in held_out if fitted.co_purchases(t) < COLD_START_CO_PURCHASES] or held_out
+    tried = {}
+    for setting, same_type in TYPE_GRID:
+        trial.tuned(setting, same_type)
+        ranked = [(trial([p for p in baskets[i] if p != target], 10), target) for i, target in cold]
+        found = [shown.index(target) for shown, target in ranked if target in shown]
+        tried[setting, same_type] = (len(found), round(sum(1 / np.log2(rank + 2) for rank in found), 6))
+    best = max(tried, key=lambda s: (*tried[s], s == TYPE_GRID[0]))
+    chosen = TypeCoPurchase(baskets, types, *best)
+    chosen.validation = {"cases": len(cold), "cold_start": cold is not held_out, "setting": vars(best[0]),
+                         "same_type": best[1], "hr@10": round(tried[best][0] / len(cold), 4)}
+    return chosen
 
 
 def serving_retrieval(orders: Sequence, catalog: dict) -> Blend:

@@ -13,13 +13,19 @@ from core.history import Basket
 from core.model_hosts import chat_with_gguf
 from core.recommendations import Shelf, ranking
 from core.recommenders import (
+    COSINE,
     DEFAULT_WEIGHTS,
     Blend,
     CoPurchase,
     CustomerHistories,
+    ItemKNN,
+    Neighbours,
     Semantic,
     TitleMatcher,
+    TypeCoPurchase,
     fit_blend,
+    fit_item_knn,
+    validation_split,
 )
 from worker import evaluation
 
@@ -214,3 +220,63 @@ def test_ease_learns_what_is_bought_together_and_falls_back_to_popularity():
     assert ease(["boots"], 1) == ["socks"]
     assert ease(["map"], 2) == ["stove", "fuel"]  # unknown to the model: the most bought
     assert "map" not in ease.position and len(ease.ids) == 5
+
+
+def chance_pairs(seed: int, orders: int, first_noise: int = 0) -> list[list[str]]:
+    """Each A_i goes with B_(i mod 4) (bought in about half of A_i's orders, 20 times over the period), but the Bs
+    sell mostly with fillers (C), and every A order also holds a product bought only that once (N): cosine ranks
+    those one-off products above the real partner, which shrinkage (or another normalisation) does not."""
+    rng, noise, out = random.Random(seed), first_noise, []
+    for _ in range(orders):
+        if rng.random() < 0.21:
+            a = rng.randrange(20)
+            noise += 1
+            out.append([f"A{a}", f"B{a % 4}", f"N{noise}"] if rng.random() < 0.5 else [f"A{a}", f"N{noise}"])
+        else:
+            out.append([f"B{rng.randrange(4)}", f"C{rng.randrange(20)}"])
+    return out
+
+
+def test_item_knn_tuned_on_validation_beats_cosine_where_one_off_pairs_mislead_it():
+    train = chance_pairs(0, 3800)
+    knn = fit_item_knn(train)
+    assert knn.setting != COSINE and knn.validation["hr@10"] > knn.validation["cosine_hr@10"]
+    assert max(knn.tried.values()) == knn.tried[knn.setting] >= knn.tried[COSINE]
+    later = [o for o in chance_pairs(1, 1000, first_noise=10**6) if len(o) == 3]  # a new period, new one-offs
+    cosine = CoPurchase(train)
+    found = {name: sum(o[1] in recommend([o[0], o[2]], 10) for o in later)
+             for name, recommend in (("knn", knn), ("cosine", cosine))}
+    assert found["knn"] > 2 * found["cosine"] and found["knn"] >= 0.9 * len(later)
+    assert ItemKNN(train)(["A1", "N1"], 10) == cosine(["A1", "N1"], 10)  # untuned item-kNN is the cosine row
+
+
+def test_item_knn_validation_scores_what_the_recommender_itself_returns():
+    """The settings are judged by a vectorised ranking; it must agree with asking the recommender, history and
+    popularity fill included."""
+    rng = random.Random(4)
+    products = [f"p{i}" for i in range(120)]
+    orders = [list(dict.fromkeys(rng.choices(products, weights=[1 / (i + 1) for i in range(120)], k=rng.randint(2, 6))))
+              for _ in range(900)]
+    histories = {i: {rng.choice(products): rng.random()} for i in range(len(orders)) if i % 3}
+    grid = [Neighbours(0.0, 10.0, 5), Neighbours(1.0, 2.0, None)]
+    knn = fit_item_knn(orders, history=lambda i: histories.get(i, {}), grid=grid)
+    cut, cases = validation_split(orders)
+    for setting in [COSINE, *grid]:
+        trial = ItemKNN(orders[:cut], setting)
+        asked = sum(target in trial([p for p in orders[i] if p != target], 10) for i, target in cases)
+        assert knn.tried[setting][0] == asked
+    trial = ItemKNN(orders[:cut], knn.setting).with_history(knn.validation["history_weight"])
+    asked = sum(t in trial([p for p in orders[i] if p != t], 10, histories.get(i)) for i, t in cases)
+    assert round(asked / len(cases), 4) == knn.validation["hr@10_with_history"]
+
+
+def test_type_level_co_purchase_knows_a_new_product_by_its_type():
+    """A new sleeping bag gets the pads and stoves shoppers buy with sleeping bags, the more bought first, not
+    other sleeping bags; a pad's list names the new bag after the bags that have sold."""
+    types = {"bag-a": "sleeping bag", "bag-b": "sleeping bag", "bag-new": "sleeping bag", "pad-a": "pad",
+             "pad-b": "pad", "stove": "stove", "fuel": "fuel"}
+    orders = [["bag-a", "pad-a"]] * 6 + [["bag-b", "pad-b"]] * 3 + [["bag-a", "stove"]] * 2 + [["stove", "fuel"]] * 5
+    kinds = TypeCoPurchase(orders, types)
+    assert kinds(["bag-new"], 3) == ["pad-a", "pad-b", "stove"]
+    assert kinds(["pad-a"], 3) == ["bag-a", "bag-b", "bag-new"]
+    assert CoPurchase(orders)(["bag-new"], 3) == ["bag-a", "stove", "pad-a"]  # co-purchase: popularity only

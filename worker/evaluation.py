@@ -33,10 +33,16 @@ from core.recommenders import (
     TitleMatcher,
     Weights,
     fit_blend,
+    fit_item_knn,
+    fit_type_copurchase,
 )
 
 KS = (4, 10)
 ORDER_COLUMNS = ("order_id", "product_id", "created_at", "quantity", "title", "customer_id")
+# The simple baselines the served list must beat, each tuned on the training period's validation split; ratios
+# are taken against the best of those present, metric by metric.
+BASELINES = ("co-purchase", "item-kNN", "co-purchase + history", "item-kNN + history", "type-level co-purchase")
+SERVED = "blend (served)"
 Progress = Callable[[Iterable, str], Iterable]  # wraps a phase's loop (a progress bar in the CLI)
 
 
@@ -88,6 +94,12 @@ def load_product_file(path: Path, columns: dict[str, str]) -> dict[str, str]:
     """Product titles: what the semantic recommender embeds and the model reads."""
     product, title = columns.get("product_id", "product_id"), columns.get("title", "title")
     return {str(row[product]).strip(): str(row[title]).strip() for row in _rows(path) if row.get(title)}
+
+
+def load_product_types(path: Path, columns: dict[str, str]) -> dict[str, str]:
+    """Product types (a category column mapped as `product_type`), from a product or an order file."""
+    product, kind = columns.get("product_id", "product_id"), columns.get("product_type", "product_type")
+    return {str(row[product]).strip(): str(row[kind]).strip() for row in _rows(path) if row.get(kind)}
 
 
 # --- The model as a recommender ----------------------------------------------------------------------
@@ -253,6 +265,7 @@ def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rn
         report[f"hr@{k}_ci"] = [round(x, 4) for x in bootstrap(hits[k], rng)]
         report[f"recall@{k}"] = report[f"hr@{k}"]  # one hidden product a case: recall equals hit rate
         report[f"ndcg@{k}"] = round(sum(ndcg[k]) / max(len(ndcg[k]), 1), 4)
+    report["ndcg@10_ci"] = [round(x, 4) for x in bootstrap(ndcg[10], rng)]
     report["coverage"] = round(len(shown & catalog) / max(len(catalog), 1), 4)
     report["out_of_catalog_rate"] = round(invented / shown_total, 4)
     report["duplicate_rate"] = round(duplicates / shown_total, 4)
@@ -275,11 +288,13 @@ def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rn
 def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = None, *, test_fraction: float = 0.2,
                          cases_limit: int | None = 5000, seed: int = 0, chat: Chat | None = None,
                          model_cases: int = 300, train_minutes: float = 0, workdir: Path | None = None,
-                         progress: Progress = _quiet) -> dict:
-    """Every recommender on the same time split and the same hidden products. With titles, the semantic
-    recommender and the served blend too (its weights chosen on the newest 15% of the training orders, never
-    the test split); with a model (`chat`), the model alone and the blend it re-ranks, on the first
-    `model_cases` cases (with the blend alone on the same cases, for a paired comparison)."""
+                         types: dict[str, str] | None = None, progress: Progress = _quiet) -> dict:
+    """Every recommender on the same time split and the same hidden products. The baselines (BASELINES) are
+    tuned as the blend is, on the newest 15% of the training orders, never the test split: item-kNN's
+    normalisation, shrinkage and neighbourhood, and with customers its history weight; with product `types`,
+    type-level co-purchase for the cold-start slice. With titles, the semantic recommender and the served blend
+    too; with a model (`chat`), the model alone and the blend it re-ranks, on the first `model_cases` cases (with
+    the blend alone on the same cases, for a paired comparison)."""
     rng = random.Random(seed)
     train, test = split_by_time(baskets, test_fraction)
     catalog = {p for b in baskets for p in b.products}
@@ -296,18 +311,29 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     else:
         purchases = Purchases(b.products for b in train)
         copurchase, ease = CoPurchase(purchases), EASE(purchases)
+    knn = fit_item_knn([b.products for b in train], seed=seed,
+                       history=lambda i: histories.before(train[i].customer, train[i].created_at),
+                       progress=lambda settings: progress(settings, "choosing item-kNN's setting"))
     recommenders: dict[str, Recommender] = {"popularity": copurchase.popularity, "co-purchase": copurchase,
-                                            "EASE": ease}
+                                            "item-kNN": knn, "EASE": ease}
     cases = leave_one_out(test, rng, cases_limit, histories)
+    with_history = any(case.history for case in cases)
     if blend is not None:
         recommenders["semantic"] = Semantic(index)
-        if any(case.history for case in cases):
+        if with_history:
             # Fair to the baseline: co-purchase given the same history, its weight the best of those settings on
             # the blend's own validation cases (a tie keeps no history).
             alone = [Weights(copurchase=1.0, semantic=0.0, cold_start=0.0, ease=0.0, history=h) for h in HISTORY_GRID]
             recommenders["co-purchase + history"] = blend.reweighted(
                 max(alone, key=lambda w: blend.tried.get(w, (0, 0.0))))
-        recommenders["blend (served)"] = blend
+    if with_history:
+        recommenders["item-kNN + history"] = knn.with_history(knn.validation["history_weight"]) \
+            if knn.validation else knn
+    typed = {p: types[p] for p in sorted(catalog) if (types or {}).get(p)}
+    if typed:
+        recommenders["type-level co-purchase"] = fit_type_copurchase([b.products for b in train], typed, seed=seed)
+    if blend is not None:
+        recommenders[SERVED] = blend
     popular = {p for p, _ in copurchase.items.most_common(max(len(copurchase.items) // 5, 1))}
     slices = {
         "long_tail": lambda c: c.target not in popular,
@@ -339,13 +365,36 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
                   "cases_with_history": sum(bool(case.history) for case in cases),
                   "seed": seed},
         **({"blend": {"weights": vars(blend.weights), "validation": blend.validation}} if blend else {}),
+        "baselines": {
+            "item-kNN": knn.validation,
+            "type-level co-purchase": getattr(recommenders.get("type-level co-purchase"), "validation", None)
+            if typed else "not run: the products carry no type",
+        },
         "recommenders": results,
+        "against_best_baseline": against_best(results),
         "against_co_purchase": {name: ratios(result, results["co-purchase"]) for name, result in results.items()
-                                if name in ("EASE", "co-purchase + history", "blend (served)")},
+                                if name in ("item-kNN", "EASE", "co-purchase + history", "item-kNN + history",
+                                            SERVED)},
         **({"against_co_purchase_with_history": ratios(results["blend (served)"], results["co-purchase + history"])}
            if "co-purchase + history" in results else {}),
         **({"model_trained_on": trained_on} if trained_on else {}),
     }
+
+
+def against_best(results: dict) -> dict:
+    """For HR@10, NDCG@10 and cold-start HR@10: the best baseline by that metric, its score, and the served list's
+    score and ratio to it (when there is a served list)."""
+    best = {}
+    for metric in ("hr@10", "ndcg@10", "cold_start_hr@10"):
+        scored = [name for name in BASELINES if name in results and results[name][metric] is not None]
+        if not scored:
+            continue
+        name = max(scored, key=lambda n: results[n][metric])  # a tie names the first in BASELINES
+        best[metric] = {"baseline": name, "baseline_score": results[name][metric]}
+        if SERVED in results and results[SERVED][metric] is not None:
+            best[metric] |= {"served_score": results[SERVED][metric], "ratio": round(
+                results[SERVED][metric] / results[name][metric], 3) if results[name][metric] else None}
+    return best
 
 
 def ratios(result: dict, baseline: dict) -> dict:
@@ -366,16 +415,38 @@ def scores_below(candidate: list[float], baseline: list[float], rng: random.Rand
 
 
 def markdown(report: dict) -> str:
-    lines = ["| recommender | cases | HR@4 | HR@10 (95% CI) | NDCG@10 | coverage | long-tail HR@10 | cold-start HR@10 "
-             "| relevance@4 | out-of-catalog | hallucination | p50 ms |", "|---" * 12 + "|"]
+    lines = ["| recommender | cases | HR@4 | HR@10 (95% CI) | NDCG@10 (95% CI) | coverage | long-tail HR@10 "
+             "| cold-start HR@10 | relevance@4 | out-of-catalog | hallucination | p50 ms |", "|---" * 12 + "|"]
     for name, r in report["recommenders"].items():
         hallucination = f"{r['hallucination_rate']:.3f}" if "hallucination_rate" in r else "–"
         lines.append(f"| {name} | {r['cases']} | {r['hr@4']:.3f} | {r['hr@10']:.3f} ({r['hr@10_ci'][0]:.3f}–"
-                     f"{r['hr@10_ci'][1]:.3f}) | {r['ndcg@10']:.3f} | {r['coverage']:.3f} "
-                     f"| {r['long_tail_hr@10'] or 0:.3f} | {r['cold_start_hr@10'] or 0:.3f} "
-                     f"| {r.get('relevance@4', 0):.2f} | {r['out_of_catalog_rate']:.3f} | {hallucination} "
-                     f"| {r['latency_ms_p50']} |")
-    return "\n".join(lines)
+                     f"{r['hr@10_ci'][1]:.3f}) | {r['ndcg@10']:.3f} ({r['ndcg@10_ci'][0]:.3f}–"
+                     f"{r['ndcg@10_ci'][1]:.3f}) | {r['coverage']:.3f} | {r['long_tail_hr@10'] or 0:.3f} "
+                     f"| {r['cold_start_hr@10'] or 0:.3f} | {r.get('relevance@4', 0):.2f} "
+                     f"| {r['out_of_catalog_rate']:.3f} | {hallucination} | {r['latency_ms_p50']} |")
+    notes = []
+    labels = {"hr@10": "HR@10", "ndcg@10": "NDCG@10", "cold_start_hr@10": "cold-start HR@10"}
+    for metric, best in report.get("against_best_baseline", {}).items():
+        against = "" if "served_score" not in best else f"; {SERVED} {best['served_score']:.3f}, " + (
+            f"{best['ratio']}× it" if best["ratio"] else "no ratio to a baseline that finds none")
+        notes.append(f"Best baseline by {labels[metric]}: {best['baseline']} ({best['baseline_score']:.3f}){against}")
+    baselines = report.get("baselines", {})
+    if knn := baselines.get("item-kNN"):
+        notes.append(f"item-kNN chosen on {knn['cases']} validation cases: {_setting(knn['setting'])} (HR@10 "
+                     f"{knn['hr@10']}, cosine {knn['cosine_hr@10']}); history weight {knn['history_weight']} "
+                     f"(HR@10 {knn['hr@10_with_history']})")
+    if isinstance(kind := baselines.get("type-level co-purchase"), dict):
+        notes.append(f"type-level co-purchase chosen on {kind['cases']} validation cases"
+                     f"{' (cold start)' if kind['cold_start'] else ''}: {_setting(kind['setting'])}, "
+                     f"{'with' if kind['same_type'] else 'without'} the same type (HR@10 {kind['hr@10']})")
+    elif kind:
+        notes.append(f"type-level co-purchase: {kind}")
+    return "\n".join(lines + [""] + [f"- {note}" for note in notes] if notes else lines)
+
+
+def _setting(setting: dict) -> str:
+    return f"alpha {setting['alpha']}, shrink {setting['shrink']}, " + \
+        (f"{setting['keep']} neighbours" if setting["keep"] else "all neighbours")
 
 
 SHOP_EVALUATION_CASES = 2000
@@ -413,6 +484,7 @@ def run(*, shop=None, orders_file: Path | None = None, products_file: Path | Non
         baskets, titles = load_order_file(orders_file, mapping, skip_orders=skip_orders_prefix, skip_products=skip,
                                           progress=progress)
         source = str(orders_file)
+        types = load_product_types(products_file or orders_file, mapping) if "product_type" in mapping else {}
     else:
         from core.history import load_baskets, load_catalog
 
@@ -420,13 +492,15 @@ def run(*, shop=None, orders_file: Path | None = None, products_file: Path | Non
         baskets = [Basket(b.order_id, b.created_at, [str(p) for p in b.products], b.customer)
                    for b in load_baskets(shop.id, catalog)]
         titles = {str(p): item.title for p, item in catalog.items()}
+        types = {str(p): item.product_type for p, item in catalog.items() if item.product_type}
         source = shop.domain
     if products_file:
         titles |= load_product_file(products_file, mapping)
     report = compare_recommenders(
         baskets, titles, test_fraction=test_fraction, cases_limit=cases, model_cases=model_cases,
         chat=chat_with_gguf(model_file) if model_file else None, train_minutes=train_minutes,
-        workdir=Path(tempfile.mkdtemp(prefix="pairwell-evaluate-")) if train_minutes else None, progress=progress)
+        workdir=Path(tempfile.mkdtemp(prefix="pairwell-evaluate-")) if train_minutes else None, types=types,
+        progress=progress)
     report["source"] = source
     report["markdown"] = markdown(report)
     return report
