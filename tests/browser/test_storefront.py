@@ -222,7 +222,9 @@ def test_a_failing_empty_or_hanging_proxy_leaves_the_product_page_intact(page, s
     (None, "/apps/pairwell", "//evil.example/x"),  # not a path on this storefront: the default instead
 ], ids=["fr-default", "fr-renamed", "invalid-setting"])
 def test_the_block_asks_the_proxy_under_the_locale_root_and_its_path_and_links_there(
-        page, storefront, live_app, viewport, locale, proxy_path, setting):
+        storefront, page, live_app, viewport, locale, proxy_path, setting):
+    """(`storefront` before `page`: the page closes, and sends its last beacon, before the preview's proxy path
+    is put back, or that beacon meets the old path's 404.)"""
     page.set_viewport_size(viewport)
     storefront.proxy_path = proxy_path
     if setting:
