@@ -1,4 +1,5 @@
-"""The embedded admin's pages: Home, Recommendations, Models, Schedule, Experiment, Assistant.
+"""The embedded admin's pages: Home (also the embedded entry, where a shop installs), Recommendations, Models,
+Schedule, Experiment, Assistant.
 
 Each page is rendered on the server from the shop's data and then kept live by its script through `/api/*`
 (admin_api.py) with App Bridge session tokens. Shopify puts `id_token` on the admin's first load; a page
@@ -9,16 +10,17 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import Blueprint, abort, current_app, g, render_template, request
+from flask import Blueprint, abort, current_app, g, redirect, render_template, request
 from sqlalchemy import func, select
 
-from core import assistant, experiment, merchandising, recommendations, schedule, shops
+from core import assistant, experiment, merchandising, recommendations, schedule, shopify_api, shops
 from core.models import Order, Product, SyncRun, TrainingRun, db
+from core.shopify_api import ShopifyError
 from worker.tasks import latest_evaluation
 
 from . import analytics
 from .admin_api import model_cards, sync_run_json, training_run_json
-from .auth import shop_from_claims, verify_session_token
+from .auth import bearer_token, install_and_sync, shop_from_claims, valid_shop_arg, verify_session_token
 
 bp = Blueprint("admin", __name__)
 
@@ -46,6 +48,8 @@ def bounce():
 
 @bp.before_request
 def authenticate_page():
+    if request.endpoint == "admin.embedded_entry":
+        return None
     token = request.args.get("id_token")
     if not token:
         return bounce()
@@ -67,6 +71,33 @@ def home_context(shop) -> dict:
     return {"sync_runs": [sync_run_json(r) for r in runs],
             "counts": counts, "live": live and {"version": live.version, "deployed_at": live.deployed_at},
             "metrics": analytics.summary(shop.id, 30)}
+
+
+@bp.get("/")
+def embedded_entry():
+    """Shopify admin loads us here with `?shop=…&id_token=…`. First visit (or after an uninstall): install, by
+    token exchange. It authenticates itself (`authenticate_page` lets it through): it is where a shop that has
+    not installed yet arrives."""
+    shop_arg = valid_shop_arg()
+    token = bearer_token(allow_query=True)
+    if not token:
+        if shop_arg and request.args.get("embedded") == "1":  # inside the admin: App Bridge has a token for us
+            return bounce()
+        if shop_arg:
+            return redirect(f"/auth/install?{urlencode({'shop': shop_arg})}")
+        abort(400, "Open Pairwell from your Shopify admin: the request carries no shop and no session token.")
+    domain = shop_from_claims(verify_session_token(token))
+    if shop_arg and shop_arg != domain:
+        abort(401, "The session token was issued for a different shop.")
+
+    shop = shops.get_shop(domain)
+    if shop is None or not shop.is_installed or shops.refresh_expired(shop):
+        try:
+            grant = shopify_api.exchange_session_token(domain, token, **shops.app_credentials())
+        except ShopifyError as exc:
+            abort(401 if exc.status in (400, 401) else 502, f"Token exchange failed: {exc}")
+        shop = install_and_sync(domain, grant)
+    return render_page("home", shop, **home_context(shop))
 
 
 @bp.get("/recommendations")

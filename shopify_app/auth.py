@@ -1,5 +1,6 @@
-"""Install and authentication: the embedded entry (session token + token exchange) and the legacy
-authorization-code redirect for non-embedded installs. Also the `session_token_required` guard."""
+"""Install and authentication: session tokens (verified here for the admin pages, `/api/*` and the embedded
+entry in `admin.py`), installing a shop, and the legacy authorization-code redirect for non-embedded installs.
+Also the `session_token_required` guard."""
 
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ SESSION_TOKEN_TIME_CLAIMS = ("exp", "nbf", "iat")
 SESSION_TOKEN_LEEWAY_SECONDS = 10  # clock skew allowed on exp, nbf and iat (Shopify's own libraries allow 10 s)
 
 
-def _bearer_token() -> str | None:
+def bearer_token(allow_query: bool = False) -> str | None:
+    """The session token from `Authorization: Bearer`, or (the embedded entry only) the `id_token` query."""
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
         return header.removeprefix("Bearer ").strip()
-    return request.args.get("id_token") if request.endpoint == "auth.embedded_entry" else None
+    return request.args.get("id_token") if allow_query else None
 
 
 def _session_token_claims(token: str) -> dict:
@@ -81,7 +83,7 @@ def session_token_required(view):
 
     @functools.wraps(view)
     def guarded(*args, **kwargs):
-        token = _bearer_token()
+        token = bearer_token()
         if not token:
             abort(401, "Missing session token (send Authorization: Bearer <token> from App Bridge).")
         g.session_claims = verify_session_token(token)
@@ -91,53 +93,24 @@ def session_token_required(view):
     return guarded
 
 
-def _valid_shop_arg() -> str | None:
+def valid_shop_arg() -> str | None:
     shop = request.args.get("shop")
     if shop is not None and not is_valid_shop_domain(shop):
         abort(400, f"Invalid shop domain {shop!r}: expected something like your-store.myshopify.com.")
     return shop
 
 
-def _install_and_sync(domain: str, grant: shopify_api.TokenGrant):
+def install_and_sync(domain: str, grant: shopify_api.TokenGrant):
+    """Record the (re)install and start the first full sync."""
     shop = shops.install(domain, grant)
     enqueue_full_sync(shop)
     return shop
 
 
-@bp.get("/")
-def embedded_entry():
-    """Shopify admin loads us here with `?shop=…&id_token=…`. First visit (or after an uninstall): install."""
-    shop_arg = _valid_shop_arg()
-    token = _bearer_token()
-    if not token:
-        from .admin import bounce
-
-        if shop_arg and request.args.get("embedded") == "1":  # inside the admin: App Bridge has a token for us
-            return bounce()
-        if shop_arg:
-            return redirect(f"/auth/install?{urlencode({'shop': shop_arg})}")
-        abort(400, "Open Pairwell from your Shopify admin: the request carries no shop and no session token.")
-    domain = shop_from_claims(verify_session_token(token))
-    if shop_arg and shop_arg != domain:
-        abort(401, "The session token was issued for a different shop.")
-
-    shop = shops.get_shop(domain)
-    if shop is None or not shop.is_installed or shops.refresh_expired(shop):
-        try:
-            grant = shopify_api.exchange_session_token(domain, token, **shops.app_credentials())
-        except ShopifyError as exc:
-            abort(401 if exc.status in (400, 401) else 502, f"Token exchange failed: {exc}")
-        shop = _install_and_sync(domain, grant)
-
-    from .admin import home_context, render_page
-
-    return render_page("home", shop, **home_context(shop))
-
-
 @bp.get("/auth/install")
 def install():
     """Non-embedded install: send the merchant to Shopify's grant screen with a nonce in a signed cookie."""
-    shop = _valid_shop_arg()
+    shop = valid_shop_arg()
     if not shop:
         abort(400, "Missing shop parameter.")
     session["oauth_state"] = state = secrets.token_urlsafe(24)
@@ -152,7 +125,7 @@ def install():
 
 @bp.get("/auth/callback")
 def callback():
-    shop = _valid_shop_arg()
+    shop = valid_shop_arg()
     if not shop:
         abort(400, "Missing shop parameter.")
     pairs = list(request.args.items(multi=True))
@@ -171,5 +144,5 @@ def callback():
         grant = shopify_api.exchange_authorization_code(shop, request.args.get("code", ""), **shops.app_credentials())
     except ShopifyError as exc:
         abort(401 if exc.status in (400, 401) else 502, f"Code exchange failed: {exc}")
-    _install_and_sync(shop, grant)
+    install_and_sync(shop, grant)
     return redirect(f"https://{shop}/admin/apps/{current_app.config['SHOPIFY_API_KEY']}")

@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 from flask import current_app
 from flask.cli import FlaskGroup
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from core import shops
 from core.config import require_production
-from core.models import ModelVersion, Order, OrderLine, Product, Variant, db
+from core.models import ModelVersion, db
 from worker.tasks import PipelineError, enqueue_full_sync, enqueue_pipeline, enqueue_rollback
 
 from . import create_app, migrations
@@ -83,12 +83,6 @@ def worker(queues, concurrency, beat):
     celery = current_app.extensions["celery"]
     # --beat: this worker also runs the schedule (the sweeper); run exactly one such worker.
     celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "--loglevel=INFO", *(["-B"] if beat else [])])
-
-
-def store_counts(shop_id: int) -> dict[str, int]:
-    return {model.__tablename__: db.session.scalar(select(func.count()).select_from(model)
-                                                   .where(model.shop_id == shop_id))
-            for model in (Product, Variant, Order, OrderLine)}
 
 
 @cli.command()

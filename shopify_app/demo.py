@@ -9,9 +9,10 @@ from urllib.parse import urlencode
 
 import click
 from flask import current_app
+from sqlalchemy import func, select
 
 from core import shops
-from core.models import Conversation, ModelVersion, SyncRun, db
+from core.models import Conversation, ModelVersion, Order, OrderLine, Product, SyncRun, Variant, db
 from core.signatures import signed_app_proxy_query
 from sample_store import SampleShopify, generate_store
 from sample_store.catalog import MERCHANT_ASSISTANT, MERCHANT_POLICIES
@@ -49,8 +50,6 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
 
     shop = shops.get_shop(shopify.shop)
     run = db.session.scalars(db.select(SyncRun).where(SyncRun.shop_id == shop.id).order_by(SyncRun.id.desc())).first()
-    from .cli import store_counts
-
     counts = store_counts(shop.id)
     elapsed = time.perf_counter() - started
     click.echo(f"Installed {shop.domain} (token expires {shop.access_token_expires_at:%H:%M} UTC, refreshable).")
@@ -154,3 +153,9 @@ def scripted_conversation(app, shop, store) -> None:
                        + (f"; shows {products}" if products else "")
                        + (f"; hands off to {reply['handoff_url'].split('?')[0]}" if reply["handoff"] else "") + "]")
             db.session.expire_all()
+
+
+def store_counts(shop_id: int) -> dict[str, int]:
+    return {model.__tablename__: db.session.scalar(select(func.count()).select_from(model)
+                                                   .where(model.shop_id == shop_id))
+            for model in (Product, Variant, Order, OrderLine)}

@@ -36,17 +36,21 @@ def verify_signature_and_rate():
     if g.shop_id is None:
         abort(404, f"Pairwell is not installed on {domain}.")
     config = current_app.config
-    for scope, identity, limit in (("shopper", shopper_identity(), config["PROXY_LIMIT_PER_IP"]),
-                                   ("shop", domain, config["PROXY_LIMIT_PER_SHOP"])):
+    return first_limit_passed([("shopper", shopper_identity(), config["PROXY_LIMIT_PER_IP"]),
+                               ("shop", domain, config["PROXY_LIMIT_PER_SHOP"])],
+                              "Over {limit} requests a minute; retry later.")
+
+
+def first_limit_passed(limits: list[tuple[str, str, int]], message: str):
+    """Count this request against each (scope, identity, per-minute limit); the 429 of the first one it passes
+    (`message` names `{limit}`), or None."""
+    for scope, identity, limit in limits:
         wait = cache.over_limit(scope, identity, limit)
         if wait is not None:
-            return too_many_requests(f"Over {limit} requests a minute; retry later.", wait)
-
-
-def too_many_requests(message: str, wait: int):
-    response = jsonify(error="Too Many Requests", message=message)
-    response.status_code, response.headers["Retry-After"] = 429, str(wait)
-    return response
+            response = jsonify(error="Too Many Requests", message=message.format(limit=limit))
+            response.status_code, response.headers["Retry-After"] = 429, str(wait)
+            return response
+    return None
 
 
 def signed_customer() -> str:
@@ -61,7 +65,7 @@ def shopper_identity() -> str:
     that customer. A guest is the address Shopify's proxy saw: the right-most X-Forwarded-For entry past our
     own PAIRWELL_TRUSTED_PROXIES (load balancers in front of the app); entries to its left are whatever the
     client wrote and are never trusted."""
-    customer = request.args.get("logged_in_customer_id", "")
+    customer = signed_customer()
     if customer:
         return f"customer:{customer[:32]}"
     hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
@@ -173,11 +177,11 @@ def support_chat():
         abort(400, str(exc))
     # Counted per shopper and per shop, never per session: the shopper picks the session id.
     config = current_app.config
-    for scope, identity, limit in (("chat", f"{g.shop_id}:{shopper_identity()}", config["CHAT_LIMIT_PER_SHOPPER"]),
-                                   ("chat-shop", str(g.shop_id), config["CHAT_LIMIT_PER_SHOP"])):
-        wait = cache.over_limit(scope, identity, limit)
-        if wait is not None:
-            return too_many_requests(f"Over {limit} messages a minute; wait a moment.", wait)
+    refused = first_limit_passed([("chat", f"{g.shop_id}:{shopper_identity()}", config["CHAT_LIMIT_PER_SHOPPER"]),
+                                  ("chat-shop", str(g.shop_id), config["CHAT_LIMIT_PER_SHOP"])],
+                                 "Over {limit} messages a minute; wait a moment.")
+    if refused is not None:
+        return refused
     shop = db.session.get(Shop, g.shop_id)  # a database that is away: the app's 503 (shopify_app/__init__.py)
     if not assistant.settings(shop)["enabled"]:
         abort(403, "The store's assistant is switched off.")

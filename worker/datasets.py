@@ -42,6 +42,8 @@ from core.prompts import (
 from core.recommendations import Shelf, load_shelf
 from core.recommenders import CoPurchase, Recommender, serving_retrieval
 
+from .artifacts import artifacts_root
+
 log = logging.getLogger(__name__)
 
 MIN_EXAMPLES_WARNING = 500
@@ -481,8 +483,6 @@ def merchant_conversations(upload: str | Path, shop: Shop, skipped: list[dict] |
 
 def uploads_dir(shop: Shop) -> Path:
     """Past conversations the merchant added from the admin: every later training run learns from them."""
-    from .pipeline import artifacts_root
-
     return artifacts_root() / shop.domain / "conversations"
 
 
@@ -561,8 +561,6 @@ def forget_conversations(shop: Shop, talks: list[Conversation]) -> dict:
     and `merged/` (the merged weights the export converts). A run still queued or running on such a dataset is
     asked to stop. The GGUF files stay (docs/security.md: the customer's words were never a training target). A
     later build makes new datasets without them."""
-    from .pipeline import artifacts_root
-
     root = artifacts_root() / shop.domain
     ids = {talk.id for talk in talks}
     questions = {_asked(m["content"]) for talk in talks if isinstance(talk.messages, list) for m in talk.messages

@@ -22,6 +22,7 @@ from core.recommendations import load_shelf, ranking
 from core.recommenders import CustomerHistories, History
 
 from . import export, training
+from .artifacts import artifacts_root
 from .base_model import prepare_base_model, smollm2_gguf
 from .datasets import build_datasets
 from .evaluation import ModelReRank, hits_at, leave_one_out, scores_below
@@ -31,10 +32,6 @@ log = logging.getLogger(__name__)
 
 STALE_AFTER = timedelta(minutes=15)
 GATE_CASES = 60  # held-out orders the deploy gate scores (about a second each for the model on a CPU)
-
-
-def artifacts_root() -> Path:
-    return Path(current_app.config["PAIRWELL_ARTIFACTS"])
 
 
 def run_dir(run: TrainingRun) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.models import Shop, utcnow
 
-from .pipeline import artifacts_root
+from .artifacts import artifacts_root
 
 log = logging.getLogger(__name__)
 STALE = timedelta(hours=2)  # a report "running" this long lost its worker: it may be started again
