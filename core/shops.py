@@ -77,9 +77,7 @@ def uninstall(domain: str) -> Shop | None:
 def access_token(shop: Shop, now: datetime | None = None) -> str:
     """A usable offline token, refreshed first when it expires within a few minutes."""
     now = now or datetime.now(timezone.utc)
-    if not shop.access_token_encrypted:
-        raise ShopifyError(f"{shop.domain} has no access token (not installed)", status=401)
-    if _expiring(shop, now):
+    if shop.access_token_encrypted and _expiring(shop, now):
         # A refresh retires the refresh token it used: under the shop's lock, only the first of two processes
         # refreshes, and the second reads the token the first stored.
         with shop_lock(shop.id):
@@ -89,7 +87,7 @@ def access_token(shop: Shop, now: datetime | None = None) -> str:
                 grant = shopify_api.refresh_access_token(shop.domain, decrypt(shop.refresh_token_encrypted),
                                                          **app_credentials())
                 store_grant(shop, grant)
-    if not shop.access_token_encrypted:
+    if not shop.access_token_encrypted:  # never installed, or uninstalled (meanwhile, too)
         raise ShopifyError(f"{shop.domain} has no access token (not installed)", status=401)
     return decrypt(shop.access_token_encrypted)
 
