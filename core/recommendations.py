@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 
+import numpy as np
 from cachetools import LRUCache
 from flask import current_app, has_request_context
 from sqlalchemy import select, update
@@ -30,7 +32,8 @@ from .merchandising import Rules, load_rules
 from .model_hosts import Chat, ModelUnavailable, host_for, model_ref
 from .models import ModelVersion, Product, Shop, Variant, db
 from .prompts import CANDIDATES, MAX_PICKS, RECOMMEND_SYSTEM, parse_answer, reason_for, recommendation_prompt
-from .recommenders import Blend, History, TitleMatcher, bought_before, serving_retrieval
+from .ranking_head import serving_retrieval
+from .recommenders import Blend, History, TitleMatcher, bought_before
 
 log = logging.getLogger(__name__)
 INDEX_TTL_SECONDS = 600
@@ -68,15 +71,34 @@ class Shelf:
     def __post_init__(self):
         self.matcher = TitleMatcher({p: item.title for p, item in self.catalog.items()}, self.retrieval.index)
 
+    @cached_property
+    def bought_several(self) -> frozenset[str]:
+        """The product types (casefolded) shoppers buy several of in one order: at least SEVERAL_SHARE of the
+        pairs bought together with a product of the type are of the type itself (two fuel canisters for a
+        long trip, three colours of a lunch bag)."""
+        copurchase = self.retrieval.copurchase
+        kinds = [self.catalog[p].product_type.casefold() if p in self.catalog else "" for p in copurchase.ids]
+        names, codes = np.unique(np.array(kinds + [""], dtype=object), return_inverse=True)
+        codes = codes[:-1]
+        pairs = copurchase.counts.tocoo()
+        same = codes[pairs.row] == codes[pairs.col]
+        total = np.bincount(codes[pairs.row], weights=pairs.data, minlength=len(names))
+        own = np.bincount(codes[pairs.row][same], weights=pairs.data[same], minlength=len(names))
+        return frozenset(name for name, n, t in zip(names, own, total, strict=True)
+                         if name and t and n >= SEVERAL_SHARE * t)
+
     def title(self, product: Hashable) -> str:
         item = self.catalog.get(product)
         return item.title if item else str(product)
 
     @classmethod
-    def everything(cls, titles: dict[Hashable, str], retrieval: Blend) -> Shelf:
-        """A catalog known only by titles (an order file), every product sellable: offline evaluation."""
-        catalog = {p: Item(p, title, "", "") for p, title in sorted(titles.items())}
-        return cls(catalog, dict.fromkeys(catalog, ""), retrieval)
+    def everything(cls, titles: dict[Hashable, str], retrieval: Blend,
+                   types: dict[Hashable, str] | None = None) -> Shelf:
+        """A catalog known by titles (and product `types`, when known) from an order file, every product
+        sellable: offline evaluation."""
+        types = types or {}
+        catalog = {p: Item(p, title, types.get(p, ""), "") for p, title in sorted(titles.items())}
+        return cls(catalog, {p: item.product_type for p, item in catalog.items()}, retrieval)
 
 
 def load_shelf(shop: Shop, baskets: list[Basket] | None = None) -> Shelf:
@@ -175,6 +197,30 @@ def admissible(shelf: Shelf, viewing: Hashable, intent: str) -> Callable[[Hashab
     return allowed
 
 
+SEVERAL_SHARE = 0.25  # of a type's bought-together pairs with its own type, for a block to show two of it
+
+
+def one_of_a_kind(shelf: Shelf, products: list[Hashable], limit: int) -> list[Hashable]:
+    """The first `limit` of `products` with at most one product of each type, unless shoppers buy several of
+    that type in one order (`Shelf.bought_several`) or bought the two together (BOUGHT_BOTH orders): four
+    places are precious, and three AAA batteries for a headlamp waste two. Products set aside come back only
+    when the list holds too few kinds. Products without a type are all of their own kind."""
+    together = shelf.retrieval.copurchase.together
+    shown: list[Hashable] = []
+    set_aside: list[Hashable] = []
+    for product in products:
+        kind = shelf.sellable.get(product, "").casefold()
+        several = not kind or kind in shelf.bought_several
+        if not several and any(shelf.sellable[twin].casefold() == kind and together(twin, product) < BOUGHT_BOTH
+                               for twin in shown):
+            set_aside.append(product)
+        else:
+            shown.append(product)
+            if len(shown) == limit:
+                break
+    return (shown + set_aside)[:limit]
+
+
 def ranking(shelf: Shelf, viewing: Hashable, cart: list[Hashable], intent: str = "related",
             history: History | None = None) -> list[Hashable]:
     """Sellable products admissible for `intent` by the retrieval score with the viewed item, the cart and the
@@ -200,14 +246,15 @@ class Reranked:
 
 
 def rerank(chat: Chat, shelf: Shelf, viewing: Hashable, cart: list[Hashable], limit: int, system: str,
-           intent: str = "related", history: History | None = None) -> Reranked:
-    """The model picks up to MAX_PICKS among the ranking's top CANDIDATES (it reads the newest cart items);
-    the ranking fills the rest. Raises ModelUnavailable when the model cannot answer in time."""
+           intent: str = "related", history: History | None = None, at_most: int | None = None) -> Reranked:
+    """The model picks up to `at_most` (default `limit`; never over MAX_PICKS) among the ranking's top CANDIDATES
+    (it reads the newest cart items); the ranking fills the rest, to `limit`. Raises ModelUnavailable when the
+    model cannot answer in time."""
     ordered = ranking(shelf, viewing, cart, intent, history)
     candidates = ordered[:CANDIDATES]
     titles = [shelf.title(p) for p in candidates]
     prompt = recommendation_prompt(shelf.title(viewing), [shelf.title(c) for c in cart], titles)
-    most = min(limit, MAX_PICKS)
+    most = min(at_most or limit, MAX_PICKS)
     answer = chat([{"role": "system", "content": system}, {"role": "user", "content": prompt}], titles, most)
     picks: list[Hashable] = []
     reasons: dict[Hashable, str] = {}
@@ -274,20 +321,22 @@ class Pick:
 def served_list(shop: Shop, shelf: Shelf, viewing: Hashable, cart: list[Hashable], limit: int,
                 budget: float | None, intent: str, history: History | None = None) -> tuple[Reranked, str]:
     """The live model's re-rank of the ranking (`model`), or the ranking alone when no model answers in time
-    (`fallback`)."""
+    (`fallback`). A complementary block gets the whole ranking, for `one_of_a_kind` to choose from; the model
+    still picks at most `limit`."""
     model = live_model(shop)
+    reach = len(shelf.sellable) if intent == "complementary" else limit
     try:
         if model is None:
             raise ModelUnavailable("no model deployed")
         if not within_model_budget(shop.id):
             raise ModelUnavailable("the shop's model calls for this minute are spent")
         chat = storefront_chat(model, budget or current_app.config["MODEL_BUDGET_SECONDS"])
-        result = rerank(chat, shelf, viewing, cart, limit, RECOMMEND_SYSTEM.format(shop=shop.domain), intent,
-                        history)
+        result = rerank(chat, shelf, viewing, cart, reach, RECOMMEND_SYSTEM.format(shop=shop.domain), intent,
+                        history, at_most=limit)
     except ModelUnavailable as exc:
         if model is not None:
             log.warning("serving fallback for %s: %s", shop.domain, exc)
-        return Reranked(ranking(shelf, viewing, cart, intent, history)[:limit], {}), "fallback"
+        return Reranked(ranking(shelf, viewing, cart, intent, history)[:reach], {}), "fallback"
     # The raw miss rate, for evaluation: names the model gave that matched no candidate.
     cache.store().incr(f"model-names:{shop.id}", 30 * 86400)
     if result.misses:
@@ -319,6 +368,8 @@ def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, bud
         result, source = Reranked(copurchase_ranking(shelf, viewing.id, cart_ids, intent)[:limit], {}), HOLDOUT
     else:
         result, source = served_list(shop, shelf, viewing.id, cart_ids, limit, budget, intent, history)
+        if intent == "complementary":  # a block of complements shows one product of a kind
+            result.products = one_of_a_kind(shelf, [p for p in result.products if p not in pins], limit)
     products = (pins + [p for p in result.products if p not in pins])[:limit]
     origins = shelf.retrieval.origins([viewing.id, *cart_ids], products, history) if explain else {}
     together = shelf.retrieval.copurchase.together

@@ -13,7 +13,8 @@ gate and evaluation (the baselines), so all of them measure and serve the same t
   hiker who bought a stove last month needs its fuel).
 - Blend: what serves. EASE, co-purchase, semantic similarity and the customer's history, with weights chosen
   on the newest part of the store's own training orders (`fit_blend`), so each store gets the mix its data
-  supports. The fine-tuned model re-ranks its top candidates (core/recommendations.py `rerank`).
+  supports. A learned ranking head re-orders its top products (core/ranking_head.py), and the fine-tuned
+  model re-ranks its top candidates (core/recommendations.py `rerank`).
 
 A recommender is called with a basket (product ids), K and the customer's history (`bought_before`; None for
 a guest), and returns up to K other product ids, best first. Only the Blend reads the history.
@@ -36,7 +37,7 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg import lapack
 
-from .embeddings import SemanticIndex, catalog_index
+from .embeddings import SemanticIndex
 
 COLD_START_CO_PURCHASES = 10  # fewer training co-purchases than this and co-purchase cannot judge a product
 EASE_LAMBDA = 50.0  # Steck's suggestion; 20–800 tried on the Online Retail validation split, 50 was best
@@ -224,6 +225,8 @@ class TypeCoPurchase:
 
     def scores(self, basket: Sequence[Hashable]) -> np.ndarray:
         kinds = self.kinds.scores([self.types[p] for p in basket if p in self.types])
+        if not len(kinds):  # no typed product was ever bought
+            return np.zeros(len(self.ids), dtype=np.float32)
         return np.where(self.kind_of >= 0, kinds[self.kind_of], 0.0)
 
     def __call__(self, basket: Sequence[Hashable], k: int, history: History | None = None) -> list:
@@ -244,6 +247,10 @@ class EASE:
         purchases = _as_purchases(baskets)
         self.ids = purchases.ids[:max_items]
         self.position = {p: i for i, p in enumerate(self.ids)}
+        self.popularity = Popularity(purchases.items)
+        if not self.ids:  # a store with no orders yet: nothing to weigh
+            self.weights = np.zeros((0, 0), dtype=np.float32)
+            return
         x = purchases.matrix[:, :len(self.ids)]
         gram = (x.T @ x).toarray()
         gram[np.diag_indices_from(gram)] += lam
@@ -259,7 +266,6 @@ class EASE:
         inverse /= -np.diag(inverse)
         np.fill_diagonal(inverse, 0.0)
         self.weights = inverse
-        self.popularity = Popularity(purchases.items)
 
     def scores(self, basket: Sequence[Hashable]) -> np.ndarray:
         rows = [self.position[p] for p in basket if p in self.position]
@@ -360,10 +366,12 @@ class Blend:
         self.popular = bought / max(float(bought.max(initial=0)), 1.0)
         self.validation: dict | None = None  # how the weights did on the validation split (`fit_blend`)
         self.tried: dict[Weights, tuple[int, float]] = {}  # every setting's validation (hits, NDCG gain) there
+        self.head = None  # the learned ranker over its top products (core/ranking_head.py), where one is trained
 
     def reweighted(self, weights: Weights) -> Blend:
-        """The same fitted signals under other weights (no refit)."""
-        other = copy.copy(self)
+        """The same fitted signals under other weights (no refit), without the ranking head (it learned the
+        order of these weights)."""
+        other = self.alone()
         other.weights = weights
         return other
 
@@ -382,7 +390,15 @@ class Blend:
                          similar, similar * self.cold, self.popular, bought / max(float(bought.max(initial=0)), 1e-9)])
 
     def scores(self, basket: Sequence[Hashable], history: History | None = None) -> np.ndarray:
-        return self.weights.as_array() @ self.signals(basket, history) + 1e-3 * self.popular
+        signals = self.signals(basket, history)
+        scores = self.weights.as_array() @ signals + 1e-3 * self.popular
+        return scores if self.head is None else self.head.rescored(self, basket, history, signals, scores)
+
+    def alone(self) -> Blend:
+        """The same blend without its ranking head."""
+        other = copy.copy(self)
+        other.head = None
+        return other
 
     def origins(self, basket: Sequence[Hashable], products: Iterable[Hashable],
                 history: History | None = None) -> dict[Hashable, str]:
@@ -553,15 +569,6 @@ def fit_type_copurchase(baskets: Sequence[Sequence[Hashable]], types: Mapping[Ha
     chosen.validation = {"cases": len(cold), "cold_start": cold is not held_out, "setting": vars(best[0]),
                          "same_type": best[1], "hr@10": round(tried[best][0] / len(cold), 4)}
     return chosen
-
-
-def serving_retrieval(orders: Sequence, catalog: dict) -> Blend:
-    """The recommender the storefront serves with (and so the one training's candidates and the deploy gate
-    use): the Blend of the time-ordered `orders` (core.history.Basket: customer, created_at, products), weights
-    chosen on their newest part, over the catalog's text embeddings. `catalog`: Items by product id."""
-    histories = CustomerHistories(orders)
-    return fit_blend([o.products for o in orders], catalog_index(catalog),
-                     history=lambda i: histories.before(orders[i].customer, orders[i].created_at))
 
 
 def top_k(ids: list, scores: np.ndarray, exclude: Iterable[Hashable], k: int) -> list:

@@ -303,3 +303,20 @@ def test_product_search_takes_the_merchants_words_literally(client, installed_sh
     assert title in [p["title"] for p in found]
     assert call(client, shopify, "GET", "/api/products?q=%25").json["products"] == []  # no wildcard
     assert call(client, shopify, "GET", "/api/products?limit=0").status_code == 400
+
+
+def test_the_model_card_says_which_requests_the_ranking_head_re_orders(client, installed_shop, shopify):
+    gate = {"passed": False, "reason": "refused, the model's re-rank is worse than the retrieval it starts from",
+            "hr@4": 0.4, "co-purchase hr@4": 0.3, "model_names": 4, "unmatched_names": 0,
+            "ranking_head": {"serves": ["1 product", "2-4 products"], "slices": {}, "cases": 700}}
+    db.session.add(ModelVersion(shop_id=installed_shop.id, version=1, gguf_path="/nonexistent", quantization="q8_0",
+                                size_bytes=1, sha256="0" * 64, base_model="tiny", status="verified",
+                                metrics={"gate": gate}))
+    db.session.commit()
+    page = client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True)
+    assert "Ranking head: re-orders requests of 1 product, 2-4 products" in page
+    model = db.session.scalars(select(ModelVersion).where(ModelVersion.shop_id == installed_shop.id)).one()
+    model.metrics = {"gate": {**gate, "ranking_head": None}}
+    db.session.commit()
+    page = client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True)
+    assert "Ranking head: not trained, too few orders yet" in page

@@ -164,3 +164,22 @@ def test_online_retail_reference_figures():
     best = result["against_best_baseline"]["hr@10"]
     assert best["baseline"].endswith("+ history") and best["ratio"] > 1
     assert "type-level co-purchase" not in report
+
+
+def test_the_report_pairs_the_head_with_the_blend_alone_and_measures_one_of_a_kind():
+    """The served list against the blend without its head, on the same cases, with the paired interval; with
+    types, how many lists repeat a type in their first four, for the ranking and for the storefront's block."""
+    from tests.test_ranking_head import CATALOG, orders
+
+    report = evaluation.compare_recommenders(orders(1600), {p: item.title for p, item in CATALOG.items()},
+                                             types={p: item.product_type for p, item in CATALOG.items()})
+    rows, head = report["recommenders"], report["ranking_head"]
+    lift = head["ndcg@10_against_blend_alone"]
+    assert lift["cases"] == rows[evaluation.SERVED]["cases"] == rows[evaluation.BLEND_ALONE]["cases"]
+    assert lift["ratio"] == round(rows[evaluation.SERVED]["ndcg@10"] / rows[evaluation.BLEND_ALONE]["ndcg@10"], 3)
+    assert lift["ci"][0] <= lift["ratio"] <= lift["ci"][1] and lift["ci"][0] > 1  # the head lifts this store
+    block = rows[evaluation.ONE_OF_A_KIND]
+    assert block["same_type_lists@4"] == 0 < rows[evaluation.SERVED]["same_type_lists@4"]
+    table = evaluation.markdown(report)
+    assert f"Ranking head: NDCG@10 {lift['ratio']}× the blend alone" in table
+    assert "Lists with two products of one type in their first 4:" in table

@@ -280,3 +280,19 @@ def test_type_level_co_purchase_knows_a_new_product_by_its_type():
     assert kinds(["bag-new"], 3) == ["pad-a", "pad-b", "stove"]
     assert kinds(["pad-a"], 3) == ["bag-a", "bag-b", "bag-new"]
     assert CoPurchase(orders)(["bag-new"], 3) == ["bag-a", "stove", "pad-a"]  # co-purchase: popularity only
+
+
+def test_a_block_shows_one_product_of_a_kind_unless_shoppers_buy_several(index):
+    """A tent and a stove share a type here and nobody buys both: the block shows one and fills with other
+    kinds, and takes the second back only when the list runs out of kinds. Shoppers do buy two lunch bags at
+    once, so two may share a block."""
+    from core.recommendations import one_of_a_kind
+
+    orders = [b.products for b in baskets()] + [["red-bag", "pink-bag"]] * 20
+    types = {p: "Gear" if p in ("tent", "stove") else "Lunch Bag" if p.endswith("-bag") else p.title()
+             for p in TITLES}
+    shelf = Shelf.everything(TITLES, Blend(orders, index), types)
+    assert shelf.bought_several == {"lunch bag"}
+    assert one_of_a_kind(shelf, ["tent", "stove", "fuel", "chalk"], 3) == ["tent", "fuel", "chalk"]
+    assert one_of_a_kind(shelf, ["tent", "stove", "fuel"], 3) == ["tent", "fuel", "stove"]
+    assert one_of_a_kind(shelf, ["pink-bag", "red-bag", "tent"], 2) == ["pink-bag", "red-bag"]

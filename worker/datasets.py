@@ -39,8 +39,9 @@ from core.prompts import (
     recommendation_prompt,
     support_prompt,
 )
+from core.ranking_head import serving_retrieval
 from core.recommendations import Shelf, load_shelf
-from core.recommenders import CoPurchase, Recommender, serving_retrieval
+from core.recommenders import CoPurchase, Recommender
 
 from .artifacts import artifacts_root
 

@@ -19,7 +19,8 @@ from core.embeddings import SemanticIndex, catalog_index
 from core.history import Basket, Item, split_by_time
 from core.model_hosts import Chat, chat_with_gguf
 from core.prompts import MAX_PICKS, PROMPT_CART, RECOMMEND_SYSTEM, parse_answer
-from core.recommendations import Shelf, rerank, shown_reason
+from core.ranking_head import fit_ranking_head
+from core.recommendations import Shelf, one_of_a_kind, rerank, shown_reason
 from core.recommenders import (
     COLD_START_CO_PURCHASES,
     EASE,
@@ -42,7 +43,10 @@ ORDER_COLUMNS = ("order_id", "product_id", "created_at", "quantity", "title", "c
 # The simple baselines the served list must beat, each tuned on the training period's validation split; ratios
 # are taken against the best of those present, metric by metric.
 BASELINES = ("co-purchase", "item-kNN", "co-purchase + history", "item-kNN + history", "type-level co-purchase")
-SERVED = "blend (served)"
+SERVED = "blend (served)"  # with its ranking head, where one serves
+ONE_OF_A_KIND = "blend (served), one of a kind in 4"  # the storefront's complementary block
+BLOCK = 4  # the storefront block's places
+BLEND_ALONE = "blend alone"  # without the head: the paired comparison
 Progress = Callable[[Iterable, str], Iterable]  # wraps a phase's loop (a progress bar in the CLI)
 
 
@@ -137,6 +141,19 @@ def fine_tune_on_orders(train: list[Basket], shelf: Shelf, workdir: Path, *,
                   "minutes": minutes, "steps": summary["steps"],
                   "tokens": summary["tokens"], "best_eval_loss": summary["best_eval_loss"],
                   "stopped": summary["stopped"]}
+
+
+class OneOfAKind:
+    """The storefront's complementary block as a recommender: the served ranking with at most one product of a
+    type in its first BLOCK places, unless shoppers buy several (`one_of_a_kind`), the rest after."""
+
+    def __init__(self, recommender: Recommender, shelf: Shelf):
+        self.recommender, self.shelf = recommender, shelf
+
+    def __call__(self, basket: list, k: int, history: History | None = None) -> list:
+        ranked = self.recommender(basket, len(self.shelf.sellable), history)
+        block = one_of_a_kind(self.shelf, ranked, BLOCK)
+        return (block + [p for p in ranked if p not in block])[:k]
 
 
 class ModelAlone:
@@ -235,7 +252,11 @@ class Relevance:
 
 
 def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rng: random.Random,
-          slices: dict[str, Callable[[Case], bool]], relevance: Relevance | None = None) -> dict:
+          slices: dict[str, Callable[[Case], bool]], relevance: Relevance | None = None,
+          gains: list[float] | None = None, types: dict[str, str] | None = None) -> dict:
+    """The recommender's report on `cases`; each case's NDCG@10 is appended to `gains`, for paired comparisons.
+    With product `types`, the share of lists whose first BLOCK products hold two of one type."""
+    repeated = 0
     hits = {k: [] for k in KS}
     ndcg = {k: [] for k in KS}
     shown, invented, duplicates, latency, relevant = set(), 0, 0, [], []
@@ -247,6 +268,8 @@ def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rn
         invented += sum(p not in catalog for p in ranked)
         duplicates += len(ranked) - len(set(ranked))
         shown.update(ranked)
+        kinds = [types[p] for p in ranked[:BLOCK] if p in (types or {})]
+        repeated += len(kinds) != len(set(kinds))
         if relevance:
             relevant.append(relevance(case.context, ranked[:4]))
         for k in KS:
@@ -266,9 +289,13 @@ def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rn
         report[f"recall@{k}"] = report[f"hr@{k}"]  # one hidden product a case: recall equals hit rate
         report[f"ndcg@{k}"] = round(sum(ndcg[k]) / max(len(ndcg[k]), 1), 4)
     report["ndcg@10_ci"] = [round(x, 4) for x in bootstrap(ndcg[10], rng)]
+    if gains is not None:
+        gains.extend(ndcg[10])
     report["coverage"] = round(len(shown & catalog) / max(len(catalog), 1), 4)
     report["out_of_catalog_rate"] = round(invented / shown_total, 4)
     report["duplicate_rate"] = round(duplicates / shown_total, 4)
+    if types:
+        report["same_type_lists@4"] = round(repeated / max(scored, 1), 4)
     report["latency_ms_p50"] = round(sorted(latency)[len(latency) // 2] * 1000, 3) if latency else None
     if relevant:
         report["relevance@4"] = round(sum(relevant) / len(relevant), 3)
@@ -293,20 +320,27 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     tuned as the blend is, on the newest 15% of the training orders, never the test split: item-kNN's
     normalisation, shrinkage and neighbourhood, and with customers its history weight; with product `types`,
     type-level co-purchase for the cold-start slice. With titles, the semantic recommender and the served blend
-    too; with a model (`chat`), the model alone and the blend it re-ranks, on the first `model_cases` cases (with
-    the blend alone on the same cases, for a paired comparison)."""
+    too, with its ranking head (trained on the same validation split) and without it (`BLEND_ALONE`, paired on
+    the same cases); with a model (`chat`), the model alone and the blend it re-ranks, on the first
+    `model_cases` cases (with the blend on the same cases, for a paired comparison)."""
     rng = random.Random(seed)
     train, test = split_by_time(baskets, test_fraction)
     catalog = {p for b in baskets for p in b.products}
     histories = CustomerHistories(baskets)
+    typed = {p: types[p] for p in sorted(catalog) if (types or {}).get(p)}
     index = shelf = blend = None
     if titles:
         items = {p: Item(p, titles.get(p, p), "", "") for p in sorted(catalog)}
         index = catalog_index(items, lambda chunks: progress(chunks, "embedding titles"))
-        blend = fit_blend([b.products for b in train], index, seed=seed,
-                          history=lambda i: histories.before(train[i].customer, train[i].created_at),
+
+        def history(i: int) -> History:
+            return histories.before(train[i].customer, train[i].created_at)
+
+        blend = fit_blend([b.products for b in train], index, seed=seed, history=history,
                           progress=lambda cases: progress(cases, "choosing the blend's weights"))
-        shelf = Shelf.everything({p: item.title for p, item in items.items()}, blend)
+        blend.head = fit_ranking_head([b.products for b in train], index, blend, history=history, types=typed,
+                                      seed=seed, progress=lambda bs: progress(bs, "training the ranking head"))
+        shelf = Shelf.everything({p: item.title for p, item in items.items()}, blend, typed)
         copurchase, ease = blend.copurchase, blend.ease  # the blend's own, fitted on the same training orders
     else:
         purchases = Purchases(b.products for b in train)
@@ -329,20 +363,23 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     if with_history:
         recommenders["item-kNN + history"] = knn.with_history(knn.validation["history_weight"]) \
             if knn.validation else knn
-    typed = {p: types[p] for p in sorted(catalog) if (types or {}).get(p)}
     if typed:
         recommenders["type-level co-purchase"] = fit_type_copurchase([b.products for b in train], typed, seed=seed)
     if blend is not None:
+        recommenders[BLEND_ALONE] = blend.alone()
         recommenders[SERVED] = blend
+        if typed:
+            recommenders[ONE_OF_A_KIND] = OneOfAKind(blend, shelf)
     popular = {p for p, _ in copurchase.items.most_common(max(len(copurchase.items) // 5, 1))}
     slices = {
         "long_tail": lambda c: c.target not in popular,
         "cold_start": lambda c: copurchase.co_purchases(c.target) < COLD_START_CO_PURCHASES,
     }
     relevance = Relevance(baskets, index)
-    results = {}
+    results, gains = {}, {}
     for name, recommender in recommenders.items():
-        results[name] = score(recommender, progress(cases, name), catalog, random.Random(seed), slices, relevance)
+        results[name] = score(recommender, progress(cases, name), catalog, random.Random(seed), slices, relevance,
+                              gains.setdefault(name, []), typed)
     trained_on = None
     if train_minutes and shelf is not None:
         gguf, trained_on = fine_tune_on_orders(train, shelf, workdir, minutes=train_minutes, seed=seed)
@@ -364,7 +401,10 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
                   "split_at": test[0].created_at.isoformat() if test else None, "catalog": len(catalog),
                   "cases_with_history": sum(bool(case.history) for case in cases),
                   "seed": seed},
-        **({"blend": {"weights": vars(blend.weights), "validation": blend.validation}} if blend else {}),
+        **({"blend": {"weights": vars(blend.weights), "validation": blend.validation},
+            "ranking_head": {**(blend.head.card() if blend.head else {"serves": [], "why": "too few orders to train"}),
+                             "ndcg@10_against_blend_alone": paired_ratio(gains[SERVED], gains[BLEND_ALONE],
+                                                                         random.Random(seed))}} if blend else {}),
         "baselines": {
             "item-kNN": knn.validation,
             "type-level co-purchase": getattr(recommenders.get("type-level co-purchase"), "validation", None)
@@ -375,7 +415,7 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
         "against_co_purchase": {name: ratios(result, results["co-purchase"]) for name, result in results.items()
                                 if name in ("item-kNN", "EASE", "co-purchase + history", "item-kNN + history",
                                             SERVED)},
-        **({"against_co_purchase_with_history": ratios(results["blend (served)"], results["co-purchase + history"])}
+        **({"against_co_purchase_with_history": ratios(results[SERVED], results["co-purchase + history"])}
            if "co-purchase + history" in results else {}),
         **({"model_trained_on": trained_on} if trained_on else {}),
     }
@@ -395,6 +435,20 @@ def against_best(results: dict) -> dict:
             best[metric] |= {"served_score": results[SERVED][metric], "ratio": round(
                 results[SERVED][metric] / results[name][metric], 3) if results[name][metric] else None}
     return best
+
+
+def paired_ratio(candidate: list[float], baseline: list[float], rng: random.Random, rounds: int = 1000) -> dict:
+    """The candidate's mean over the baseline's on the same cases, and its 95% interval by resampling cases."""
+    if not candidate or not sum(baseline):
+        return {"ratio": None, "ci": None, "cases": len(candidate)}
+    pairs = list(zip(candidate, baseline, strict=True))
+    ratios = []
+    for _ in range(rounds):
+        drawn = rng.choices(pairs, k=len(pairs))
+        ratios.append(sum(a for a, _ in drawn) / max(sum(b for _, b in drawn), 1e-12))
+    ratios.sort()
+    return {"ratio": round(sum(candidate) / sum(baseline), 3), "cases": len(pairs),
+            "ci": [round(ratios[int(0.025 * rounds)], 3), round(ratios[int(0.975 * rounds) - 1], 3)]}
 
 
 def ratios(result: dict, baseline: dict) -> dict:
@@ -430,6 +484,19 @@ def markdown(report: dict) -> str:
         against = "" if "served_score" not in best else f"; {SERVED} {best['served_score']:.3f}, " + (
             f"{best['ratio']}× it" if best["ratio"] else "no ratio to a baseline that finds none")
         notes.append(f"Best baseline by {labels[metric]}: {best['baseline']} ({best['baseline_score']:.3f}){against}")
+    repeats = {name: r["same_type_lists@4"] for name, r in report["recommenders"].items() if "same_type_lists@4" in r}
+    if repeats:
+        notes.append("Lists with two products of one type in their first 4: "
+                     + ", ".join(f"{name} {share:.3f}" for name, share in repeats.items()))
+    if head := report.get("ranking_head"):
+        lift = head["ndcg@10_against_blend_alone"]
+        within = f" (95% CI {lift['ci'][0]}–{lift['ci'][1]})" if lift["ci"] else ""
+        judged = "; ".join(f"{kind} {judged['ndcg@10_gain']:+.4f} on {judged['cases']}"
+                           for kind, judged in head.get("slices", {}).items() if judged["cases"])
+        notes.append(f"Ranking head: NDCG@10 {lift['ratio']}× the blend alone{within} on the same {lift['cases']} "
+                     f"cases; it serves {', '.join(head['serves']) or 'no slice'}"
+                     + (f" (NDCG@10 gain on the judged validation cases: {judged})" if judged
+                        else f" ({head.get('why', 'no slice measured')})"))
     baselines = report.get("baselines", {})
     if knn := baselines.get("item-kNN"):
         notes.append(f"item-kNN chosen on {knn['cases']} validation cases: {_setting(knn['setting'])} (HR@10 "

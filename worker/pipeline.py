@@ -223,6 +223,8 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4) 
             reasons.append(f"it is below live v{live.version} beyond noise")
     report["passed"] = not reasons
     report["reason"] = (f"refused, {' and '.join(reasons)}: " if reasons else "passed: ") + found
+    # The ranking head under the model's candidates: which slices of requests it re-orders, and why.
+    report["ranking_head"] = shelf.retrieval.head.card() if shelf.retrieval.head else None
     return report
 
 
