@@ -85,9 +85,9 @@ def main() -> None:
     try:
         for _ in range(100):
             try:
-                requests.get(base + "/", timeout=1)
+                requests.get(base + "/", timeout=10)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still booting
                 time.sleep(0.2)
         for product in products[-8:]:  # each worker builds the shop's retrieval (and its ranking head) once
             requests.get(signed_url(base, shop, product_id=product), timeout=120)
