@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import lightgbm
@@ -30,6 +31,7 @@ TYPE_POOL = 20  # and, where products have types, type-level co-purchase's top p
 TARGETS_PER_BASKET = 8  # hidden products a validation basket lends the head (8 against 3: NDCG@10 1.054× over 1.030×)
 MAX_TRAINING_BASKETS = 2000  # newest validation baskets read (a big store's head trains in about a minute)
 MIN_TRAINING_CASES = 200  # fewer cases with the hidden product in the pool, and the blend serves alone
+GATHERING_SECONDS = 120.0  # a huge catalog's cases stop here (Online Retail's 16,000 take under a minute)
 MIN_SLICE_CASES = 20  # judged cases a slice needs before the head may serve it
 JUDGED_SHARE = 0.25  # the newest quarter of the cases judges the head (early stopping, slices), the rest trains it
 HISTORY_READ = 30  # the customer's most-bought earlier products that count in "bought with history"
@@ -171,8 +173,9 @@ def fit_ranking_head(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex
                      progress: Callable[[Sequence], Sequence] = lambda it: it) -> RankingHead | None:
     """The head for `blend` (fitted on all time-ordered `baskets`): the blend's weights refitted on the oldest
     (1 - validation); each newer basket of two products or more hides up to TARGETS_PER_BASKET of them in turn
-    (`history(i)`: basket i's customer's earlier purchases). The older cases train the ranker, the newest
-    JUDGED_SHARE stop it early and decide the slices it serves; it is then refitted on all of them. None when
+    (`history(i)`: basket i's customer's earlier purchases), for at most GATHERING_SECONDS. The older cases
+    train the ranker, the newest JUDGED_SHARE stop it early and decide the slices it serves; it is then
+    refitted on all of them. None when
     fewer than MIN_TRAINING_CASES cases have the hidden product in the blend's pool: too little to learn."""
     baskets = [list(dict.fromkeys(b)) for b in baskets]
     cut = int(len(baskets) * (1 - validation))
@@ -181,7 +184,11 @@ def fit_ranking_head(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex
     features = CandidateFeatures(trial, types, baskets[:cut])
     newest = [i for i in range(cut, len(baskets)) if len(baskets[i]) >= 2][-MAX_TRAINING_BASKETS:]
     cases: list[tuple[np.ndarray, np.ndarray, int, str]] = []  # features, pool, the target's position, slice
+    started, read = time.monotonic(), 0
     for i in progress(newest):
+        if time.monotonic() - started > GATHERING_SECONDS:
+            break
+        read += 1
         bought = history(i) if history else {}
         for target in rng.sample(baskets[i], min(TARGETS_PER_BASKET, len(baskets[i]))):
             if target not in trial.position:
@@ -217,6 +224,7 @@ def fit_ranking_head(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex
     booster = lightgbm.train(parameters, dataset(cases), max(stopped.best_iteration, 1))
     return RankingHead(CandidateFeatures(blend, types, baskets), booster, admitted, {
         "cases": len(cases), "judged": len(judging), "rounds": booster.current_iteration(),
+        "baskets_read": read, "baskets": len(newest),
         "slices": {kind: {"cases": len(values), "ndcg@10_gain": round(sum(values) / len(values), 4) if values else None,
                           "serves": admitted[kind]} for kind, values in gains.items()}})
 
