@@ -69,22 +69,27 @@ class CandidateFeatures:
         self.kind_positions = np.array([blend.position[p] for p in self.kinds.ids] if self.kinds else [],
                                        dtype=np.int64)
 
-    def pool(self, scores: np.ndarray, basket: Sequence[Hashable]) -> np.ndarray:
-        """The blend's top POOL catalog positions outside the basket and, with types, the TYPE_POOL products
-        type-level co-purchase ranks first (the pads and stoves a new sleeping bag goes with, which the blend
-        cannot see in its orders), by the blend's score, best first."""
+    def kind_scores(self, basket: Sequence[Hashable]) -> np.ndarray | None:
+        """Type-level co-purchase's score of each typed product (`kinds.ids`) for the basket; None without types.
+        Computed once a basket, for both `pool` and the features."""
+        return self.kinds.scores(basket) if self.kinds is not None else None
+
+    def pool(self, scores: np.ndarray, basket: Sequence[Hashable], kinds: np.ndarray | None) -> np.ndarray:
+        """The blend's top POOL catalog positions outside the basket and, with types (`kinds`: `kind_scores`),
+        the TYPE_POOL products type-level co-purchase ranks first (the pads and stoves a new sleeping bag goes
+        with, which the blend cannot see in its orders), by the blend's score, best first."""
         scores = scores.copy()
         scores[[self.blend.position[p] for p in basket if p in self.blend.position]] = -np.inf
         top = _best(scores, POOL)
-        if self.kinds is not None:
-            kinds = self.kinds.scores(basket)
+        if kinds is not None:
+            kinds = kinds.copy()
             kinds[[self.kind_at[p] for p in basket if p in self.kind_at]] = -np.inf
             kinds[kinds <= 0] = -np.inf
             top = np.union1d(top, self.kind_positions[_best(kinds, TYPE_POOL)])
         return top[np.lexsort((top, -scores[top]))]
 
     def __call__(self, basket: Sequence[Hashable], history: History | None, signals: np.ndarray,
-                 scores: np.ndarray, pool: np.ndarray) -> np.ndarray:
+                 scores: np.ndarray, pool: np.ndarray, kinds: np.ndarray | None) -> np.ndarray:
         blend, copurchase = self.blend, self.blend.copurchase
         columns = self.purchase_of[pool]
         known = columns >= 0
@@ -106,8 +111,7 @@ class CandidateFeatures:
         bought_together[known] = copurchase.scores(basket)[columns[known]]
         earlier = sorted((history or {}).items(), key=lambda kv: -kv[1])[:HISTORY_READ]
         goes_with, same_type = np.zeros(len(pool)), np.zeros(len(pool))
-        if self.kinds is not None:
-            kinds = self.kinds.scores(basket)
+        if kinds is not None:
             basket_types = [self.types[p] for p in basket if p in self.types]
             for row, position in enumerate(pool):
                 product = blend.ids[position]
@@ -144,10 +148,11 @@ class RankingHead:
         slices the head serves; the blend's own scores elsewhere."""
         if not self.admitted.get(slice_of(blend, basket)):
             return scores
-        pool = self.features.pool(scores, basket)
+        kinds = self.features.kind_scores(basket)
+        pool = self.features.pool(scores, basket, kinds)
         if not len(pool):
             return scores
-        learned = self.booster.predict(self.features(basket, history, signals, scores, pool), num_threads=1)
+        learned = self.booster.predict(self.features(basket, history, signals, scores, pool, kinds), num_threads=1)
         order = pool[np.argsort(-learned, kind="stable")]
         rescored = scores.copy()
         rescored[order] = float(np.max(scores[np.isfinite(scores)], initial=0.0)) + 1 + \
@@ -196,9 +201,10 @@ def fit_ranking_head(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex
             basket = [p for p in baskets[i] if p != target]
             signals = trial.signals(basket, bought)
             scores = trial.weights.as_array() @ signals + 1e-3 * trial.popular
-            pool = features.pool(scores, basket)
+            kinds = features.kind_scores(basket)
+            pool = features.pool(scores, basket, kinds)
             if trial.position[target] in pool:
-                cases.append((features(basket, bought, signals, scores, pool), pool, trial.position[target],
+                cases.append((features(basket, bought, signals, scores, pool, kinds), pool, trial.position[target],
                               slice_of(trial, basket)))
     if len(cases) < MIN_TRAINING_CASES:
         return None

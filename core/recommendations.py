@@ -87,6 +87,11 @@ class Shelf:
         return frozenset(name for name, n, t in zip(names, own, total, strict=True)
                          if name and t and n >= SEVERAL_SHARE * t)
 
+    def kind(self, product: Hashable) -> str:
+        """The product's type, casefolded ("" when it has none or is not in the catalog)."""
+        item = self.catalog.get(product)
+        return item.product_type.casefold() if item else ""
+
     def title(self, product: Hashable) -> str:
         item = self.catalog.get(product)
         return item.title if item else str(product)
@@ -184,17 +189,20 @@ BOUGHT_BOTH = 2  # orders holding both: enough to show a product of the viewed o
 def admissible(shelf: Shelf, viewing: Hashable, intent: str) -> Callable[[Hashable], bool]:
     """What may appear in the viewed product's block: what the merchant allows and, for the complementary
     intent, nothing of the viewed product's own type (a second stove is a substitute) unless shoppers bought
-    both. A catalog without product types cannot tell, so its products are all admissible."""
-    own_type = shelf.catalog[viewing].product_type.casefold() if viewing in shelf.catalog else ""
-    together = shelf.retrieval.copurchase.together
-
+    both (`substitutes`). A catalog without product types cannot tell, so its products are all admissible."""
     def allowed(product: Hashable) -> bool:
-        kind = shelf.sellable[product]
-        if not shelf.rules.allows(viewing, product, kind):
+        if not shelf.rules.allows(viewing, product, shelf.sellable[product]):
             return False
-        return (intent != "complementary" or not own_type or kind.casefold() != own_type
-                or together(viewing, product) >= BOUGHT_BOTH)
+        return intent != "complementary" or not substitutes(shelf, viewing, product)
     return allowed
+
+
+def substitutes(shelf: Shelf, first: Hashable, second: Hashable) -> bool:
+    """Two products of one type that shoppers have not bought together (BOUGHT_BOTH orders): the second stands
+    in for the first (a second stove), so a block of complements shows one. Untyped products never are."""
+    kind = shelf.kind(first)
+    return bool(kind) and kind == shelf.kind(second) and \
+        shelf.retrieval.copurchase.together(first, second) < BOUGHT_BOTH
 
 
 SEVERAL_SHARE = 0.25  # of a type's bought-together pairs with its own type, for a block to show two of it
@@ -205,14 +213,11 @@ def one_of_a_kind(shelf: Shelf, products: list[Hashable], limit: int) -> list[Ha
     that type in one order (`Shelf.bought_several`) or bought the two together (BOUGHT_BOTH orders): four
     places are precious, and three AAA batteries for a headlamp waste two. Products set aside come back only
     when the list holds too few kinds. Products without a type are all of their own kind."""
-    together = shelf.retrieval.copurchase.together
     shown: list[Hashable] = []
     set_aside: list[Hashable] = []
     for product in products:
-        kind = shelf.sellable.get(product, "").casefold()
-        several = not kind or kind in shelf.bought_several
-        if not several and any(shelf.sellable[twin].casefold() == kind and together(twin, product) < BOUGHT_BOTH
-                               for twin in shown):
+        if shelf.kind(product) not in shelf.bought_several and any(substitutes(shelf, twin, product)
+                                                                   for twin in shown):
             set_aside.append(product)
         else:
             shown.append(product)

@@ -94,7 +94,8 @@ def test_the_head_only_reorders_the_blends_pool_and_never_a_refused_slice(traine
     upside_down.head = RankingHead(blend.head.features, Reversing(), {SLICES[2]: True}, {})
     kit = ["alder-gas-stove", "alder-fuel-canister"]
     assert slice_of(blend, kit) == SLICES[2] and slice_of(blend, kit[:1]) == SLICES[1]
-    pool = [blend.ids[p] for p in blend.head.features.pool(alone.scores(kit), kit)]
+    features = blend.head.features
+    pool = [blend.ids[p] for p in features.pool(alone.scores(kit), kit, features.kind_scores(kit))]
     assert pool[:10] == alone(kit, 10)  # the blend's best, in its order, and type-level co-purchase's
     assert upside_down(kit, len(pool)) == pool[::-1]  # the same products, the head's order
     assert upside_down(kit[:1], 10) == alone(kit[:1], 10)  # a slice the head does not serve
@@ -115,8 +116,9 @@ def test_the_features_read_the_products_types(trained):
     basket = ["alder-gas-stove"]
     signals = blend.signals(basket)
     scores = blend.weights.as_array() @ signals
-    pool = features.pool(scores, basket)
-    rows = features(basket, None, signals, scores, pool)
+    kinds = features.kind_scores(basket)
+    pool = features.pool(scores, basket, kinds)
+    rows = features(basket, None, signals, scores, pool, kinds)
     stoves = [blend.ids[p].endswith("-gas-stove") for p in pool]
     assert rows.shape == (len(pool), len(FEATURES)) and any(stoves) and "alder-gas-stove" not in \
         [blend.ids[p] for p in pool]
