@@ -1,17 +1,21 @@
 """The storefront support assistant: a shopper's question in, a reply built on live facts out.
 
-Each question is read for what it asks (rules, not the model), the facts it needs are looked up first (the
-product in view or named, its variants' stock and price, the shop's policies and configured discount codes,
-the signed-in customer's own orders) and a reply is composed from those facts alone. The live model may then
-word the reply itself, from the same facts; its draft is checked against them (`check`) and replaced by the
-composed reply when any check fails, or when the model is away or slow. Each reply carries its strategy, as
-the seed's support data labels them: answer, suggest_alternative, reassure, pair, handoff. Products shown are catalog
-products from the database, never names the model wrote; numbers come from the facts, never from the model."""
+Each question is read for what it asks (core/understanding.py: learned from how shoppers write), the facts it
+needs are looked up first (the product in view or named, its variants' stock and price, its description, the
+shop's policies and configured discount codes, the signed-in customer's own orders) and a reply is composed
+from those facts alone: the sentences of a policy or description that answer the question, with a plain yes or
+no where one is asked. The live model may then word the reply itself, from the same facts; its draft is
+checked against them (`check`) and replaced by the composed reply when any check fails, or when the model is
+away or slow. Each reply carries its strategy, as the seed's support data labels them: answer,
+suggest_alternative, reassure, pair, handoff. Products shown are catalog products from the database, never
+names the model wrote; numbers come from the facts, never from the model."""
 
 from __future__ import annotations
 
 import logging
+import math
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,7 +26,7 @@ from flask import current_app
 from rapidfuzz import fuzz, process
 from sqlalchemy import select
 
-from . import embeddings, recommendations
+from . import embeddings, recommendations, understanding
 from .claims import numbers, stems, supported
 from .inputs import BadInput
 from .model_hosts import ModelUnavailable, host_for, model_ref
@@ -39,30 +43,6 @@ MAX_MESSAGE_CHARS = 2000
 KEEP_MESSAGES = 200  # a conversation's stored turns (the newest)
 SupportChat = Callable[[list[dict]], str]  # messages → the model's reply text
 
-# What a question asks, first match wins. Order matters: "where is my order" is not a shipping-policy
-# question, "how much is shipping" not a price question, a request for a person beats everything.
-INTENTS: list[tuple[str, re.Pattern]] = [(name, re.compile(pattern, re.I)) for name, pattern in [
-    ("person", r"\b(human|real person|a person|agent|representative|staff member|manager|talk to|speak to|"
-               r"speak with|talk with|call me|customer service)\b"),
-    ("order", r"\b(my orders?|my package|my parcel|order status|where is my|where's my|wheres my|track(ing)?|"
-              r"has my .* shipped|order #?\d+)\b|#\d{3,}"),
-    ("lowest_price", r"lowest price|cheapest|price match|best price|cheaper (anywhere|elsewhere|somewhere)|"
-                     r"beat .* price"),
-    ("discount", r"discount|coupon|promo|\bcodes?\b|voucher|% off|percent off|\bsale\b|\bdeals?\b"),
-    ("pair", r"\bgo(es)? (\w+ )?with|along with|\bpairs?\b|match(es)? with|complement|what else|need with|"
-             r"accessor|bundle|combine"),
-    ("hesitation", r"not sure|unsure|hesitat|worth it|should i (buy|get|order)|what if|(doesn'?t|don'?t|won'?t) "
-                   r"fit|don'?t like it|too expensive|think about it|undecided|regret|torn between|on the fence|"
-                   r"second thoughts|convince me|doubts?\b|risky|not convinced"),
-    ("returns", r"\breturn|refund|exchange|send (it|an item|something|them) back"),
-    ("shipping", r"\bship|deliver|arriv|postage|(?<!american )express|how long .* take|courier"),
-    ("invoices", r"invoice|receipt|\bvat\b|tax"),
-    ("payment", r"\bpay|paypal|visa|mastercard|amex|american express|gift ?cards?|credit card|klarna|apple pay"),
-    ("stock", r"in stock|stock|availab|sold out|restock|back in|\bleft\b|sizes?|colou?rs?|have (it|this|the|any|a)|"
-              r"\b(do|does) (you|the store) (sell|have|carry|offer)\b|looking for"),
-    ("price", r"price|cost|how much|\$"),
-    ("greeting", r"^\s*(hi|hello|hey|good (morning|afternoon|evening)|thanks|thank you)\b[\s!.,]*$"),
-]]
 FULFILLMENT = {"FULFILLED": "has shipped", "PARTIALLY_FULFILLED": "has partly shipped",
                "IN_PROGRESS": "is being prepared for shipping", "UNFULFILLED": "has not shipped yet",
                "ON_HOLD": "is on hold", "SCHEDULED": "is scheduled to ship", "RESTOCKED": "was returned"}
@@ -138,12 +118,9 @@ def money(value: Decimal) -> str:
     return f"${value:,.2f}"
 
 
-def intent_of(message: str) -> str | None:
-    return next((name for name, pattern in INTENTS if pattern.search(message)), None)
-
-
 def named_products(shelf: Shelf, message: str, limit: int = 3) -> list[int]:
-    """Catalog products the question names: whole titles first, then close spellings (fuzzy)."""
+    """Catalog products the question names: whole titles first, then close spellings (fuzzy), then part of a
+    title (`loosely_named`)."""
     lowered = message.lower()
     exact = sorted((p for p, item in shelf.catalog.items() if item.title.lower() in lowered),
                    key=lambda p: -len(shelf.catalog[p].title))
@@ -152,9 +129,29 @@ def named_products(shelf: Shelf, message: str, limit: int = 3) -> list[int]:
     titles = {p: item.title for p, item in shelf.catalog.items()}
     found = process.extract(message, titles, scorer=fuzz.token_set_ratio, limit=limit, score_cutoff=88)
     if not found:
-        return []
+        return loosely_named(shelf, message, limit)
     best = found[0][1]
     return [p for _, score, p in found if score >= best - 2]
+
+
+def title_words(text: str) -> set[str]:
+    return {w.rstrip("s") for w in stems(text)}
+
+
+def loosely_named(shelf: Shelf, message: str, limit: int = 3) -> list[int]:
+    """Products named by part of their title ("the classic climbing shoes"): the message says what the product
+    is (the title's last word) and one more of its words; the products whose rarest words it says win (ties:
+    all of them, for the caller to narrow)."""
+    said = title_words(message)
+    titles = {p: title_words(item.title) for p, item in shelf.catalog.items()}
+    frequency = Counter(w for words in titles.values() for w in words)
+    held = {}
+    for product, words in titles.items():
+        kind = title_words(shelf.catalog[product].title.split()[-1]) if shelf.catalog[product].title.split() else set()
+        if kind and kind <= said and len(words & said) >= 2:
+            held[product] = sum(math.log(len(titles) / frequency[w]) for w in words & said)
+    best = max(held.values(), default=0.0)
+    return sorted((p for p, weight in held.items() if weight >= best - 1e-9), key=str)[:limit] if held else []
 
 
 def similar_products(shelf: Shelf, text: str, limit: int = 3, threshold: float = 0.5) -> list[int]:
@@ -248,11 +245,17 @@ def compose(q: Question) -> tuple[Reply, Facts]:
     asked = q.message
     for product in named:
         asked = re.sub(re.escape(q.shelf.title(product)), " ", asked, flags=re.I)
-    intent = intent_of(asked)
+    read = understanding.reader()
+    # Only a product's name: what is there to know about it.
+    intent = read(asked) if re.search(r"[^\W\d_]{2,}", asked) else "product"
     focus_id = named[0] if named else (q.viewing.id if q.viewing is not None else None)
-    if focus_id is None and intent in ("stock", "price", "pair", None):
+    if len(named) > 1:  # named loosely: the product in view if it is one of them, else the one with the size asked
+        focus_id = q.viewing.id if q.viewing is not None and q.viewing.id in named else next(
+            (p for p in named if (product := db.session.get(Product, (q.shop.id, p))) is not None
+             and variant_named(product.variants, asked)), focus_id)
+    if focus_id is None and intent in ("stock", "price", "pair", "details", "off_topic"):
         # "do you have a warm jacket": the closest product by meaning (stricter when nothing else says product)
-        similar = similar_products(q.shelf, q.message, limit=1, threshold=0.5 if intent else 0.6)
+        similar = similar_products(q.shelf, q.message, limit=1, threshold=0.6 if intent == "off_topic" else 0.5)
         focus_id = similar[0] if similar else None
     if focus_id is not None:
         facts.focus = db.session.get(Product, (q.shop.id, focus_id))
@@ -261,14 +264,17 @@ def compose(q: Question) -> tuple[Reply, Facts]:
         else:
             facts.focus = None
     if facts.variant is not None:
-        intent = intent_of(re.sub(re.escape(facts.variant.title), " ", asked, flags=re.I)) or intent
-    if intent is None:
-        intent = "product" if facts.focus is not None else "off_topic"
+        without = re.sub(re.escape(facts.variant.title), " ", asked, flags=re.I)
+        intent = read(without) if re.search(r"[^\W\d_]{2,}", without) else intent
+    if intent == "off_topic" and named:
+        intent = "product"  # it names one of the store's products: it is about that product
+    if facts.focus is None and intent in ("details", "product"):
+        intent = "off_topic"  # a question about no product of this store
     reply = COMPOSERS[intent](q, facts)
     offers = [q.shelf.offers[p] for p in dict.fromkeys(facts.products) if p in q.shelf.offers]
     reply.products = [offer_json(o) for o in offers]
     reply.facts = facts.lines
-    reply.wordable = intent not in ("person", "off_topic", "order", "greeting")
+    reply.wordable = intent not in ("person", "off_topic", "order", "greeting", "problem")
     return reply, facts
 
 
@@ -282,6 +288,17 @@ def compose_person(q: Question, facts: Facts) -> Reply:
 def compose_off_topic(q: Question, facts: Facts) -> Reply:
     return Reply(f"I can only help with {shop_name(q.shop)}'s products, orders and store policies, so I'd rather "
                  f"not guess. {HANDING_OFF}", "handoff", handoff=True)
+
+
+def compose_problem(q: Question, facts: Facts) -> Reply:
+    """Damaged, wrong or missing: a person sorts it out, with the signed-in customer's newest order attached."""
+    order = db.session.scalars(select(Order).where(Order.shop_id == q.shop.id, Order.customer_ref == q.customer_ref)
+                               .order_by(Order.created_at.desc()).limit(1)).first() if q.customer_ref else None
+    attached = f" with your order {order.name} attached" if order is not None else ""
+    if order is not None:
+        facts.add(f"Order {order.name} placed {order.created_at:%B %-d, %Y}.")
+    return Reply(f"I'm sorry about that. I'll pass this conversation to our team{attached}, so they can put it "
+                 "right with you directly.", "handoff", handoff=True)
 
 
 def compose_greeting(q: Question, facts: Facts) -> Reply:
@@ -321,8 +338,64 @@ def compose_policy(kind: str):
             return Reply(f"I don't have our {kind} policy to hand, so I'd rather not guess. {HANDING_OFF}",
                          "handoff", handoff=True)
         facts.add(f"{kind.capitalize()} policy: {policy}")
-        return Reply(TONES[settings(q.shop)["tone"]] + policy, "answer")
+        answer = policy if WHOLE_POLICY.search(q.message) else relevant_sentences(policy, q.message)
+        if kind == "shipping":
+            answer = destination_answer(policy, q.message) + answer
+        return Reply(TONES[settings(q.shop)["tone"]] + answer, "answer")
     return composer
+
+
+POLICY_SENTENCES = 2  # a policy answer says the sentences closest to the question, in the policy's order
+WHOLE_POLICY = re.compile(r"(?i)\b(polic(y|ies)|terms|conditions|rules|tell me (about|more))\b")
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+
+
+# What kind of answer a question wants, and the sentences that hold one: a sentence of that kind comes first.
+ANSWER_KINDS = [
+    (re.compile(r"(?i)\b(how (long|fast|quick|soon|many days)|when\b|by (monday|tuesday|wednesday|thursday|friday|"
+                r"saturday|sunday|the weekend|tomorrow)|days?\b|time)"),
+     re.compile(r"(?i)\b(\d+\s*(-\s*\d+)?\s+(business |working )?(days?|weeks?|hours?)|same day|next day|"
+                r"overnight)\b")),
+    (re.compile(r"(?i)\b(how much|cost|charge|price|fee|free|pay for)\b"), re.compile(r"\$\s?\d|(?i:\bfree\b)")),
+]
+ANSWER_KIND_BONUS = 0.3  # added to a sentence's similarity when it holds the kind of answer asked for
+
+
+def relevant_sentences(text: str, question: str, at_most: int = POLICY_SENTENCES) -> str:
+    """The sentences of `text` (a policy, a description) that answer `question` best, by meaning and by the kind
+    of answer asked for (a duration, a price), in the text's order."""
+    parts = sentences(text)
+    if len(parts) <= at_most:
+        return " ".join(parts)
+    similarity = embeddings.embed(parts) @ embeddings.embed([question])[0]
+    for asks, holds in ANSWER_KINDS:
+        if asks.search(question):
+            similarity += ANSWER_KIND_BONUS * np.array([bool(holds.search(part)) for part in parts])
+    return " ".join(parts[i] for i in sorted(np.argsort(-similarity)[:at_most]))
+
+
+PLACES = {"uk": "United Kingdom", "u.k.": "United Kingdom", "britain": "United Kingdom", "england": "United Kingdom",
+          "usa": "US", "u.s.": "US", "united states": "US", "america": "US", "states": "US"}
+SHIP_TO = re.compile(r"\b(?:ship|deliver|send|post)\w*\s+(?:\w+\s+){0,3}?to\s+(?:the\s+)?"
+                     r"([A-Z][\w.]*(?:\s+[A-Z][\w.]*)*|[a-z]{3,}(?:\s+[a-z]{3,})?)", re.I)
+POLICY_PLACES = re.compile(r"\b(?:ship|deliver)\w*\s+(?:\w+\s+){0,3}?to\s+(?:the\s+)?([^.;]+)", re.I)
+
+
+def destination_answer(policy: str, question: str) -> str:
+    """A plain "Yes." or "No." to "do you ship to <place>?", when the policy lists where it ships; "" else."""
+    asked = SHIP_TO.search(question)
+    listed = [found.group(1).lower() for found in POLICY_PLACES.finditer(policy)]
+    if not asked or not listed:
+        return ""
+    place = asked.group(1).strip().rstrip("?.!").lower()
+    if place in ("me", "my", "you", "your", "us", "door", "home", "address"):
+        return ""
+    names = {place, PLACES.get(place, place).lower()}
+    where = " ".join(listed)
+    return "Yes. " if any(re.search(rf"\b{re.escape(n)}\b", where) for n in names) else "No, I'm afraid not. "
 
 
 def compose_discount(q: Question, facts: Facts) -> Reply:
@@ -429,6 +502,27 @@ def compose_price(q: Question, facts: Facts) -> Reply:
     return Reply(f"The {product.title} is {price_text(product)}.", "answer")
 
 
+MIN_DETAIL_SIMILARITY = 0.2  # a description sentence less like the question than this does not answer it
+
+
+def compose_details(q: Question, facts: Facts) -> Reply:
+    """A question about the product itself ("will it keep me dry?"): the description's sentences that answer
+    it; none close enough, and a person does rather than a guess."""
+    product = facts.focus
+    product_facts(facts, product)
+    facts.products.append(product.id)
+    description = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", product.description or "")).strip()
+    parts = sentences(description)
+    if parts:
+        similarity = embeddings.embed(parts) @ embeddings.embed([q.message])[0]
+        if similarity.max() >= MIN_DETAIL_SIMILARITY:
+            answer = relevant_sentences(description, q.message)
+            facts.add(f"{product.title} description: {description}")
+            return Reply(f"From the {product.title}'s description: {answer}", "answer")
+    return Reply(f"The {product.title}'s description doesn't say, so I'd rather not guess. {HANDING_OFF}",
+                 "handoff", handoff=True)
+
+
 def compose_product(q: Question, facts: Facts) -> Reply:
     reply = compose_stock(q, facts)
     if reply.strategy == "answer" and facts.focus is not None and "$" not in reply.text:
@@ -438,6 +532,7 @@ def compose_product(q: Question, facts: Facts) -> Reply:
 
 COMPOSERS = {
     "person": compose_person, "off_topic": compose_off_topic, "greeting": compose_greeting, "order": compose_order,
+    "problem": compose_problem, "details": compose_details,
     "lowest_price": compose_lowest_price, "discount": compose_discount, "hesitation": compose_hesitation,
     "pair": compose_pair, "stock": compose_stock, "price": compose_price, "product": compose_product,
     **{kind: compose_policy(kind) for kind in ("returns", "shipping", "invoices", "payment")},

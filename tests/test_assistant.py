@@ -83,13 +83,32 @@ def test_product_in_view_answers_price_questions(client, shop):
     assert body["strategy"] == "answer" and f"${price}" in body["reply"] and product.title in body["reply"]
 
 
-@pytest.mark.parametrize("question, kind", [
-    ("What is your return policy?", "returns"), ("How long does shipping take?", "shipping"),
-    ("Can I get a VAT invoice?", "invoices"), ("Can I pay with PayPal?", "payment"),
+@pytest.mark.parametrize("question, kind, answer", [
+    ("What is your return policy?", "returns", "worn footwear within 30 days for store credit"),
+    ("How long does shipping take?", "shipping", "3-5 days"),
+    ("Can I get a VAT invoice?", "invoices", "company details"), ("Can I pay with PayPal?", "payment", "PayPal"),
+    ("When would my package get here if I order today?", "shipping", "3-5 days"),
+    ("can i get an invoice for my order pls", "invoices", "PDF invoice"),
+    ("What cards and wallets can I use at checkout?", "payment", "Shop Pay"),
 ])
-def test_policy_questions_are_answered_from_the_shops_policies(client, shop, question, kind):
+def test_policy_questions_are_answered_from_the_shops_policies(client, shop, question, kind, answer):
     body = ask(client, shop, question)
-    assert body["strategy"] == "answer" and shop.policies[kind] in body["reply"]
+    assert body["strategy"] == "answer" and answer in body["reply"]
+    said = body["reply"].removeprefix(assistant.TONES["friendly"]).removeprefix("Yes. ")
+    assert all(sentence in shop.policies[kind] for sentence in assistant.sentences(said))  # the policy's own words
+
+
+def test_a_general_policy_question_gets_the_whole_policy(client, shop):
+    assert shop.policies["returns"] in ask(client, shop, "What is your return policy?")["reply"]
+
+
+@pytest.mark.parametrize("question, answer", [
+    ("Do you ship to the UK?", "No, I'm afraid not."), ("do u deliver to canada", "Yes."),
+    ("Can you send it to Germany?", "No, I'm afraid not."),
+])
+def test_a_yes_or_no_shipping_question_gets_a_plain_yes_or_no(client, shop, question, answer):
+    reply = ask(client, shop, question)["reply"]
+    assert answer in reply and "We ship to the US and Canada." in reply
 
 
 def test_missing_policy_hands_off_instead_of_guessing(client, shop):
@@ -110,6 +129,45 @@ def test_what_goes_with_uses_the_blocks_recommender(client, shop):
     block = recommendations.serve(shop, product, [], 3)
     assert body["strategy"] == "pair"
     assert [p["id"] for p in body["products"]] == [p["id"] for p in block["products"]]
+
+
+@pytest.mark.parametrize("question", ["what do people usually buy along w/ this?", "anything that suits this one?",
+                                      "What else would I need for this?"])
+def test_pairing_questions_in_other_words_get_other_products(client, shop, question):
+    product = product_with(shop, lambda p: "Stove" in p.title)
+    body = ask(client, shop, question, product_id=product.id)
+    shown = [p["id"] for p in body["products"]]
+    assert body["strategy"] == "pair" and shown and product.id not in shown
+
+
+@pytest.mark.parametrize("question", ["I'm worried I'll pick the wrong size", "i like it but im hesitant tbh"])
+def test_a_worry_gets_the_return_and_exchange_policy(client, shop, question):
+    product = product_with(shop, lambda p: len(p.variants) > 1)
+    body = ask(client, shop, question, product_id=product.id)
+    assert body["strategy"] == "reassure" and "60 days" in body["reply"]
+
+
+@pytest.mark.parametrize("question", ["My tent arrived with a broken pole and I need a new one before Friday!",
+                                      "you sent me the wrong colour", "half my order never showed up"])
+def test_damaged_wrong_or_missing_items_go_to_a_person_with_the_order(client, shop, question):
+    order = db.session.query(Order).filter(Order.shop_id == shop.id, Order.customer_ref.is_not(None)) \
+        .order_by(Order.created_at.desc()).first()
+    newest = db.session.query(Order).filter(Order.shop_id == shop.id, Order.customer_ref == order.customer_ref) \
+        .order_by(Order.created_at.desc()).first()
+    body = ask(client, shop, question, customer=order.customer_ref)
+    assert body["handoff"] is True and body["strategy"] == "handoff" and newest.name in body["reply"]
+
+
+def test_a_question_about_the_product_is_answered_from_its_description(client, shop):
+    product = product_with(shop, lambda p: "weatherproof" in p.description)
+    body = ask(client, shop, "Will this keep me dry in heavy rain?", product_id=product.id)
+    assert body["strategy"] == "answer" and "weatherproof" in body["reply"] and not body["handoff"]
+
+
+def test_a_product_question_the_description_cannot_answer_goes_to_a_person(client, shop):
+    product = product_with(shop, lambda p: "weatherproof" in p.description)
+    body = ask(client, shop, "Is it made in Portugal?", product_id=product.id)
+    assert body["handoff"] is True
 
 
 @pytest.mark.parametrize("question", ["Can I talk to a person?", "I want to speak with customer service"])
@@ -240,7 +298,7 @@ def test_shopper_text_cannot_forge_facts_or_chat_turns(client, shop, monkeypatch
 def test_model_down_or_slow_gets_the_facts_reply(client, shop, monkeypatch, failure):
     fake_model(monkeypatch, failure)
     body = ask(client, shop, "How long does shipping take?")
-    assert shop.policies["shipping"] in body["reply"]
+    assert "3-5 days" in body["reply"]
 
 
 def test_a_slow_ollama_host_is_cut_off_at_the_budget(app, client, shop, tmp_path):
@@ -252,7 +310,7 @@ def test_a_slow_ollama_host_is_cut_off_at_the_budget(app, client, shop, tmp_path
         ollama.trickle = 0.5  # headers at once, then a byte every half second
         started = time.monotonic()
         body = ask(client, shop, "How long does shipping take?")
-        assert time.monotonic() - started < 2.0 and shop.policies["shipping"] in body["reply"]
+        assert time.monotonic() - started < 2.0 and "3-5 days" in body["reply"]
     finally:
         ollama.stop()
 
@@ -410,7 +468,7 @@ def test_stored_conversations_become_training_examples(client, shop, tmp_path):
     assert [r["strategy"] for r in stored] == ["answer"]
     shipping = next(r for r in stored if r["strategy"] == "answer")
     assert shipping["messages"][1]["content"].startswith("Store facts:")
-    assert shop.policies["shipping"] in shipping["messages"][2]["content"]
+    assert "3-5 days" in shipping["messages"][2]["content"]
 
 
 def test_fulfilment_status_is_synced(shop):
@@ -439,6 +497,38 @@ def test_held_out_questions_cover_every_kind_and_the_facts_alone_answer_them(sho
     assert facts["served"]["forbidden_claim_rate"] == 0
     assert facts["handoff_precision"] >= 0.9 and facts["handoff_recall"] >= 0.9
     assert facts["served"]["factual_accuracy"] >= 0.95
+
+
+def test_check_the_assistant_holds_a_store_to_its_own_policies_and_codes(shop):
+    from worker.assistant_evaluation import evaluate
+
+    shop.policies = {
+        "shipping": "Parcels leave our Leeds warehouse in 2 working days. Delivery costs $4.50, or $12 for next day. "
+                    "We deliver to the United Kingdom and Ireland.",
+        "returns": "You have 14 days to return an item in its original packaging.",
+        "payment": "We take Visa, Klarna and Apple Pay.",
+    }
+    shop.assistant = {**shop.assistant, "discount_codes": [{"code": "SUMMER20", "summary": "20% off sandals"}]}
+    db.session.commit()
+    report = evaluate(shop, base=False, size=120)
+    facts = report["results"]["facts only"]
+    print(json.dumps(facts, indent=1))
+    cases = report["cases"]
+    stated = {fact for case in cases for fact in case["must_state"] + case["any_of"]}
+    assert {"SUMMER20", "$4.50", "14 days", "Klarna", "Ireland"} <= stated
+    assert not stated & {"WELCOME10", "$6.95", "60 days", "Shop Pay"}  # nothing of the sample store
+    assert any(case["kind"] == "invoices" and case["handoff"] for case in cases)  # no invoice policy: a person
+    assert facts["served"]["forbidden_claim_rate"] == 0 and facts["served"]["factual_accuracy"] >= 0.95
+
+
+def test_a_product_named_by_part_of_its_title_is_the_one_answered_about(client, shop):
+    named = product_with(shop, lambda p: p.title.endswith("Classic Climbing Shoes"))
+    viewing = product_with(shop, lambda p: p.title.endswith("Climbing Shoes") and p.id != named.id)
+    body = ask(client, shop, "is there stock of the classic climbing shoes in 41?", product_id=viewing.id)
+    assert body["reply"].find(named.title) >= 0 and body["products"][0]["id"] == named.id
+    # Several products fit a loose name: the one in view is the one meant.
+    body = ask(client, shop, "How much are the climbing shoes?", product_id=viewing.id)
+    assert body["reply"].startswith(f"The {viewing.title} is")
 
 
 def test_words_inside_product_names_do_not_change_the_question(client, shop):
