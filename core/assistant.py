@@ -327,7 +327,7 @@ def compose_order(q: Question, facts: Facts) -> Reply:
     facts.add(f"Order {order.name} placed {order.created_at:%B %-d, %Y}: {status}.")
     text = f"Your order {order.name}, placed {order.created_at:%B %-d, %Y}, {status}."
     if q.policies.get("shipping") and order.fulfillment_status != "FULFILLED":
-        text += f" {first_sentence(q.policies['shipping'])}"
+        text += f" {relevant_sentences(q.policies['shipping'], 'how long delivery takes', at_most=1)}"
     return Reply(text, "answer")
 
 
@@ -424,21 +424,22 @@ def compose_lowest_price(q: Question, facts: Facts) -> Reply:
         facts.products.append(facts.focus.id)
     if q.policies.get("returns"):
         facts.add(f"Returns policy: {q.policies['returns']}")
-        text += f" {first_sentence(q.policies['returns'])}"
+        text += f" {relevant_sentences(q.policies['returns'], RETURNING, at_most=1)}"
     return Reply(text, "reassure")
 
 
+RETURNING = "how long do I have to return or exchange it if it is not right for me"  # what a worried shopper wants
+
+
 def compose_hesitation(q: Question, facts: Facts) -> Reply:
-    sentences = [first_sentence(q.policies[k]) for k in ("returns", "shipping") if q.policies.get(k)]
-    for kind in ("returns", "shipping"):
-        if q.policies.get(kind):
-            facts.add(f"{kind.capitalize()} policy: {q.policies[kind]}")
+    """A worry ("what if it doesn't fit?") is answered by the way back: the returns policy's sentence on it."""
     if facts.focus is not None:
         product_facts(facts, facts.focus)
         facts.products.append(facts.focus.id)
-    if not sentences:
+    if not q.policies.get("returns"):
         return Reply(f"I understand. {HANDING_OFF}", "handoff", handoff=True)
-    return Reply("No pressure: " + " ".join(sentences), "reassure")
+    facts.add(f"Returns policy: {q.policies['returns']}")
+    return Reply("No pressure: " + relevant_sentences(q.policies["returns"], RETURNING), "reassure")
 
 
 def compose_pair(q: Question, facts: Facts) -> Reply:
@@ -549,10 +550,6 @@ def price_text(product: Product) -> str:
 def listing(items: list[str]) -> str:
     """"a", "a and b", "a, b and c"."""
     return " and ".join(items) if len(items) < 3 else f"{', '.join(items[:-1])} and {items[-1]}"
-
-
-def first_sentence(text: str) -> str:
-    return re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]
 
 
 def shop_name(shop: Shop) -> str:

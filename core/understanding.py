@@ -186,6 +186,8 @@ QUESTIONS: dict[str, dict[str, list[str]]] = {
                         "got any headlamps?", "Do you stock kids' sizes?", "Have you got anything for rainy weather?"],
     },
     "price": {
+        "slang": ["what's the damage for {p}?", "how much am I looking at for {p}?", "what will {p} run me?",
+                  "how pricey is {p}?", "what are you asking for {p}?"],
         "how_much": ["How much is {p}?", "What does this cost?", "{p} price pls", "price?"],
         "total": ["How much would {p} be in total?", "how much will I pay for it", "How much for two of them?",
                   "what's the total with the large size?"],
