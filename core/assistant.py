@@ -237,8 +237,39 @@ class Question:
         return self.shop.policies or {}
 
 
+ANOTHER_QUESTION = re.compile(r"(?<=[?!])\s+|[,;.]?\s+\b(?:and )?(?:also|plus|oh and|one more thing)\b[,:]?\s+", re.I)
+A_QUESTION = re.compile(r"\?\s*$|^\s*(do|does|did|can|could|is|are|how|what|what's|when|where|which|who|will|"
+                        r"would|may|any|have|has)\b", re.I)  # a statement beside a question is context, not a question
+MAX_QUESTIONS = 3  # a message's questions answered one by one; more and the message is read whole
+
+
 def compose(q: Question) -> tuple[Reply, Facts]:
-    """The reply from the facts alone, and the facts."""
+    """The reply from the facts alone, and the facts. A message of two or three questions on different
+    topics ("do you ship to Canada? and how long do returns take?") gets each answered in turn."""
+    parts = [p for p in ANOTHER_QUESTION.split(q.message)
+             if p and len(re.findall(r"[^\W\d_]{2,}", p)) >= 3 and A_QUESTION.search(p)]
+    if not 2 <= len(parts) <= MAX_QUESTIONS:
+        return compose_one(q)
+    answered = [compose_one(Question(q.shop, part, q.shelf, q.viewing, q.cart, q.customer_ref)) for part in parts]
+    topics = {reply.strategy + " ".join(facts.lines) for reply, facts in answered}
+    if len(topics) < len(answered):  # one question asked twice over: read it whole
+        return compose_one(q)
+    reply, facts = answered[0]
+    for other, more in answered[1:]:
+        reply.text += " " + other.text
+        reply.products += [p for p in other.products if p not in reply.products]
+        reply.handoff, reply.wordable = reply.handoff or other.handoff, reply.wordable and other.wordable
+        reply.strategy = "handoff" if reply.handoff else reply.strategy
+        for line in more.lines:
+            facts.add(line)
+        facts.products += more.products
+        facts.codes |= more.codes
+    reply.facts = facts.lines
+    return reply, facts
+
+
+def compose_one(q: Question) -> tuple[Reply, Facts]:
+    """The reply to one question from the facts alone, and the facts."""
     facts = Facts(codes={c["code"].upper() for c in settings(q.shop)["discount_codes"]})
     named = named_products(q.shelf, q.message)
     # What is asked is read without the names in it: "Hand Warmers in 10-pair" asks about stock, not pairs.

@@ -98,6 +98,14 @@ def test_policy_questions_are_answered_from_the_shops_policies(client, shop, que
     assert all(sentence in shop.policies[kind] for sentence in assistant.sentences(said))  # the policy's own words
 
 
+@pytest.mark.parametrize("question", ["Do you ship to Canada? And how long do I have to return things?",
+                                      "how much is shipping, also can i pay with paypal"])
+def test_two_questions_in_one_message_get_both_answers(client, shop, question):
+    reply = ask(client, shop, question)["reply"]
+    answers = [("Canada", "60 days")] if "Canada" in question else [("$6.95", "PayPal")]
+    assert all(fact in reply for pair in answers for fact in pair), reply
+
+
 def test_a_general_policy_question_gets_the_whole_policy(client, shop):
     assert shop.policies["returns"] in ask(client, shop, "What is your return policy?")["reply"]
 
