@@ -24,7 +24,7 @@ from flask import current_app, has_request_context
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import cache, embeddings
+from . import cache, embeddings, understanding
 from .claims import stems
 from .experiment import HOLDOUT
 from .history import Basket, Item, load_baskets
@@ -511,10 +511,12 @@ def precompute(shop: Shop, limit: int = 4, budget_seconds: float | None = None) 
 
 def warm_up(app) -> threading.Thread:
     """Load, in the background as a server starts, what a storefront request would otherwise wait for: the
-    sentence encoder and, on the embedded host, every shop's live model (in this serving process)."""
+    sentence encoder, the assistant's question reader and, on the embedded host, every shop's live model (in
+    this serving process)."""
     def load() -> None:
         embeddings.encoder()
         with app.app_context():
+            understanding.reader()
             host = host_for(app)
             if host.name != "embedded":
                 return
