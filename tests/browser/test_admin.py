@@ -53,6 +53,23 @@ def test_every_page_renders_and_links_to_the_others(page, live_app):
     expect(page.locator("h1")).to_have_text("Schedule")
 
 
+WIDER_THAN_THE_PAGE = """() => [...document.querySelectorAll("body *")].filter((el) => el.offsetParent !== null
+    && el.getBoundingClientRect().right > document.documentElement.clientWidth + 1
+    && !el.closest(".scroll-x")).map((el) => `${el.tagName.toLowerCase()}.${el.className}`).slice(0, 5)"""
+
+
+@pytest.mark.parametrize("width", [360, 1280])
+def test_every_page_fits_a_phone_and_a_laptop_without_sideways_scroll(page, live_app, width):
+    """Merchants open the admin in the Shopify mobile app: nothing may push the page wider than the screen
+    (a wide table scrolls inside its own box)."""
+    page.set_viewport_size({"width": width, "height": 800})
+    for path in PAGES:
+        page.goto(admin_url(live_app, path))
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("document.documentElement.scrollWidth") <= width, (path, page.evaluate(
+            WIDER_THAN_THE_PAGE))
+
+
 def test_keyboard_reaches_every_control_of_every_page(page, live_app):
     for path in PAGES:
         page.goto(admin_url(live_app, path))
