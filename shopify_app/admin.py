@@ -14,7 +14,7 @@ from flask import Blueprint, abort, current_app, g, redirect, render_template, r
 from sqlalchemy import func, select
 
 from core import assistant, experiment, merchandising, recommendations, schedule, shopify_api, shops
-from core.models import Order, Product, SyncRun, TrainingRun, db
+from core.models import ModelVersion, Order, Product, SyncRun, TrainingRun, db
 from core.shopify_api import ShopifyError
 from worker.tasks import latest_evaluation
 
@@ -68,8 +68,15 @@ def home_context(shop) -> dict:
     counts = {name: db.session.scalar(select(func.count()).select_from(model).where(model.shop_id == shop.id))
               for name, model in (("products", Product), ("orders", Order))}
     live = recommendations.live_model(shop)
+    newest = db.session.scalars(select(ModelVersion).where(ModelVersion.shop_id == shop.id)
+                                .order_by(ModelVersion.version.desc()).limit(1)).first()
+    training = db.session.scalars(select(TrainingRun).where(
+        TrainingRun.shop_id == shop.id, TrainingRun.status.in_(("queued", "running")))).first()
     return {"sync_runs": [sync_run_json(r) for r in runs],
             "counts": counts, "live": live and {"version": live.version, "deployed_at": live.deployed_at},
+            "newest": newest and {"version": newest.version, "created_at": newest.created_at,
+                                  "status": newest.status, "gate": (newest.metrics or {}).get("gate")},
+            "training": training and {"id": training.id, "stage": training.stage or training.status},
             "metrics": analytics.summary(shop.id, 30)}
 
 

@@ -320,3 +320,21 @@ def test_the_model_card_says_which_requests_the_ranking_head_re_orders(client, i
     db.session.commit()
     page = client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True)
     assert "Ranking head: not trained, too few orders yet" in page
+
+
+def test_home_says_whether_a_model_was_never_trained_refused_or_is_live(client, installed_shop, shopify):
+    def home() -> str:
+        return client.get(f"/?shop={shopify.shop}&id_token={shopify.session_token()}").get_data(as_text=True)
+
+    assert "press <b>Train now</b>" in home()
+    gate = {"passed": False, "reason": "refused, the model's re-rank is worse than the retrieval it starts from"}
+    model = ModelVersion(shop_id=installed_shop.id, version=1, gguf_path="/nonexistent", quantization="q8_0",
+                         size_bytes=1, sha256="0" * 64, base_model="tiny", status="verified", metrics={"gate": gate})
+    db.session.add(model)
+    db.session.commit()
+    page = home()
+    assert "Model v1" in page and "refused by the deploy gate" in page and "Train now" not in page
+    model.status, model.deployed_at = "deployed", utcnow()
+    db.session.commit()
+    page = home()
+    assert "Model v1 is live" in page and "refused" not in page and "Train now" not in page
