@@ -388,14 +388,19 @@ def test_complementary_intent_shows_no_product_of_the_viewed_type_unless_shopper
     assert same_type_seen  # the related intent does bring substitutes
 
 
-def test_the_block_speaks_the_shoppers_language(page, storefront, live_app):
-    """The quick-add button's words come from the extension's storefront locales (`| t`), in the route's language."""
+@pytest.mark.parametrize("viewport", VIEWPORTS.values(), ids=VIEWPORTS.keys())
+def test_the_block_speaks_the_shoppers_language(page, storefront, live_app, viewport):
+    """The quick-add button's words come from the extension's storefront locales (`| t`), in the route's language,
+    and fit the card whole in every shipped locale: a short word shown, the whole action spoken."""
+    page.set_viewport_size(viewport)
     product = products(live_app, 1)[0]
-    open_product(page, storefront, product, locale="fr")
-    card = page.locator(CARDS).first
-    expect(card.get_by_role("button", name=re.compile("^Ajouter au panier"))).to_be_visible()
-    open_product(page, storefront, product)
-    expect(page.locator(CARDS).first.get_by_role("button", name=re.compile("^Add to cart"))).to_be_visible()
+    for locale, shown, spoken in (("fr", "Ajouter", "Ajouter au panier"), (None, "Add to cart", "Add to cart")):
+        open_product(page, storefront, product, locale=locale)
+        card = page.locator(CARDS).first
+        expect(card.get_by_role("button", name=re.compile(f"^{spoken}: "))).to_have_text(shown)
+        cut = page.locator(f"{CARDS} .pairwell-block__add").evaluate_all(
+            "buttons => buttons.filter((b) => b.scrollWidth > b.clientWidth).map((b) => b.textContent)")
+        assert not cut, (locale, cut)
 
 
 @pytest.mark.allow_console_errors(r"Failed to load resource")

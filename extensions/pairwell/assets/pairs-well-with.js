@@ -65,9 +65,10 @@ const el = (tag, part, text) =>
   Object.assign(document.createElement(tag), { className: `pairwell-block__${part}`, textContent: text ?? "" });
 const section = (id) => document.getElementById(`shopify-section-${id}`) || document.getElementById(id);
 
-const label = (button, text, title) => {
+// A card's button says a short word ("Ajouter"); a screen reader hears the whole action and the product.
+const label = (button, text, title, spoken = text) => {
   button.textContent = text;
-  button.setAttribute("aria-label", `${text}: ${title}`);
+  button.setAttribute("aria-label", `${spoken}: ${title}`);
 };
 
 // The theme's cart: Dawn's drawer renders the sections itself, else each returned section (Section Rendering
@@ -107,7 +108,7 @@ async function addToCart(block, item, button, source) {
     status.textContent = `${item.title}: ${say.added}`;
     send(block, "add_to_cart", { product_id: String(item.id), source });
     refreshCart(line, item);
-    setTimeout(() => { label(button, say.add, item.title); button.classList.remove("is-added"); }, 2500);
+    setTimeout(() => { label(button, say.add, item.title, say.addSpoken); button.classList.remove("is-added"); }, 2500);
   } catch (error) {
     status.textContent = `${item.title}: ${error.message || say.addFailed}`;
   } finally {
@@ -147,7 +148,7 @@ const card = (item, block, source, size) => {
   if (item.variant_id) {
     const add = el("button", "add");
     add.type = "button";
-    label(add, block.dataset.add, item.title);
+    label(add, block.dataset.add, item.title, block.dataset.addSpoken);
     add.addEventListener("click", () => addToCart(block, item, add, source));
     li.append(add);
   }
