@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -17,8 +19,20 @@ from worker.tasks import PipelineError, enqueue_full_sync, enqueue_pipeline, enq
 
 from . import create_app, migrations
 
+
+def quiet_libraries() -> None:
+    """A terminal run shows Pairwell's stage lines and bars, not the libraries' own loading bars and warnings
+    (transformers and the Hub read these before their first use)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|peft|transformers)\.")
+
+
 cli = FlaskGroup(create_app=create_app, add_default_commands=False,
-                 help="Pairwell: AI 'pairs well with' recommendations for Shopify stores.")
+                 help="Pairwell: AI 'pairs well with' recommendations for Shopify stores.",
+                 callback=quiet_libraries)
 
 
 @cli.group("db")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flask import current_app
 from sqlalchemy import func, select, update
+from tqdm import tqdm
 
 from core import recommendations
 from core.history import load_baskets, load_catalog, split_by_time
@@ -160,7 +161,7 @@ def stage_export(run: TrainingRun, quantization: str = "q8_0", final: bool = Fal
         raise
 
 
-def stage_gate(run: TrainingRun, final: bool = False) -> dict | None:
+def stage_gate(run: TrainingRun, progress_bar: bool = False, final: bool = False) -> dict | None:
     """The deploy gate's evidence: the new version, the retrieval it re-ranks, co-purchase and the live version
     on the same held-out orders (the newest, never trained on), the models through the storefront's own path
     (`rerank`)."""
@@ -169,7 +170,7 @@ def stage_gate(run: TrainingRun, final: bool = False) -> dict | None:
         return (model.metrics or {}).get("gate") if model else None
     _begin(run, "gate")
     try:
-        gate = gate_report(model)
+        gate = gate_report(model, progress_bar=progress_bar)
     except Exception as exc:
         _fail(run, exc)
         raise
@@ -178,7 +179,8 @@ def stage_gate(run: TrainingRun, final: bool = False) -> dict | None:
     return gate
 
 
-def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4) -> dict:
+def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
+                progress_bar: bool = False) -> dict:
     shop = db.session.get(Shop, model.shop_id)
     catalog = load_catalog(shop.id)
     orders = load_baskets(shop.id, catalog)
@@ -198,7 +200,11 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4) 
         ranked = shelf.retrieval.copurchase(basket, len(shelf.catalog))
         return [p for p in ranked if p in shelf.sellable][:k]
 
-    new, alone, baseline = hits_at(rerank, cases, k), hits_at(retrieval, cases, k), hits_at(copurchase, cases, k)
+    # The model answers each case in about a second on a CPU (minutes in all): a terminal run shows a bar.
+    asked = tqdm(cases, desc=f"deploy gate: v{model.version} on held-out orders", unit="order") if progress_bar \
+        else cases
+    new = hits_at(rerank, list(asked), k)
+    alone, baseline = hits_at(retrieval, cases, k), hits_at(copurchase, cases, k)
     report = {"cases": len(cases), "k": k, f"hr@{k}": _mean(new), f"retrieval hr@{k}": _mean(alone),
               f"co-purchase hr@{k}": _mean(baseline),
               # The raw miss rate: names the model wrote that matched none of its candidates (never served).

@@ -86,9 +86,10 @@ def export(run_id: int, final: bool = False, quantization: str = "q8_0") -> int:
     return run_id
 
 
-@shared_task(name="worker.tasks.gate", acks_late=True)
-def gate(run_id: int, final: bool = False) -> int:
-    pipeline.stage_gate(db.session.get(TrainingRun, run_id), final=final)
+@shared_task(name="worker.tasks.gate", acks_late=True, bind=True)
+def gate(self, run_id: int, final: bool = False) -> int:
+    pipeline.stage_gate(db.session.get(TrainingRun, run_id), progress_bar=self.app.conf.task_always_eager,
+                        final=final)
     return run_id
 
 

@@ -179,7 +179,11 @@ def train(base_dir: Path, dataset_dir: Path, out_dir: Path, config: TrainConfig,
         eval_started = time.perf_counter()
         model.eval()
         total, count = 0.0, 0
-        for indices in bucket_batches(eval_set, batch_tokens, random.Random(0)):
+        batches = bucket_batches(eval_set, batch_tokens, random.Random(0))
+        if progress_bar:  # evaluation takes minutes on a CPU: it shows its own bar, never a silence
+            from tqdm import tqdm
+            batches = tqdm(batches, desc="evaluate (held-out loss)", unit="batch")
+        for indices in batches:
             batch = collate(eval_set, indices, tokenizer.pad_token_id or tokenizer.eos_token_id, device)
             with autocast():
                 loss = completion_loss(model, batch)
