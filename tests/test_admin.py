@@ -348,3 +348,20 @@ def test_the_model_card_shows_no_server_path(client, installed_shop, shopify):
     page = client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True)
     cards = call(client, shopify, "GET", "/api/models").get_data(as_text=True)
     assert "SmolLM2-135M-Instruct" in page and "/srv/" not in page and "/srv/" not in cards
+
+
+def test_the_model_card_charts_what_the_gate_compared(client, installed_shop, shopify):
+    gate = {"passed": False, "cases": 60, "hr@4": 0.467, "retrieval hr@4": 0.517, "co-purchase hr@4": 0.467,
+            "reason": "refused, the model's re-rank is worse than the retrieval it starts from: …",
+            "live": {"version": 3, "hr@4": 0.5}}
+    db.session.add(ModelVersion(shop_id=installed_shop.id, version=4, gguf_path="/nonexistent", quantization="q8_0",
+                                size_bytes=1, sha256="0" * 64, base_model="tiny", status="verified",
+                                metrics={"gate": gate}))
+    db.session.commit()
+    page = client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True)
+    chart = page[page.index('class="gate-chart"'):page.index("</figure>")]
+    assert "Of 60 held-out orders" in chart
+    for label, shown in (("This model, v4", "47%"), ("Retrieval alone", "52%"), ("Co-purchase alone", "47%"),
+                         ("Live v3", "50%")):
+        assert label in chart and shown in chart.split(label, 1)[1][:400]
+    assert "Refused, the model&#39;s re-rank is worse than the retrieval" in page  # escaped, as HTML is

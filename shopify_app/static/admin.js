@@ -77,12 +77,24 @@
 
   function lossChart(id, history) {
     const points = (history || []).filter((p) => p.loss != null || p.eval_loss != null);
+    const training = points.filter((p) => p.loss != null), held = points.filter((p) => p.eval_loss != null);
+    const box = document.getElementById(id).parentElement;
+    let note = box.nextElementSibling?.classList.contains("loss-note") ? box.nextElementSibling : null;
+    box.hidden = training.length < 2;
+    if (box.hidden) { // one point is no curve: say what there is instead
+      if (!note) { note = document.createElement("p"); note.className = "loss-note subdued"; box.after(note); }
+      const last = training.at(-1), evaluated = held.at(-1);
+      note.textContent = "Too few steps for a curve yet" + (last ? `: training loss ${last.loss.toFixed(3)} at step ${last.step}` : "")
+        + (evaluated ? `, held-out loss ${evaluated.eval_loss.toFixed(3)}` : "") + ".";
+      return null;
+    }
+    note?.remove();
     return chart(id, {
       type: "line",
       data: {
         datasets: [
           { label: "training loss", data: points.filter((p) => p.loss != null).map((p) => ({ x: p.step, y: p.loss })),
-            borderColor: "#008060", pointRadius: 0 },
+            borderColor: "#008060", pointRadius: training.length < 20 ? 2 : 0 },
           { label: "evaluation loss", data: points.filter((p) => p.eval_loss != null)
             .map((p) => ({ x: p.step, y: p.eval_loss })), borderColor: "#d72c0d", showLine: false, pointRadius: 4 },
         ],
