@@ -124,6 +124,7 @@ class Shop(db.Model):
     refresh_token_expires_at: Mapped[datetime | None] = mapped_column(Timestamp())
     scopes: Mapped[str] = mapped_column(Text, default="")
     # The merchant's policies by kind (shipping, returns, invoices, payment, discounts): support answers cite them.
+    currency: Mapped[str] = mapped_column(String(3), default="", server_default="")  # ISO 4217, from the sync
     policies: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     # The support assistant's settings (enabled, tone, handoff contact, discount codes): `core.assistant.settings`.
     assistant: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")

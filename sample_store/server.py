@@ -444,7 +444,8 @@ class SampleShopify(LoopbackServer):
         elif root == "bulkOperation":
             data = {root: self._poll_bulk_operation(variables.get("id", ""))}
         elif root == "shop":
-            data = {"shop": {"name": "Pairwell Outdoor Demo", "myshopifyDomain": shop, "shopPolicies": [
+            data = {"shop": {"name": "Pairwell Outdoor Demo", "myshopifyDomain": shop, "currencyCode": "USD",
+                             "shopPolicies": [
                 {"type": kind, "title": kind.replace("_", " ").title(), "body": body}
                 for kind, body in SHOP_POLICIES.items()]}}
         else:

@@ -8,8 +8,11 @@ and loads the page again with it, as Shopify's own app templates do."""
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from urllib.parse import urlencode
 
+from babel import Locale, UnknownLocaleError
+from babel.numbers import format_currency
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request
 from sqlalchemy import func, select
 
@@ -32,6 +35,22 @@ def page_links() -> dict[str, str]:
     """Links between the pages keep the admin's own query (shop, host, embedded), never the token."""
     kept = urlencode({k: v for k, v in request.args.items() if k in ("shop", "host", "embedded", "locale")})
     return {name: ("/" if name == "home" else f"/{name}") + (f"?{kept}" if kept else "") for name in PAGES}
+
+
+@bp.app_template_filter("money")
+def money(amount, currency: str) -> str:
+    """An amount in the shop's currency, as the admin's locale writes it ("$143.95", "143,95 €"); "–" for none."""
+    try:
+        value = Decimal(str(amount))
+    except (InvalidOperation, ValueError):
+        return "–"
+    if not currency:
+        return f"{value:,.2f}"
+    try:
+        locale = Locale.parse(request.args.get("locale") or "en", sep="-")
+    except (UnknownLocaleError, ValueError):
+        locale = Locale("en")
+    return format_currency(value, currency, locale=locale)
 
 
 def render_page(name: str, shop, **context):

@@ -365,3 +365,15 @@ def test_the_model_card_charts_what_the_gate_compared(client, installed_shop, sh
                          ("Live v3", "50%")):
         assert label in chart and shown in chart.split(label, 1)[1][:400]
     assert "Refused, the model&#39;s re-rank is worse than the retrieval" in page  # escaped, as HTML is
+
+
+def test_money_is_shown_in_the_shops_currency(client, installed_shop, shopify, app):
+    from shopify_app.admin import money
+
+    assert installed_shop.currency == "USD"  # synced from Shopify's shop.currencyCode
+    with app.test_request_context("/?locale=fr"):
+        assert money("143.95", "EUR").replace("\u202f", " ").replace("\xa0", " ") == "143,95 €"
+    with app.test_request_context("/"):
+        assert money("143.95", "USD") == "$143.95" and money(None, "USD") == "–" and money("1200", "") == "1,200.00"
+    page = client.get(f"/recommendations?id_token={shopify.session_token()}").get_data(as_text=True)
+    assert 'const currency = "USD";' in page

@@ -59,16 +59,19 @@ query BulkOperation($id: ID!) {
 """
 
 
-SHOP_POLICIES_QUERY = "query ShopPolicies { shop { shopPolicies { type body } } }"
+SHOP_POLICIES_QUERY = "query ShopPolicies { shop { currencyCode shopPolicies { type body } } }"
 POLICY_KINDS = {"SHIPPING_POLICY": "shipping", "REFUND_POLICY": "returns"}
 
 
 def sync_policies(client: AdminClient, shop: Shop) -> int:
-    """Shopify's shipping and refund policy pages; kinds the merchant entered in Pairwell stay as they are."""
-    policies = client.execute(SHOP_POLICIES_QUERY)["shop"]["shopPolicies"]
+    """Shopify's shipping and refund policy pages (kinds the merchant entered in Pairwell stay as they are), and
+    the shop's currency."""
+    found_shop = client.execute(SHOP_POLICIES_QUERY)["shop"]
+    policies = found_shop["shopPolicies"]
     found = {POLICY_KINDS[p["type"]]: Markup(p["body"]).striptags() for p in policies if p["type"] in POLICY_KINDS}
     locked_shop(shop.id)  # merged over what the merchant saved meanwhile (the caller commits at once)
     shop.policies = {**(shop.policies or {}), **found}
+    shop.currency = str(found_shop.get("currencyCode") or shop.currency or "")[:3]
     return len(found)
 
 
