@@ -79,6 +79,7 @@ TARGETS = [
     Target("storefront-desktop.png", best_seller, DESKTOP, ready="[data-pairwell-block].is-loaded"),
     Target("storefront-mobile.png", best_seller, MOBILE, ready="[data-pairwell-block].is-loaded"),
     Target("admin-home.png", admin("/"), DESKTOP, ready="#sync-runs tbody tr"),
+    Target("admin-home-mobile.png", admin("/"), MOBILE, ready="#sync-runs tbody tr"),
     Target("admin-recommendations.png", admin("/recommendations"), DESKTOP, ready="#block-preview li"),
     Target("admin-models.png", admin("/models"), DESKTOP, ready="#evaluation tbody tr"),
     Target("admin-experiment.png", admin("/experiment"), DESKTOP, ready="#arms"),
@@ -98,7 +99,7 @@ def shop_activity(env: Env, browser, train_minutes: float) -> None:
     active = [p for p in env.shopify.store.products if p.status == "ACTIVE" and p.total_inventory][:12]
     for n, product in enumerate(active):
         page.goto(env.storefront.product_url(product))
-        page.wait_for_selector("[data-pairwell-block].is-loaded", timeout=15_000)
+        page.wait_for_selector("[data-pairwell-block].is-loaded", timeout=90_000)  # a busy machine builds the shelf
         if n % 3 == 0:  # a quick add from the block
             page.locator(".pairwell-block__item button").first.click()
             page.wait_for_timeout(300)
@@ -187,7 +188,7 @@ def capture(page, url: str, path: Path, *, ready: str | None = None, full_page: 
     """Open `url`, wait until it is complete (its `ready` selector, the network quiet, images decoded), save a PNG."""
     page.goto(url, wait_until="load")
     if ready:
-        page.wait_for_selector(ready, timeout=15_000)
+        page.wait_for_selector(ready, timeout=60_000)
     page.wait_for_load_state("networkidle")
     page.evaluate("Promise.all([...document.images].map((img) => img.decode().catch(() => {})))")
     path.parent.mkdir(parents=True, exist_ok=True)
