@@ -3,10 +3,10 @@ catalog, policies and orders.
 
 Each case says what a correct reply must state (facts from the database, a policy's key terms) and what it
 must never claim (an invented code or discount, a promise of the lowest price, another customer's order).
-Questions are phrased unlike the training templates (`worker/datasets.py`), and references are written here,
-not by the assistant's composer, so BLEU and ROUGE-L measure wording, not self-agreement. Every configuration
-answers through `assistant.respond`, as the storefront does; the model's drafts are scored too, before the
-checks, to show what the checks catch."""
+Questions are phrased unlike the training templates (`worker/datasets.py`) and the reader's phrasing families
+(`core/understanding.py`), and references are written here, not by the assistant's composer, so BLEU and
+ROUGE-L measure wording, not self-agreement. Every configuration answers through `assistant.respond`, as the
+storefront does; the model's drafts are scored too, before the checks, to show what the checks catch."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def question_set(shop: Shop, shelf: recommendations.Shelf, size: int = 240, seed
     return cases
 
 
-MONEY = re.compile(r"\$\s?\d[\d,]*(?:\.\d\d)?")
+MONEY = re.compile(r"[$€£¥]\s?\d[\d,.]*\d|\b\d[\d,.]*\s?(?:€|EUR|GBP|USD|CAD|AUD)(?!\w)")
 DAYS = re.compile(r"\b\d+(?:\s*-\s*\d+)?\s+(?:business\s+|working\s+)?days?\b", re.I)
 PAYMENT_METHODS = ("Visa", "Mastercard", "American Express", "Amex", "PayPal", "Shop Pay", "Apple Pay", "Google Pay",
                    "Klarna", "Afterpay", "gift card", "Discover", "Maestro", "bank transfer", "cash on delivery")
