@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -259,16 +259,13 @@ class Example:
     family: str
 
 
-def examples(seed: int = 0, copies: int = 3, families: Callable[[str, str], bool] = lambda topic, family: True
-             ) -> list[Example]:
-    """The training questions: every template of the chosen `families`, each written `copies` times with a
-    product name and the shopper's habits (the first copy as written)."""
+def examples(seed: int = 0, copies: int = 3) -> list[Example]:
+    """The training questions: every template, each written `copies` times with a product name and the
+    shopper's habits (the first copy as written)."""
     rng = random.Random(seed)
     found = []
     for topic, by_family in QUESTIONS.items():
         for family, templates in by_family.items():
-            if not families(topic, family):
-                continue
             for template in templates:
                 for copy in range(copies):
                     text = template.replace("{p}", rng.choice(PRODUCT_NAMES))
