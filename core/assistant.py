@@ -13,9 +13,7 @@ names the model wrote; numbers come from the facts, never from the model."""
 from __future__ import annotations
 
 import logging
-import math
 import re
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -134,24 +132,16 @@ def named_products(shelf: Shelf, message: str, limit: int = 3) -> list[int]:
     return [p for _, score, p in found if score >= best - 2]
 
 
-def title_words(text: str) -> set[str]:
-    return {w.rstrip("s") for w in stems(text)}
-
-
 def loosely_named(shelf: Shelf, message: str, limit: int = 3) -> list[int]:
     """Products named by part of their title ("the classic climbing shoes"): the message says what the product
     is (the title's last word) and one more of its words; the products whose rarest words it says win (ties:
     all of them, for the caller to narrow)."""
-    said = title_words(message)
-    titles = {p: title_words(item.title) for p, item in shelf.catalog.items()}
-    frequency = Counter(w for words in titles.values() for w in words)
-    held = {}
-    for product, words in titles.items():
-        kind = title_words(shelf.catalog[product].title.split()[-1]) if shelf.catalog[product].title.split() else set()
-        if kind and kind <= said and len(words & said) >= 2:
-            held[product] = sum(math.log(len(titles) / frequency[w]) for w in words & said)
+    said = recommendations.title_words_of(message)
+    held = {product: sum(shelf.title_word_rarity[w] for w in words & said)
+            for product, (words, kind) in shelf.title_words.items()
+            if kind and kind <= said and len(words & said) >= 2}
     best = max(held.values(), default=0.0)
-    return sorted((p for p, weight in held.items() if weight >= best - 1e-9), key=str)[:limit] if held else []
+    return sorted((p for p, weight in held.items() if weight >= best - 1e-9), key=str)[:limit]
 
 
 def similar_products(shelf: Shelf, text: str, limit: int = 3, threshold: float = 0.5) -> list[int]:
@@ -238,6 +228,7 @@ class Question:
 
 
 ANOTHER_QUESTION = re.compile(r"(?<=[?!])\s+|[,;.]?\s+\b(?:and )?(?:also|plus|oh and|one more thing)\b[,:]?\s+", re.I)
+WORD = re.compile(r"[^\W\d_]{2,}")  # a word of two letters or more: a message of none names only a product
 A_QUESTION = re.compile(r"\?\s*$|^\s*(do|does|did|can|could|is|are|how|what|what's|when|where|which|who|will|"
                         r"would|may|any|have|has)\b", re.I)  # a statement beside a question is context, not a question
 MAX_QUESTIONS = 3  # a message's questions answered one by one; more and the message is read whole
@@ -247,7 +238,7 @@ def compose(q: Question) -> tuple[Reply, Facts]:
     """The reply from the facts alone, and the facts. A message of two or three questions on different
     topics ("do you ship to Canada? and how long do returns take?") gets each answered in turn."""
     parts = [p for p in ANOTHER_QUESTION.split(q.message)
-             if p and len(re.findall(r"[^\W\d_]{2,}", p)) >= 3 and A_QUESTION.search(p)]
+             if p and len(WORD.findall(p)) >= 3 and A_QUESTION.search(p)]
     if not 2 <= len(parts) <= MAX_QUESTIONS:
         return compose_one(q)
     answered = [compose_one(Question(q.shop, part, q.shelf, q.viewing, q.cart, q.customer_ref)) for part in parts]
@@ -278,7 +269,7 @@ def compose_one(q: Question) -> tuple[Reply, Facts]:
         asked = re.sub(re.escape(q.shelf.title(product)), " ", asked, flags=re.I)
     read = understanding.reader()
     # Only a product's name: what is there to know about it.
-    intent = read(asked) if re.search(r"[^\W\d_]{2,}", asked) else "product"
+    intent = read(asked) if WORD.search(asked) else "product"
     focus_id = named[0] if named else (q.viewing.id if q.viewing is not None else None)
     if len(named) > 1:  # named loosely: the product in view if it is one of them, else the one with the size asked
         focus_id = q.viewing.id if q.viewing is not None and q.viewing.id in named else next(
@@ -296,7 +287,7 @@ def compose_one(q: Question) -> tuple[Reply, Facts]:
             facts.focus = None
     if facts.variant is not None:
         without = re.sub(re.escape(facts.variant.title), " ", asked, flags=re.I)
-        intent = read(without) if re.search(r"[^\W\d_]{2,}", without) else intent
+        intent = read(without) if WORD.search(without) else intent
     if intent == "off_topic" and named:
         intent = "product"  # it names one of the store's products: it is about that product
     if facts.focus is None and intent in ("details", "product"):

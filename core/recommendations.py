@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -87,6 +89,19 @@ class Shelf:
         return frozenset(name for name, n, t in zip(names, own, total, strict=True)
                          if name and t and n >= SEVERAL_SHARE * t)
 
+    @cached_property
+    def title_words(self) -> dict[Hashable, tuple[frozenset[str], frozenset[str]]]:
+        """Each product's title as content words (`title_words_of`), and those of its last word (what the product
+        is): what a shopper's loose naming of a product is matched against, worked out once a shelf."""
+        return {p: (title_words_of(item.title), title_words_of(item.title.split()[-1] if item.title.split() else ""))
+                for p, item in self.catalog.items()}
+
+    @cached_property
+    def title_word_rarity(self) -> dict[str, float]:
+        """How rare each title word is across the catalog (log of products over products with it)."""
+        counts = Counter(w for words, _ in self.title_words.values() for w in words)
+        return {w: math.log(len(self.title_words) / n) for w, n in counts.items()}
+
     def kind(self, product: Hashable) -> str:
         """The product's type, casefolded ("" when it has none or is not in the catalog)."""
         item = self.catalog.get(product)
@@ -137,6 +152,11 @@ def load_shelf(shop: Shop, baskets: list[Basket] | None = None) -> Shelf:
     else:
         retrieval = serving_retrieval(baskets, catalog)
     return Shelf(catalog, {p: catalog[p].product_type for p in offers}, retrieval, offers, load_rules(shop.id))
+
+
+def title_words_of(text: str) -> frozenset[str]:
+    """A title's or a question's content words, plurals folded ("tents" is "tent")."""
+    return frozenset(w.rstrip("s") for w in stems(text))
 
 
 def shelf_for(shop: Shop) -> Shelf:
