@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from core import assistant, experiment, merchandising, recommendations, schedule, shopify_api, shops
 from core.models import ModelVersion, Order, Product, SyncRun, TrainingRun, db
 from core.shopify_api import ShopifyError
-from worker.tasks import latest_evaluation
+from worker.tasks import latest_evaluation, training_in_progress
 
 from . import analytics
 from .admin_api import model_cards, sync_run_json, training_run_json
@@ -89,8 +89,7 @@ def home_context(shop) -> dict:
     live = recommendations.live_model(shop)
     newest = db.session.scalars(select(ModelVersion).where(ModelVersion.shop_id == shop.id)
                                 .order_by(ModelVersion.version.desc()).limit(1)).first()
-    training = db.session.scalars(select(TrainingRun).where(
-        TrainingRun.shop_id == shop.id, TrainingRun.status.in_(("queued", "running")))).first()
+    training = training_in_progress(shop)
     return {"sync_runs": [sync_run_json(r) for r in runs],
             "counts": counts, "live": live and {"version": live.version, "deployed_at": live.deployed_at},
             "newest": newest and {"version": newest.version, "created_at": newest.created_at,
