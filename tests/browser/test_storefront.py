@@ -166,7 +166,10 @@ def test_impressions_clicks_and_adds_to_cart_are_stored_with_their_source(page, 
 def test_keyboard_reaches_every_card_link_and_button_and_enter_opens_a_card(page, storefront, live_app, viewport):
     page.set_viewport_size(viewport)  # on phones the cards sit in a swipeable row: Tab scrolls them into view
     answer = open_product(page, storefront, products(live_app, 1, skip=4)[0])
-    wanted = [(kind, item["title"]) for item in answer["products"] for kind in ("link", "button")]
+    cut = page.locator(f"{CARDS} .pairwell-block__reason").evaluate_all(
+        "reasons => reasons.map((r) => r.tagName === 'DETAILS')")
+    wanted = [(kind, item["title"]) for item, reason_cut in zip(answer["products"], cut, strict=True)
+              for kind in ("link", "reason", "button") if kind != "reason" or reason_cut]
     reached = []
     for _ in range(40):
         page.keyboard.press("Tab")
@@ -174,7 +177,8 @@ def test_keyboard_reaches_every_card_link_and_button_and_enter_opens_a_card(page
           const el = document.activeElement;
           const card = el.closest('.pairwell-block__item');
           const title = card && card.querySelector('.pairwell-block__title').textContent;
-          return card && [el.tagName === 'A' ? 'link' : 'button', title];
+          const kind = el.tagName === 'A' ? 'link' : el.tagName === 'SUMMARY' ? 'reason' : 'button';
+          return card && [kind, title];
         }""")
         if focused:
             reached.append(tuple(focused))
@@ -401,6 +405,43 @@ def test_the_block_speaks_the_shoppers_language(page, storefront, live_app, view
         cut = page.locator(f"{CARDS} .pairwell-block__add").evaluate_all(
             "buttons => buttons.filter((b) => b.scrollWidth > b.clientWidth).map((b) => b.textContent)")
         assert not cut, (locale, cut)
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS.values(), ids=VIEWPORTS.keys())
+def test_every_card_shows_its_whole_reason_or_opens_it_in_place(page, storefront, live_app, viewport):
+    """A reason cut at two lines (a narrow card, "...; bought together in 12 orders") is a disclosure: a click or
+    Enter shows it whole and the card grows around it, in every shipped locale; a reason that fits is plain text."""
+    page.set_viewport_size(viewport)
+    whole = "r => r.scrollHeight <= r.clientHeight + 1 && r.getBoundingClientRect().height > 0"
+    opened = 0
+    for locale in ("fr", None):
+        for product in products(live_app, 2, skip=5):
+            answer = open_product(page, storefront, product, locale=locale)
+            for n, item in enumerate(answer["products"]):
+                card = page.locator(CARDS).nth(n)
+                reason = card.locator(".pairwell-block__reason")
+                expect(reason).to_have_text(item["reason"])
+                if reason.evaluate("r => r.tagName") != "DETAILS":
+                    assert reason.evaluate(whole), item["reason"]
+                    continue
+                words = reason.locator("summary")
+                assert not words.evaluate(whole)  # cut: hence the disclosure
+                if n % 2:
+                    words.focus()
+                    page.keyboard.press("Enter")
+                else:
+                    words.click()
+                expect(reason).to_have_attribute("open", "")
+                assert words.evaluate(whole), item["reason"]
+                assert card.evaluate("""card => {
+                  const words = card.querySelector('.pairwell-block__reason').getBoundingClientRect();
+                  const add = card.querySelector('.pairwell-block__add');
+                  return !add || add.getBoundingClientRect().top >= words.bottom - 0.5;
+                }""")  # the button moved down, not under the words
+                words.click()
+                expect(reason).not_to_have_attribute("open", "")
+                opened += 1
+    assert opened  # some reasons are longer than two lines at this width
 
 
 @pytest.mark.allow_console_errors(r"Failed to load resource")

@@ -1,18 +1,18 @@
-// Pairwell "pairs well with": fills the space the Liquid reserved with the app's products (App Proxy), adds
-// them to the cart, reports impressions, clicks and adds with the answer's source. Failures leave no trace.
+// Pairwell "pairs well with": fills the Liquid's skeleton from the App Proxy, adds to the cart, reports
+// impressions, clicks and adds. Failures leave no trace.
 (() => {
-const CLICKED = "pairwell:clicked"; // product id → {viewed, source}, for an add on the next page
-const BUDGET_MS = 3500; // the longest a shopper waits for a block below the buy button
+const CLICKED = "pairwell:clicked"; // product id → {viewed, source}
+const BUDGET_MS = 3500; // then the block gives up
 const JSON_TYPE = { Accept: "application/json" };
 
-// The proxy path setting (a renamed proxy): plain segments under the locale root, else the default.
+// A renamed proxy (plain segments) under the locale root, else the default.
 const proxy = (block, route) => {
   const path = block.dataset.proxyPath || "";
   return `${block.dataset.root}${(/^(\/[\w-]+)+\/?$/.test(path) ? path.replace(/\/$/, "") : "/apps/pairwell")
     .slice(1)}/${route}`;
 };
 
-// The A/B holdout's visitor: a random id kept in localStorage (no storage: none).
+// The A/B holdout's visitor: a random id in localStorage.
 const visitor = () => {
   try {
     let id = localStorage.getItem("pairwell:visitor");
@@ -33,7 +33,7 @@ const send = (block, kind, fields) => {
 
 const clicked = () => { try { return JSON.parse(sessionStorage.getItem(CLICKED)) || {}; } catch { return {}; } };
 
-// A product reached through the block: its product form's add counts for the block.
+// A product reached through the block: its form's add counts.
 const watchAddToCart = (block) => {
   const from = clicked()[block.dataset.productId];
   if (!from) return;
@@ -43,8 +43,7 @@ const watchAddToCart = (block) => {
   }, { once: true }));
 };
 
-// The price the shopper pays: the storefront's product JSON (presentment currency, × 100), never the app's
-// (the shop's currency). No JSON, no price.
+// The price the shopper pays: the storefront's product JSON (presentment currency), not the app's. None, no price.
 async function price(block, item, li, signal) {
   const slot = li.querySelector(".pairwell-block__price");
   const S = window.Shopify || {};
@@ -56,8 +55,8 @@ async function price(block, item, li, signal) {
     if (variant?.available) {
       slot.textContent = new Intl.NumberFormat(S.locale || document.documentElement.lang || undefined, {
         style: "currency", currency: S.currency?.active || block.dataset.currency }).format(variant.price / 100);
-    } else if (response.ok) li.querySelector("button")?.remove(); // sold out since the app's last sync
-  } catch { /* no price rather than a wrong one */ }
+    } else if (response.ok) li.querySelector("button")?.remove(); // sold out since the sync
+  } catch { /* no price, not a wrong one */ }
   slot.classList.remove("is-pending");
 }
 
@@ -65,14 +64,13 @@ const el = (tag, part, text) =>
   Object.assign(document.createElement(tag), { className: `pairwell-block__${part}`, textContent: text ?? "" });
 const section = (id) => document.getElementById(`shopify-section-${id}`) || document.getElementById(id);
 
-// A card's button says a short word ("Ajouter"); a screen reader hears the whole action and the product.
+// A short word shown ("Ajouter"); the whole action and product spoken.
 const label = (button, text, title, spoken = text) => {
   button.textContent = text;
   button.setAttribute("aria-label", `${spoken}: ${title}`);
 };
 
-// The theme's cart: Dawn's drawer renders the sections itself, else each returned section (Section Rendering
-// API) replaces its own; events for themes that listen.
+// Dawn's drawer renders the sections, else each replaces its own; events for others.
 const refreshCart = (line, item) => {
   const sections = line.sections || {};
   const drawer = document.querySelector("cart-drawer, cart-notification");
@@ -92,7 +90,7 @@ async function addToCart(block, item, button, source) {
   if (button.getAttribute("aria-disabled") === "true") return;
   const say = block.dataset;
   const status = block.querySelector("[data-pairwell-status]");
-  button.setAttribute("aria-disabled", "true"); // not `disabled`: the focus stays on the button
+  button.setAttribute("aria-disabled", "true"); // not `disabled`: focus stays
   try {
     const sections = ["cart-drawer", "cart-icon-bubble"].filter(section);
     const response = await fetch(say.cartAdd, {
@@ -124,11 +122,19 @@ const sized = (src, width) => {
   return url.href;
 };
 
+// A reason cut short becomes a <details> that opens it whole, in place.
+const disclose = (reason) => {
+  if (reason.tagName === "DETAILS" || reason.scrollHeight <= reason.clientHeight + 1) return;
+  const details = el("details", "reason");
+  details.append(el("summary", "reason-text", reason.textContent));
+  details.addEventListener("toggle", () => details.parentElement.classList.toggle("is-open", details.open));
+  reason.replaceWith(details);
+};
+
 const card = (item, block, source, size) => {
   const li = el("li", "item");
   const link = el("a", "link");
-  // The shopper's own locale and market, not the primary domain.
-  link.href = item.handle ? `${block.dataset.root}products/${encodeURIComponent(item.handle)}` : item.url;
+  link.href = item.handle ? `${block.dataset.root}products/${encodeURIComponent(item.handle)}` : item.url; // the shopper's locale
   const media = el(item.image ? "img" : "span", "media");
   if (item.image) { // decorative: the title beside it names the link
     Object.assign(media, { src: sized(item.image, 360), alt: "", loading: "lazy", decoding: "async",
@@ -140,7 +146,7 @@ const card = (item, block, source, size) => {
     try {
       sessionStorage.setItem(CLICKED, JSON.stringify({ ...clicked(),
                                                       [item.id]: { viewed: block.dataset.productId, source } }));
-    } catch { /* private mode: the click still counts */ }
+    } catch { /* private mode */ }
     send(block, "click", { product_id: String(item.id), source });
   });
   const slot = el("span", "price is-pending");
@@ -155,7 +161,7 @@ const card = (item, block, source, size) => {
   return li;
 };
 
-// Nothing to show: below the fold the block goes; in sight its box stays blank, so nothing moves.
+// Nothing to show: below the fold the block goes; in sight its box stays blank.
 const vanish = (block) => {
   if (block.getBoundingClientRect().top >= innerHeight) block.hidden = true;
   else block.classList.add("is-empty");
@@ -179,12 +185,13 @@ async function fill(block) {
     const { products, source = "unknown" } = await response.json();
     const shown = (Array.isArray(products) ? products : []).filter((p) => p?.id && p.title).slice(0, limit);
     if (!shown.length) throw new Error("empty");
-    list.style.minHeight = `${list.offsetHeight}px`; // fewer cards than reserved: keep the space
+    list.style.minHeight = `${list.offsetHeight}px`; // fewer cards: keep the space
     const size = Math.ceil(list.querySelector(".pairwell-block__media")?.offsetWidth || 360);
     const cards = shown.map((item) => card(item, block, source, size));
     list.replaceChildren(...cards);
     shown.forEach((item, n) => price(block, item, cards[n], AbortSignal.timeout?.(BUDGET_MS)));
     list.removeAttribute("aria-busy");
+    new ResizeObserver(() => list.querySelectorAll(".pairwell-block__reason").forEach(disclose)).observe(list);
     block.classList.add("is-loaded");
     send(block, "impression", { shown: shown.length, source });
   } catch {
