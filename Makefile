@@ -22,6 +22,7 @@ demo: install
 	$(VENV)/bin/pairwell demo
 
 test: install $(VENV)/theme-check
+	$(VENV)/bin/lint-imports --no-cache --no-logo  # the layers and no import cycles: pyproject.toml
 	scripts/install-test-packages
 	VENV=$(VENV) scripts/run-tests
 

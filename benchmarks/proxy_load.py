@@ -39,7 +39,7 @@ def signed_url(base: str, shop: str, **params) -> str:
 def install_sample_store(env: dict, gguf: Path | None) -> tuple[str, list[int]]:
     from core import shops
     from core.models import ModelVersion, Product, db
-    from sample_store import SampleShopify
+    from sample_store.server import SampleShopify
     from shopify_app import create_app, migrations
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"], **CREDENTIALS,

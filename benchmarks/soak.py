@@ -102,8 +102,7 @@ def install(env: dict, ollama_url: str) -> tuple[str, list[dict], object]:
     version on the Ollama host. Returns the shop, its products as webhook payloads, and the sample Shopify."""
     from core import shops
     from core.models import ModelVersion, TrainingRun, db
-    from sample_store import SampleShopify
-    from sample_store.server import product_webhook_payload
+    from sample_store.server import SampleShopify, product_webhook_payload
     from shopify_app import create_app, migrations
     from worker.pipeline import stage_deploy
 

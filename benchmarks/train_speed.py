@@ -26,7 +26,7 @@ from worker import training
 def sample_dataset(workdir: Path) -> Path:
     """The recommendation dataset of the built-in sample store (the demo's install and sync path)."""
     from core import shops
-    from sample_store import SampleShopify
+    from sample_store.server import SampleShopify
     from shopify_app import create_app, migrations
     from worker.datasets import build_datasets
 

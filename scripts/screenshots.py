@@ -29,11 +29,11 @@ sys.path.insert(0, str(ROOT))
 
 from core.models import Shop, db  # noqa: E402
 from core.recommendations import warm_up  # noqa: E402
-from sample_store import SampleShopify, generate_store  # noqa: E402
-from sample_store.server import LoopbackServer  # noqa: E402
+from sample_store.catalog import generate_store  # noqa: E402
+from sample_store.demo import DEMO_TRAINING  # noqa: E402
+from sample_store.server import LoopbackServer, SampleShopify  # noqa: E402
 from sample_store.storefront import StorefrontPreview, placeholder_image  # noqa: E402
 from shopify_app import create_app, migrations  # noqa: E402
-from shopify_app.demo import DEMO_TRAINING  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 API_KEY, API_SECRET = "screenshots-client-id", "screenshots-client-secret-long-enough-for-hs256"

@@ -99,18 +99,6 @@ def worker(queues, concurrency, beat):
     celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "--loglevel=INFO", *(["-B"] if beat else [])])
 
 
-@cli.command()
-@click.option("--port", default=8000, type=int)
-@click.option("--no-serve", is_flag=True, help="Stop after the summary instead of serving.")
-@click.option("--train-minutes", type=float, default=4.0, show_default=True,
-              help="Fine-tuning time budget; 0 skips training.")
-def demo(port, no_serve, train_minutes):
-    """Install into the sample store, sync it, fine-tune on it, export the GGUF, then serve the app locally."""
-    from .demo import run_demo
-
-    run_demo(port=port, serve=not no_serve, train_minutes=train_minutes)
-
-
 def _installed_shop(domain: str):
     shop = shops.get_shop(domain)
     if shop is None or not shop.is_installed:

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from core.models import Base, db
-from sample_store import SampleShopify, generate_store
+from sample_store.catalog import generate_store
+from sample_store.server import SampleShopify
 from shopify_app import create_app, migrations
 
 API_KEY = "test-client-id"

@@ -2,7 +2,7 @@
 
 from click.testing import CliRunner
 
-from sample_store import generate_store
+from sample_store.catalog import generate_store
 from shopify_app.cli import cli
 
 from .conftest import scratch_database

@@ -19,7 +19,7 @@ from core.history import EVAL_FRACTION
 from core.models import ModelVersion, Product, db
 from core.prompts import format_answer
 from core.signatures import signed_app_proxy_query
-from sample_store import generate_store
+from sample_store.catalog import generate_store
 from sample_store.server import product_jsonl, product_webhook_payload
 from shopify_app import migrations
 from worker import datasets, evaluation, pipeline

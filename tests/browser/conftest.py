@@ -32,8 +32,8 @@ from flask import Flask
 from core import recommendations
 from core.models import Base, Shop, db
 from core.signatures import signed_app_proxy_query
-from sample_store import SampleShopify, SampleStore
-from sample_store.server import LoopbackServer
+from sample_store.catalog import SampleStore
+from sample_store.server import LoopbackServer, SampleShopify
 from sample_store.storefront import PROXY_PREFIX, StorefrontPreview, placeholder_image
 from shopify_app import create_app
 from tests.conftest import API_KEY, API_SECRET, finish_background_jobs

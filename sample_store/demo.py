@@ -1,4 +1,4 @@
-"""`pairwell demo`: install, sync and fine-tune against the loopback sample store, then serve."""
+"""`pairwell demo`: install, sync and fine-tune against the loopback sample store, then serve (dev only)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from sqlalchemy import func, select
 from core import shops
 from core.models import Conversation, ModelVersion, Order, OrderLine, Product, SyncRun, Variant, db
 from core.signatures import signed_app_proxy_query
-from sample_store import SampleShopify, generate_store
-from sample_store.catalog import MERCHANT_ASSISTANT, MERCHANT_POLICIES
+from shopify_app import migrations
 from worker.tasks import enqueue_pipeline
 
-from . import migrations
+from .catalog import MERCHANT_ASSISTANT, MERCHANT_POLICIES, generate_store
+from .server import SampleShopify
+from .storefront import StorefrontPreview
 
 DEMO_TRAINING = {"batch_tokens": 1024, "learning_rate": 5e-4, "epochs": 1, "eval_examples": 48}
 
@@ -68,7 +69,6 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
         from waitress import serve as waitress_serve
 
         from core.recommendations import warm_up
-        from sample_store.storefront import StorefrontPreview
 
         warm_up(app)
         preview = StorefrontPreview(store, shop=shopify.shop, app_url=f"http://127.0.0.1:{port}",
