@@ -49,6 +49,8 @@ def from_env(env: dict[str, str] | None = None) -> dict:
         "MODEL_BUDGET_SECONDS": float(env.get("PAIRWELL_MODEL_BUDGET_SECONDS", "1.5")),
         # The support assistant's model writes a sentence or two, not a few titles: a little longer.
         "ASSISTANT_BUDGET_SECONDS": float(env.get("PAIRWELL_ASSISTANT_BUDGET_SECONDS", "3.0")),
+        # Retrieval indexes a web process keeps, least recently used out first (a 5,000-product store's: ~170 MiB).
+        "INDEX_CACHE_MB": int(env.get("PAIRWELL_INDEX_CACHE_MB", "1024")),
         "PROXY_LIMIT_PER_IP": int(env.get("PAIRWELL_PROXY_LIMIT_PER_IP", "120")),
         "PROXY_LIMIT_PER_SHOP": int(env.get("PAIRWELL_PROXY_LIMIT_PER_SHOP", "6000")),
         # Chat messages a minute per shopper (the signed customer, else the address) and per shop.

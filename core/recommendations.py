@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import threading
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from functools import cached_property
 import numpy as np
 from cachetools import LRUCache
 from flask import current_app, has_request_context
+from scipy import sparse
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -42,9 +44,88 @@ INDEX_TTL_SECONDS = 600
 PRECOMPUTE_BUDGET_SECONDS = 20.0  # nobody waits on a precompute: let the model finish
 SHELF_TTL_SECONDS = 30
 GENERATION_TTL_SECONDS = 2.0  # how late another process's bump of the reply generation may be seen
-_indexes: dict[int, tuple[float, Blend]] = {}
-_rebuilding: set[int] = set()  # shops whose index a background thread is rebuilding
-_shelves: dict[int, tuple[str, float, Shelf]] = {}
+SHELVES_KEPT = 256  # shops whose shelf a process keeps (each at most SHELF_TTL_SECONDS)
+BUILD_LOCKS = 64  # cold builds of different shops run side by side; of one shop, once
+
+
+@dataclass(frozen=True)
+class BuiltIndex:
+    built_at: float  # time.monotonic()
+    retrieval: Blend
+    size: int  # bytes, as footprint() counts them
+
+
+class ServingState:
+    """What a web process keeps to answer shoppers fast, owned by the app (`app.extensions["pairwell_serving"]`,
+    made by the app factory) and bounded: the retrieval indexes, least recently used out first, within
+    `index_bytes`; the shelves of the SHELVES_KEPT most recent shops. Losing any of it costs a rebuild, never a
+    wrong answer. Concurrent first requests of one shop wait for one build instead of each building."""
+
+    def __init__(self, index_bytes: int):
+        self.indexes: LRUCache[int, BuiltIndex] = LRUCache(maxsize=index_bytes, getsizeof=lambda built: built.size)
+        self.shelves: LRUCache[int, tuple[str, float, Shelf]] = LRUCache(maxsize=SHELVES_KEPT)
+        self.rebuilding: set[int] = set()  # shops whose index a background thread is rebuilding
+        self.lock = threading.Lock()  # cachetools' caches are not thread-safe
+        self._builds = [threading.Lock() for _ in range(BUILD_LOCKS)]
+
+    def index(self, shop_id: int) -> BuiltIndex | None:
+        with self.lock:
+            return self.indexes.get(shop_id)
+
+    def keep_index(self, shop_id: int, built: BuiltIndex) -> None:
+        with self.lock:
+            try:
+                self.indexes[shop_id] = built
+            except ValueError:  # larger than the whole bound: served, not kept
+                log.warning("the retrieval index of shop %s (%.0f MiB) is larger than PAIRWELL_INDEX_CACHE_MB",
+                            shop_id, built.size / 2**20)
+
+    def shelf(self, shop_id: int) -> tuple[str, float, Shelf] | None:
+        with self.lock:
+            return self.shelves.get(shop_id)
+
+    def keep_shelf(self, shop_id: int, kept: tuple[str, float, Shelf]) -> None:
+        with self.lock:
+            self.shelves[shop_id] = kept
+
+    def build_lock(self, shop_id: int) -> threading.Lock:
+        return self._builds[shop_id % BUILD_LOCKS]
+
+    def forget(self, shop_id: int) -> None:
+        with self.lock:
+            self.indexes.pop(shop_id, None)
+            self.shelves.pop(shop_id, None)
+
+
+def serving_state() -> ServingState:
+    return current_app.extensions["pairwell_serving"]
+
+
+def footprint(root: object) -> int:
+    """Roughly the bytes an index holds: its arrays and sparse matrices and the containers of Pairwell's own
+    objects, each counted once (a catalog of n products holds O(n²) in its co-purchase and EASE matrices)."""
+    seen, total, pending = set(), 0, [root]
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, np.ndarray):
+            total += item.nbytes
+        elif sparse.issparse(item):
+            pending += [getattr(item, part) for part in ("data", "indices", "indptr", "row", "col")
+                        if hasattr(item, part)]
+        elif isinstance(item, dict):
+            total += sys.getsizeof(item)
+            pending += item.values()
+        elif isinstance(item, list | tuple | set | frozenset):
+            total += sys.getsizeof(item)
+            pending += item
+        elif type(item).__module__.startswith("core.") and hasattr(item, "__dict__"):
+            pending += vars(item).values()
+        else:
+            total += sys.getsizeof(item)
+    return total
 
 
 @dataclass(frozen=True)
@@ -163,42 +244,52 @@ def shelf_for(shop: Shop) -> Shelf:
     """The shop's shelf for a storefront request, reused by this process while the catalog has not changed
     (a product webhook moves the shop's reply generation) and for at most SHELF_TTL_SECONDS (stock)."""
     generation = reply_generation(shop.id)
-    kept = _shelves.get(shop.id)
+    state = serving_state()
+    kept = state.shelf(shop.id)
     if kept is None or kept[0] != generation or time.monotonic() - kept[1] > SHELF_TTL_SECONDS:
         kept = (generation, time.monotonic(), load_shelf(shop))
-        _shelves[shop.id] = kept
+        state.keep_shelf(shop.id, kept)
     return kept[2]
 
 
 def retrieval_index(shop_id: int, catalog: dict[int, Item]) -> Blend:
-    """The serving retrieval over the shop's orders. Built on first use; after INDEX_TTL_SECONDS it is rebuilt
-    in the background while the old one keeps serving (a big catalog's build takes a minute, and no shopper
-    should wait for it). The embeddings of unchanged product texts are remembered, so a rebuild embeds only
-    what changed."""
-    built = _indexes.get(shop_id)
+    """The serving retrieval over the shop's orders. Built on first use (once, however many requests arrive);
+    after INDEX_TTL_SECONDS it is rebuilt in the background while the old one keeps serving (a big catalog's
+    build takes a minute, and no shopper should wait for it). The embeddings of unchanged product texts are
+    remembered, so a rebuild embeds only what changed."""
+    state = serving_state()
+    built = state.index(shop_id)
     if built is None:
-        return _build_index(shop_id, catalog)
-    if time.monotonic() - built[0] > INDEX_TTL_SECONDS and shop_id not in _rebuilding:
-        _rebuilding.add(shop_id)
+        with state.build_lock(shop_id):
+            built = state.index(shop_id) or _build_index(state, shop_id, catalog)
+        return built.retrieval
+    with state.lock:
+        stale = time.monotonic() - built.built_at > INDEX_TTL_SECONDS and shop_id not in state.rebuilding
+        if stale:
+            state.rebuilding.add(shop_id)
+    if stale:
         threading.Thread(target=_rebuild_index, args=(current_app._get_current_object(), shop_id, catalog),
                          name=f"pairwell-index-{shop_id}", daemon=True).start()
-    return built[1]
+    return built.retrieval
 
 
-def _build_index(shop_id: int, catalog: dict[int, Item]) -> Blend:
+def _build_index(state: ServingState, shop_id: int, catalog: dict[int, Item]) -> BuiltIndex:
     retrieval = serving_retrieval(load_baskets(shop_id, catalog), catalog)
-    _indexes[shop_id] = (time.monotonic(), retrieval)
-    return retrieval
+    built = BuiltIndex(time.monotonic(), retrieval, footprint(retrieval))
+    state.keep_index(shop_id, built)
+    return built
 
 
 def _rebuild_index(app, shop_id: int, catalog: dict[int, Item]) -> None:
     with app.app_context():
+        state = serving_state()
         try:
-            _build_index(shop_id, catalog)
+            _build_index(state, shop_id, catalog)
         except Exception:  # the old index keeps serving; the next request past the TTL tries again
             log.exception("rebuilding the retrieval index of shop %s failed", shop_id)
         finally:
-            _rebuilding.discard(shop_id)
+            with state.lock:
+                state.rebuilding.discard(shop_id)
             db.session.remove()
 
 
@@ -481,8 +572,7 @@ def invalidate(shop_id: int) -> None:
     """Forget every cached reply of the shop and the retrieval index this process built (a new model, a changed
     catalog)."""
     forget_replies(shop_id)
-    _indexes.pop(shop_id, None)
-    _shelves.pop(shop_id, None)
+    serving_state().forget(shop_id)
 
 
 def cached(key: str) -> dict | None:

@@ -8,7 +8,7 @@ from werkzeug.exceptions import HTTPException
 
 from core import config, logs
 from core.models import db
-from core.recommendations import readiness
+from core.recommendations import ServingState, readiness
 from core.signatures import is_valid_shop_domain
 
 
@@ -24,6 +24,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         config.INSTANCE_DIR.mkdir(exist_ok=True)
 
     db.init_app(app)
+    app.extensions["pairwell_serving"] = ServingState(index_bytes=app.config["INDEX_CACHE_MB"] * 2**20)
 
     from worker.celery_app import celery_init_app
 

@@ -111,14 +111,64 @@ def test_a_stale_retrieval_index_keeps_serving_while_it_is_rebuilt_in_the_backgr
     catalog = load_catalog(installed_shop.id)
     first = recommendations.retrieval_index(installed_shop.id, catalog)
     assert recommendations.retrieval_index(installed_shop.id, catalog) is first  # fresh: no rebuild
-    built_at, _ = recommendations._indexes[installed_shop.id]
-    recommendations._indexes[installed_shop.id] = (built_at - recommendations.INDEX_TTL_SECONDS - 1, first)
+    state = recommendations.serving_state()
+    built = state.index(installed_shop.id)
+    state.keep_index(installed_shop.id, replace(built, built_at=built.built_at - recommendations.INDEX_TTL_SECONDS - 1))
     assert recommendations.retrieval_index(installed_shop.id, catalog) is first  # stale: served at once
     for thread in threading.enumerate():
         if thread.name == f"pairwell-index-{installed_shop.id}":
             thread.join(timeout=60)
     rebuilt = recommendations.retrieval_index(installed_shop.id, catalog)
-    assert rebuilt is not first and rebuilt.ids == first.ids and installed_shop.id not in recommendations._rebuilding
+    assert rebuilt is not first and rebuilt.ids == first.ids and installed_shop.id not in state.rebuilding
+
+
+def test_shoppers_arriving_together_at_a_cold_store_wait_for_one_index_build(installed_shop, monkeypatch):
+    import threading
+
+    from core import recommendations
+    from core.history import load_catalog
+
+    catalog = load_catalog(installed_shop.id)
+    real, builds = recommendations.serving_retrieval, []
+
+    def slow_build(orders, catalog):
+        builds.append(1)
+        time.sleep(0.3)  # long enough for every shopper to arrive while it runs
+        return real(orders, catalog)
+
+    monkeypatch.setattr(recommendations, "serving_retrieval", slow_build)
+    app = recommendations.current_app._get_current_object()
+    served = []
+
+    def shopper():
+        with app.app_context():
+            served.append(recommendations.retrieval_index(installed_shop.id, catalog))
+
+    shoppers = [threading.Thread(target=shopper) for _ in range(4)]
+    for thread in shoppers:
+        thread.start()
+    for thread in shoppers:
+        thread.join(timeout=120)
+    assert len(builds) == 1 and len(served) == 4 and all(index is served[0] for index in served)
+
+
+def test_a_web_process_keeps_indexes_within_its_byte_bound_least_recently_used_out_first(installed_shop):
+    from core import recommendations
+    from core.history import load_catalog
+
+    retrieval = recommendations.retrieval_index(installed_shop.id, load_catalog(installed_shop.id))
+    size = recommendations.footprint(retrieval)
+    arrays = retrieval.ease.weights.nbytes + retrieval.index.vectors.nbytes + retrieval.copurchase.similar.data.nbytes
+    assert arrays <= size < 4 * arrays + 2**20  # the matrices, and not much besides
+
+    state = recommendations.ServingState(index_bytes=3 * size)
+    for shop in (1, 2, 3):
+        state.keep_index(shop, recommendations.BuiltIndex(0.0, retrieval, size))
+    assert state.index(1) is not None  # shop 1 used: shop 2 is now the least recently used
+    state.keep_index(4, recommendations.BuiltIndex(0.0, retrieval, size))
+    assert [shop for shop in (1, 2, 3, 4) if state.index(shop)] == [1, 3, 4]
+    state.keep_index(5, recommendations.BuiltIndex(0.0, retrieval, 4 * size))  # larger than the bound: not kept
+    assert state.index(5) is None and state.index(4) is not None
 
 
 def test_rate_limit_answers_429_with_retry_after(app, client, installed_shop, store):
