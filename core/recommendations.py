@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cached_property
 
@@ -41,6 +41,7 @@ from .recommenders import Blend, History, TitleMatcher, bought_before
 
 log = logging.getLogger(__name__)
 INDEX_TTL_SECONDS = 600
+CHANGED_INDEX_SECONDS = 30  # a catalog change rebuilds an index at least this old (in the background)
 PRECOMPUTE_BUDGET_SECONDS = 20.0  # nobody waits on a precompute: let the model finish
 SHELF_TTL_SECONDS = 30
 GENERATION_TTL_SECONDS = 2.0  # how late another process's bump of the reply generation may be seen
@@ -53,6 +54,11 @@ class BuiltIndex:
     built_at: float  # time.monotonic()
     retrieval: Blend
     size: int  # bytes, as footprint() counts them
+    changed: bool = False  # the catalog changed since: rebuild it in the background
+
+    def due(self) -> bool:
+        age = time.monotonic() - self.built_at
+        return age > INDEX_TTL_SECONDS or (self.changed and age > CHANGED_INDEX_SECONDS)
 
 
 class ServingState:
@@ -90,6 +96,14 @@ class ServingState:
 
     def build_lock(self, shop_id: int) -> threading.Lock:
         return self._builds[shop_id % BUILD_LOCKS]
+
+    def catalog_changed(self, shop_id: int) -> None:
+        """The shop's shelf goes; its index keeps serving until the background rebuild replaces it."""
+        with self.lock:
+            self.shelves.pop(shop_id, None)
+            built = self.indexes.get(shop_id)
+            if built is not None and not built.changed:
+                self.indexes[shop_id] = replace(built, changed=True)
 
     def forget(self, shop_id: int) -> None:
         with self.lock:
@@ -246,6 +260,8 @@ def shelf_for(shop: Shop) -> Shelf:
     generation = reply_generation(shop.id)
     state = serving_state()
     kept = state.shelf(shop.id)
+    if kept is not None and kept[0] != generation:  # moved by a webhook, perhaps in another process
+        state.catalog_changed(shop.id)
     if kept is None or kept[0] != generation or time.monotonic() - kept[1] > SHELF_TTL_SECONDS:
         kept = (generation, time.monotonic(), load_shelf(shop))
         state.keep_shelf(shop.id, kept)
@@ -254,9 +270,10 @@ def shelf_for(shop: Shop) -> Shelf:
 
 def retrieval_index(shop_id: int, catalog: dict[int, Item]) -> Blend:
     """The serving retrieval over the shop's orders. Built on first use (once, however many requests arrive);
-    after INDEX_TTL_SECONDS it is rebuilt in the background while the old one keeps serving (a big catalog's
-    build takes a minute, and no shopper should wait for it). The embeddings of unchanged product texts are
-    remembered, so a rebuild embeds only what changed."""
+    after INDEX_TTL_SECONDS, or CHANGED_INDEX_SECONDS after a catalog change, it is rebuilt in the background
+    while the old one keeps serving (a big catalog's build takes a minute, and no shopper should wait for it;
+    products it does not know score 0 meanwhile). The embeddings of unchanged product texts are remembered, so
+    a rebuild embeds only what changed."""
     state = serving_state()
     built = state.index(shop_id)
     if built is None:
@@ -264,7 +281,7 @@ def retrieval_index(shop_id: int, catalog: dict[int, Item]) -> Blend:
             built = state.index(shop_id) or _build_index(state, shop_id, catalog)
         return built.retrieval
     with state.lock:
-        stale = time.monotonic() - built.built_at > INDEX_TTL_SECONDS and shop_id not in state.rebuilding
+        stale = built.due() and shop_id not in state.rebuilding
         if stale:
             state.rebuilding.add(shop_id)
     if stale:
@@ -569,8 +586,14 @@ def forget_replies(shop_id: int) -> None:
 
 
 def invalidate(shop_id: int) -> None:
-    """Forget every cached reply of the shop and the retrieval index this process built (a new model, a changed
-    catalog)."""
+    """Forget every cached reply of the shop and its shelf (a new model, a changed catalog); its retrieval index
+    keeps serving while it is rebuilt in the background (other processes see the moved generation)."""
+    forget_replies(shop_id)
+    serving_state().catalog_changed(shop_id)
+
+
+def forget_shop(shop_id: int) -> None:
+    """Forget everything this process keeps of a shop that is gone (shop/redact)."""
     forget_replies(shop_id)
     serving_state().forget(shop_id)
 

@@ -122,6 +122,42 @@ def test_a_stale_retrieval_index_keeps_serving_while_it_is_rebuilt_in_the_backgr
     assert rebuilt is not first and rebuilt.ids == first.ids and installed_shop.id not in state.rebuilding
 
 
+def test_a_catalog_change_reaches_the_block_without_a_shopper_waiting_for_the_index(
+        client, installed_shop, shopify, store, monkeypatch):
+    """A products/update moves the shop's replies on at once; its index keeps serving while a background thread
+    rebuilds it with the changed catalog, however long that build takes."""
+    import threading
+
+    from sample_store.server import product_webhook_payload
+
+    url = proxy_url(installed_shop.domain, product_id=store.products[3].id, limit=3)
+    assert client.get(url).status_code == 200  # the index is built
+    state = recommendations.serving_state()
+    before = state.index(installed_shop.id)
+    real, release, building = recommendations.serving_retrieval, threading.Event(), threading.Event()
+
+    def held_build(orders, catalog):
+        building.set()
+        release.wait(timeout=60)  # the build runs until the test lets it finish
+        return real(orders, catalog)
+
+    monkeypatch.setattr(recommendations, "serving_retrieval", held_build)
+    monkeypatch.setattr(recommendations, "CHANGED_INDEX_SECONDS", 0)
+    payload = product_webhook_payload(store.products[5])
+    payload.update(updated_at="2030-01-01T00:00:00Z", title="Renamed while shoppers browse")
+    body, headers = shopify.signed_webhook("products/update", payload)
+    client.post("/webhooks", data=body, headers=headers)
+    answer = client.get(url)  # served while the rebuild is held
+    assert answer.status_code == 200 and not answer.json["cached"]
+    assert building.wait(timeout=30) and state.index(installed_shop.id).retrieval is before.retrieval
+    release.set()
+    for thread in threading.enumerate():
+        if thread.name == f"pairwell-index-{installed_shop.id}":
+            thread.join(timeout=120)
+    after = state.index(installed_shop.id)
+    assert after.retrieval is not before.retrieval and not after.changed
+
+
 def test_shoppers_arriving_together_at_a_cold_store_wait_for_one_index_build(installed_shop, monkeypatch):
     import threading
 

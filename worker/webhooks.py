@@ -95,6 +95,8 @@ def order_changed(shop: Shop | None, payload: dict, domain: str) -> dict | None:
 @handles("app/uninstalled")
 def app_uninstalled(shop: Shop | None, payload: dict, domain: str) -> dict | None:
     shops.uninstall(domain)
+    if shop is not None:  # this process's index and shelf of the shop go now; others' age out of their bound
+        recommendations.forget_shop(shop.id)
     return {"uninstalled": domain}
 
 
@@ -225,7 +227,7 @@ def shop_redact(shop: Shop | None, payload: dict, domain: str) -> dict | None:
     """Forget the shop entirely: its rows cascade from the shop, its stored webhook bodies and results go too, its
     files (datasets, training files, models, reports, the merchant's uploads) and its cached replies."""
     if shop is not None:
-        recommendations.invalidate(shop.id)
+        recommendations.forget_shop(shop.id)
         shutil.rmtree(uploads_dir(shop), ignore_errors=True)  # under the artifacts folder today; wherever it lives
         db.session.delete(shop)
     db.session.execute(delete(WebhookDelivery).where(
