@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cached_property
@@ -624,16 +624,18 @@ def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget:
     return {**reply, "cached": False}
 
 
-def precompute(shop: Shop, limit: int = 4, budget_seconds: float | None = None) -> dict:
+def precompute(shop: Shop, limit: int = 4, budget_seconds: float | None = None,
+               progress: Callable[[list[int]], Iterable[int]] = lambda products: products) -> dict:
     """Every storefront product's empty-cart block, best-sellers first, so storefront requests hit the cache.
-    With a budget, what is left is computed on its first request instead."""
+    With a budget, what is left is computed on its first request instead. `progress` wraps the products in
+    turn (a terminal's bar)."""
     started = time.monotonic()
     shelf = load_shelf(shop)
     products = {p.id: p for p in db.session.scalars(
         select(Product).where(Product.shop_id == shop.id, Product.on_storefront))}
     popularity = shelf.retrieval.copurchase.items
     counts: dict[str, int] = {}
-    for product_id in sorted(products, key=lambda p: (-popularity[p], p)):
+    for product_id in progress(sorted(products, key=lambda p: (-popularity[p], p))):
         if budget_seconds is not None and time.monotonic() - started > budget_seconds:
             counts["deferred"] = counts.get("deferred", 0) + 1
             continue

@@ -457,7 +457,7 @@ def ratios(result: dict, baseline: dict) -> dict:
             for metric in ("hr@10", "ndcg@10")}
 
 
-def hits_at(recommender: Recommender, cases: list[Case], k: int) -> list[float]:
+def hits_at(recommender: Recommender, cases: Iterable[Case], k: int) -> list[float]:
     return [float(case.target in recommender(case.context, k, case.history)[:k]) for case in cases]
 
 

@@ -203,7 +203,7 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
     # The model answers each case in about a second on a CPU (minutes in all): a terminal run shows a bar.
     asked = tqdm(cases, desc=f"deploy gate: v{model.version} on held-out orders", unit="order") if progress_bar \
         else cases
-    new = hits_at(rerank, list(asked), k)
+    new = hits_at(rerank, asked, k)  # the bar moves as the model answers each case
     alone, baseline = hits_at(retrieval, cases, k), hits_at(copurchase, cases, k)
     report = {"cases": len(cases), "k": k, f"hr@{k}": _mean(new), f"retrieval hr@{k}": _mean(alone),
               f"co-purchase hr@{k}": _mean(baseline),

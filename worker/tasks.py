@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from datetime import timedelta
 
 from celery import chain, shared_task
@@ -17,6 +18,7 @@ from celery.exceptions import Ignore
 from celery.signals import worker_ready
 from flask import current_app
 from sqlalchemy import func, select, update
+from tqdm import tqdm
 
 from core import schedule
 from core.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db, locked_shop, utcnow
@@ -116,7 +118,11 @@ def precompute_recommendations(self, shop_id: int) -> dict:
     # In-process (the demo) keeps it to a minute: the rest fills in on first request.
     budget = 60.0 if self.app.conf.task_always_eager else None
     log.info("precomputing the storefront blocks of shop %d%s…", shop_id, f" (at most {budget:g} s)" if budget else "")
-    return recommendations.precompute(db.session.get(Shop, shop_id), budget_seconds=budget)
+
+    def progress(products: list[int]) -> Iterable[int]:  # in-process runs belong to a terminal: a bar there
+        return tqdm(products, desc="storefront blocks", unit="product") if budget else products
+
+    return recommendations.precompute(db.session.get(Shop, shop_id), budget_seconds=budget, progress=progress)
 
 
 @shared_task(name="worker.tasks.sweep")
