@@ -3,9 +3,13 @@ transformers checkpoint; or any local checkpoint named by BASE_MODEL (a GPU work
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import logging
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 
@@ -32,8 +36,10 @@ def prepare_base_model(artifact_root: Path, base_model: str | None = None) -> Pa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    log.info("base model: unpacking %s from its GGUF (once)…", SMOLLM2_NAME)
+    with contextlib.redirect_stderr(io.StringIO()):  # transformers' own de-quantizing bar, a second, once
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # transformers refuses to save a model it loaded "quantized with gguf"; the weights are plain fp32 now.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
