@@ -323,7 +323,12 @@ def compose_problem(q: Question, facts: Facts) -> Reply:
                  "right with you directly.", "handoff", handoff=True)
 
 
+THANKS = re.compile(r"(?i)\b(thanks?|thank (you|u)|thx|ty|cheers|bye|goodbye|that'?s all)\b")
+
+
 def compose_greeting(q: Question, facts: Facts) -> Reply:
+    if THANKS.search(q.message):  # a sign-off, not a hello
+        return Reply("You're welcome! If anything else comes up, just ask.", "answer")
     return Reply("Hi! I can answer questions about our products, stock, prices, orders, shipping and returns.",
                  "answer")
 
@@ -363,6 +368,8 @@ def compose_policy(kind: str):
         answer = policy if WHOLE_POLICY.search(q.message) else relevant_sentences(policy, q.message)
         if kind == "shipping":
             answer = destination_answer(policy, q.message) + answer
+        elif kind == "payment":
+            answer = method_answer(policy, q.message) + answer
         return Reply(TONES[settings(q.shop)["tone"]] + answer, "answer")
     return composer
 
@@ -418,6 +425,28 @@ def destination_answer(policy: str, question: str) -> str:
     names = {place, PLACES.get(place, place).lower()}
     where = " ".join(listed)
     return "Yes. " if any(re.search(rf"\b{re.escape(n)}\b", where) for n in names) else "No, I'm afraid not. "
+
+
+PAY_WITH = re.compile(r"(?i)\b(?:take|accept|support|pay (?:with|by|using|via|through|in)|use)\s+"
+                      r"(?:an?\s+|the\s+|my\s+)?(?!(?:at|in|on|for|to|when|it|this|that|them|which|what)\b)"
+                      r"([a-z][\w .&-]{1,30}?)(?:\s+(?:cards?|payments?|here|online|too|at checkout))?\s*(?:[?.!,]|$)")
+IS_ACCEPTED = re.compile(r"(?i)\b(?:is|are)\s+(?:an?\s+|the\s+)?([a-z][\w .&-]{1,30}?)\s+(?:cards?\s+|payments?\s+)?"
+                         r"(?:accepted|ok|okay|allowed|an option)\b")
+METHODS = {"amex": "american express", "master card": "mastercard", "apple": "apple pay", "google": "google pay",
+           "bitcoin": "crypto", "cryptocurrency": "crypto", "gift card": "gift card", "giftcard": "gift card"}
+ACCEPTS = re.compile(r"(?i)\b(accept|take|pay (with|by))\b")
+
+
+def method_answer(policy: str, question: str) -> str:
+    """A plain "Yes." or "No." to "do you take <method>?", when the policy lists the methods it accepts; "" else."""
+    asked = PAY_WITH.search(question) or IS_ACCEPTED.search(question)
+    if not asked or not ACCEPTS.search(policy):
+        return ""
+    method = asked.group(1).strip().lower()
+    if method in ("cards", "card", "credit", "payment", "payments"):
+        return ""
+    method = METHODS.get(method, method)
+    return "Yes. " if re.search(rf"(?i)\b{re.escape(method)}s?\b", policy) else "No, I'm afraid not. "
 
 
 def compose_discount(q: Question, facts: Facts) -> Reply:

@@ -119,6 +119,22 @@ def test_a_yes_or_no_shipping_question_gets_a_plain_yes_or_no(client, shop, ques
     assert answer in reply and "We ship to the US and Canada." in reply
 
 
+@pytest.mark.parametrize("question, answer", [
+    ("do u guys take apple pay", "No, I'm afraid not."), ("Can I pay with a Visa card?", "Yes."),
+    ("Is Amex accepted at checkout?", "Yes."), ("Do you accept Bitcoin?", "No, I'm afraid not."),
+])
+def test_a_yes_or_no_payment_question_gets_a_plain_yes_or_no(client, shop, question, answer):
+    """From the methods the payment policy lists (American Express said "Amex"), then the policy's own words."""
+    reply = ask(client, shop, question)["reply"]
+    assert answer in reply and "PayPal" in reply
+
+
+def test_a_thank_you_is_answered_as_a_goodbye_not_a_hello(client, shop):
+    for message in ("Thanks, that's all!", "thx"):
+        assert ask(client, shop, message)["reply"].startswith("You're welcome")
+    assert ask(client, shop, "hello")["reply"].startswith("Hi!")
+
+
 def test_missing_policy_hands_off_instead_of_guessing(client, shop):
     shop.policies = {k: v for k, v in shop.policies.items() if k != "invoices"}
     db.session.commit()
