@@ -557,6 +557,9 @@ def compose_price(q: Question, facts: Facts) -> Reply:
 
 
 MIN_DETAIL_SIMILARITY = 0.2  # a description sentence less like the question than this does not answer it
+# A promise only the merchant's own words can make: answered from sentences that make it, or by a person.
+WARRANTY = re.compile(r"(?i)\b(warrant(y|ies|ied)|guarantee[ds]?|covered)\b")
+WARRANTY_TERMS = re.compile(r"(?i)\b(warrant(y|ies|ied)|guarantee[ds]?)\b")
 
 
 def compose_details(q: Question, facts: Facts) -> Reply:
@@ -567,6 +570,14 @@ def compose_details(q: Question, facts: Facts) -> Reply:
     facts.products.append(product.id)
     description = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", product.description or "")).strip()
     parts = sentences(description)
+    if WARRANTY.search(q.message):
+        said = parts + [s for policy in q.policies.values() for s in sentences(policy)]
+        promised = [s for s in said if WARRANTY_TERMS.search(s)]
+        if not promised:
+            return Reply(f"I don't see a warranty for the {product.title} in what the store has told me, so I'd "
+                         f"rather not guess. {HANDING_OFF}", "handoff", handoff=True)
+        facts.add(f"{product.title} warranty: {' '.join(promised)}")
+        return Reply(" ".join(promised[:POLICY_SENTENCES]), "answer")
     if parts:
         similarity = embeddings.embed(parts) @ embeddings.embed([q.message])[0]
         if similarity.max() >= MIN_DETAIL_SIMILARITY:

@@ -40,9 +40,9 @@ RULES: list[tuple[str, re.Pattern]] = [(name, re.compile(pattern, re.I)) for nam
     ("hesitation", r"not sure|unsure|hesitat|worth it|should i (buy|get|order)|what if|(doesn'?t|don'?t|won'?t) "
                    r"fit|don'?t like it|too expensive|think about it|undecided|regret|torn between|on the fence|"
                    r"second thoughts|convince me|doubts?\b|risky|not convinced|worried"),
-    ("find", r"\b(do|does) (you|the store) (sell|carry|stock|offer)\b|looking for|(have you got|got|have) any\b(?! (left|in|more)\b)|"
-             r"\b(something|anything) (to|for)\b|\b(cheapest|lightest|warmest|most (affordable|expensive)|"
-             r"budget)\b|recommend (a|an|some)\b|gift idea"),
+    ("find", r"\b(do|does) (you|the store) (sell|carry|stock|offer)\b|looking for|"
+             r"(have you got|got|have) any\b(?! (left|in|more)\b)|\b(something|anything) (to|for)\b|"
+             r"\b(cheapest|lightest|warmest|most (affordable|expensive)|budget)\b|recommend (a|an|some)\b|gift idea"),
     ("returns", r"\breturn|refund|exchange|send (it|an item|something|them) back"),
     ("shipping", r"\bship|deliver|arriv|postage|(?<!american )express|how long .* take|courier"),
     ("invoices", r"invoice|receipt|\bvat\b|tax"),
@@ -217,6 +217,8 @@ QUESTIONS: dict[str, dict[str, list[str]]] = {
         "care": ["Can I machine wash {p}?", "How do I clean this?", "does it need any maintenance",
                  "How should I store {p}?",
                  "Is {p} dishwasher safe?"],
+        "guarantee": ["Is there a warranty on {p}?", "does {p} come with a guarantee", "how long is it covered for",
+                      "what kind of warranty do you give on this", "Is {p} guaranteed for life?"],
     },
     "greeting": {
         "hello": ["hi", "Hello there!", "hey", "Good morning", "hello!", "Hey there"],
