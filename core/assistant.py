@@ -623,17 +623,17 @@ def compose_find(q: Question, facts: Facts) -> Reply:
     for product in found:
         product_facts(facts, product)
         facts.products.append(product.id)
-    named = listing([f"the {p.title} ({price_text(p)})" for p in found])
+    def named(products: list[Product]) -> str:
+        return listing([f"the {p.title} ({price_text(p)})" for p in products])
+
     if cheapest or dearest:
         first, *others = found
         text = (f"The {'cheapest' if cheapest else 'most expensive'} we have in stock is the {first.title} at "
                 f"{price_text(first)}.")
-        if others:
-            text += f" Next: {listing([f'the {p.title} ({price_text(p)})' for p in others])}."
-        return Reply(text, "answer")
+        return Reply(text + (f" Next: {named(others)}." if others else ""), "answer")
     if float(scores.max()) >= CLOSE_ENOUGH:
-        return Reply(f"We have {named}.", "answer")
-    return Reply(f"I couldn't find exactly that; the closest we have: {named}.", "answer")
+        return Reply(f"We have {named(found)}.", "answer")
+    return Reply(f"I couldn't find exactly that; the closest we have: {named(found)}.", "answer")
 
 
 def compose_product(q: Question, facts: Facts) -> Reply:
