@@ -40,7 +40,7 @@ RULES: list[tuple[str, re.Pattern]] = [(name, re.compile(pattern, re.I)) for nam
     ("hesitation", r"not sure|unsure|hesitat|worth it|should i (buy|get|order)|what if|(doesn'?t|don'?t|won'?t) "
                    r"fit|don'?t like it|too expensive|think about it|undecided|regret|torn between|on the fence|"
                    r"second thoughts|convince me|doubts?\b|risky|not convinced|worried"),
-    ("find", r"\b(do|does) (you|the store) (sell|carry|stock|offer)\b|looking for|"
+    ("find", r"\b(do|does) (you|u|the store)( guys| all)? (sell|carry|stock|offer)\b|looking for|"
              r"(have you got|got|have) any\b(?! (left|in|more)\b)|\b(something|anything) (to|for)\b|"
              r"\b(cheapest|lightest|warmest|most (affordable|expensive)|budget)\b|recommend (a|an|some)\b|gift idea"),
     ("returns", r"\breturn|refund|exchange|send (it|an item|something|them) back"),

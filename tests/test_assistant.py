@@ -130,27 +130,27 @@ def test_a_yes_or_no_payment_question_gets_a_plain_yes_or_no(client, shop, quest
 
 
 def test_a_product_the_shopper_has_not_named_is_searched_for_in_the_catalog(client, shop):
-    """"Do you sell headlamps?" and "something to cook on" list in-stock products by meaning, with the database's
-    prices; "the cheapest sleeping bag" compares the products its title words name, by price; a thing the store
-    does not sell gets the closest products, said to be only that."""
+    """"Do you stock headlamps?" and "something to boil water on" list in-stock products by meaning, with the
+    database's prices; "the least expensive sleeping bag" compares the products its title words name, by price;
+    a thing the store does not sell gets the closest products, said to be only that."""
     by_id = {p.id: p for p in db.session.query(Product).filter_by(shop_id=shop.id)}
 
     def price(product_id):
         return min(v.price for v in by_id[product_id].variants if in_stock(v))
 
-    body = ask(client, shop, "Do you sell headlamps?")
+    body = ask(client, shop, "do you guys stock headlamps")
     assert body["strategy"] == "answer" and body["reply"].startswith("We have")
     assert body["products"] and all("Headlamp" in p["title"] and p["title"] in body["reply"] for p in body["products"])
-    cook = ask(client, shop, "I need something to cook on while camping, what do you have?")
+    cook = ask(client, shop, "anything I could boil water on at camp?")
     assert {by_id[p["id"]].product_type for p in cook["products"]} <= {"Cooking"}, cook["reply"]
 
-    cheapest = ask(client, shop, "what's the cheapest sleeping bag you have")
+    cheapest = ask(client, shop, "which is your least expensive sleeping bag")
     bags = [p for p in by_id.values() if p.title.endswith("Sleeping Bag") and p.on_storefront
             and any(in_stock(v) for v in p.variants)]
     first = cheapest["products"][0]
     assert first["title"].endswith("Sleeping Bag") and price(first["id"]) == min(price(b.id) for b in bags)
     assert f"the {first['title']} at" in cheapest["reply"]
-    dearest = ask(client, shop, "what's your most expensive tent")["products"]
+    dearest = ask(client, shop, "priciest tent you carry?")["products"]
     assert [price(p["id"]) for p in dearest] == sorted((price(p["id"]) for p in dearest), reverse=True)
 
     elsewhere = ask(client, shop, "do you sell golf clubs")
