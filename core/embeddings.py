@@ -11,12 +11,14 @@ import threading
 from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import numpy as np
+from cachetools import LRUCache
 
+REMEMBER_AT_MOST = 50_000  # vectors a process keeps (75 MiB): past it the least recently used go, not all at once
 _lock = threading.Lock()
 _loading = threading.Lock()
 _encoder = None
-_remembered: dict[str, np.ndarray] = {}  # text → vector: a shop's index rebuild embeds only changed products
-REMEMBER_AT_MOST = 50_000
+# text → vector: a shop's index rebuild embeds only changed products
+_remembered: LRUCache[str, np.ndarray] = LRUCache(maxsize=REMEMBER_AT_MOST)
 
 
 def encoder():
@@ -38,15 +40,14 @@ def embed(texts: Sequence[str]) -> np.ndarray:
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
     with _lock:  # one encoder a process, shared by the web threads
-        missing = [t for t in dict.fromkeys(texts) if t not in _remembered]
-        if len(_remembered) + len(missing) > REMEMBER_AT_MOST:
-            _remembered.clear()
-            missing = list(dict.fromkeys(texts))
+        found = {t: _remembered[t] for t in dict.fromkeys(texts) if t in _remembered}
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
             vectors = encoder().encode(missing, batch_size=128, normalize_embeddings=True, convert_to_numpy=True,
                                        show_progress_bar=False)
-            _remembered.update(zip(missing, vectors.astype(np.float32)))
-        return np.stack([_remembered[t] for t in texts])
+            for text, vector in zip(missing, vectors.astype(np.float32), strict=True):
+                found[text] = _remembered[text] = vector
+        return np.stack([found[t] for t in texts])  # not from the cache: a batch larger than it evicts its own
 
 
 def encoder_loaded() -> bool:
@@ -61,8 +62,6 @@ def remember(stored: Iterable[tuple[str, bytes]]) -> None:
     """Vectors computed earlier and stored (a product's `embedding`): no encoder run for these texts."""
     with _lock:
         for text, vector in stored:
-            if len(_remembered) >= REMEMBER_AT_MOST:
-                break
             _remembered.setdefault(text, np.frombuffer(vector, dtype=np.float32))
 
 

@@ -6,6 +6,7 @@ import json
 import random
 from datetime import datetime, timedelta
 
+import numpy as np
 import pytest
 
 from core.embeddings import SemanticIndex
@@ -296,3 +297,22 @@ def test_a_block_shows_one_product_of_a_kind_unless_shoppers_buy_several(index):
     assert one_of_a_kind(shelf, ["tent", "stove", "fuel", "chalk"], 3) == ["tent", "fuel", "chalk"]
     assert one_of_a_kind(shelf, ["tent", "stove", "fuel"], 3) == ["tent", "fuel", "stove"]
     assert one_of_a_kind(shelf, ["pink-bag", "red-bag", "tent"], 2) == ["pink-bag", "red-bag"]
+
+
+def test_a_process_remembers_at_most_its_bound_of_vectors_the_least_recently_used_out(monkeypatch):
+    """Many stores' texts pass through one web process: past the bound the oldest vectors go, not all at once, and a
+    batch larger than the bound still gets every vector."""
+    from cachetools import LRUCache
+
+    from core import embeddings
+
+    monkeypatch.setattr(embeddings, "_remembered", LRUCache(maxsize=3))
+    texts = ["a tent", "a stove", "fuel", "matches", "a pot"]
+    vectors = embeddings.embed(texts)
+    assert vectors.shape == (5, 384) and list(embeddings._remembered) == ["fuel", "matches", "a pot"]
+    encoded = []
+    real = embeddings.encoder()
+    monkeypatch.setattr(embeddings, "encoder", lambda: encoded.append(1) or real)
+    again = embeddings.embed(["a pot", "a tent"])
+    assert len(encoded) == 1 and np.allclose(again, vectors[[4, 0]], atol=1e-6)  # only "a tent" encoded again
+    assert list(embeddings._remembered) == ["matches", "a pot", "a tent"]
