@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 IGNORE = -100
 
@@ -181,7 +182,6 @@ def train(base_dir: Path, dataset_dir: Path, out_dir: Path, config: TrainConfig,
         total, count = 0.0, 0
         batches = bucket_batches(eval_set, batch_tokens, random.Random(0))
         if progress_bar:  # evaluation takes minutes on a CPU: it shows its own bar, never a silence
-            from tqdm import tqdm
             batches = tqdm(batches, desc="evaluate (held-out loss)", unit="batch")
         for indices in batches:
             batch = collate(eval_set, indices, tokenizer.pad_token_id or tokenizer.eos_token_id, device)
@@ -213,7 +213,6 @@ def train(base_dir: Path, dataset_dir: Path, out_dir: Path, config: TrainConfig,
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     bar = None
     if progress_bar:  # a time-budgeted run counts its budget, not steps it will never reach
-        from tqdm import tqdm
         budget = config.time_budget_seconds
         bar = tqdm(total=max(round(budget), 1), unit="s", desc=f"train (budget {budget / 60:g} min)") if budget else \
             tqdm(total=total_steps, initial=state["step"], unit="step", desc="train")

@@ -76,8 +76,8 @@
   }
 
   function lossChart(id, history) {
-    const points = (history || []).filter((p) => p.loss != null || p.eval_loss != null);
-    const training = points.filter((p) => p.loss != null), held = points.filter((p) => p.eval_loss != null);
+    const training = (history || []).filter((p) => p.loss != null);
+    const held = (history || []).filter((p) => p.eval_loss != null);
     const box = document.getElementById(id).parentElement;
     let note = box.nextElementSibling?.classList.contains("loss-note") ? box.nextElementSibling : null;
     box.hidden = training.length < 2;
@@ -93,10 +93,10 @@
       type: "line",
       data: {
         datasets: [
-          { label: "training loss", data: points.filter((p) => p.loss != null).map((p) => ({ x: p.step, y: p.loss })),
+          { label: "training loss", data: training.map((p) => ({ x: p.step, y: p.loss })),
             borderColor: "#008060", pointRadius: training.length < 20 ? 2 : 0 },
-          { label: "evaluation loss", data: points.filter((p) => p.eval_loss != null)
-            .map((p) => ({ x: p.step, y: p.eval_loss })), borderColor: "#d72c0d", showLine: false, pointRadius: 4 },
+          { label: "evaluation loss", data: held.map((p) => ({ x: p.step, y: p.eval_loss })),
+            borderColor: "#d72c0d", showLine: false, pointRadius: 4 },
         ],
       },
       options: { scales: { x: { type: "linear", title: { display: true, text: "step" } },
