@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import lightgbm
 import numpy as np
 
+from .complements import fit_complements
 from .embeddings import SemanticIndex, catalog_index
 from .recommenders import Blend, CustomerHistories, History, TypeCoPurchase, fit_blend
 
@@ -35,7 +36,8 @@ GATHERING_SECONDS = 120.0  # a huge catalog's cases stop here (Online Retail's 1
 MIN_SLICE_CASES = 20  # judged cases a slice needs before the head may serve it
 JUDGED_SHARE = 0.25  # the newest quarter of the cases judges the head (early stopping, slices), the rest trains it
 HISTORY_READ = 30  # the customer's most-bought earlier products that count in "bought with history"
-FEATURES = ("ease", "co-purchase", "semantic", "semantic if new", "popularity", "history", "blend score",
+FEATURES = ("ease", "co-purchase", "semantic", "semantic if new", "popularity", "history", "complement (best match)",
+            "complement (whole basket)", "blend score",
             "blend rank", "new product", "basket size", "bought together (most)", "bought together (all)",
             "purchases", "similarity (mean)", "similar products", "ease (raw)", "co-purchase (raw)",
             "bought with history (most)", "bought with history (all)", "history size", "type goes with basket",
@@ -185,7 +187,10 @@ def fit_ranking_head(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex
     baskets = [list(dict.fromkeys(b)) for b in baskets]
     cut = int(len(baskets) * (1 - validation))
     rng = random.Random(seed)
-    trial = Blend(baskets[:cut], index, blend.weights)
+    trial = blend.trial  # fit_blend's, when it chose the weights on this same split
+    if trial is None or trial.copurchase.n != cut:
+        trial = Blend(baskets[:cut], index, blend.weights,
+                      fit_complements(baskets[:cut], index, seed=seed) if blend.complements is not None else None)
     features = CandidateFeatures(trial, types, baskets[:cut])
     newest = [i for i in range(cut, len(baskets)) if len(baskets[i]) >= 2][-MAX_TRAINING_BASKETS:]
     cases: list[tuple[np.ndarray, np.ndarray, int, str]] = []  # features, pool, the target's position, slice

@@ -37,6 +37,7 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg import lapack
 
+from .complements import Complements, fit_complements
 from .embeddings import SemanticIndex
 
 COLD_START_CO_PURCHASES = 10  # fewer training co-purchases than this and co-purchase cannot judge a product
@@ -319,39 +320,47 @@ class CustomerHistories:
 @dataclass(frozen=True)
 class Weights:
     """How much each signal counts: EASE and co-purchase (each scaled to the basket's best), semantic
-    similarity, semantic again for products co-purchase knows too little about, popularity, and the
-    customer's history (scaled to its best)."""
+    similarity, semantic again for products co-purchase knows too little about, popularity, the customer's
+    history (scaled to its best), and the complements learned from the store's orders (core/complements.py):
+    with each product's best match in the basket, or with the basket as a whole (`whole_basket`)."""
     copurchase: float = 0.25
     semantic: float = 0.4
     cold_start: float = 0.5
     popularity: float = 0.0
     ease: float = 1.0
     history: float = 0.25
+    complement: float = 0.0
+    whole_basket: bool = False
 
     def as_array(self) -> np.ndarray:
-        return np.array([self.ease, self.copurchase, self.semantic, self.cold_start, self.popularity, self.history],
-                        dtype=np.float32)
+        """Over `Blend.signals`' rows (the complements' weight falls on one of their two rows)."""
+        whole = float(self.whole_basket)
+        return np.array([self.ease, self.copurchase, self.semantic, self.cold_start, self.popularity, self.history,
+                         (1 - whole) * self.complement, whole * self.complement], dtype=np.float32)
 
 
 # The defaults serve stores with too few orders to choose their own: what `fit_blend` chose on Online Retail
 # before the history signal, and the history weight it chose with it (docs/evaluation.md).
 DEFAULT_WEIGHTS = Weights()
 HISTORY_GRID = (0.0, 0.25, 0.5, 1.0)
-WEIGHT_GRID = [Weights(c, s, cold, pop, ease, history) for ease in (1.0, 0.0) for c in (0.0, 0.25, 0.5, 1.0)
-               for s in (0.0, 0.05, 0.1, 0.2, 0.4) for cold in (0.0, 0.25, 0.5, 1.0) for pop in (0.0, 0.1)
-               for history in HISTORY_GRID]
+COMPLEMENT_GRID = ((0.0, False), (0.25, False), (0.5, False), (1.0, False), (0.25, True), (0.5, True), (1.0, True))
+WEIGHT_GRID = [Weights(c, s, cold, pop, ease, history, *complement) for ease in (1.0, 0.0)
+               for c in (0.0, 0.25, 0.5, 1.0) for s in (0.0, 0.05, 0.1, 0.2, 0.4) for cold in (0.0, 0.25, 0.5, 1.0)
+               for pop in (0.0, 0.1) for history in HISTORY_GRID for complement in COMPLEMENT_GRID]
 MIN_VALIDATION_CASES = 100
 COLD_START_FLOOR = 0.15  # new products must get shown: the 0.10 goal, with room for a new period's noise
 
 
 class Blend:
     """The served retrieval, over the catalog's products (`ids`): EASE + co-purchase + semantic similarity
-    (more of it for cold-start products) + popularity, by `weights`; a tiny popularity prior breaks ties."""
+    (more of it for cold-start products) + popularity + the customer's history + the learned complements (where
+    the store's orders trained them), by `weights`; a tiny popularity prior breaks ties."""
 
     def __init__(self, baskets: Iterable[Sequence[Hashable]] | Purchases, index: SemanticIndex,
-                 weights: Weights = DEFAULT_WEIGHTS):
+                 weights: Weights = DEFAULT_WEIGHTS, complements: Complements | None = None):
         purchases = _as_purchases(baskets)
         self.index, self.ids, self.position, self.weights = index, index.ids, index.position, weights
+        self.complements = complements
         self.copurchase, self.ease = CoPurchase(purchases), EASE(purchases)
         # Purchases' columns → catalog positions (products no longer in the catalog have none).
         inside = [(i, index.position[p]) for i, p in enumerate(purchases.ids) if p in index.position]
@@ -367,6 +376,7 @@ class Blend:
         self.validation: dict | None = None  # how the weights did on the validation split (`fit_blend`)
         self.tried: dict[Weights, tuple[int, float]] = {}  # every setting's validation (hits, NDCG gain) there
         self.head = None  # the learned ranker over its top products (core/ranking_head.py), where one is trained
+        self.trial: Blend | None = None  # the same blend fitted on the training period's oldest part (`fit_blend`)
 
     def reweighted(self, weights: Weights) -> Blend:
         """The same fitted signals under other weights (no refit), without the ranking head (it learned the
@@ -376,8 +386,10 @@ class Blend:
         return other
 
     def signals(self, basket: Sequence[Hashable], history: History | None = None) -> np.ndarray:
-        """The six signals (rows) for every catalog product (columns), each as `Weights` weighs it. `history`:
-        the customer's earlier purchases (`bought_before`), if known."""
+        """The eight signals (rows) for every catalog product (columns), as `Weights.as_array` weighs them: EASE,
+        co-purchase, semantic, semantic for new products, popularity, history, and the complements (with each
+        product's best match, with the whole basket; zeros without a trained model). `history`: the customer's
+        earlier purchases (`bought_before`), if known."""
         ease, copurchase, bought = (np.zeros(len(self.ids), dtype=np.float32) for _ in range(3))
         ease[self._ease_to] = self.ease.scores(basket)[self._ease_from]
         copurchase[self._to] = self.copurchase.scores(basket)[self._from]
@@ -385,9 +397,12 @@ class Blend:
             if product in self.position:
                 bought[self.position[product]] = weight
         similar = self.index.similarities(basket)
+        complements = self.complements.matches(basket) if self.complements is not None \
+            else (np.zeros(len(self.ids), dtype=np.float32),) * 2
         return np.stack([ease / max(float(ease.max(initial=0)), 1e-9),
                          copurchase / max(float(copurchase.max(initial=0)), 1e-9),
-                         similar, similar * self.cold, self.popular, bought / max(float(bought.max(initial=0)), 1e-9)])
+                         similar, similar * self.cold, self.popular, bought / max(float(bought.max(initial=0)), 1e-9),
+                         *complements])
 
     def scores(self, basket: Sequence[Hashable], history: History | None = None) -> np.ndarray:
         signals = self.signals(basket, history)
@@ -405,7 +420,8 @@ class Blend:
         """What put each product on the list: the signal that adds most to its score (EASE and co-purchase are
         both shoppers' baskets, so both read `co-purchase`; `history` is the customer's own)."""
         weighted = self.weights.as_array()[:, None] * self.signals(basket, history)
-        names = ("co-purchase", "co-purchase", "semantic", "semantic", "popular", "history")
+        names = ("co-purchase", "co-purchase", "semantic", "semantic", "popular", "history", "complement",
+                 "complement")
         return {p: names[int(weighted[:, self.position[p]].argmax())] if p in self.position else "popular"
                 for p in products}
 
@@ -432,14 +448,18 @@ def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *,
     from the rest, each with its customer's earlier purchases (`history(i)` of basket i; none without it). The
     best HR@10 (then NDCG@10) among the settings that find at least COLD_START_FLOOR of the cold-start
     targets wins and is refitted on all baskets. A store with fewer than MIN_VALIDATION_CASES cases gets
-    DEFAULT_WEIGHTS. `progress` wraps the loop over cases (a progress bar)."""
+    DEFAULT_WEIGHTS. The complements (core/complements.py) are learned on the same oldest part first, and again
+    on all baskets. `progress` wraps the loop over cases and the complements' batches (progress bars)."""
     baskets = [list(dict.fromkeys(b)) for b in baskets]
     cut, held_out = validation_split(baskets, validation, cases, seed)
     if len(held_out) < MIN_VALIDATION_CASES:
         return Blend(baskets, index)
-    trial = Blend(baskets[:cut], index)
-    grid = np.stack([w.as_array() for w in WEIGHT_GRID])
-    gains, hits, cold_hits = np.zeros(len(WEIGHT_GRID)), np.zeros(len(WEIGHT_GRID)), np.zeros(len(WEIGHT_GRID))
+    learned = fit_complements(baskets[:cut], index, seed=seed, progress=progress)
+    trial = Blend(baskets[:cut], index, complements=learned)
+    # Without a trained model every complement setting scores as its weight 0 does: leave them out.
+    settings = [w for w in WEIGHT_GRID if trial.complements is not None or not w.complement]
+    grid = np.stack([w.as_array() for w in settings])
+    gains, hits, cold_hits = np.zeros(len(settings)), np.zeros(len(settings)), np.zeros(len(settings))
     cold_cases = known_customers = 0
     for i, target in progress(held_out):
         context = [p for p in baskets[i] if p != target]
@@ -460,11 +480,13 @@ def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *,
         if trial.cold[trial.position[target]]:
             cold_cases += 1
             cold_hits += rank < 10
-    default = WEIGHT_GRID.index(DEFAULT_WEIGHTS)  # a tie is no evidence to move from the defaults
-    eligible = [i for i in range(len(WEIGHT_GRID)) if cold_hits[i] >= COLD_START_FLOOR * cold_cases]
-    best = max(eligible or range(len(WEIGHT_GRID)), key=lambda i: (hits[i], round(gains[i], 6), i == default))
-    blend = Blend(baskets, index, WEIGHT_GRID[best])
-    blend.tried = {setting: (int(hits[i]), round(float(gains[i]), 6)) for i, setting in enumerate(WEIGHT_GRID)}
+    default = settings.index(DEFAULT_WEIGHTS)  # a tie is no evidence to move from the defaults
+    eligible = [i for i in range(len(settings)) if cold_hits[i] >= COLD_START_FLOOR * cold_cases]
+    best = max(eligible or range(len(settings)), key=lambda i: (hits[i], round(gains[i], 6), i == default))
+    blend = Blend(baskets, index, settings[best],
+                  fit_complements(baskets, index, seed=seed, progress=progress) if learned is not None else None)
+    blend.trial = trial.reweighted(blend.weights)  # what the ranking head learns over (core/ranking_head.py)
+    blend.tried = {setting: (int(hits[i]), round(float(gains[i]), 6)) for i, setting in enumerate(settings)}
     blend.validation = {"cases": len(held_out), "hr@10": round(hits[best] / len(held_out), 4),
                         "cold_start_cases": cold_cases, "cases_with_history": known_customers,
                         "cold_start_hr@10": round(cold_hits[best] / cold_cases, 4) if cold_cases else None}

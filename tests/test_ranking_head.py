@@ -20,7 +20,7 @@ from core.ranking_head import (
     serving_retrieval,
     slice_of,
 )
-from core.recommenders import fit_blend
+from core.recommenders import Semantic, fit_blend
 
 ACTIVITIES = [["Gas Stove", "Fuel Canister", "Cook Pot"], ["Sleeping Bag", "Sleeping Pad", "Camp Pillow"],
               ["Chalk Bag", "Climbing Shoes", "Harness"]]
@@ -132,16 +132,18 @@ def test_the_features_read_the_products_types(trained):
 
 def test_a_new_products_block_holds_the_kinds_its_kind_is_bought_with():
     """A brand launched in the newest orders teaches the head what a request of new products only needs: the
-    kinds its kind goes with. A stove nobody has bought yet then gets fuel and pots, not the stoves the text
-    similarity of the blend alone offers."""
+    kinds its kind goes with. A stove nobody has bought yet then gets fuel and pots, not the stoves plain text
+    similarity offers: the blend's complements, learned from the products' text, already know it."""
     blend = serving_retrieval(orders(2400, launch=0.85), CATALOG)
     assert blend.head.admitted[SLICES[0]], blend.head.validation
     new_stove = product("Lynx", "Gas Stove")
     assert slice_of(blend, [new_stove]) == SLICES[0]
     served = [CATALOG[p].product_type for p in blend([new_stove], 4)]
     alone = [CATALOG[p].product_type for p in blend.alone()([new_stove], 4)]
+    similar = [CATALOG[p].product_type for p in Semantic(blend.index)([new_stove], 4)]
     assert set(served) <= {"Fuel Canister", "Cook Pot"}, served
-    assert alone.count("Gas Stove") > served.count("Gas Stove"), alone
+    assert blend.weights.complement > 0 and "Gas Stove" not in alone, alone
+    assert similar.count("Gas Stove") >= 3, similar
 
 
 @pytest.mark.parametrize("count", [0, 1, 30])

@@ -130,7 +130,6 @@ def test_a_store_whose_customers_reorder_learns_to_weigh_their_history(index):
     later = start + timedelta(hours=1000)
     assert chosen(["tent", "stakes"], 1, histories.before(regular, later)) == ["mug"]
     assert chosen(["tent", "stakes"], 1) == ["footprint"]  # a guest: the basket alone
-    assert chosen.origins(["tent", "stakes"], ["mug"], histories.before(regular, later)) == {"mug": "history"}
 
 
 def test_title_matcher_exact_then_fuzzy_then_embedding(index):
@@ -316,3 +315,36 @@ def test_a_process_remembers_at_most_its_bound_of_vectors_the_least_recently_use
     again = embeddings.embed(["a pot", "a tent"])
     assert len(encoded) == 1 and np.allclose(again, vectors[[4, 0]], atol=1e-6)  # only "a tent" encoded again
     assert list(embeddings._remembered) == ["matches", "a pot", "a tent"]
+
+
+CAMP_TYPES = {"Sleeping Bag": ["Alpine Down Sleeping Bag", "Synthetic Mummy Sleeping Bag", "Summer Sleeping Bag"],
+              "Sleeping Pad": ["Inflatable Sleeping Pad", "Closed-Cell Foam Sleeping Pad", "Self-Inflating Mat"],
+              "Camp Stove": ["Canister Camp Stove", "Compact Backpacking Stove", "Two-Burner Camp Stove"],
+              "Fuel Canister": ["Isobutane Fuel Canister", "Propane Gas Cylinder", "Butane Gas Cartridge"]}
+
+
+def test_a_new_product_gets_the_kinds_its_kind_is_bought_with_learned_from_text():
+    """Sleeping bags sell with pads, stoves with fuel. A sleeping bag nobody has bought yet is known by its text
+    alone: plain text similarity offers more sleeping bags, the complements learned from the orders offer pads.
+    A store with too few orders gets no model."""
+    from core.complements import fit_complements
+    from core.embeddings import product_text
+
+    texts = {f"{kind}-{n}": product_text(title, kind) for kind, titles in CAMP_TYPES.items()
+             for n, title in enumerate(titles)}
+    texts["new-bag"] = product_text("Ultralight Goose Down Quilt Sleeping Bag", "Sleeping Bag")
+    index = SemanticIndex(texts)
+    rng = random.Random(0)
+    orders = [[f"{first}-{rng.randrange(3)}", f"{second}-{rng.randrange(3)}"]
+              for first, second in [("Sleeping Bag", "Sleeping Pad"), ("Camp Stove", "Fuel Canister")] * 150]
+    complements = fit_complements(orders, index)
+    assert complements is not None and complements.trained["steps"] > 0
+
+    def kinds(scores: np.ndarray, k: int = 3) -> set[str]:
+        best = [index.ids[i] for i in np.argsort(-scores) if index.ids[i] != "new-bag"][:k]
+        return {product.rsplit("-", 1)[0] for product in best}
+
+    assert kinds(index.similarities(["new-bag"])) == {"Sleeping Bag"}  # more of the same
+    assert kinds(complements.matches(["new-bag"])[0]) == {"Sleeping Pad"}  # what completes it
+    assert kinds(complements.matches(["Fuel Canister-0"])[1]) == {"Camp Stove"}  # the whole basket's need
+    assert fit_complements(orders[:99], index) is None

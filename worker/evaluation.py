@@ -330,7 +330,7 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     typed = {p: types[p] for p in sorted(catalog) if (types or {}).get(p)}
     index = shelf = blend = None
     if titles:
-        items = {p: Item(p, titles.get(p, p), "", "") for p in sorted(catalog)}
+        items = {p: Item(p, titles.get(p, p), typed.get(p, ""), "") for p in sorted(catalog)}  # as serving embeds
         index = catalog_index(items, lambda chunks: progress(chunks, "embedding titles"))
 
         def history(i: int) -> History:
