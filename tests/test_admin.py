@@ -305,21 +305,28 @@ def test_product_search_takes_the_merchants_words_literally(client, installed_sh
     assert call(client, shopify, "GET", "/api/products?limit=0").status_code == 400
 
 
-def test_the_model_card_says_which_requests_the_ranking_head_re_orders(client, installed_shop, shopify):
+def test_the_model_card_says_what_the_ranking_head_re_orders_and_whether_complements_rank(client, installed_shop, shopify):
     gate = {"passed": False, "reason": "refused, the model's re-rank is worse than the retrieval it starts from",
             "hr@4": 0.4, "co-purchase hr@4": 0.3, "model_names": 4, "unmatched_names": 0,
-            "ranking_head": {"serves": ["1 product", "2-4 products"], "slices": {}, "cases": 700}}
+            "ranking_head": {"serves": ["1 product", "2-4 products"], "slices": {}, "cases": 700},
+            "complements": {"baskets": 900, "steps": 600, "loss": 5.2, "seconds": 17.0, "weight": 0.5}}
     db.session.add(ModelVersion(shop_id=installed_shop.id, version=1, gguf_path="/nonexistent", quantization="q8_0",
                                 size_bytes=1, sha256="0" * 64, base_model="tiny", status="verified",
                                 metrics={"gate": gate}))
     db.session.commit()
     page = client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True)
     assert "Ranking head: re-orders requests of 1 product, 2-4 products" in page
+    assert "Complements: learned from your products' text" in page and "(weight 0.5)" in page
     model = db.session.scalars(select(ModelVersion).where(ModelVersion.shop_id == installed_shop.id)).one()
-    model.metrics = {"gate": {**gate, "ranking_head": None}}
+    model.metrics = {"gate": {**gate, "ranking_head": None, "complements": {**gate["complements"], "weight": 0.0}}}
     db.session.commit()
     page = client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True)
     assert "Ranking head: not trained, too few orders yet" in page
+    assert "they did not rank your newest orders better" in page
+    model.metrics = {"gate": {**gate, "complements": None}}
+    db.session.commit()
+    page = client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True)
+    assert "Complements: not learned, too few orders of two products yet." in page
 
 
 def test_home_says_whether_a_model_was_never_trained_refused_or_is_live(client, installed_shop, shopify):

@@ -295,6 +295,7 @@ def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_f
     # The ranking head under the model's candidates would be trained on the training period; this store's 400
     # orders are too few for one (tests/test_ranking_head.py), and the card says so.
     assert "ranking_head" in gate and gate["ranking_head"] is None
+    assert "complements" in gate and gate["complements"] is None  # and too few to learn complements from
     # The verdict decides the deploy: a refused version stays verified until someone forces it.
     model.metrics = {**model.metrics, "gate": {**gate, "passed": False, "reason": "refused, HR@4 0.100 is low"}}
     db.session.commit()

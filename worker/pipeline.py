@@ -231,6 +231,9 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
     report["reason"] = (f"refused, {' and '.join(reasons)}: " if reasons else "passed: ") + found
     # The ranking head under the model's candidates: which slices of requests it re-orders, and why.
     report["ranking_head"] = shelf.retrieval.head.card() if shelf.retrieval.head else None
+    # The complements learned from the products' text (core/complements.py), and how much the ranking uses them.
+    learned = shelf.retrieval.complements
+    report["complements"] = {**learned.trained, "weight": shelf.retrieval.weights.complement} if learned else None
     return report
 
 
