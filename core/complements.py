@@ -31,11 +31,13 @@ MAX_SECONDS = 60.0  # a huge store's training stops here (Online Retail's 600 st
 
 
 class Complements:
-    """The trained model, as each catalog product's vectors: `asking` (as part of a basket) and `offered` (as a
-    candidate), both unit length, rows in `index.ids` order."""
+    """The trained model: the asking map (`weight`, `bias`: a basket product's text vector → its need) and each
+    catalog product's `offered` vector (unit length, rows in `index.ids` order). Only the few basket products
+    are mapped per request, so a store keeps one extra vector a product, not two."""
 
-    def __init__(self, index: SemanticIndex, asking: np.ndarray, offered: np.ndarray, trained: dict):
-        self.index, self.asking, self.offered, self.trained = index, asking, offered, trained
+    def __init__(self, index: SemanticIndex, weight: np.ndarray, bias: np.ndarray, offered: np.ndarray,
+                 trained: dict):
+        self.index, self.weight, self.bias, self.offered, self.trained = index, weight, bias, offered, trained
 
     def matches(self, basket: Sequence) -> tuple[np.ndarray, np.ndarray]:
         """Each catalog product's fit with the basket: with its best-matched product (a basket mixes needs),
@@ -44,9 +46,11 @@ class Complements:
         if not rows:
             empty = np.zeros(len(self.index.ids), dtype=np.float32)
             return empty, empty.copy()
-        whole = self.asking[rows].mean(axis=0)
+        asking = self.index.vectors[rows] @ self.weight.T + self.bias
+        asking /= np.maximum(np.linalg.norm(asking, axis=1, keepdims=True), 1e-9)
+        whole = asking.mean(axis=0)
         whole /= max(float(np.linalg.norm(whole)), 1e-9)
-        return (self.asking[rows] @ self.offered.T).max(axis=0), self.offered @ whole
+        return (asking @ self.offered.T).max(axis=0), self.offered @ whole
 
 
 def _pairs(baskets: list[np.ndarray], count: int, rng: np.random.Generator) -> np.ndarray:
@@ -93,8 +97,10 @@ def fit_complements(baskets: Sequence[Sequence], index: SemanticIndex, *, seed: 
         loss.backward()
         optimiser.step()
         steps += 1
+    asking, offering = towers
     with torch.no_grad():
-        asking, offered = (torch.nn.functional.normalize(tower(vectors), dim=-1).numpy() for tower in towers)
-    return Complements(index, asking, offered, {"baskets": len(rows), "steps": steps,
-                                                "loss": round(float(loss.detach()), 4),
-                                                "seconds": round(time.monotonic() - started, 1)})
+        offered = torch.nn.functional.normalize(offering(vectors), dim=-1).numpy()
+        weight, bias = asking.weight.numpy().copy(), asking.bias.numpy().copy()
+    return Complements(index, weight, bias, offered, {"baskets": len(rows), "steps": steps,
+                                                      "loss": round(float(loss.detach()), 4),
+                                                      "seconds": round(time.monotonic() - started, 1)})
