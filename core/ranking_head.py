@@ -187,7 +187,9 @@ def fit_ranking_head(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex
     baskets = [list(dict.fromkeys(b)) for b in baskets]
     cut = int(len(baskets) * (1 - validation))
     rng = random.Random(seed)
-    trial = blend.trial  # fit_blend's, when it chose the weights on this same split
+    # fit_blend's, when it chose the weights on this same split; taken, so the served blend does not keep a
+    # second index alive
+    trial, blend.trial = blend.trial, None
     if trial is None or trial.copurchase.n != cut:
         trial = Blend(baskets[:cut], index, blend.weights,
                       fit_complements(baskets[:cut], index, seed=seed) if blend.complements is not None else None)

@@ -376,7 +376,8 @@ class Blend:
         self.validation: dict | None = None  # how the weights did on the validation split (`fit_blend`)
         self.tried: dict[Weights, tuple[int, float]] = {}  # every setting's validation (hits, NDCG gain) there
         self.head = None  # the learned ranker over its top products (core/ranking_head.py), where one is trained
-        self.trial: Blend | None = None  # the same blend fitted on the training period's oldest part (`fit_blend`)
+        # The same blend fitted on the training period's oldest part (`fit_blend`), until the head takes it.
+        self.trial: Blend | None = None
 
     def reweighted(self, weights: Weights) -> Blend:
         """The same fitted signals under other weights (no refit), without the ranking head (it learned the

@@ -96,13 +96,16 @@ def fine_tune(shop, minutes: float) -> None:
                "deploy gate)...")
     stages = logging.StreamHandler(sys.stdout)  # each stage says when it starts, as it starts
     stages.setFormatter(logging.Formatter("  %(message)s"))
-    pipeline_log = logging.getLogger("worker")
-    pipeline_log.addHandler(stages)
-    pipeline_log.setLevel(logging.INFO)
+    # The pipeline's stages, and the complements' progress within the retrieval each stage builds.
+    loggers = [logging.getLogger(name) for name in ("worker", "core.complements")]
+    for logger in loggers:
+        logger.addHandler(stages)
+        logger.setLevel(logging.INFO)
     try:
         run = enqueue_pipeline(shop, hyperparameters={**DEMO_TRAINING, "time_budget_seconds": minutes * 60})
     finally:
-        pipeline_log.removeHandler(stages)
+        for logger in loggers:
+            logger.removeHandler(stages)
     if run.status != "succeeded":
         raise click.ClickException(f"training run #{run.id} failed in {run.stage}: {run.error}")
     model = db.session.scalars(db.select(ModelVersion).where(ModelVersion.training_run_id == run.id)).one()

@@ -71,6 +71,7 @@ def test_the_head_learns_which_kinds_go_together_and_serves_where_it_measured_be
     blend = trained
     head = blend.head
     assert head is not None and head.validation["cases"] >= 200
+    assert blend.trial is None  # the head trained over fit_blend's trial blend, and the index does not keep it
     for kind, judged in head.validation["slices"].items():  # the decision is the measurement's
         assert judged["serves"] == (judged["cases"] >= MIN_SLICE_CASES and judged["ndcg@10_gain"] > 0)
         assert head.admitted[kind] == judged["serves"]
