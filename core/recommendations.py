@@ -9,6 +9,7 @@ published to the Online Store: `Product.on_storefront`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -47,6 +48,7 @@ SHELF_TTL_SECONDS = 30
 GENERATION_TTL_SECONDS = 2.0  # how late another process's bump of the reply generation may be seen
 SHELVES_KEPT = 256  # shops whose shelf a process keeps (each at most SHELF_TTL_SECONDS)
 BUILD_LOCKS = 64  # cold builds of different shops run side by side; of one shop, once
+PERIODS_KEPT = 1  # training-period retrievals a process keeps: the datasets build one, the deploy gate reuses it
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,14 @@ class BuiltIndex:
 class ServingState:
     """What a web process keeps to answer shoppers fast, owned by the app (`app.extensions["pairwell_serving"]`,
     made by the app factory) and bounded: the retrieval indexes, least recently used out first, within
-    `index_bytes`; the shelves of the SHELVES_KEPT most recent shops. Losing any of it costs a rebuild, never a
-    wrong answer. Concurrent first requests of one shop wait for one build instead of each building."""
+    `index_bytes`; the shelves of the SHELVES_KEPT most recent shops; the retrieval of the last training period
+    built (`period_retrieval`). Losing any of it costs a rebuild, never a wrong answer. Concurrent first requests
+    of one shop wait for one build instead of each building."""
 
     def __init__(self, index_bytes: int):
         self.indexes: LRUCache[int, BuiltIndex] = LRUCache(maxsize=index_bytes, getsizeof=lambda built: built.size)
         self.shelves: LRUCache[int, tuple[str, float, Shelf]] = LRUCache(maxsize=SHELVES_KEPT)
+        self.periods: LRUCache[tuple[int, str], Blend] = LRUCache(maxsize=PERIODS_KEPT)
         self.rebuilding: set[int] = set()  # shops whose index a background thread is rebuilding
         self.lock = threading.Lock()  # cachetools' caches are not thread-safe
         self._builds = [threading.Lock() for _ in range(BUILD_LOCKS)]
@@ -109,10 +113,28 @@ class ServingState:
         with self.lock:
             self.indexes.pop(shop_id, None)
             self.shelves.pop(shop_id, None)
+            for key in [key for key in self.periods if key[0] == shop_id]:
+                del self.periods[key]
 
 
 def serving_state() -> ServingState:
     return current_app.extensions["pairwell_serving"]
+
+
+def period_retrieval(shop_id: int, baskets: list[Basket], catalog: dict[int, Item]) -> Blend:
+    """The retrieval of a period's orders (the training period's: the datasets' candidates and the deploy gate's
+    ranking), built once a process for the same orders and catalog: learning it takes most of a minute."""
+    digest = hashlib.sha256(repr(([(b.order_id, b.created_at, b.products, b.customer) for b in baskets],
+                                  sorted(catalog.items()))).encode()).hexdigest()
+    state = serving_state()
+    with state.build_lock(shop_id):
+        with state.lock:
+            kept = state.periods.get((shop_id, digest))
+        if kept is None:
+            kept = serving_retrieval(baskets, catalog)
+            with state.lock:
+                state.periods[(shop_id, digest)] = kept
+    return kept
 
 
 def footprint(root: object) -> int:
@@ -245,7 +267,7 @@ def load_shelf(shop: Shop, baskets: list[Basket] | None = None) -> Shelf:
     if baskets is None:
         retrieval = retrieval_index(shop.id, catalog)
     else:
-        retrieval = serving_retrieval(baskets, catalog)
+        retrieval = period_retrieval(shop.id, baskets, catalog)
     return Shelf(catalog, {p: catalog[p].product_type for p in offers}, retrieval, offers, load_rules(shop.id))
 
 

@@ -271,6 +271,23 @@ def test_model_names_are_matched_exactly_then_fuzzily_and_misses_dropped(app, in
     assert result.products[2:] == [p for p in candidates if p not in candidates[3:5]][:2]
 
 
+def test_a_training_periods_retrieval_is_built_once_for_the_same_orders_and_catalog(installed_shop):
+    """The datasets and the deploy gate rank with the training period's retrieval: the second asks for the same
+    orders and catalog and gets the one already built; other orders, another catalog, or the shop's erasure,
+    and it is built anew."""
+    from core.history import load_baskets, load_catalog, split_by_time
+
+    catalog = load_catalog(installed_shop.id)
+    train, _ = split_by_time(load_baskets(installed_shop.id, catalog))
+    built = recommendations.period_retrieval(installed_shop.id, train, catalog)
+    assert recommendations.load_shelf(installed_shop, train).retrieval is built
+    assert recommendations.period_retrieval(installed_shop.id, train[:-1], catalog) is not built
+    renamed = {**catalog, next(iter(catalog)): replace(next(iter(catalog.values())), title="Renamed")}
+    assert recommendations.period_retrieval(installed_shop.id, train[:-1], renamed) is not built
+    recommendations.serving_state().forget(installed_shop.id)
+    assert not recommendations.serving_state().periods
+
+
 def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_forced(installed_shop, tiny_gguf):
     from core.models import TrainingRun
     from worker.pipeline import stage_deploy, stage_gate

@@ -39,8 +39,7 @@ from core.prompts import (
     recommendation_prompt,
     support_prompt,
 )
-from core.ranking_head import serving_retrieval
-from core.recommendations import Shelf, load_shelf
+from core.recommendations import Shelf, load_shelf, period_retrieval
 from core.recommenders import CoPurchase, Recommender
 
 from .artifacts import artifacts_root
@@ -605,7 +604,7 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
     train_baskets, eval_baskets = split_by_time(baskets)
     train_items = [b.products for b in train_baskets]
     stats = PairStats(train_items, catalog)
-    retrieve = serving_retrieval(train_baskets, catalog)  # candidates as the storefront finds them
+    retrieve = period_retrieval(shop.id, train_baskets, catalog)  # candidates as the storefront finds them
     system = RECOMMEND_SYSTEM.format(shop=shop.domain)
 
     recommendations = dedupe_and_balance(
