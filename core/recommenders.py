@@ -343,7 +343,8 @@ class Weights:
 # before the history signal, and the history weight it chose with it (docs/evaluation.md).
 DEFAULT_WEIGHTS = Weights()
 HISTORY_GRID = (0.0, 0.25, 0.5, 1.0)
-COMPLEMENT_GRID = ((0.0, False), (0.25, False), (0.5, False), (1.0, False), (0.25, True), (0.5, True), (1.0, True))
+# (weight, whole basket); 0.25 was never chosen on Online Retail's or the sample store's validation split
+COMPLEMENT_GRID = ((0.0, False), (0.5, False), (1.0, False), (0.5, True), (1.0, True))
 WEIGHT_GRID = [Weights(c, s, cold, pop, ease, history, *complement) for ease in (1.0, 0.0)
                for c in (0.0, 0.25, 0.5, 1.0) for s in (0.0, 0.05, 0.1, 0.2, 0.4) for cold in (0.0, 0.25, 0.5, 1.0)
                for pop in (0.0, 0.1) for history in HISTORY_GRID for complement in COMPLEMENT_GRID]
@@ -386,11 +387,13 @@ class Blend:
         other.weights = weights
         return other
 
-    def signals(self, basket: Sequence[Hashable], history: History | None = None) -> np.ndarray:
+    def signals(self, basket: Sequence[Hashable], history: History | None = None, *,
+                complements: bool = True) -> np.ndarray:
         """The eight signals (rows) for every catalog product (columns), as `Weights.as_array` weighs them: EASE,
         co-purchase, semantic, semantic for new products, popularity, history, and the complements (with each
-        product's best match, with the whole basket; zeros without a trained model). `history`: the customer's
-        earlier purchases (`bought_before`), if known."""
+        product's best match, with the whole basket; zeros without a trained model, or when `complements` is
+        False: a blend that weighs them 0 and has no head skips their cost). `history`: the customer's earlier
+        purchases (`bought_before`), if known."""
         ease, copurchase, bought = (np.zeros(len(self.ids), dtype=np.float32) for _ in range(3))
         ease[self._ease_to] = self.ease.scores(basket)[self._ease_from]
         copurchase[self._to] = self.copurchase.scores(basket)[self._from]
@@ -398,7 +401,7 @@ class Blend:
             if product in self.position:
                 bought[self.position[product]] = weight
         similar = self.index.similarities(basket)
-        complements = self.complements.matches(basket) if self.complements is not None \
+        complements = self.complements.matches(basket) if self.complements is not None and complements \
             else (np.zeros(len(self.ids), dtype=np.float32),) * 2
         return np.stack([ease / max(float(ease.max(initial=0)), 1e-9),
                          copurchase / max(float(copurchase.max(initial=0)), 1e-9),
@@ -406,7 +409,7 @@ class Blend:
                          *complements])
 
     def scores(self, basket: Sequence[Hashable], history: History | None = None) -> np.ndarray:
-        signals = self.signals(basket, history)
+        signals = self.signals(basket, history, complements=bool(self.weights.complement) or self.head is not None)
         scores = self.weights.as_array() @ signals + 1e-3 * self.popular
         return scores if self.head is None else self.head.rescored(self, basket, history, signals, scores)
 
