@@ -181,7 +181,7 @@ def test_the_report_pairs_the_head_with_the_blend_alone_and_measures_one_of_a_ki
     lift = head["ndcg@10_against_blend_alone"]
     assert lift["cases"] == rows[evaluation.SERVED]["cases"] == rows[evaluation.BLEND_ALONE]["cases"]
     assert lift["ratio"] == round(rows[evaluation.SERVED]["ndcg@10"] / rows[evaluation.BLEND_ALONE]["ndcg@10"], 3)
-    assert lift["ci"][0] <= lift["ratio"] <= lift["ci"][1] and lift["ci"][1] > 1  # not measurably worse
+    assert lift["ci"][0] <= lift["ratio"] <= lift["ci"][1] and lift["ci"][1] >= 1  # not measurably worse
     # Any two products seldom meet in an order here, their kinds always do: the blend chose the complements
     # learned from the products' text, and finds more hidden products than EASE, new ones too.
     alone = rows[evaluation.BLEND_ALONE]
