@@ -305,7 +305,7 @@ def test_product_search_takes_the_merchants_words_literally(client, installed_sh
     assert call(client, shopify, "GET", "/api/products?limit=0").status_code == 400
 
 
-def test_the_model_card_says_what_the_ranking_head_re_orders_and_whether_complements_rank(client, installed_shop, shopify):
+def test_the_model_card_says_what_the_head_re_orders_and_whether_complements_rank(client, installed_shop, shopify):
     gate = {"passed": False, "reason": "refused, the model's re-rank is worse than the retrieval it starts from",
             "hr@4": 0.4, "co-purchase hr@4": 0.3, "model_names": 4, "unmatched_names": 0,
             "ranking_head": {"serves": ["1 product", "2-4 products"], "slices": {}, "cases": 700},

@@ -144,6 +144,8 @@ def test_a_new_products_block_holds_the_kinds_its_kind_is_bought_with():
     similar = [CATALOG[p].product_type for p in Semantic(blend.index)([new_stove], 4)]
     assert set(served) <= {"Fuel Canister", "Cook Pot"}, served
     assert blend.weights.complement > 0 and "Gas Stove" not in alone, alone
+    shown = blend.alone()([new_stove], 4)
+    assert "complement" in blend.origins([new_stove], shown).values()  # what the admin's preview says put it there
     assert similar.count("Gas Stove") >= 3, similar
 
 
