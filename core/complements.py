@@ -60,12 +60,12 @@ class Complements:
 
 def _pairs(baskets: list[np.ndarray], count: int, rng: np.random.Generator) -> np.ndarray:
     """`count` (a, b) pairs of products bought together: a basket drawn by its size, then two of its products."""
-    sizes = np.array([len(b) for b in baskets], dtype=np.float64)
+    sizes = np.array([len(b) for b in baskets], dtype=np.int64)
     chosen = rng.choice(len(baskets), count, p=sizes / sizes.sum())
-    starts = np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes[:-1])])
     flat = np.concatenate(baskets)
-    first = rng.integers(0, sizes[chosen].astype(np.int64))
-    second = (first + rng.integers(1, sizes[chosen].astype(np.int64))) % sizes[chosen].astype(np.int64)
+    first = rng.integers(0, sizes[chosen])
+    second = (first + rng.integers(1, sizes[chosen])) % sizes[chosen]
     return np.stack([flat[starts[chosen] + first], flat[starts[chosen] + second]], axis=1)
 
 
@@ -74,6 +74,7 @@ def fit_complements(baskets: Sequence[Sequence], index: SemanticIndex, *, seed: 
     """The model trained on the products bought together in `baskets` (catalog products only); None for a store
     with fewer than MIN_BASKETS orders of two catalog products or more. `progress` wraps the batches (a bar)."""
     import torch  # here, not at the top: the web process imports retrieval long before it fits a model
+    # At most 50 products a basket, as core/recommenders.py's MAX_BASKET reads one (that module imports this one).
     rows = [np.array([index.position[p] for p in dict.fromkeys(b) if p in index.position][:50], dtype=np.int64)
             for b in baskets]
     rows = [r for r in rows if len(r) >= 2]

@@ -37,11 +37,10 @@ MIN_SLICE_CASES = 20  # judged cases a slice needs before the head may serve it
 JUDGED_SHARE = 0.25  # the newest quarter of the cases judges the head (early stopping, slices), the rest trains it
 HISTORY_READ = 30  # the customer's most-bought earlier products that count in "bought with history"
 FEATURES = ("ease", "co-purchase", "semantic", "semantic if new", "popularity", "history", "complement (best match)",
-            "complement (whole basket)", "blend score",
-            "blend rank", "new product", "basket size", "bought together (most)", "bought together (all)",
-            "purchases", "similarity (mean)", "similar products", "ease (raw)", "co-purchase (raw)",
-            "bought with history (most)", "bought with history (all)", "history size", "type goes with basket",
-            "same type as basket")
+            "complement (whole basket)", "blend score", "blend rank", "new product", "basket size",
+            "bought together (most)", "bought together (all)", "purchases", "similarity (mean)", "similar products",
+            "ease (raw)", "co-purchase (raw)", "bought with history (most)", "bought with history (all)",
+            "history size", "type goes with basket", "same type as basket")
 SLICES = ("new products only", "1 product", "2-4 products", "5+ products")
 
 

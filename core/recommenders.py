@@ -401,12 +401,12 @@ class Blend:
             if product in self.position:
                 bought[self.position[product]] = weight
         similar = self.index.similarities(basket)
-        complements = self.complements.matches(basket) if self.complements is not None and complements \
+        matched = self.complements.matches(basket) if self.complements is not None and complements \
             else (np.zeros(len(self.ids), dtype=np.float32),) * 2
         return np.stack([ease / max(float(ease.max(initial=0)), 1e-9),
                          copurchase / max(float(copurchase.max(initial=0)), 1e-9),
                          similar, similar * self.cold, self.popular, bought / max(float(bought.max(initial=0)), 1e-9),
-                         *complements])
+                         *matched])
 
     def scores(self, basket: Sequence[Hashable], history: History | None = None) -> np.ndarray:
         signals = self.signals(basket, history, complements=bool(self.weights.complement) or self.head is not None)
