@@ -44,18 +44,25 @@ class Complements:
                  trained: dict):
         self.index, self.weight, self.bias, self.offered, self.trained = index, weight, bias, offered, trained
 
-    def matches(self, basket: Sequence) -> tuple[np.ndarray, np.ndarray]:
-        """Each catalog product's fit with the basket: with its best-matched product (a basket mixes needs),
-        and with the basket as a whole (its products' mean need); zeros when no product of it is known."""
+    def matches(self, basket: Sequence, columns: np.ndarray | None = None, *,
+                readings: tuple[bool, bool] = (True, True)) -> tuple[np.ndarray, np.ndarray]:
+        """The fit of each catalog product (or of the catalog positions `columns`) with the basket: with its
+        best-matched product (a basket mixes needs), and with the basket as a whole (its products' mean need);
+        zeros when no product of it is known, and for a reading `readings` (best, whole) leaves out: the best
+        match over a large catalog costs a product of the basket a catalog."""
+        offered = self.offered if columns is None else self.offered[columns]
+        best, whole = (np.zeros(len(offered), dtype=np.float32) for _ in range(2))
         rows = [self.index.position[p] for p in basket if p in self.index.position]
         if not rows:
-            empty = np.zeros(len(self.index.ids), dtype=np.float32)
-            return empty, empty.copy()
+            return best, whole
         asking = self.index.vectors[rows] @ self.weight.T + self.bias
         asking /= np.maximum(np.linalg.norm(asking, axis=1, keepdims=True), 1e-9)
-        whole = asking.mean(axis=0)
-        whole /= max(float(np.linalg.norm(whole)), 1e-9)
-        return (asking @ self.offered.T).max(axis=0), self.offered @ whole
+        if readings[0]:
+            best = (asking @ offered.T).max(axis=0)
+        if readings[1]:
+            need = asking.mean(axis=0)
+            whole = offered @ (need / max(float(np.linalg.norm(need)), 1e-9))
+        return best, whole
 
 
 def _pairs(baskets: list[np.ndarray], count: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,5 +1,5 @@
 """The ranking head: a learned ranker (LambdaMART, `lightgbm`) that re-orders the blend's top POOL products for
-each basket, from what retrieval knows of each candidate: the blend's six signals, its score and rank,
+each basket, from what retrieval knows of each candidate: the blend's eight signals, its score and rank,
 bought-together counts with the basket and with the customer's earlier purchases, purchases, text
 similarity, and product types (the candidate's type bought with the basket's types; the same type as the
 basket's). It learns when to depart from the blend, not how to redo it. Where products have types,
@@ -25,7 +25,7 @@ import numpy as np
 
 from .complements import fit_complements
 from .embeddings import SemanticIndex, catalog_index
-from .recommenders import Blend, CustomerHistories, History, TypeCoPurchase, fit_blend
+from .recommenders import TEXT_ROWS, Blend, CustomerHistories, History, TypeCoPurchase, fit_blend
 
 POOL = 50  # the blend's top products the head re-orders; a target outside them is out of its reach
 TYPE_POOL = 20  # and, where products have types, type-level co-purchase's top products
@@ -119,8 +119,10 @@ class CandidateFeatures:
                 if product in self.kind_at:
                     goes_with[row] = kinds[self.kind_at[product]]
                     same_type[row] = basket_types.count(self.types[product]) / max(len(basket_types), 1)
+        signals = signals[:, pool]
+        signals[TEXT_ROWS] = blend.text_signals(basket, pool)  # every one, for the pool alone
         return np.column_stack([
-            signals[:, pool].T, scores[pool], np.arange(len(pool)), blend.cold[pool],
+            signals.T, scores[pool], np.arange(len(pool)), blend.cold[pool],
             np.full(len(pool), math.log1p(len(basket))), *together(basket), np.log1p(self.bought[pool]),
             similar.mean(axis=1), (similar > 0.6).sum(axis=1), ease, bought_together,
             *together([p for p, _ in earlier]), np.full(len(pool), math.log1p(len(history or {}))),
@@ -205,8 +207,7 @@ def fit_ranking_head(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex
             if target not in trial.position:
                 continue
             basket = [p for p in baskets[i] if p != target]
-            signals = trial.signals(basket, bought)
-            scores = trial.weights.as_array() @ signals + 1e-3 * trial.popular
+            signals, scores = trial.weighed(basket, bought)
             kinds = features.kind_scores(basket)
             pool = features.pool(scores, basket, kinds)
             if trial.position[target] in pool:

@@ -352,6 +352,9 @@ MIN_VALIDATION_CASES = 100
 COLD_START_FLOOR = 0.15  # new products must get shown: the 0.10 goal, with room for a new period's noise
 
 
+TEXT_ROWS = [2, 3, 6, 7]  # `Blend.signals`' rows read from product text (semantic and the complements)
+
+
 class Blend:
     """The served retrieval, over the catalog's products (`ids`): EASE + co-purchase + semantic similarity
     (more of it for cold-start products) + popularity + the customer's history + the learned complements (where
@@ -388,29 +391,46 @@ class Blend:
         return other
 
     def signals(self, basket: Sequence[Hashable], history: History | None = None, *,
-                complements: bool = True) -> np.ndarray:
+                needed: np.ndarray | None = None) -> np.ndarray:
         """The eight signals (rows) for every catalog product (columns), as `Weights.as_array` weighs them: EASE,
         co-purchase, semantic, semantic for new products, popularity, history, and the complements (with each
-        product's best match, with the whole basket; zeros without a trained model, or when `complements` is
-        False: a blend that weighs them 0 and has no head skips their cost). `history`: the customer's earlier
-        purchases (`bought_before`), if known."""
+        product's best match, with the whole basket; zeros without a trained model). `history`: the customer's
+        earlier purchases (`bought_before`), if known. The text rows (TEXT_ROWS) cost a basket product a
+        catalog: where `needed` (a bool a row) leaves them out they are zeros (`text_signals` reads a few)."""
         ease, copurchase, bought = (np.zeros(len(self.ids), dtype=np.float32) for _ in range(3))
         ease[self._ease_to] = self.ease.scores(basket)[self._ease_from]
         copurchase[self._to] = self.copurchase.scores(basket)[self._from]
         for product, weight in (history or {}).items():
             if product in self.position:
                 bought[self.position[product]] = weight
-        similar = self.index.similarities(basket)
-        matched = self.complements.matches(basket) if self.complements is not None and complements \
-            else (np.zeros(len(self.ids), dtype=np.float32),) * 2
+        needed = np.ones(len(Weights().as_array()), dtype=bool) if needed is None else needed
+        text = self.text_signals(basket, similar=bool(needed[2] or needed[3]),
+                                 readings=(bool(needed[6]), bool(needed[7])))
         return np.stack([ease / max(float(ease.max(initial=0)), 1e-9),
                          copurchase / max(float(copurchase.max(initial=0)), 1e-9),
-                         similar, similar * self.cold, self.popular, bought / max(float(bought.max(initial=0)), 1e-9),
-                         *matched])
+                         text[0], text[1], self.popular, bought / max(float(bought.max(initial=0)), 1e-9),
+                         text[2], text[3]])
+
+    def text_signals(self, basket: Sequence[Hashable], columns: np.ndarray | None = None, *, similar: bool = True,
+                     readings: tuple[bool, bool] = (True, True)) -> np.ndarray:
+        """The signals read from product text (`signals`' TEXT_ROWS: semantic, semantic for new products, the
+        complements' best match and whole basket) for the catalog positions `columns` (all by default); zeros
+        for those left out (`similar`, `readings`) and for the complements without a trained model."""
+        count = len(self.ids) if columns is None else len(columns)
+        similarity = self.index.similarities(basket, columns) if similar else np.zeros(count, dtype=np.float32)
+        matched = self.complements.matches(basket, columns, readings=readings) if self.complements is not None \
+            else (np.zeros(count, dtype=np.float32),) * 2
+        return np.stack([similarity, similarity * (self.cold if columns is None else self.cold[columns]), *matched])
+
+    def weighed(self, basket: Sequence[Hashable], history: History | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The signals and the blend's score of every catalog product, without the head. A text signal the
+        weights leave out is not computed (the head reads them for its pool alone)."""
+        weights = self.weights.as_array()
+        signals = self.signals(basket, history, needed=weights != 0)
+        return signals, weights @ signals + 1e-3 * self.popular
 
     def scores(self, basket: Sequence[Hashable], history: History | None = None) -> np.ndarray:
-        signals = self.signals(basket, history, complements=bool(self.weights.complement) or self.head is not None)
-        scores = self.weights.as_array() @ signals + 1e-3 * self.popular
+        signals, scores = self.weighed(basket, history)
         return scores if self.head is None else self.head.rescored(self, basket, history, signals, scores)
 
     def alone(self) -> Blend:
@@ -423,7 +443,7 @@ class Blend:
                 history: History | None = None) -> dict[Hashable, str]:
         """What put each product on the list: the signal that adds most to its score (EASE and co-purchase are
         both shoppers' baskets, so both read `co-purchase`; `history` is the customer's own)."""
-        weighted = self.weights.as_array()[:, None] * self.signals(basket, history)
+        weighted = self.weights.as_array()[:, None] * self.weighed(basket, history)[0]
         names = ("co-purchase", "co-purchase", "semantic", "semantic", "popular", "history", "complement",
                  "complement")
         return {p: names[int(weighted[:, self.position[p]].argmax())] if p in self.position else "popular"
