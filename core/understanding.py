@@ -301,7 +301,8 @@ class Reader:
 
     def __init__(self, training: Sequence[Example], regularisation: float = REGULARISATION,
                  rule_weight: float = RULE_WEIGHT, sure: float = READER_SURE):
-        self.model = LogisticRegression(C=regularisation, max_iter=3000)
+        # Each topic weighs the same, however many phrasings it has: held-out families read 0.681 against 0.651
+        self.model = LogisticRegression(C=regularisation, class_weight="balanced", max_iter=3000)
         self.model.fit(embeddings.embed([e.text for e in training]), [e.topic for e in training])
         self.rule_weight, self.sure = rule_weight, sure
 
