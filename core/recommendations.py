@@ -37,7 +37,7 @@ from .merchandising import Rules, load_rules
 from .model_hosts import Chat, ModelUnavailable, host_for, model_ref
 from .models import ModelVersion, Product, Shop, Variant, db
 from .prompts import CANDIDATES, MAX_PICKS, RECOMMEND_SYSTEM, parse_answer, reason_for, recommendation_prompt
-from .ranking_head import serving_retrieval
+from .ranking_head import serving_retrieval, slice_of
 from .recommenders import Blend, History, TitleMatcher, bought_before
 
 log = logging.getLogger(__name__)
@@ -433,6 +433,13 @@ def live_model(shop: Shop) -> ModelVersion | None:
         ModelVersion.shop_id == shop.id, ModelVersion.status == "deployed")).first()
 
 
+def gate_slices(model: ModelVersion) -> list[str] | None:
+    """The slices of requests (core/ranking_head.py SLICES) the deploy gate admitted the model for; None for
+    every request: a version forced past the gate, or gated before the gate decided per slice."""
+    gate = (model.metrics or {}).get("gate") or {}
+    return gate["serves"] if gate.get("passed") and "serves" in gate else None
+
+
 def within_model_budget(shop_id: int) -> bool:
     """Whether a shopper's request may call the shop's model now: at most MODEL_CALLS_PER_SHOP a minute over
     every web process, so one shop's storm cannot take the model host from the others. A job's own calls
@@ -475,10 +482,13 @@ class Pick:
 
 def served_list(shop: Shop, shelf: Shelf, viewing: Hashable, cart: list[Hashable], limit: int,
                 budget: float | None, intent: str, history: History | None = None) -> tuple[Reranked, str]:
-    """The live model's re-rank of the ranking (`model`), or the ranking alone when no model answers in time
-    (`fallback`). A complementary block gets the whole ranking, for `one_of_a_kind` to choose from; the model
-    still picks at most `limit`."""
+    """The live model's re-rank of the ranking (`model`), or the ranking alone (`fallback`) when no model answers
+    in time or the deploy gate did not admit the model for this kind of request (`gate_slices`). A complementary
+    block gets the whole ranking, for `one_of_a_kind` to choose from; the model still picks at most `limit`."""
     model = live_model(shop)
+    admitted = gate_slices(model) if model is not None else None
+    if admitted is not None and slice_of(shelf.retrieval, [viewing, *cart]) not in admitted:
+        model = None  # the gate admitted it for other kinds of request: the ranking serves this one
     reach = len(shelf.sellable) if intent == "complementary" else limit
     try:
         if model is None:

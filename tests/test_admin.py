@@ -5,6 +5,7 @@ once), the retraining schedule and the A/B holdout."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import timedelta
 from urllib.parse import quote
@@ -327,6 +328,15 @@ def test_the_model_card_says_what_the_head_re_orders_and_whether_complements_ran
     db.session.commit()
     page = client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True)
     assert "Complements: not learned, too few orders of two products yet." in page
+    # The gate's decision per slice of requests: who serves each, on what figures.
+    slices = {"new products only": {"cases": 14, "hr@4": 0.5, "retrieval hr@4": 0.2143, "serves": True},
+              "2-4 products": {"cases": 30, "hr@4": 0.3, "retrieval hr@4": 0.4, "serves": False}}
+    model.metrics = {"gate": {**gate, "passed": True, "serves": ["new products only"], "slices": slices}}
+    db.session.commit()
+    page = client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True)
+    row = r"<tr><th scope=\"row\">(.*?)</th><td>(\d+)</td><td>(\d+)%</td><td>(\d+)%</td><td>(.*?)</td></tr>"
+    assert re.findall(row, page) == [("new products only", "14", "50", "21", "the model"),
+                                     ("2-4 products", "30", "30", "40", "the retrieval")]
 
 
 def test_home_says_whether_a_model_was_never_trained_refused_or_is_live(client, installed_shop, shopify):

@@ -1,6 +1,7 @@
 """`GET /proxy/recommendations` through a signed App Proxy request: forgeries, bad input, the fallback
 ranking, and the model path (a tiny GGUF under a candidate grammar) — always real, sellable products."""
 
+import functools
 import time
 from dataclasses import replace
 
@@ -307,7 +308,8 @@ def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_f
     # The line says what was decided and the figures it was decided on.
     assert gate["reason"].startswith("passed: " if gate["passed"] else "refused, ")
     assert f"(HR@4 {gate['hr@4']:.3f}), against {gate['retrieval hr@4']:.3f} for the retrieval alone" in gate["reason"]
-    if gate["hr@4"] < gate["retrieval hr@4"]:
+    assert gate["passed"] == (bool(gate["serves"]) and "below" not in gate["reason"])
+    if gate["hr@4"] < gate["retrieval hr@4"] and not gate["serves"]:
         assert not gate["passed"] and "worse than the retrieval it starts from" in gate["reason"]
     # The ranking head under the model's candidates would be trained on the training period; this store's 400
     # orders are too few for one (tests/test_ranking_head.py), and the card says so.
@@ -339,6 +341,75 @@ def test_the_gate_refuses_a_model_whose_re_rank_makes_the_retrieval_worse(instal
     gate = pipeline.gate_report(model)
     assert gate["hr@4"] < gate["retrieval hr@4"] and not gate["passed"]
     assert gate["reason"].startswith("refused, the model's re-rank is worse than the retrieval it starts from")
+
+
+def test_the_gate_decides_per_slice_of_requests_and_the_storefront_asks_the_model_only_where_admitted(
+        installed_shop, tiny_gguf, monkeypatch):
+    import json
+    from collections import defaultdict
+
+    from core.history import load_baskets, load_catalog, split_by_time
+    from core.ranking_head import SLICES
+    from worker import pipeline
+
+    catalog = load_catalog(installed_shop.id)
+    _, held_out = split_by_time(load_baskets(installed_shop.id, catalog))
+    partners = defaultdict(set)  # what each product was bought with in a held-out order
+    for basket in held_out:
+        for product in basket.products:
+            partners[catalog[product].title] |= {catalog[p].title for p in basket.products if p != product}
+
+    def knows_pairs_only(messages, candidates, picks):
+        """Right for a product viewed with an empty cart; the weakest candidates for anything else."""
+        prompt = messages[-1]["content"]
+        viewing = prompt.removeprefix("Customer viewing: ").split(". Cart: ")[0]
+        chosen = [c for c in candidates if c in partners[viewing]] if ". Cart: empty." in prompt else candidates[4:8]
+        return "\n".join(json.dumps({"title": title, "reason": "r"}) for title in chosen[:picks])
+
+    monkeypatch.setattr(pipeline, "chat_with_gguf", lambda path: knows_pairs_only)
+    model = ModelVersion(shop_id=installed_shop.id, version=1, gguf_path=str(tiny_gguf), quantization="q8_0",
+                         size_bytes=1, sha256="0" * 64, base_model="b", status="verified", metrics={})
+    db.session.add(model)
+    db.session.commit()
+    gate = pipeline.gate_report(model)
+    assert list(gate["slices"]) == list(SLICES) and sum(s["cases"] for s in gate["slices"].values()) == gate["cases"]
+    assert gate["serves"] == [kind for kind, judged in gate["slices"].items() if judged["serves"]]
+    for judged in gate["slices"].values():  # a slice is admitted on a measured gain, never on a tie or a loss
+        assert not judged["serves"] or judged["hr@4"] > judged["retrieval hr@4"]
+    assert gate["slices"]["2-4 products"]["hr@4"] < gate["slices"]["2-4 products"]["retrieval hr@4"]
+    assert gate["passed"] == bool(gate["serves"]) and gate["reason"].startswith("passed: " if gate["serves"] else
+                                                                                "refused, the model's re-rank is")
+
+    # Admitted for new products alone: the storefront asks the model about a new product viewed on its own, and
+    # serves the retrieval's list for a cart of two.
+    model.status, model.metrics = "deployed", {"gate": {**gate, "passed": True, "serves": ["new products only"]}}
+    db.session.commit()
+    asked = []
+    monkeypatch.setattr(recommendations, "storefront_chat",
+                        lambda live, budget: lambda *args: asked.append(args) or knows_pairs_only(*args))
+    shelf = recommendations.shelf_for(installed_shop)
+    cold = shelf.retrieval.cold
+    new = next(p for p in shelf.sellable if cold[shelf.retrieval.position[p]])
+    other = next(p for p in shelf.sellable if p != new)
+    served = functools.partial(recommendations.served_list, installed_shop, shelf, new, limit=4, budget=5.0,
+                               intent="related")
+    assert served([])[1] == "model" and len(asked) == 1
+    assert served([other])[1] == "fallback" and len(asked) == 1  # two products: the model is not asked
+    # A version forced past the gate serves every request.
+    model.metrics = {"gate": {**gate, "passed": False}, "deploy": "forced past the evaluation gate"}
+    db.session.commit()
+    assert served([other])[1] == "model" and len(asked) == 2
+
+
+def test_the_gate_admits_a_slice_on_a_gain_beyond_noise():
+    from worker.pipeline import admitted_slices
+
+    kinds = ["1 product"] * 12 + ["2-4 products"] * 12 + ["5+ products"] * 6
+    model = [1.0] * 6 + [0.0] * 6 + [1.0] + [0.0] * 11 + [1.0] * 6
+    retrieval = [0.0] * 30
+    # Six more hits in twelve: admitted. One in twelve is noise; six in six is too few cases to tell.
+    assert admitted_slices(model, retrieval, kinds) == ["1 product"]
+    assert admitted_slices(retrieval, model, kinds) == []  # and a loss is never admitted
 
 
 def test_scores_below_needs_more_than_noise():

@@ -491,11 +491,14 @@ def markdown(report: dict) -> str:
     if head := report.get("ranking_head"):
         lift = head["ndcg@10_against_blend_alone"]
         within = f" (95% CI {lift['ci'][0]}–{lift['ci'][1]})" if lift["ci"] else ""
-        judged = "; ".join(f"{kind} {judged['ndcg@10_gain']:+.4f} on {judged['cases']}"
-                           for kind, judged in head.get("slices", {}).items() if judged["cases"])
+        judged = "; ".join(f"{kind} {judged['ndcg@10_gain']:+.4f}"
+                           + (f" ± {judged['standard_error']}" if judged.get("standard_error") else "")
+                           + f" on {judged['cases']}" for kind, judged in head.get("slices", {}).items()
+                           if judged["cases"])
         notes.append(f"Ranking head: NDCG@10 {lift['ratio']}× the blend alone{within} on the same {lift['cases']} "
                      f"cases; it serves {', '.join(head['serves']) or 'no slice'}"
-                     + (f" (NDCG@10 gain on the judged validation cases: {judged})" if judged
+                     + (f" (NDCG@10 gain ± its standard error on the judged validation cases; a slice is served "
+                           f"when its gain is over one standard error: {judged})" if judged
                         else f" ({head.get('why', 'no slice measured')})"))
     baselines = report.get("baselines", {})
     if knn := baselines.get("item-kNN"):
