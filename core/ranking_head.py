@@ -35,6 +35,7 @@ MIN_TRAINING_CASES = 200  # fewer cases with the hidden product in the pool, and
 GATHERING_SECONDS = 120.0  # a huge catalog's cases stop here (Online Retail's 16,000 take under a minute)
 MIN_SLICE_CASES = 20  # judged cases a slice needs before the head may serve it (and a gain beyond noise)
 JUDGED_SHARE = 0.25  # the newest quarter of the cases judges the head (early stopping, slices), the rest trains it
+STOPPING_PATIENCE = 100  # rounds without a better judged NDCG@10 before training stops
 HISTORY_READ = 30  # the customer's most-bought earlier products that count in "bought with history"
 FEATURES = ("ease", "co-purchase", "semantic", "semantic if new", "popularity", "history", "complement (best match)",
             "complement (whole basket)", "blend score", "blend rank", "new product", "basket size",
@@ -240,7 +241,7 @@ def fit_ranking_head(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex
 
     fitting, judging = cases[:judged_from], cases[judged_from:]
     stopped = lightgbm.train({**parameters, "metric": "ndcg", "eval_at": [10]}, dataset(fitting), 1000,
-                             valid_sets=[dataset(judging)], callbacks=[lightgbm.early_stopping(30, verbose=False)])
+                             valid_sets=[dataset(judging)], callbacks=[lightgbm.early_stopping(STOPPING_PATIENCE, verbose=False)])
     gains: dict[str, list[float]] = {name: [] for name in SLICES}
     for X, pool, target, kind in judging:
         order = pool[np.argsort(-stopped.predict(X, num_threads=1), kind="stable")]
