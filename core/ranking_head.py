@@ -241,7 +241,8 @@ def fit_ranking_head(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex
 
     fitting, judging = cases[:judged_from], cases[judged_from:]
     stopped = lightgbm.train({**parameters, "metric": "ndcg", "eval_at": [10]}, dataset(fitting), 1000,
-                             valid_sets=[dataset(judging)], callbacks=[lightgbm.early_stopping(STOPPING_PATIENCE, verbose=False)])
+                             valid_sets=[dataset(judging)],
+                             callbacks=[lightgbm.early_stopping(STOPPING_PATIENCE, verbose=False)])
     gains: dict[str, list[float]] = {name: [] for name in SLICES}
     for X, pool, target, kind in judging:
         order = pool[np.argsort(-stopped.predict(X, num_threads=1), kind="stable")]

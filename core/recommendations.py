@@ -290,6 +290,9 @@ def shelf_for(shop: Shop) -> Shelf:
     return kept[2]
 
 
+REBUILD_THREAD = "pairwell-index-"  # a background rebuild's thread name, then the shop's id
+
+
 def retrieval_index(shop_id: int, catalog: dict[int, Item]) -> Blend:
     """The serving retrieval over the shop's orders. Built on first use (once, however many requests arrive);
     after INDEX_TTL_SECONDS, or CHANGED_INDEX_SECONDS after a catalog change, it is rebuilt in the background
@@ -308,8 +311,16 @@ def retrieval_index(shop_id: int, catalog: dict[int, Item]) -> Blend:
             state.rebuilding.add(shop_id)
     if stale:
         threading.Thread(target=_rebuild_index, args=(current_app._get_current_object(), shop_id, catalog),
-                         name=f"pairwell-index-{shop_id}", daemon=True).start()
+                         name=f"{REBUILD_THREAD}{shop_id}", daemon=True).start()
     return built.retrieval
+
+
+def finish_rebuilds() -> None:
+    """Wait for the background index rebuilds: a process that exits in the middle of one (torch learning the
+    complements in a daemon thread) aborts instead of exiting."""
+    for thread in threading.enumerate():
+        if thread.name.startswith(REBUILD_THREAD):
+            thread.join()
 
 
 def _build_index(state: ServingState, shop_id: int, catalog: dict[int, Item]) -> BuiltIndex:

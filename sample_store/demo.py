@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from core import shops
 from core.models import Conversation, ModelVersion, Order, OrderLine, Product, SyncRun, Variant, db
+from core.recommendations import finish_rebuilds
 from core.signatures import signed_app_proxy_query
 from shopify_app import migrations
 from worker.tasks import enqueue_pipeline
@@ -85,6 +86,7 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
             waitress_serve(app, host="127.0.0.1", port=port, threads=8)
         finally:
             preview.stop()
+    finish_rebuilds()
     shopify.stop()
     return counts
 
