@@ -498,7 +498,7 @@ def markdown(report: dict) -> str:
         notes.append(f"Ranking head: NDCG@10 {lift['ratio']}× the blend alone{within} on the same {lift['cases']} "
                      f"cases; it serves {', '.join(head['serves']) or 'no slice'}"
                      + (f" (NDCG@10 gain ± its standard error on the judged validation cases; a slice is served "
-                           f"when its gain is over one standard error: {judged})" if judged
+                           f"when its gain is over 1.96 standard errors: {judged})" if judged
                         else f" ({head.get('why', 'no slice measured')})"))
     baselines = report.get("baselines", {})
     if knn := baselines.get("item-kNN"):

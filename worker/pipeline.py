@@ -235,7 +235,9 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
     live = db.session.scalar(select(ModelVersion).where(ModelVersion.shop_id == model.shop_id,
                                                         ModelVersion.status == "deployed"))
     if live is not None and Path(live.gguf_path).exists():
-        current = hits_at(ModelReRank(chat_with_gguf(live.gguf_path), shelf, system), cases, k)
+        live_cases = tqdm(cases, desc=f"deploy gate: live v{live.version} on the same orders", unit="order") \
+            if progress_bar else cases  # as long again: no stage is silent for a minute
+        current = hits_at(ModelReRank(chat_with_gguf(live.gguf_path), shelf, system), live_cases, k)
         live_serves = recommendations.gate_slices(live)
         current = [c if live_serves is None or kind in live_serves else a
                    for c, a, kind in zip(current, alone, kinds, strict=True)]
