@@ -325,20 +325,25 @@ def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_f
     assert model.status == "deployed" and model.metrics["deploy"].startswith("forced past the evaluation gate")
 
 
+def gate_with_chat(shop, gguf, monkeypatch, chat) -> tuple[ModelVersion, dict]:
+    """A verified version whose answers `chat` writes, and the deploy gate's report on it."""
+    from worker import pipeline
+
+    monkeypatch.setattr(pipeline, "chat_with_gguf", lambda path: chat)
+    model = ModelVersion(shop_id=shop.id, version=1, gguf_path=str(gguf), quantization="q8_0", size_bytes=1,
+                         sha256="0" * 64, base_model="b", status="verified", metrics={})
+    db.session.add(model)
+    db.session.commit()
+    return model, pipeline.gate_report(model)
+
+
 def test_the_gate_refuses_a_model_whose_re_rank_makes_the_retrieval_worse(installed_shop, tiny_gguf, monkeypatch):
     import json
-
-    from worker import pipeline
 
     def picks_the_weakest(messages, candidates, picks):  # names candidates 5-8, pushing the best four out
         return "\n".join(json.dumps({"title": title, "reason": "r"}) for title in candidates[4:8])
 
-    monkeypatch.setattr(pipeline, "chat_with_gguf", lambda path: picks_the_weakest)
-    model = ModelVersion(shop_id=installed_shop.id, version=1, gguf_path=str(tiny_gguf), quantization="q8_0",
-                         size_bytes=1, sha256="0" * 64, base_model="b", status="verified", metrics={})
-    db.session.add(model)
-    db.session.commit()
-    gate = pipeline.gate_report(model)
+    _, gate = gate_with_chat(installed_shop, tiny_gguf, monkeypatch, picks_the_weakest)
     assert gate["hr@4"] < gate["retrieval hr@4"] and not gate["passed"]
     assert gate["reason"].startswith("refused, the model's re-rank is worse than the retrieval it starts from")
 
@@ -350,7 +355,6 @@ def test_the_gate_decides_per_slice_of_requests_and_the_storefront_asks_the_mode
 
     from core.history import load_baskets, load_catalog, split_by_time
     from core.ranking_head import SLICES
-    from worker import pipeline
 
     catalog = load_catalog(installed_shop.id)
     _, held_out = split_by_time(load_baskets(installed_shop.id, catalog))
@@ -366,12 +370,7 @@ def test_the_gate_decides_per_slice_of_requests_and_the_storefront_asks_the_mode
         chosen = [c for c in candidates if c in partners[viewing]] if ". Cart: empty." in prompt else candidates[4:8]
         return "\n".join(json.dumps({"title": title, "reason": "r"}) for title in chosen[:picks])
 
-    monkeypatch.setattr(pipeline, "chat_with_gguf", lambda path: knows_pairs_only)
-    model = ModelVersion(shop_id=installed_shop.id, version=1, gguf_path=str(tiny_gguf), quantization="q8_0",
-                         size_bytes=1, sha256="0" * 64, base_model="b", status="verified", metrics={})
-    db.session.add(model)
-    db.session.commit()
-    gate = pipeline.gate_report(model)
+    model, gate = gate_with_chat(installed_shop, tiny_gguf, monkeypatch, knows_pairs_only)
     assert list(gate["slices"]) == list(SLICES) and sum(s["cases"] for s in gate["slices"].values()) == gate["cases"]
     assert gate["serves"] == [kind for kind, judged in gate["slices"].items() if judged["serves"]]
     for judged in gate["slices"].values():  # a slice is admitted on a measured gain, never on a tie or a loss
