@@ -389,7 +389,7 @@ def test_the_gate_decides_per_slice_of_requests_and_the_storefront_asks_the_mode
     shelf = recommendations.shelf_for(installed_shop)
     cold = shelf.retrieval.cold
     new = next(p for p in shelf.sellable if cold[shelf.retrieval.position[p]])
-    other = next(p for p in shelf.sellable if p != new)
+    other = next(p for p in shelf.sellable if not cold[shelf.retrieval.position[p]])  # with it: "2-4 products"
     served = functools.partial(recommendations.served_list, installed_shop, shelf, new, limit=4, budget=5.0,
                                intent="related")
     assert served([])[1] == "model" and len(asked) == 1
