@@ -3,7 +3,7 @@
     python benchmarks/proxy_load.py [--gguf instance/artifacts/<shop>/<run>/model-v1.q8_0.gguf]
 
 Installs the sample store into a fresh SQLite database, serves the app with gunicorn (2 workers), then
-  - cold path: first requests for distinct products (the model under its grammar when --gguf is given,
+  - cold path: first requests for distinct products (the model ranking by its letters when --gguf is given,
     else the retrieval and its ranking head), one at a time, latency per request, once each worker has built
     the shop's retrieval;
   - cached path: ApacheBench (`ab`, Debian apache2-utils) with 50 concurrent connections on a signed URL.

@@ -82,7 +82,7 @@ def catalog_index(catalog: dict, progress: Callable[[Iterable], Iterable] = lamb
 
 
 class SemanticIndex:
-    """Products by meaning: neighbours of a basket, and the closest title to a free-text name."""
+    """Products by meaning: how close each product is to a basket."""
 
     def __init__(self, texts: dict[Hashable, str], progress: Callable[[Iterable], Iterable] = lambda chunks: chunks):
         self.ids = list(texts)
@@ -100,12 +100,3 @@ class SemanticIndex:
         if not rows:
             return np.zeros(len(vectors), dtype=np.float32)
         return (self.vectors[rows] @ vectors.T).max(axis=0)
-
-    def closest(self, text: str, among: Sequence[Hashable], threshold: float = 0.8) -> Hashable | None:
-        """The product among `among` whose text is closest to `text`, if it is close enough to be the same."""
-        rows = [self.position[p] for p in among if p in self.position]
-        if not rows:
-            return None
-        scores = self.vectors[rows] @ embed([text])[0]
-        best = int(np.argmax(scores))
-        return self.ids[rows[best]] if scores[best] >= threshold else None

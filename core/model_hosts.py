@@ -1,20 +1,21 @@
-"""Where a fine-tuned model runs, behind one interface: `deploy`, `chat`, `retire`, `health`.
+"""Where a fine-tuned model runs, behind one interface: `deploy`, `chat`, `rank`, `retire`, `health`.
 
 - Embedded (default): llama.cpp in this process. Each GGUF is loaded once and used under a lock (a llama.cpp
-  context is not thread-safe); the few most recently used stay loaded. Picks are constrained by a GBNF grammar.
+  context is not thread-safe); the few most recently used stay loaded.
 - Ollama (`OLLAMA_HOST`): the GGUF uploaded as a blob and created as `pairwell-<shop>:v<N>` with our own chat
-  template and stop tokens; picks are constrained by a JSON schema (Ollama's `format`).
+  template and stop tokens.
 
-Both take the same `chat(ref, messages, candidates=…, picks=…, timeout=…)`: the constraint is derived from the
-one candidate list, the answer comes back in the trained format (JSON lines), and `timeout` is a deadline for
-the whole call. Every other place that loads a GGUF and asks it something (export's check, the deploy gate,
-offline evaluation, the demo) goes through the embedded host too."""
+Both take the same `chat(ref, messages, timeout=…)` (a support reply) and `rank(ref, messages, labels,
+timeout=…)` (the log-probability of each candidate's letter as the reply's first token: one forward pass, no
+text generated); `timeout` is a deadline for the whole call. Every other place that loads a GGUF and asks it
+something (export's check, the deploy gate, offline evaluation, the demo) goes through the embedded host too."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
 import json
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -23,10 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
-from .prompts import MAX_PICKS, answer_schema, title_grammar
+import numpy as np
 
-Chat = Callable[[list[dict], list[str] | None, int], str]
-"""messages, the candidate titles the answer must choose from (None: free text), most picks → the answer."""
+Ranker = Callable[[list[dict], str], list[float]]
+"""messages, the candidates' letters → each letter's log-probability as the answer (-inf: not among the host's
+most likely tokens)."""
 
 
 class ModelUnavailable(Exception):
@@ -117,21 +119,35 @@ class EmbeddedHost:
                 llm.close()
         return entry
 
-    def _answer(self, path: str, messages: list[dict], candidates: list[str] | None, picks: int,
-                max_tokens: int) -> str:
-        from llama_cpp import LlamaGrammar
-
-        grammar = LlamaGrammar.from_string(title_grammar(candidates, picks), verbose=False) if candidates else None
+    def _answer(self, path: str, messages: list[dict], max_tokens: int) -> str:
         llm, lock = self.load(path)
         with lock:
-            reply = llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=0.0, grammar=grammar)
+            reply = llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=0.0)
         return reply["choices"][0]["message"]["content"] or ""
 
-    def chat(self, path: str, messages: list[dict], *, candidates: list[str] | None = None, picks: int = MAX_PICKS,
-             max_tokens: int = 160, timeout: float | None = None) -> str:
-        if timeout is None:  # offline callers (export's check, the gate, evaluation) wait for the answer
-            return self._answer(path, messages, candidates, picks, max_tokens)
-        return _within(self._pool, timeout, self._answer, path, messages, candidates, picks, max_tokens)
+    def chat(self, path: str, messages: list[dict], *, max_tokens: int = 160, timeout: float | None = None) -> str:
+        if timeout is None:  # offline callers (export's check, evaluation) wait for the answer
+            return self._answer(path, messages, max_tokens)
+        return _within(self._pool, timeout, self._answer, path, messages, max_tokens)
+
+    def _scores(self, path: str, messages: list[dict], labels: str) -> list[float]:
+        import llama_cpp
+
+        llm, lock = self.load(path)
+        with lock:
+            tokens = llm.tokenize(chatml(messages).encode(), add_bos=False, special=True)
+            label_ids = [llm.tokenize(label.encode(), add_bos=False, special=False)[0] for label in labels]
+            llm.reset()
+            llm.eval(tokens)  # keeps only the last position's logits, which is all a ranking needs
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+            logits = logits.astype(np.float64)
+        log_probs = logits - np.logaddexp.reduce(logits)
+        return [float(log_probs[i]) for i in label_ids]
+
+    def rank(self, path: str, messages: list[dict], labels: str, *, timeout: float | None = None) -> list[float]:
+        if timeout is None:
+            return self._scores(path, messages, labels)
+        return _within(self._pool, timeout, self._scores, path, messages, labels)
 
 
 def _within(pool: ThreadPoolExecutor, timeout: float, fn, *args):
@@ -150,10 +166,9 @@ def _within(pool: ThreadPoolExecutor, timeout: float, fn, *args):
 embedded_host = EmbeddedHost()
 
 
-def chat_with_gguf(path: str | Path) -> Chat:
-    """A GGUF on the embedded host as a `Chat` (export's check, the deploy gate, offline evaluation)."""
-    return lambda messages, candidates, picks: embedded_host.chat(str(path), messages, candidates=candidates,
-                                                                  picks=picks)
+def rank_with_gguf(path: str | Path) -> Ranker:
+    """A GGUF on the embedded host as a `Ranker` (export's check, the deploy gate, offline evaluation)."""
+    return lambda messages, labels: embedded_host.rank(str(path), messages, labels)
 
 
 # --- Ollama -----------------------------------------------------------------------------------------------
@@ -162,6 +177,14 @@ def chat_with_gguf(path: str | Path) -> Chat:
 CHATML_TEMPLATE = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 )
+TOP_LOGPROBS = 20  # the most alternatives Ollama reports for a token
+
+
+def chatml(messages: list[dict]) -> str:
+    """The messages as SmolLM2's chat template writes them, up to the assistant's first token (CHATML_TEMPLATE in
+    Python: training's `apply_chat_template` gives the same text when the first message is the system's)."""
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return turns + "<|im_start|>assistant\n"
 STOP_TOKENS = ["<|im_end|>", "<|im_start|>"]
 
 
@@ -211,12 +234,8 @@ class OllamaHost:
         except Exception:
             return False
 
-    def _answer(self, name: str, messages: list[dict], candidates: list[str] | None, picks: int,
-                max_tokens: int, deadline: float) -> str:
+    def _post(self, body: dict, deadline: float) -> dict:
         """POST /api/chat, read as it arrives so that the deadline holds even against a host that trickles."""
-        body = {"model": name, "messages": messages, "stream": False, "keep_alive": "30m",
-                "format": answer_schema(candidates, picks) if candidates else None,
-                "options": {"temperature": 0, "seed": 0, "num_predict": max_tokens}}
         remaining = max(deadline - time.monotonic(), 0.01)
         chunks = []
         with self._http.stream("POST", "/api/chat", json=body, timeout=remaining) as response:
@@ -227,20 +246,34 @@ class OllamaHost:
         reply = json.loads(b"".join(chunks))
         if response.status_code != 200:
             raise ModelUnavailable(f"Ollama answered {response.status_code}: {reply.get('error')}")
-        content = (reply.get("message") or {}).get("content") or ""
-        try:
-            picks_made = json.loads(content)
-        except ValueError:
-            return content
-        picks_made = picks_made if isinstance(picks_made, list) else [picks_made]
-        return "\n".join(json.dumps(p, ensure_ascii=False) for p in picks_made if isinstance(p, dict))
+        return reply
 
-    def chat(self, name: str, messages: list[dict], *, candidates: list[str] | None = None, picks: int = MAX_PICKS,
-             max_tokens: int = 160, timeout: float | None = None) -> str:
-        """The picks as JSON lines (the trained answer format), whatever shape the schema made them take."""
+    def _answer(self, name: str, messages: list[dict], max_tokens: int, deadline: float) -> str:
+        reply = self._post({"model": name, "messages": messages, "stream": False, "keep_alive": "30m",
+                            "options": {"temperature": 0, "seed": 0, "num_predict": max_tokens}}, deadline)
+        return (reply.get("message") or {}).get("content") or ""
+
+    def _scores(self, name: str, messages: list[dict], labels: str, deadline: float) -> list[float]:
+        """One token with its TOP_LOGPROBS alternatives: a letter outside them scores -inf."""
+        reply = self._post({"model": name, "messages": messages, "stream": False, "keep_alive": "30m",
+                            "logprobs": True, "top_logprobs": TOP_LOGPROBS,
+                            "options": {"temperature": 0, "seed": 0, "num_predict": 1}}, deadline)
+        first = (reply.get("logprobs") or [{}])[0]
+        found: dict[str, float] = {}
+        for alternative in first.get("top_logprobs") or []:
+            token = str(alternative.get("token", "")).strip()
+            found[token] = max(found.get(token, -math.inf), float(alternative.get("logprob", -math.inf)))
+        return [found.get(label, -math.inf) for label in labels]
+
+    def chat(self, name: str, messages: list[dict], *, max_tokens: int = 160, timeout: float | None = None) -> str:
         timeout = 600.0 if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        return _within(self._pool, timeout, self._answer, name, messages, candidates, picks, max_tokens, deadline)
+        return _within(self._pool, timeout, self._answer, name, messages, max_tokens, deadline)
+
+    def rank(self, name: str, messages: list[dict], labels: str, *, timeout: float | None = None) -> list[float]:
+        timeout = 600.0 if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        return _within(self._pool, timeout, self._scores, name, messages, labels, deadline)
 
 
 class UnusableHost:
@@ -255,7 +288,7 @@ class UnusableHost:
     def _refuse(self, *args, **kwargs):
         raise ModelUnavailable(self.reason)
 
-    deploy = retire = chat = versions = _refuse
+    deploy = retire = chat = rank = versions = _refuse
 
     def health(self) -> bool:
         return False

@@ -1,60 +1,57 @@
-"""The prompt contract between training and serving: the system prompts, the candidate prompt, the answer
-format and its parser, and the constraints (a GBNF grammar for llama.cpp, a JSON schema for Ollama) that
-keep a model's picks to the candidates it was shown. Training writes examples with these functions and
+"""The prompt contract between training and serving: the system prompts, the ranking prompt with its lettered
+candidates and its one-letter answer, and the support prompt. Training writes examples with these functions and
 every host reads answers with them, so what the model learns is what it is asked."""
 
 from __future__ import annotations
 
-import json
 import re
 
 RECOMMEND_SYSTEM = (
-    "You recommend products from {shop} that pair well with what a customer is viewing and has in the cart. "
-    "Choose from the candidates only. Answer with up to 4 lines, each a JSON object: "
-    "{{\"title\": exact candidate title, \"reason\": one short sentence}}."
+    "Pick the candidate from {shop} that the customer most likely buys with what they view and have in the cart. "
+    "Candidates come in the store's own order. Answer with its letter."
 )
 SUPPORT_SYSTEM = (
     "You are the support assistant of {shop}. Answer only from the store facts and policies given. "
     "Never promise the lowest price or invent a discount. If you do not know, offer to hand off to a person."
 )
 SUPPORT_REPLY_TOKENS = 96
-CANDIDATES = 8  # retrieval's top products the model chooses among
-MAX_PICKS = 4  # the most products the model names; retrieval fills the rest of a longer block
-PROMPT_CART = 10  # the newest cart items the model reads (a 300-line wholesale order would not fit its context)
-REASON_CHARS = 80
+CANDIDATES = 8  # retrieval's top products the model ranks, each under a letter
+LABELS = "ABCDEFGH"  # the candidates' letters: each one token, the answer the model is trained to give
+MAX_PICKS = 4  # the most products the model places; retrieval fills the rest of a longer block
+PROMPT_CART = 3  # the newest cart items the model reads: each token of the prompt costs serving time
 
 
-def recommendation_prompt(viewing: str, cart: list[str], candidates: list[str]) -> str:
-    """The model re-ranks and explains candidates a retrieval step found; it never has to recall a title."""
-    cart = cart[-PROMPT_CART:]
-    return (f"Customer viewing: {viewing}. Cart: {', '.join(cart) if cart else 'empty'}.\n"
-            f"Candidates: {'; '.join(candidates)}")
+def ranking_prompt(viewing: str, cart: list[str], candidates: list[str]) -> str:
+    """LlamaRec's verbalizer ranking (Yue et al., 2023): the candidates a retrieval step found, each under a
+    letter, in retrieval's order. One forward pass scores them all by their letter's next-token probability;
+    the model never has to write a title."""
+    cart = [_one_line(c) for c in cart[-PROMPT_CART:]]
+    lines = "\n".join(f"{label}. {_one_line(line)}" for label, line in zip(LABELS, candidates))
+    return f"Customer viewing: {_one_line(viewing)}. Cart: {', '.join(cart) if cart else 'empty'}.\n" \
+           f"Candidates:\n{lines}"
+
+
+def candidate_lines(prompt: str) -> list[str]:
+    """The candidates of a `ranking_prompt`, in their letters' order."""
+    return [line[3:] for line in prompt.split("\nCandidates:\n", 1)[-1].splitlines()
+            if line[:1] in LABELS and line[1:3] == ". "]
+
+
+def candidate_line(title: str, product_type: str | None) -> str:
+    """A candidate as the model reads it: its title and, where the store types products, its type."""
+    return f"{title} ({product_type})" if product_type else title
 
 
 def support_prompt(facts: list[str], question: str) -> str:
     """The support model's user turn: the facts looked up for this question, then the shopper's words on one
     line (a shopper cannot start a "Store facts:" line of their own, nor write chat-template tokens)."""
-    question = re.sub(r"(?i)(store facts|question)\s*:", r"\1", re.sub(r"<\|[^|]*\|>", " ", question))
-    question = " ".join(question.split())
+    question = re.sub(r"(?i)(store facts|question)\s*:", r"\1", _one_line(question))
     return f"Store facts: {' '.join(facts) if facts else 'none'}\nQuestion: {question}"
 
 
-def format_answer(items: list[tuple[str, str]]) -> str:
-    """The trained answer: one JSON object a line, `{"title", "reason"}`."""
-    return "\n".join(json.dumps({"title": title, "reason": reason}, ensure_ascii=False) for title, reason in items)
-
-
-def parse_answer(text: str) -> list[dict]:
-    """The trained answer format back into records; lines that are not a JSON object with a title are skipped."""
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line.strip())
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("title"), str):
-            records.append(record)
-    return records
+def _one_line(text: str) -> str:
+    """Text as one plain line of a prompt: no chat-template tokens, no line breaks that would start a line."""
+    return " ".join(re.sub(r"<\|[^|]*\|>", " ", text).split())
 
 
 def reason_for(item) -> str:
@@ -68,26 +65,3 @@ def reason_for(item) -> str:
             break
         out.append(word)
     return (" ".join(out) or item.title).capitalize()
-
-
-def title_grammar(titles: list[str], lines: int) -> str:
-    """GBNF: up to `lines` JSON lines whose title is exactly one of the candidates (never the whole catalog)."""
-    def literal(text: str) -> str:
-        return json.dumps(json.dumps(text)[1:-1])  # the title as it appears inside a JSON string, as GBNF
-
-    alternatives = " | ".join(literal(t) for t in dict.fromkeys(titles))
-    return "\n".join([
-        f'root ::= line ("\\n" line){{0,{max(lines - 1, 0)}}}',
-        'line ::= "{\\"title\\": \\"" title "\\", \\"reason\\": \\"" reason "\\"}"',
-        f"title ::= {alternatives}",
-        f'reason ::= [^"\\\\\\n]{{1,{REASON_CHARS}}}',
-    ])
-
-
-def answer_schema(titles: list[str], lines: int) -> dict:
-    """The same constraint as a JSON schema (Ollama's `format`): an array of picks among the candidates."""
-    return {"type": "array", "maxItems": lines, "minItems": 1, "items": {
-        "type": "object", "required": ["title", "reason"],
-        "properties": {"title": {"type": "string", "enum": list(dict.fromkeys(titles))},
-                       "reason": {"type": "string", "maxLength": REASON_CHARS}},
-    }}

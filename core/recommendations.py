@@ -1,9 +1,10 @@
 """"Pairs well with": the one path from a basket to the products a shopper sees.
 
 The blended retrieval (EASE, co-purchase, semantics) ranks the sellable products; the deployed model
-re-ranks and explains the top CANDIDATES under a constraint that admits only their titles; its names are
-matched back to those candidates (exact, fuzzy, embedding) and the ranking fills the rest. The storefront,
-the deploy gate and offline evaluation all call `rerank`, so the gate scores exactly what shoppers get.
+re-orders the top CANDIDATES by the probability of each one's letter (it can only point at a candidate) and the
+ranking fills the rest. Reasons come from the merchant's own descriptions and the store's orders. The
+storefront, the deploy gate and offline evaluation all call `rerank`, so the gate scores exactly what shoppers
+get.
 Whatever the model does, the answer holds only real, in-stock catalog products that shoppers can see (active and
 published to the Online Store: `Product.on_storefront`)."""
 
@@ -34,11 +35,11 @@ from .claims import stems
 from .experiment import HOLDOUT
 from .history import Basket, Item, load_baskets
 from .merchandising import Rules, load_rules
-from .model_hosts import Chat, ModelUnavailable, host_for, model_ref
+from .model_hosts import ModelUnavailable, Ranker, host_for, model_ref
 from .models import ModelVersion, Product, Shop, Variant, db
-from .prompts import CANDIDATES, MAX_PICKS, RECOMMEND_SYSTEM, parse_answer, reason_for, recommendation_prompt
+from .prompts import CANDIDATES, LABELS, MAX_PICKS, RECOMMEND_SYSTEM, candidate_line, ranking_prompt, reason_for
 from .ranking_head import serving_retrieval, slice_of
-from .recommenders import Blend, History, TitleMatcher, bought_before
+from .recommenders import Blend, History, bought_before
 
 log = logging.getLogger(__name__)
 INDEX_TTL_SECONDS = 600
@@ -186,9 +187,6 @@ class Shelf:
     retrieval: Blend
     offers: dict[int, Offer] = field(default_factory=dict)  # what a storefront reply shows of each sellable one
     rules: Rules = field(default_factory=Rules)  # the merchant's pins and exclusions
-
-    def __post_init__(self):
-        self.matcher = TitleMatcher({p: item.title for p, item in self.catalog.items()}, self.retrieval.index)
 
     @cached_property
     def bought_several(self) -> frozenset[str]:
@@ -406,34 +404,28 @@ def ranking(shelf: Shelf, viewing: Hashable, cart: list[Hashable], intent: str =
 @dataclass
 class Reranked:
     products: list[Hashable]  # the model's picks first, then the ranking
-    reasons: dict[Hashable, str]  # the model's reason for each of its picks
-    names: int = 0  # names the model wrote
-    misses: int = 0  # names that matched none of its candidates (never shown)
+    picks: list[Hashable] = field(default_factory=list)  # what the model placed (its origin is `model`)
+    label_mass: float = 0.0  # the probability the model gave the candidates' letters together (1: all of it)
 
 
-def rerank(chat: Chat, shelf: Shelf, viewing: Hashable, cart: list[Hashable], limit: int, system: str,
+def rerank(rank: Ranker, shelf: Shelf, viewing: Hashable, cart: list[Hashable], limit: int, system: str,
            intent: str = "related", history: History | None = None, at_most: int | None = None) -> Reranked:
-    """The model picks up to `at_most` (default `limit`; never over MAX_PICKS) among the ranking's top CANDIDATES
-    (it reads the newest cart items); the ranking fills the rest, to `limit`. Raises ModelUnavailable when the
-    model cannot answer in time."""
+    """The model orders the ranking's top CANDIDATES by their letters' probability (one forward pass; it reads
+    the newest cart items) and places up to `at_most` (default `limit`; never over MAX_PICKS) first; the ranking
+    fills the rest, to `limit`. Raises ModelUnavailable when the model cannot answer in time."""
     ordered = ranking(shelf, viewing, cart, intent, history)
     candidates = ordered[:CANDIDATES]
-    titles = [shelf.title(p) for p in candidates]
-    prompt = recommendation_prompt(shelf.title(viewing), [shelf.title(c) for c in cart], titles)
-    most = min(at_most or limit, MAX_PICKS)
-    answer = chat([{"role": "system", "content": system}, {"role": "user", "content": prompt}], titles, most)
-    picks: list[Hashable] = []
-    reasons: dict[Hashable, str] = {}
-    names = misses = 0
-    for record in parse_answer(answer):
-        names += 1
-        product = shelf.matcher(record["title"], among=candidates)
-        if product is None:
-            misses += 1
-        elif product not in reasons and len(picks) < most:
-            picks.append(product)
-            reasons[product] = str(record.get("reason") or "").strip()
-    return Reranked((picks + [p for p in ordered if p not in reasons])[:limit], reasons, names, misses)
+    if not candidates:
+        return Reranked([])
+    lines = [candidate_line(shelf.title(p), shelf.catalog[p].product_type if p in shelf.catalog else None)
+             for p in candidates]
+    prompt = ranking_prompt(shelf.title(viewing), [shelf.title(c) for c in cart], lines)
+    scores = rank([{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+                  LABELS[:len(candidates)])
+    order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))  # ties keep the ranking's order
+    picks = [candidates[i] for i in order[:min(at_most or limit, MAX_PICKS)]]
+    mass = sum(math.exp(score) for score in scores)
+    return Reranked((picks + [p for p in ordered if p not in picks])[:limit], picks, mass)
 
 
 # --- The storefront -------------------------------------------------------------------------------------
@@ -460,12 +452,11 @@ def within_model_budget(shop_id: int) -> bool:
     return cache.over_limit("model", str(shop_id), current_app.config["MODEL_CALLS_PER_SHOP"]) is None
 
 
-def storefront_chat(model: ModelVersion, budget: float) -> Chat:
-    """The live model on the configured host, each answer within `budget` seconds."""
+def storefront_ranker(model: ModelVersion, budget: float) -> Ranker:
+    """The live model on the configured host, each ranking within `budget` seconds."""
     host = host_for(current_app)
     ref = model_ref(host, model)
-    return lambda messages, candidates, picks: host.chat(ref, messages, candidates=candidates, picks=picks,
-                                                         timeout=budget)
+    return lambda messages, labels: host.rank(ref, messages, labels, timeout=budget)
 
 
 def copurchase_ranking(shelf: Shelf, viewing: Hashable, cart: list[Hashable], intent: str) -> list[Hashable]:
@@ -506,18 +497,13 @@ def served_list(shop: Shop, shelf: Shelf, viewing: Hashable, cart: list[Hashable
             raise ModelUnavailable("no model deployed")
         if not within_model_budget(shop.id):
             raise ModelUnavailable("the shop's model calls for this minute are spent")
-        chat = storefront_chat(model, budget or current_app.config["MODEL_BUDGET_SECONDS"])
-        result = rerank(chat, shelf, viewing, cart, reach, RECOMMEND_SYSTEM.format(shop=shop.domain), intent,
+        rank = storefront_ranker(model, budget or current_app.config["MODEL_BUDGET_SECONDS"])
+        result = rerank(rank, shelf, viewing, cart, reach, RECOMMEND_SYSTEM.format(shop=shop.domain), intent,
                         history, at_most=limit)
     except ModelUnavailable as exc:
         if model is not None:
             log.warning("serving fallback for %s: %s", shop.domain, exc)
-        return Reranked(ranking(shelf, viewing, cart, intent, history)[:reach], {}), "fallback"
-    # The raw miss rate, for evaluation: names the model gave that matched no candidate.
-    cache.store().incr(f"model-names:{shop.id}", 30 * 86400)
-    if result.misses:
-        cache.store().incr(f"model-misses:{shop.id}", 30 * 86400)
-        log.info("model named %d products outside the candidates", result.misses)
+        return Reranked(ranking(shelf, viewing, cart, intent, history)[:reach]), "fallback"
     return result, "model"
 
 
@@ -541,7 +527,7 @@ def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, bud
     cart_ids = [c.id for c in cart]
     pins = pinned(shelf, viewing.id, cart_ids)[:limit]
     if arm == HOLDOUT:
-        result, source = Reranked(copurchase_ranking(shelf, viewing.id, cart_ids, intent)[:limit], {}), HOLDOUT
+        result, source = Reranked(copurchase_ranking(shelf, viewing.id, cart_ids, intent)[:limit]), HOLDOUT
     else:
         result, source = served_list(shop, shelf, viewing.id, cart_ids, limit, budget, intent, history)
         if intent == "complementary":  # a block of complements shows one product of a kind
@@ -553,35 +539,19 @@ def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, bud
     def origin(product: Hashable) -> str:
         if product in pins:
             return "pinned"
-        if product in result.reasons:
+        if product in result.picks:
             return "model"
         return "co-purchase" if source == HOLDOUT else origins.get(product, "")
 
     def reason(product: Hashable) -> str:
-        shown = shown_reason(result.reasons.get(product), shelf.catalog[product], shelf.catalog.get(viewing.id),
-                             together(viewing.id, product))
-        if history and product in history and product not in result.reasons:
+        shown = reason_for(shelf.catalog[product])
+        if together(viewing.id, product) >= 2:
+            shown += f"; bought together in {together(viewing.id, product)} orders"
+        if history and product in history:
             shown += "; you ordered it before"  # a fact of the customer's own orders
         return shown
 
     return [Pick(shelf.offers[p], reason(p), origin(p)) for p in products], source
-
-
-# Words a reason may use about any pair without claiming a fact of either product.
-PAIRING_WORDS = stems("pairs pair goes go well together complete completes companion use useful handy need needs "
-                      "add adds ideal perfect essential match matches kit setup great keep keeps")
-
-
-def shown_reason(reason: str | None, product: Item, viewing: Item | None, together: int = 0) -> str:
-    """The model's reason if it says nothing the two products' own texts do not (no "isobutane-propane
-    harness" for a climbing harness), else one built from facts: what the merchant's description says the
-    product is for and, when shoppers did, how many orders bought the two together."""
-    facts = stems(embeddings.product_text(product.title, product.product_type, product.description))
-    if viewing is not None:
-        facts |= stems(f"{viewing.title} {viewing.product_type}")
-    if reason and stems(reason) - PAIRING_WORDS <= facts:
-        return reason
-    return reason_for(product) + (f"; bought together in {together} orders" if together >= 2 else "")
 
 
 def offer_json(offer: Offer) -> dict:

@@ -24,9 +24,7 @@ Purchases are sparse matrices, so a catalog of 70,000 products and 1.5 million o
 from __future__ import annotations
 
 import copy
-import difflib
 import random
-import re
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -626,29 +624,3 @@ def top_k(ids: list, scores: np.ndarray, exclude: Iterable[Hashable], k: int) ->
     best = np.argpartition(-scores, want - 1)[:want] if want < len(ids) else np.arange(len(ids))
     best = best[np.lexsort((best, -scores[best]))]
     return [ids[i] for i in best if ids[i] not in excluded][:k]
-
-
-def normalise(title: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", title.casefold()).split())
-
-
-class TitleMatcher:
-    """A name the model wrote → the catalog product it means: exact title, then normalised fuzzy match, then
-    the closest embedding. None when nothing is close enough: that name was invented."""
-
-    def __init__(self, titles: dict[Hashable, str], index: SemanticIndex | None = None, *, fuzzy: float = 0.9,
-                 semantic: float = 0.85):
-        self.titles, self.index, self.fuzzy, self.semantic = titles, index, fuzzy, semantic
-        self.by_name = {normalise(t): p for p, t in titles.items()}
-
-    def __call__(self, name: str, among: Sequence[Hashable] | None = None) -> Hashable | None:
-        names = self.by_name if among is None else {normalise(self.titles[p]): p for p in among if p in self.titles}
-        key = normalise(name)
-        if key in names:
-            return names[key]
-        close = difflib.get_close_matches(key, names, n=1, cutoff=self.fuzzy)
-        if close:
-            return names[close[0]]
-        if self.index is not None and key:
-            return self.index.closest(name, list(names.values()), threshold=self.semantic)
-        return None

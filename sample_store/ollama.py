@@ -1,12 +1,14 @@
 """A loopback Ollama for tests and benchmarks, speaking the documented routes and reply shapes: blobs
-(HEAD/POST), create (streamed or not), chat (with `format` as a JSON schema), tags, delete. It does not run
-models: its chat answers the schema with the first allowed titles, which is all a client needs. It can be
-stopped and started again on its port (what it holds survives), answer 503 (`down`) or trickle (`trickle`)."""
+(HEAD/POST), create (streamed or not), chat (with `logprobs` and `top_logprobs`), tags, delete. It does not run
+models: asked for log-probabilities over lettered candidates, it likes them in the order given, which is all a
+client needs. It can be stopped and started again on its port (what it holds survives), answer 503 (`down`) or
+trickle (`trickle`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from datetime import datetime, timezone
@@ -23,6 +25,7 @@ class OllamaDouble:
         self.models: dict[str, dict] = {}
         self.chats: list[dict] = []
         self.down = False
+        self.contrary = False  # likes lettered candidates last-first: a model that disagrees with their order
         self.trickle: float | None = None  # seconds between bytes of a chat reply: a host that hangs on
         app = Flask("ollama_double")
         app.add_url_rule("/api/blobs/<digest>", view_func=self.blob, methods=["HEAD", "POST"])
@@ -71,16 +74,21 @@ class OllamaDouble:
         self.chats.append(spec)
         if spec["model"] not in self.models:
             return jsonify(error=f"model '{spec['model']}' not found"), 404
-        schema = spec.get("format")
-        if isinstance(schema, dict) and schema.get("type") == "array":
-            titles = schema["items"]["properties"]["title"]["enum"][:schema.get("maxItems", 1)]
-            content = json.dumps([{"title": t, "reason": "Goes with it"} for t in titles])
+        extra = {}
+        letters = re.findall(r"^([A-Z])\. ", spec["messages"][-1]["content"], flags=re.M)
+        if spec.get("logprobs") and letters:
+            # A model that agrees with the order it was given: the first letter likeliest, each next one less.
+            liked = letters[::-1] if self.contrary else letters
+            alternatives = [{"token": letter, "logprob": -1.0 - i} for i, letter in enumerate(liked)]
+            content = liked[0]
+            extra["logprobs"] = [{"token": content, "logprob": -1.0,
+                                  "top_logprobs": alternatives[:spec.get("top_logprobs", 0)]}]
         else:
             content = "I can help with that."
         reply = json.dumps({"model": spec["model"], "created_at": datetime.now(timezone.utc).isoformat(),
                             "message": {"role": "assistant", "content": content}, "done": True,
                             "done_reason": "stop", "total_duration": 1000, "load_duration": 10,
-                            "prompt_eval_count": 10, "eval_count": 20})
+                            "prompt_eval_count": 10, "eval_count": 20, **extra})
         if self.trickle:
             def slowly():
                 for char in reply:

@@ -199,7 +199,6 @@ def model_json(model: ModelVersion, relevance: dict[int, dict]) -> dict:
     what it showed, and what it is (size, checksum)."""
     run = db.session.get(TrainingRun, model.training_run_id) if model.training_run_id else None
     gate = (model.metrics or {}).get("gate")
-    named = (gate or {}).get("model_names") or 0
     return {
         "id": model.id, "version": model.version, "status": model.status, "live": model.status == "deployed",
         "created_at": model.created_at.isoformat(), "deployed_at": model.deployed_at and model.deployed_at.isoformat(),
@@ -208,7 +207,7 @@ def model_json(model: ModelVersion, relevance: dict[int, dict]) -> dict:
         "sha256": model.sha256, "dataset_version": model.dataset_version,
         "dataset_stats": run.dataset_stats if run else {}, "history": run.history if run else [],
         "eval_loss": run.eval_loss if run else None, "training_run_id": model.training_run_id,
-        "gate": gate, "hallucination_rate": round(gate["unmatched_names"] / named, 4) if named else None,
+        "gate": gate, "label_mass": (gate or {}).get("label_mass"),
         "deploy_note": (model.metrics or {}).get("deploy"), "relevance": relevance.get(model.version),
     }
 

@@ -188,11 +188,11 @@ def test_deploy_refuses_a_gated_version_unless_forced_and_rollback_needs_an_earl
     model = ModelVersion(shop_id=installed_shop.id, training_run_id=run.id, version=1, gguf_path="/nonexistent",
                          quantization="q8_0", size_bytes=1, sha256="0" * 64, base_model="tiny", status="verified",
                          metrics={"gate": {"passed": False, "reason": "refused, below co-purchase", "hr@4": 0.1,
-                                           "co-purchase hr@4": 0.3, "model_names": 10, "unmatched_names": 2}})
+                                           "co-purchase hr@4": 0.3, "label_mass": 0.25}})
     db.session.add(model)
     db.session.commit()
     cards = call(client, shopify, "GET", "/api/models").json["models"]
-    assert cards[0]["hallucination_rate"] == 0.2 and cards[0]["gate"]["passed"] is False
+    assert cards[0]["label_mass"] == 0.25 and cards[0]["gate"]["passed"] is False
     refused = call(client, shopify, "POST", f"/api/models/{model.id}/deploy")
     assert refused.status_code == 409 and "Deploy anyway" in refused.json["message"]
     sent = []

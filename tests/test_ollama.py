@@ -1,5 +1,6 @@
 """The Ollama host against a loopback double of Ollama's API: deploy (blob + create with our template and
-stop tokens), constrained chat through the proxy, versions, rollback, and the fallback when Ollama is down."""
+stop tokens), ranking by the candidates' letters through the proxy, versions, rollback, and the fallback when
+Ollama is down."""
 
 import pytest
 
@@ -44,13 +45,18 @@ def test_deploy_uploads_and_creates_with_our_template_and_stops(app, ollama, ins
     assert host_for(app).versions(installed_shop.domain) == [name] and host_for(app).health()
 
 
-def test_proxy_asks_ollama_with_a_candidate_schema(client, ollama, installed_shop, store, tmp_path):
+def test_proxy_ranks_on_ollama_by_the_log_probabilities_of_the_candidates_letters(client, ollama, installed_shop,
+                                                                                   store, tmp_path):
+    from core.recommendations import ranking, shelf_for
+
     stage_deploy(verified_model(installed_shop, tmp_path, 1)[0])
-    body = client.get(proxy_url(installed_shop.domain, product_id=store.products[0].id, limit=3)).json
-    assert body["source"] == "model" and len(body["products"]) == 3
-    schema = ollama.chats[-1]["format"]
-    assert schema["maxItems"] == 3 and len(schema["items"]["properties"]["title"]["enum"]) == 8
-    assert {p["title"] for p in body["products"]} <= set(schema["items"]["properties"]["title"]["enum"])
+    ollama.contrary = True  # the model likes the eighth candidate best, then the seventh, ...
+    viewing = store.products[0].id
+    body = client.get(proxy_url(installed_shop.domain, product_id=viewing, limit=3, intent="related")).json
+    asked = ollama.chats[-1]
+    assert asked["logprobs"] is True and asked["top_logprobs"] == 20 and asked["options"]["num_predict"] == 1
+    candidates = ranking(shelf_for(installed_shop), viewing, [])[:8]
+    assert body["source"] == "model" and [p["id"] for p in body["products"]] == candidates[::-1][:3]
 
 
 def test_ollama_down_means_fallback_products(client, ollama, installed_shop, store, tmp_path):

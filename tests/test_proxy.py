@@ -252,24 +252,27 @@ def test_deploy_makes_a_gated_verified_model_live_and_refuses_a_rejected_or_unga
     assert models[3].status == "deployed" and models[3].metrics["deploy"].endswith("no gate result")
 
 
-def test_model_names_are_matched_exactly_then_fuzzily_and_misses_dropped(app, installed_shop, store):
-    from core import recommendations
+def test_the_model_places_the_candidates_whose_letters_it_likes_best_and_the_ranking_fills_the_rest(
+        app, installed_shop, store):
+    import math
+
+    from core.prompts import LABELS, candidate_lines
 
     shelf = recommendations.load_shelf(installed_shop)
     viewing = store.products[10].id
     candidates = recommendations.ranking(shelf, viewing, [])[:8]
-    first, second = (shelf.title(p) for p in candidates[3:5])
+    asked, scores = [], [-5.0, -6.0, -7.0, -0.5, -0.2, -9.0, -math.inf, -8.0]
 
-    def chat(messages, offered, picks):
-        return "\n".join([f'{{"title": "{first}", "reason": "Exact"}}',
-                          f'{{"title": "{second.upper()}!", "reason": "Case and punctuation"}}',
-                          '{"title": "A Tent That Does Not Exist", "reason": "Invented"}',
-                          f'{{"title": "{first}", "reason": "Duplicate"}}'])
+    def rank(messages, labels):
+        asked.append((candidate_lines(messages[-1]["content"]), labels))
+        return scores
 
-    result = recommendations.rerank(chat, shelf, viewing, [], 4, "system")
-    assert result.products[:2] == candidates[3:5] and result.names == 4 and result.misses == 1
-    assert result.reasons == {candidates[3]: "Exact", candidates[4]: "Case and punctuation"}
-    assert result.products[2:] == [p for p in candidates if p not in candidates[3:5]][:2]
+    result = recommendations.rerank(rank, shelf, viewing, [], 6, "system")
+    lines, labels = asked[0]
+    assert labels == LABELS and [line.split(" (")[0] for line in lines] == [shelf.title(p) for p in candidates]
+    assert result.picks == [candidates[4], candidates[3], candidates[0], candidates[1]]  # MAX_PICKS, best first
+    assert result.products == result.picks + [candidates[2], candidates[5]]  # then the ranking's order
+    assert result.label_mass == pytest.approx(sum(math.exp(s) for s in scores))
 
 
 def test_a_training_periods_retrieval_is_built_once_for_the_same_orders_and_catalog(installed_shop):
@@ -304,7 +307,7 @@ def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_f
     gate = stage_gate(run)
     assert gate["cases"] > 20 and 0 <= gate["hr@4"] <= 1 and 0 < gate["co-purchase hr@4"] <= 1
     assert model.metrics["gate"] == gate and run.stage == "gate"
-    assert 0 <= gate["faithful_reasons"] <= gate["model_reasons"] <= gate["model_names"]
+    assert 0 < gate["label_mass"] <= 1.0001  # the share of its next-token probability on the letters
     # The line says what was decided and the figures it was decided on.
     assert gate["reason"].startswith("passed: " if gate["passed"] else "refused, ")
     assert f"(HR@4 {gate['hr@4']:.3f}), against {gate['retrieval hr@4']:.3f} for the retrieval alone" in gate["reason"]
@@ -325,11 +328,18 @@ def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_f
     assert model.status == "deployed" and model.metrics["deploy"].startswith("forced past the evaluation gate")
 
 
-def gate_with_chat(shop, gguf, monkeypatch, chat) -> tuple[ModelVersion, dict]:
-    """A verified version whose answers `chat` writes, and the deploy gate's report on it."""
+def titles_offered(messages) -> list[str]:
+    """The candidates' titles in a ranking prompt (each line is "Title (Type)")."""
+    from core.prompts import candidate_lines
+
+    return [line.rsplit(" (", 1)[0] for line in candidate_lines(messages[-1]["content"])]
+
+
+def gate_with_ranker(shop, gguf, monkeypatch, rank) -> tuple[ModelVersion, dict]:
+    """A verified version whose scores `rank` gives, and the deploy gate's report on it."""
     from worker import pipeline
 
-    monkeypatch.setattr(pipeline, "chat_with_gguf", lambda path: chat)
+    monkeypatch.setattr(pipeline, "rank_with_gguf", lambda path: rank)
     model = ModelVersion(shop_id=shop.id, version=1, gguf_path=str(gguf), quantization="q8_0", size_bytes=1,
                          sha256="0" * 64, base_model="b", status="verified", metrics={})
     db.session.add(model)
@@ -338,19 +348,16 @@ def gate_with_chat(shop, gguf, monkeypatch, chat) -> tuple[ModelVersion, dict]:
 
 
 def test_the_gate_refuses_a_model_whose_re_rank_makes_the_retrieval_worse(installed_shop, tiny_gguf, monkeypatch):
-    import json
+    def picks_the_weakest(messages, labels):  # likes candidates 5-8 best, pushing the best four out
+        return [-9.0 if i < 4 else -1.0 - i for i in range(len(labels))]
 
-    def picks_the_weakest(messages, candidates, picks):  # names candidates 5-8, pushing the best four out
-        return "\n".join(json.dumps({"title": title, "reason": "r"}) for title in candidates[4:8])
-
-    _, gate = gate_with_chat(installed_shop, tiny_gguf, monkeypatch, picks_the_weakest)
+    _, gate = gate_with_ranker(installed_shop, tiny_gguf, monkeypatch, picks_the_weakest)
     assert gate["hr@4"] < gate["retrieval hr@4"] and not gate["passed"]
     assert gate["reason"].startswith("refused, the model's re-rank is worse than the retrieval it starts from")
 
 
 def test_the_gate_decides_per_slice_of_requests_and_the_storefront_asks_the_model_only_where_admitted(
         installed_shop, tiny_gguf, monkeypatch):
-    import json
     from collections import defaultdict
 
     from core.history import load_baskets, load_catalog, split_by_time
@@ -363,14 +370,15 @@ def test_the_gate_decides_per_slice_of_requests_and_the_storefront_asks_the_mode
         for product in basket.products:
             partners[catalog[product].title] |= {catalog[p].title for p in basket.products if p != product}
 
-    def knows_pairs_only(messages, candidates, picks):
+    def knows_pairs_only(messages, labels):
         """Right for a product viewed with an empty cart; the weakest candidates for anything else."""
         prompt = messages[-1]["content"]
         viewing = prompt.removeprefix("Customer viewing: ").split(". Cart: ")[0]
-        chosen = [c for c in candidates if c in partners[viewing]] if ". Cart: empty." in prompt else candidates[4:8]
-        return "\n".join(json.dumps({"title": title, "reason": "r"}) for title in chosen[:picks])
+        if ". Cart: empty." in prompt:
+            return [-1.0 if title in partners[viewing] else -9.0 for title in titles_offered(messages)]
+        return [-9.0 if i < 4 else -1.0 - i for i in range(len(labels))]
 
-    model, gate = gate_with_chat(installed_shop, tiny_gguf, monkeypatch, knows_pairs_only)
+    model, gate = gate_with_ranker(installed_shop, tiny_gguf, monkeypatch, knows_pairs_only)
     assert list(gate["slices"]) == list(SLICES) and sum(s["cases"] for s in gate["slices"].values()) == gate["cases"]
     assert gate["serves"] == [kind for kind, judged in gate["slices"].items() if judged["serves"]]
     for judged in gate["slices"].values():  # a slice is admitted on a measured gain, never on a tie or a loss
@@ -384,7 +392,7 @@ def test_the_gate_decides_per_slice_of_requests_and_the_storefront_asks_the_mode
     model.status, model.metrics = "deployed", {"gate": {**gate, "passed": True, "serves": ["new products only"]}}
     db.session.commit()
     asked = []
-    monkeypatch.setattr(recommendations, "storefront_chat",
+    monkeypatch.setattr(recommendations, "storefront_ranker",
                         lambda live, budget: lambda *args: asked.append(args) or knows_pairs_only(*args))
     shelf = recommendations.shelf_for(installed_shop)
     cold = shelf.retrieval.cold
@@ -425,7 +433,7 @@ def test_the_storefront_the_gate_and_evaluation_answer_a_case_with_the_same_list
                                                                                    store, tiny_gguf):
     """One re-rank path: what a shopper is served is what the deploy gate and offline evaluation score (they
     score the ranking itself, the `related` intent; `complementary` filters it for display)."""
-    from core.model_hosts import chat_with_gguf
+    from core.model_hosts import rank_with_gguf
     from core.prompts import RECOMMEND_SYSTEM
     from core.recommendations import load_shelf
     from worker.evaluation import ModelReRank
@@ -438,7 +446,7 @@ def test_the_storefront_the_gate_and_evaluation_answer_a_case_with_the_same_list
     body = client.get(proxy_url(installed_shop.domain, product_id=viewing, cart=f"{cart[0]},{cart[1]}", limit=6,
                                 intent="related")).json
     assert body["source"] == "model"
-    gate = ModelReRank(chat_with_gguf(tiny_gguf), load_shelf(installed_shop),
+    gate = ModelReRank(rank_with_gguf(tiny_gguf), load_shelf(installed_shop),
                        RECOMMEND_SYSTEM.format(shop=installed_shop.domain))
     assert [p["id"] for p in body["products"]] == gate([*cart, viewing], 6)
 

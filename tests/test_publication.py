@@ -17,7 +17,7 @@ from core import recommendations
 from core.experiment import HOLDOUT
 from core.history import EVAL_FRACTION
 from core.models import ModelVersion, Product, db
-from core.prompts import format_answer
+from core.prompts import candidate_lines
 from core.signatures import signed_app_proxy_query
 from sample_store.catalog import generate_store
 from sample_store.server import product_jsonl, product_webhook_payload
@@ -266,13 +266,13 @@ def training_examples(shop, folder) -> list[dict]:
 
 
 def gate_run(shop, monkeypatch) -> dict:
-    """The deploy gate on a stand-in model (it names the first candidate it is shown): the cases it scored,
+    """The deploy gate on a stand-in model (it likes the first candidate it is shown): the cases it scored,
     the candidates the model read and every list the gate scored."""
     seen = {"cases": [], "candidates": [], "lists": []}
 
-    def chat(messages, candidates, picks):
-        seen["candidates"].extend(candidates)
-        return format_answer([(candidates[0], "pairs well")]) if candidates else ""
+    def rank(messages, labels):
+        seen["candidates"].extend(candidate_lines(messages[-1]["content"]))
+        return [0.0] + [-9.0] * (len(labels) - 1)
 
     def hits_at(recommender, cases, k):
         seen["cases"].extend(cases)
@@ -284,7 +284,7 @@ def gate_run(shop, monkeypatch) -> dict:
         return real_hits_at(recorded, cases, k)
 
     real_hits_at = pipeline.hits_at
-    monkeypatch.setattr(pipeline, "chat_with_gguf", lambda path: chat)
+    monkeypatch.setattr(pipeline, "rank_with_gguf", lambda path: rank)
     monkeypatch.setattr(pipeline, "hits_at", hits_at)
     report = pipeline.gate_report(ModelVersion(shop_id=shop.id, version=1, gguf_path="stand-in.gguf"))
     monkeypatch.setattr(pipeline, "hits_at", real_hits_at)
@@ -320,7 +320,8 @@ def offline_uses(shop, hidden: Product, folder, monkeypatch) -> dict[str, bool]:
         "training targets": any(hidden.id in e["answer"] for e in recommendation),
         "training prompts": any(hidden.title in m["content"] for e in examples for m in e["messages"]),
         "gate cases": any(hidden.id == c.target or hidden.id in c.context for c in gate["cases"]),
-        "gate candidates": hidden.title in gate["candidates"],
+        "gate candidates": any(line == hidden.title or line.startswith(f"{hidden.title} (")
+                               for line in gate["candidates"]),
         "gate lists": any(hidden.id in shown for shown in gate["lists"]),
         "evaluation cases": any(str(hidden.id) in b.products for b in scored["baskets"])
         or str(hidden.id) in scored["titles"],

@@ -2,7 +2,6 @@
 recommender: alone it may invent products and is counted; re-ranking the blend's candidates it serves only
 real ones."""
 
-import json
 import random
 from datetime import datetime, timedelta
 
@@ -11,7 +10,8 @@ import pytest
 
 from core.embeddings import SemanticIndex
 from core.history import Basket
-from core.model_hosts import chat_with_gguf
+from core.model_hosts import rank_with_gguf
+from core.prompts import LABELS, candidate_lines
 from core.recommendations import Shelf, ranking
 from core.recommenders import (
     COSINE,
@@ -22,7 +22,6 @@ from core.recommenders import (
     ItemKNN,
     Neighbours,
     Semantic,
-    TitleMatcher,
     TypeCoPurchase,
     fit_blend,
     fit_item_knn,
@@ -132,83 +131,50 @@ def test_a_store_whose_customers_reorder_learns_to_weigh_their_history(index):
     assert chosen(["tent", "stakes"], 1) == ["footprint"]  # a guest: the basket alone
 
 
-def test_title_matcher_exact_then_fuzzy_then_embedding(index):
-    match = TitleMatcher(TITLES, index)
-    assert match("Titanium Cook Pot") == "pot"
-    assert match("TITANIUM COOK-POT!") == "pot"
-    assert match("Titanium Cook Pots") == "pot"  # fuzzy
-    assert match("a climbing chalk bag, ultralight") == "chalk"  # by meaning
-    assert match("Inflatable Kayak Paddle") is None  # invented
-    assert match("Titanium Cook Pot", among=["fuel", "mug"]) is None  # only among the candidates given
-
-
-def scripted_chat(answer_for):
-    """A stand-in model: answers from the prompt (the real llama.cpp path is the last test)."""
+def scripted_ranker(scores_for):
+    """A stand-in model: scores the candidates from the prompt (the real llama.cpp path is the last test)."""
     calls = []
 
-    def chat(messages, candidates, picks):
-        calls.append((messages, candidates))
-        return answer_for(messages[-1]["content"])
-    chat.calls = calls
-    return chat
+    def rank(messages, labels):
+        calls.append((messages, labels))
+        return scores_for(candidate_lines(messages[-1]["content"]))
+    rank.calls = calls
+    return rank
 
 
-def test_model_re_rank_puts_its_picks_first_and_never_serves_an_invented_name(index):
+def test_model_re_rank_puts_the_candidate_it_likes_best_first(index):
     shelf = Shelf.everything(TITLES, Blend([b.products for b in baskets()], index))
     candidates = ranking(shelf, "stove", [])[:8]
     chosen = candidates[2]
-    chat = scripted_chat(lambda prompt: "\n".join([
-        json.dumps({"title": TITLES[chosen], "reason": "Goes with it"}),
-        json.dumps({"title": "Solar Kettle Deluxe", "reason": "Invented"})]))
-    rerank = evaluation.ModelReRank(chat, shelf, "system")
+    rank = scripted_ranker(lambda lines: [0.0 if line == TITLES[chosen] else -5.0 for line in lines])
+    rerank = evaluation.ModelReRank(rank, shelf, "system")
     ranked = rerank(["stove"], 10)
-    assert ranked[0] == chosen and len(ranked) == len(set(ranked)) and set(ranked) <= set(TITLES)
-    assert rerank.names == 2 and rerank.invented == 1
-    messages, offered = chat.calls[0]
-    assert "Candidates: " in messages[-1]["content"] and offered == [TITLES[c] for c in candidates]
+    assert ranked[0] == chosen and ranked[1:4] == [c for c in candidates if c != chosen][:3]
+    assert len(ranked) == len(set(ranked)) and set(ranked) <= set(TITLES)
+    messages, labels = rank.calls[0]
+    assert candidate_lines(messages[-1]["content"]) == [TITLES[c] for c in candidates] and labels == LABELS
+    assert rerank.label_mass == pytest.approx(1 + 7 * np.exp(-5.0))
 
 
-def test_evaluate_reports_the_model_alone_and_the_blend_it_re_ranks(index):
-    def answer(prompt):
-        viewing = prompt.split("Customer viewing: ", 1)[1].split(".", 1)[0]
-        if "Candidates: " in prompt:  # re-rank: the first candidate
-            return json.dumps({"title": prompt.split("Candidates: ", 1)[1].split("; ")[0], "reason": "r"})
-        return "\n".join([json.dumps({"title": viewing, "reason": "r"}),  # the viewed product itself, then
-                          json.dumps({"title": "Glow-in-the-dark Tent Pegs", "reason": "r"})])  # an invention
+def test_evaluate_reports_the_blend_the_model_re_ranks_on_the_same_cases(index):
+    def last_first(lines):  # a model that reverses retrieval's order
+        return [float(i) - len(lines) for i in range(len(lines))]
 
-    report = evaluation.compare_recommenders(baskets(), TITLES, chat=scripted_chat(answer),
+    report = evaluation.compare_recommenders(baskets(), TITLES, rank=scripted_ranker(last_first),
                                              model_cases=20)["recommenders"]
-    assert {"popularity", "co-purchase", "EASE", "semantic", "blend (served)", "blend (model cases)", "model alone",
+    assert {"popularity", "co-purchase", "EASE", "semantic", "blend (served)", "blend (model cases)",
             "blend + model re-rank"} <= set(report)
-    alone, rerank = report["model alone"], report["blend + model re-rank"]
-    assert alone["cases"] == rerank["cases"] == 20
-    assert alone["hallucination_rate"] > 0 and alone["out_of_catalog_rate"] > 0
-    assert rerank["hallucination_rate"] == 0 and rerank["out_of_catalog_rate"] == 0
-    assert rerank["model_reasons"] == 20 and rerank["faithful_reasons"] == 0  # "r" is no fact of any product
-    assert 1 <= rerank["relevance@4"] <= 3 and report["blend (served)"]["hr@10"] >= report["popularity"]["hr@10"]
+    blend, rerank = report["blend (model cases)"], report["blend + model re-rank"]
+    assert blend["cases"] == rerank["cases"] == 20 and rerank["out_of_catalog_rate"] == 0
+    assert rerank["hr@4"] < blend["hr@4"] and rerank["hr@10"] == blend["hr@10"]  # the same ten, worse placed
+    assert 0 < rerank["label_mass"] <= 1
 
 
 def test_the_real_model_in_llama_cpp_re_ranks_only_catalog_products(index, tiny_gguf):
-    report = evaluation.compare_recommenders(baskets(120), TITLES, chat=chat_with_gguf(tiny_gguf), model_cases=4)
+    report = evaluation.compare_recommenders(baskets(120), TITLES, rank=rank_with_gguf(tiny_gguf), model_cases=4)
     rerank = report["recommenders"]["blend + model re-rank"]
     assert rerank["cases"] == 4 and rerank["out_of_catalog_rate"] == 0 and rerank["duplicate_rate"] == 0
-    assert rerank["hallucination_rate"] == 0  # the grammar allows candidate titles only
-
-
-def test_a_models_reason_is_shown_only_when_the_products_own_texts_say_it():
-    from core.history import Item
-    from core.recommendations import shown_reason
-
-    harness = Item(1, "Ridgeline Pro Climbing Harness", "Climbing",
-                   "The Pro climbing harness from Ridgeline: a comfortable harness for the gym and the crag.")
-    fuel = Item(2, "Northfork Trail Fuel Canister", "Cooking", "Isobutane-propane fuel for canister stoves.")
-    assert shown_reason("A comfortable harness for the gym", harness, fuel) == "A comfortable harness for the gym"
-    assert shown_reason("Pairs well with your fuel canister", harness, fuel) == "Pairs well with your fuel canister"
-    for invented in ("Isobutane-propane harness for crampons", "Rated to -20 degrees", "Waterproof and 30% lighter"):
-        assert shown_reason(invented, harness, fuel) == "A comfortable harness for the gym and the crag"
-    assert shown_reason(None, harness, None) == "A comfortable harness for the gym and the crag"
-    assert shown_reason("Rated to -20 degrees", harness, fuel, together=23) == \
-        "A comfortable harness for the gym and the crag; bought together in 23 orders"
+    assert 0 < rerank["label_mass"] <= 1.0001  # real log-probabilities of the candidates' letters
 
 
 def test_ease_learns_what_is_bought_together_and_falls_back_to_popularity():

