@@ -137,8 +137,13 @@ class EmbeddedHost:
         with lock:
             tokens = llm.tokenize(chatml(messages).encode(), add_bos=False, special=True)
             label_ids = [llm.tokenize(label.encode(), add_bos=False, special=False)[0] for label in labels]
-            llm.reset()
-            llm.eval(tokens)  # keeps only the last position's logits, which is all a ranking needs
+            # What the context already holds of this prompt (the system prompt at least) is not computed again:
+            # llama.cpp's eval drops the cache past `n_tokens` and goes on from there.
+            held = llm.input_ids[:llm.n_tokens]
+            shared = next((i for i, (a, b) in enumerate(zip(held, tokens[:-1])) if a != b),
+                          min(len(held), len(tokens) - 1))
+            llm.n_tokens = shared
+            llm.eval(tokens[shared:])  # keeps only the last position's logits, which is all a ranking needs
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
             logits = logits.astype(np.float64)
         log_probs = logits - np.logaddexp.reduce(logits)

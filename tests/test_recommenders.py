@@ -314,3 +314,26 @@ def test_a_new_product_gets_the_kinds_its_kind_is_bought_with_learned_from_text(
     assert kinds(complements.matches(["new-bag"])[0]) == {"Sleeping Pad"}  # what completes it
     assert kinds(complements.matches(["Fuel Canister-0"])[1]) == {"Camp Stove"}  # the whole basket's need
     assert fit_complements(orders[:99], index) is None
+
+
+def test_llama_cpp_scores_a_prompt_alike_whatever_its_context_held_before(tiny_gguf):
+    """The embedded host reuses the part of the context a new prompt shares with the last one (the system
+    prompt, the viewed product): the scores are those of the prompt computed from scratch."""
+    from core.model_hosts import EmbeddedHost
+
+    def prompt(viewing: str, cart: str) -> list[dict]:
+        return [{"role": "system", "content": "Pick one."},
+                {"role": "user", "content": f"Customer viewing: {viewing}. Cart: {cart}.\nCandidates:\nA. Pot\nB. Mug"}]
+
+    host, model, carts = EmbeddedHost(), str(tiny_gguf), ("Fuel", "Spork", "Fuel", "Fuel and spork")
+    try:
+        alone = []
+        for cart in carts:
+            host.retire(model)  # a fresh context: nothing held
+            alone.append(host.rank(model, prompt("Stove", cart), "AB"))
+        host.retire(model)
+        assert host.rank(model, prompt("Tent", "Pegs"), "AB") != alone[0]  # another prompt first
+        for cart, expected in zip(carts, alone, strict=True):  # then each shares more or less with the last
+            assert host.rank(model, prompt("Stove", cart), "AB") == pytest.approx(expected, abs=1e-4)
+    finally:
+        host.close()
