@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import re
 
-RECOMMEND_SYSTEM = (
-    "Pick the candidate from {shop} that the customer most likely buys with what they view and have in the cart. "
-    "Candidates come in the store's own order. Answer with its letter."
-)
+# One store's model: no need to name the store. Every token of it is read on every storefront request.
+RECOMMEND_SYSTEM = "Answer with the letter of the candidate the customer most likely buys too."
 SUPPORT_SYSTEM = (
     "You are the support assistant of {shop}. Answer only from the store facts and policies given. "
     "Never promise the lowest price or invent a discount. If you do not know, offer to hand off to a person."

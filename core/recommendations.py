@@ -408,7 +408,7 @@ class Reranked:
     label_mass: float = 0.0  # the probability the model gave the candidates' letters together (1: all of it)
 
 
-def rerank(rank: Ranker, shelf: Shelf, viewing: Hashable, cart: list[Hashable], limit: int, system: str,
+def rerank(rank: Ranker, shelf: Shelf, viewing: Hashable, cart: list[Hashable], limit: int,
            intent: str = "related", history: History | None = None, at_most: int | None = None) -> Reranked:
     """The model orders the ranking's top CANDIDATES by their letters' probability (one forward pass; it reads
     the newest cart items) and places up to `at_most` (default `limit`; never over MAX_PICKS) first; the ranking
@@ -420,7 +420,7 @@ def rerank(rank: Ranker, shelf: Shelf, viewing: Hashable, cart: list[Hashable], 
     lines = [candidate_line(shelf.title(p), shelf.catalog[p].product_type if p in shelf.catalog else None)
              for p in candidates]
     prompt = ranking_prompt(shelf.title(viewing), [shelf.title(c) for c in cart], lines)
-    scores = rank([{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+    scores = rank([{"role": "system", "content": RECOMMEND_SYSTEM}, {"role": "user", "content": prompt}],
                   LABELS[:len(candidates)])
     order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))  # ties keep the ranking's order
     picks = [candidates[i] for i in order[:min(at_most or limit, MAX_PICKS)]]
@@ -498,8 +498,7 @@ def served_list(shop: Shop, shelf: Shelf, viewing: Hashable, cart: list[Hashable
         if not within_model_budget(shop.id):
             raise ModelUnavailable("the shop's model calls for this minute are spent")
         rank = storefront_ranker(model, budget or current_app.config["MODEL_BUDGET_SECONDS"])
-        result = rerank(rank, shelf, viewing, cart, reach, RECOMMEND_SYSTEM.format(shop=shop.domain), intent,
-                        history, at_most=limit)
+        result = rerank(rank, shelf, viewing, cart, reach, intent, history, at_most=limit)
     except ModelUnavailable as exc:
         if model is not None:
             log.warning("serving fallback for %s: %s", shop.domain, exc)

@@ -267,7 +267,7 @@ def test_the_model_places_the_candidates_whose_letters_it_likes_best_and_the_ran
         asked.append((candidate_lines(messages[-1]["content"]), labels))
         return scores
 
-    result = recommendations.rerank(rank, shelf, viewing, [], 6, "system")
+    result = recommendations.rerank(rank, shelf, viewing, [], 6)
     lines, labels = asked[0]
     assert labels == LABELS and [line.split(" (")[0] for line in lines] == [shelf.title(p) for p in candidates]
     assert result.picks == [candidates[4], candidates[3], candidates[0], candidates[1]]  # MAX_PICKS, best first
@@ -434,7 +434,6 @@ def test_the_storefront_the_gate_and_evaluation_answer_a_case_with_the_same_list
     """One re-rank path: what a shopper is served is what the deploy gate and offline evaluation score (they
     score the ranking itself, the `related` intent; `complementary` filters it for display)."""
     from core.model_hosts import rank_with_gguf
-    from core.prompts import RECOMMEND_SYSTEM
     from core.recommendations import load_shelf
     from worker.evaluation import ModelReRank
 
@@ -446,8 +445,7 @@ def test_the_storefront_the_gate_and_evaluation_answer_a_case_with_the_same_list
     body = client.get(proxy_url(installed_shop.domain, product_id=viewing, cart=f"{cart[0]},{cart[1]}", limit=6,
                                 intent="related")).json
     assert body["source"] == "model"
-    gate = ModelReRank(rank_with_gguf(tiny_gguf), load_shelf(installed_shop),
-                       RECOMMEND_SYSTEM.format(shop=installed_shop.domain))
+    gate = ModelReRank(rank_with_gguf(tiny_gguf), load_shelf(installed_shop))
     assert [p["id"] for p in body["products"]] == gate([*cart, viewing], 6)
 
 

@@ -147,7 +147,7 @@ def test_model_re_rank_puts_the_candidate_it_likes_best_first(index):
     candidates = ranking(shelf, "stove", [])[:8]
     chosen = candidates[2]
     rank = scripted_ranker(lambda lines: [0.0 if line == TITLES[chosen] else -5.0 for line in lines])
-    rerank = evaluation.ModelReRank(rank, shelf, "system")
+    rerank = evaluation.ModelReRank(rank, shelf)
     ranked = rerank(["stove"], 10)
     assert ranked[0] == chosen and ranked[1:4] == [c for c in candidates if c != chosen][:3]
     assert len(ranked) == len(set(ranked)) and set(ranked) <= set(TITLES)

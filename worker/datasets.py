@@ -106,13 +106,13 @@ def candidates_for(stats: PairStats, viewing: Item, cart: list[Item], rng: rando
     return pool
 
 
-def _example(system: str, viewing: Item, cart: list[Item], answer: Item, candidates: list[Item], **meta) -> dict:
+def _example(viewing: Item, cart: list[Item], answer: Item, candidates: list[Item], **meta) -> dict:
     """A ranking example: the candidates under their letters, and the letter of the product the order holds."""
     prompt = ranking_prompt(viewing.title, [c.title for c in cart],
                             [candidate_line(c.title, c.product_type) for c in candidates])
     return {
         "messages": [
-            {"role": "system", "content": system},
+            {"role": "system", "content": RECOMMEND_SYSTEM},
             {"role": "user", "content": prompt},
             {"role": "assistant", "content": LABELS[candidates.index(answer)]},
         ],
@@ -121,8 +121,8 @@ def _example(system: str, viewing: Item, cart: list[Item], answer: Item, candida
     }
 
 
-def basket_examples(baskets: list[list[int]], stats: PairStats, catalog: dict[int, Item], system: str,
-                    rng: random.Random, *, per_basket: int = 3, filter_noise: bool = True,
+def basket_examples(baskets: list[list[int]], stats: PairStats, catalog: dict[int, Item], rng: random.Random,
+                    *, per_basket: int = 3, filter_noise: bool = True,
                     retrieve: Recommender | None = None, candidates: int = CANDIDATES) -> list[dict]:
     """Up to `per_basket` views of each order of three products or more: one product viewed, some in the cart,
     and among the candidates retrieval finds for them, one of the rest of the order (at random) as the answer.
@@ -142,12 +142,12 @@ def basket_examples(baskets: list[list[int]], stats: PairStats, catalog: dict[in
             pool = candidates_for(stats, catalog[viewing], cart_items, rng, retrieve, candidates)
             found = [item for item in pool if item.id in answer]
             if found:
-                examples.append(_example(system, catalog[viewing], cart_items, rng.choice(found), pool,
+                examples.append(_example(catalog[viewing], cart_items, rng.choice(found), pool,
                                          source="basket"))
     return examples
 
 
-def copurchase_examples(stats: PairStats, catalog: dict[int, Item], system: str, rng: random.Random, *,
+def copurchase_examples(stats: PairStats, catalog: dict[int, Item], rng: random.Random, *,
                         min_count: int = 3, retrieve: Recommender | None = None) -> list[dict]:
     """"Viewing X" with an empty cart → the strongest of X's coherent partners that retrieval finds."""
     examples = []
@@ -159,12 +159,12 @@ def copurchase_examples(stats: PairStats, catalog: dict[int, Item], system: str,
             pool = candidates_for(stats, catalog[product], [], rng, retrieve)
             found = [item for p in partners for item in pool if item.id == p]
             if found:
-                examples.append(_example(system, catalog[product], [], found[0], pool, source="copurchase"))
+                examples.append(_example(catalog[product], [], found[0], pool, source="copurchase"))
     return examples
 
 
-def rated_examples(shop: Shop, stats: PairStats, catalog: dict[int, Item], system: str,
-                   rng: random.Random, retrieve: Recommender | None = None) -> list[dict]:
+def rated_examples(shop: Shop, stats: PairStats, catalog: dict[int, Item], rng: random.Random,
+                   retrieve: Recommender | None = None) -> list[dict]:
     """The merchant's ratings as teaching: viewing X → each product they rated 3 or 2, among candidates that hold
     the ones they rated 1 (so the model learns to pass over those)."""
     rated: dict[int, dict[int, int]] = defaultdict(dict)
@@ -181,7 +181,7 @@ def rated_examples(shop: Shop, stats: PairStats, catalog: dict[int, Item], syste
             pool = candidates_for(stats, catalog[viewed], [], rng, retrieve,
                                   keep=[answer, *unrelated], size=CANDIDATES)
             pool = [p for p in pool if p is answer or p not in good]  # one right answer among the candidates
-            examples.append(_example(system, catalog[viewed], [], answer, pool, source="ratings"))
+            examples.append(_example(catalog[viewed], [], answer, pool, source="ratings"))
     return examples
 
 
@@ -617,14 +617,13 @@ def build_datasets(shop: Shop, out_dir: Path, *, seed: int = 0, conversations: s
     train_items = [b.products for b in train_baskets]
     stats = PairStats(train_items, catalog)
     retrieve = period_retrieval(shop.id, train_baskets, catalog)  # candidates as the storefront finds them
-    system = RECOMMEND_SYSTEM.format(shop=shop.domain)
 
     recommendations = dedupe_and_balance(
-        basket_examples(train_items, stats, catalog, system, rng, retrieve=retrieve)
-        + copurchase_examples(stats, catalog, system, rng, retrieve=retrieve), rng)
-    rated = rated_examples(shop, stats, catalog, system, rng, retrieve)  # few and hand-made: never capped
+        basket_examples(train_items, stats, catalog, rng, retrieve=retrieve)
+        + copurchase_examples(stats, catalog, rng, retrieve=retrieve), rng)
+    rated = rated_examples(shop, stats, catalog, rng, retrieve)  # few and hand-made: never capped
     recommendations += rated
-    held_out = basket_examples([b.products for b in eval_baskets], stats, catalog, system, rng, per_basket=1,
+    held_out = basket_examples([b.products for b in eval_baskets], stats, catalog, rng, per_basket=1,
                                retrieve=retrieve)
     support = support_examples(shop, load_shelf(shop), rng, limit=max(len(recommendations) // 4, 50))
     skipped: list[dict] = []  # records that break the conversation schema: left out, counted, described

@@ -18,7 +18,7 @@ from pathlib import Path
 from core.embeddings import SemanticIndex, catalog_index
 from core.history import Basket, Item, split_by_time
 from core.model_hosts import Ranker, rank_with_gguf
-from core.prompts import PROMPT_CART, RECOMMEND_SYSTEM
+from core.prompts import PROMPT_CART
 from core.ranking_head import fit_ranking_head
 from core.recommendations import Shelf, one_of_a_kind, rerank
 from core.recommenders import (
@@ -124,8 +124,8 @@ def fine_tune_on_orders(train: list[Basket], shelf: Shelf, workdir: Path, *,
     orders = [b.products for b in train]
     stats = PairStats(orders, shelf.catalog)
     sampled = [b[:PROMPT_CART + 2] for b in rng.sample(orders, min(baskets, len(orders)))]
-    examples = dedupe_and_balance(basket_examples(sampled, stats, shelf.catalog, RECOMMEND_SYSTEM.format(
-        shop="the store"), rng, per_basket=1, retrieve=shelf.retrieval), rng)
+    examples = dedupe_and_balance(basket_examples(sampled, stats, shelf.catalog, rng, per_basket=1,
+                                                  retrieve=shelf.retrieval), rng)
     dataset = workdir / "dataset"
     dataset.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train.jsonl", examples[64:]), ("eval.jsonl", examples[:64])):
@@ -159,12 +159,12 @@ class ModelReRank:
     """What the storefront serves (`core.recommendations.rerank`) as a recommender: the basket's last product
     is the one viewed, the rest the cart. Sums the probability the model put on the candidates' letters."""
 
-    def __init__(self, rank: Ranker, shelf: Shelf, system: str):
-        self.rank, self.shelf, self.system = rank, shelf, system
+    def __init__(self, rank: Ranker, shelf: Shelf):
+        self.rank, self.shelf = rank, shelf
         self.asked, self.label_mass = 0, 0.0
 
     def __call__(self, basket: list, k: int, history: History | None = None) -> list:
-        result = rerank(self.rank, self.shelf, basket[-1], list(basket[:-1]), k, self.system, history=history)
+        result = rerank(self.rank, self.shelf, basket[-1], list(basket[:-1]), k, history=history)
         self.asked += 1
         self.label_mass += result.label_mass
         return result.products
@@ -350,11 +350,10 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
         gguf, trained_on = fine_tune_on_orders(train, shelf, workdir, minutes=train_minutes, seed=seed)
         rank = rank_with_gguf(gguf)
     if rank is not None and shelf is not None:
-        system = RECOMMEND_SYSTEM.format(shop="the store")
         sample = cases[:model_cases]
         model_recommenders = {
             "blend (model cases)": blend,
-            "blend + model re-rank": ModelReRank(rank, shelf, system),
+            "blend + model re-rank": ModelReRank(rank, shelf),
         }
         for name, recommender in model_recommenders.items():
             results[name] = score(recommender, progress(sample, name), catalog, random.Random(seed), slices,

@@ -33,7 +33,7 @@ from .ingest import embed_products
 log = logging.getLogger(__name__)
 
 STALE_AFTER = timedelta(minutes=15)
-GATE_CASES = 60  # held-out orders the deploy gate scores (about a second each for the model on a CPU)
+GATE_CASES = 240  # held-out orders the deploy gate scores (a third of a second each for the model on a CPU)
 GATE_MIN_SLICE_CASES = 10  # of them, in a slice of requests (core/ranking_head.py SLICES) the model may serve
 
 
@@ -189,8 +189,7 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
     histories = CustomerHistories(orders)
     cases = leave_one_out(held_out, random.Random(0), cases_limit, histories)
     shelf = load_shelf(shop, train)  # retrieval that never saw the held-out orders
-    system = RECOMMEND_SYSTEM.format(shop=shop.domain)
-    rerank = ModelReRank(rank_with_gguf(model.gguf_path), shelf, system)
+    rerank = ModelReRank(rank_with_gguf(model.gguf_path), shelf)
 
     def retrieval(basket: list, k: int, history: History | None = None) -> list:
         """What the storefront shows without a model: the sellable products as the blend ranks them."""
@@ -234,7 +233,7 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
     if live is not None and Path(live.gguf_path).exists():
         live_cases = tqdm(cases, desc=f"deploy gate: live v{live.version} on the same orders", unit="order") \
             if progress_bar else cases  # as long again: no stage is silent for a minute
-        current = hits_at(ModelReRank(rank_with_gguf(live.gguf_path), shelf, system), live_cases, k)
+        current = hits_at(ModelReRank(rank_with_gguf(live.gguf_path), shelf), live_cases, k)
         live_serves = recommendations.gate_slices(live)
         current = [c if live_serves is None or kind in live_serves else a
                    for c, a, kind in zip(current, alone, kinds, strict=True)]
@@ -298,7 +297,7 @@ def activate(model: ModelVersion) -> None:
     shop = db.session.get(Shop, model.shop_id)
     embed_products(shop.id)  # serving reads stored vectors; catch up on any product text that changed
     host = host_for(current_app)
-    name = host.deploy(model.gguf_path, shop.domain, model.version, RECOMMEND_SYSTEM.format(shop=shop.domain))
+    name = host.deploy(model.gguf_path, shop.domain, model.version, RECOMMEND_SYSTEM)
     replaced = db.session.scalars(select(ModelVersion).where(
         ModelVersion.shop_id == model.shop_id, ModelVersion.status == "deployed")).all()
     for live in replaced:
