@@ -200,7 +200,7 @@ def deploy(shop, roll_back, force):
 @click.option("--test-fraction", default=0.2, show_default=True, type=float)
 @click.option("--cases", default=5000, show_default=True, type=int, help="Test baskets to score (sampled).")
 @click.option("--model", "model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A fine-tuned GGUF: also score the model alone and the blend it re-ranks.")
+              help="A fine-tuned GGUF: also score the blend as the model re-ranks it, on the same cases.")
 @click.option("--train-minutes", default=0.0, type=float,
               help="Fine-tune a model on sampled training orders for this long first, then score it.")
 @click.option("--model-cases", default=300, show_default=True, type=int, help="Test cases the model rows score.")

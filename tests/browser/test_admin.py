@@ -125,7 +125,7 @@ def test_deploy_and_roll_back_change_the_live_version(page, live_app, tiny_gguf)
         db.session.add_all(runs)
         db.session.flush()
         passed = {"gate": {"passed": True, "reason": "passed: tested", "hr@4": 0.5, "co-purchase hr@4": 0.4,
-                           "model_names": 4, "unmatched_names": 0}}
+                           "label_mass": 0.97}}
         for version, run, status in ((11, runs[0], "deployed"), (12, runs[1], "verified")):
             db.session.add(ModelVersion(shop_id=live_app.shop.id, training_run_id=run.id, version=version,
                                         gguf_path=str(tiny_gguf), quantization="q8_0", size_bytes=1, sha256="0" * 64,
