@@ -31,6 +31,13 @@ Ranker = Callable[[list[dict], str], list[float]]
 most likely tokens)."""
 
 
+def chatml(messages: list[dict]) -> str:
+    """The messages as SmolLM2's chat template writes them, up to the assistant's first token (CHATML_TEMPLATE in
+    Python: training's `apply_chat_template` gives the same text when the first message is the system's)."""
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return turns + "<|im_start|>assistant\n"
+
+
 class ModelUnavailable(Exception):
     """The host is down, the model is missing, or it was slower than the deadline: serve the fallback."""
 
@@ -182,15 +189,8 @@ def rank_with_gguf(path: str | Path) -> Ranker:
 CHATML_TEMPLATE = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 )
-TOP_LOGPROBS = 20  # the most alternatives Ollama reports for a token
-
-
-def chatml(messages: list[dict]) -> str:
-    """The messages as SmolLM2's chat template writes them, up to the assistant's first token (CHATML_TEMPLATE in
-    Python: training's `apply_chat_template` gives the same text when the first message is the system's)."""
-    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return turns + "<|im_start|>assistant\n"
 STOP_TOKENS = ["<|im_end|>", "<|im_start|>"]
+TOP_LOGPROBS = 20  # the most alternatives Ollama reports for a token
 
 
 def ollama_model_name(shop: str, version: int) -> str:

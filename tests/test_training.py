@@ -35,6 +35,15 @@ def test_labels_keep_the_reply_and_its_end_token_only(tokenizer):
     assert training.encode(tokenizer, messages, max_length=10) is None  # never truncate a reply
 
 
+def test_serving_writes_the_prompt_as_training_did(tokenizer):
+    """The hosts rank on `chatml(messages)`; training encoded the same messages with the tokenizer's template."""
+    from core.model_hosts import chatml
+
+    messages = [{"role": "system", "content": prompts.RECOMMEND_SYSTEM},
+                {"role": "user", "content": prompts.ranking_prompt("Stove", ["Pot"], ["Fuel (Cooking)", "Spork"])}]
+    assert chatml(messages) == tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 def test_length_buckets_cover_everything_once_within_the_token_budget():
     rng = random.Random(1)
     examples = [([0] * rng.randint(20, 300), []) for _ in range(500)]
