@@ -259,7 +259,8 @@ class OllamaHost:
         return (reply.get("message") or {}).get("content") or ""
 
     def _scores(self, name: str, messages: list[dict], labels: str, deadline: float) -> list[float]:
-        """One token with its TOP_LOGPROBS alternatives: a letter outside them scores -inf."""
+        """One token with its TOP_LOGPROBS alternatives: a letter outside them scores -inf. An Ollama too old to
+        report log-probabilities ignores the request: no ranking, so the fallback serves."""
         reply = self._post({"model": name, "messages": messages, "stream": False, "keep_alive": "30m",
                             "logprobs": True, "top_logprobs": TOP_LOGPROBS,
                             "options": {"temperature": 0, "seed": 0, "num_predict": 1}}, deadline)
@@ -268,7 +269,10 @@ class OllamaHost:
         for alternative in first.get("top_logprobs") or []:
             token = str(alternative.get("token", "")).strip()
             found[token] = max(found.get(token, -math.inf), float(alternative.get("logprob", -math.inf)))
-        return [found.get(label, -math.inf) for label in labels]
+        scores = [found.get(label, -math.inf) for label in labels]
+        if not any(math.isfinite(score) for score in scores):
+            raise ModelUnavailable("Ollama reported no log-probability for any candidate's letter")
+        return scores
 
     def chat(self, name: str, messages: list[dict], *, max_tokens: int = 160, timeout: float | None = None) -> str:
         timeout = 600.0 if timeout is None else timeout

@@ -26,6 +26,7 @@ class OllamaDouble:
         self.chats: list[dict] = []
         self.down = False
         self.contrary = False  # likes lettered candidates last-first: a model that disagrees with their order
+        self.logprobs = True  # False: an Ollama too old to report log-probabilities, which ignores the request
         self.trickle: float | None = None  # seconds between bytes of a chat reply: a host that hangs on
         app = Flask("ollama_double")
         app.add_url_rule("/api/blobs/<digest>", view_func=self.blob, methods=["HEAD", "POST"])
@@ -76,7 +77,7 @@ class OllamaDouble:
             return jsonify(error=f"model '{spec['model']}' not found"), 404
         extra = {}
         letters = re.findall(r"^([A-Z])\. ", spec["messages"][-1]["content"], flags=re.M)
-        if spec.get("logprobs") and letters:
+        if spec.get("logprobs") and letters and self.logprobs:
             # A model that agrees with the order it was given: the first letter likeliest, each next one less.
             liked = letters[::-1] if self.contrary else letters
             alternatives = [{"token": letter, "logprob": -1.0 - i} for i, letter in enumerate(liked)]

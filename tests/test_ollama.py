@@ -59,6 +59,14 @@ def test_proxy_ranks_on_ollama_by_the_log_probabilities_of_the_candidates_letter
     assert body["source"] == "model" and [p["id"] for p in body["products"]] == candidates[::-1][:3]
 
 
+def test_an_ollama_that_reports_no_log_probabilities_means_the_fallback(client, ollama, installed_shop, store,
+                                                                        tmp_path):
+    stage_deploy(verified_model(installed_shop, tmp_path, 1)[0])
+    ollama.logprobs = False  # an Ollama too old to report them answers with text alone
+    body = client.get(proxy_url(installed_shop.domain, product_id=store.products[2].id, limit=4)).json
+    assert ollama.chats[-1]["logprobs"] is True and body["source"] == "fallback" and len(body["products"]) == 4
+
+
 def test_ollama_down_means_fallback_products(client, ollama, installed_shop, store, tmp_path):
     stage_deploy(verified_model(installed_shop, tmp_path, 1)[0])
     ollama.down = True
