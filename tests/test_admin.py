@@ -92,7 +92,8 @@ def test_a_product_rated_unrelated_leaves_that_block_at_once(client, installed_s
     rating = {"viewed_product_id": viewed, "product_id": shown[0], "rating": 1}
     assert call(client, shopify, "POST", "/api/ratings", rating).status_code == 201
     after = [p["id"] for p in block(client, installed_shop, viewed)["products"]]
-    assert shown[0] not in after and after[:3] == shown[1:]
+    # The rest keep their order; a product of the unrelated one's kind, kept out by one-of-a-kind, may now enter.
+    assert shown[0] not in after and [p for p in after if p in shown] == shown[1:]
     rules = merchandising.load_rules(installed_shop.id)  # the rating is about this block only
     assert not rules.allows(viewed, shown[0], "") and rules.allows(shown[1], shown[0], "")
 
