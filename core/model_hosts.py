@@ -31,6 +31,17 @@ Ranker = Callable[[list[dict], str], list[float]]
 most likely tokens)."""
 
 
+def best_first(scores: list[float]) -> list[int]:
+    """The candidates' positions by a `Ranker`'s scores, ties in the order they were given (retrieval's)."""
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+
+
+def letter_mass(scores: list[float]) -> float:
+    """The probability a `Ranker`'s scores give the candidates' letters together (1: the model answers as
+    trained)."""
+    return sum(math.exp(score) for score in scores)
+
+
 def chatml(messages: list[dict]) -> str:
     """The messages as SmolLM2's chat template writes them, up to the assistant's first token (CHATML_TEMPLATE in
     Python: training's `apply_chat_template` gives the same text when the first message is the system's)."""

@@ -35,7 +35,7 @@ from .claims import stems
 from .experiment import HOLDOUT
 from .history import Basket, Item, load_baskets
 from .merchandising import Rules, load_rules
-from .model_hosts import ModelUnavailable, Ranker, host_for, model_ref
+from .model_hosts import ModelUnavailable, Ranker, best_first, host_for, letter_mass, model_ref
 from .models import ModelVersion, Product, Shop, Variant, db
 from .prompts import CANDIDATES, LABELS, MAX_PICKS, RECOMMEND_SYSTEM, candidate_line, ranking_prompt, reason_for
 from .ranking_head import serving_retrieval, slice_of
@@ -422,10 +422,8 @@ def rerank(rank: Ranker, shelf: Shelf, viewing: Hashable, cart: list[Hashable], 
     prompt = ranking_prompt(shelf.title(viewing), [shelf.title(c) for c in cart], lines)
     scores = rank([{"role": "system", "content": RECOMMEND_SYSTEM}, {"role": "user", "content": prompt}],
                   LABELS[:len(candidates)])
-    order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))  # ties keep the ranking's order
-    picks = [candidates[i] for i in order[:min(at_most or limit, MAX_PICKS)]]
-    mass = sum(math.exp(score) for score in scores)
-    return Reranked((picks + [p for p in ordered if p not in picks])[:limit], picks, mass)
+    picks = [candidates[i] for i in best_first(scores)[:min(at_most or limit, MAX_PICKS)]]
+    return Reranked((picks + [p for p in ordered if p not in picks])[:limit], picks, letter_mass(scores))
 
 
 # --- The storefront -------------------------------------------------------------------------------------
@@ -543,9 +541,9 @@ def recommend(shop: Shop, viewing: Product, cart: list[Product], limit: int, bud
         return "co-purchase" if source == HOLDOUT else origins.get(product, "")
 
     def reason(product: Hashable) -> str:
-        shown = reason_for(shelf.catalog[product])
-        if together(viewing.id, product) >= 2:
-            shown += f"; bought together in {together(viewing.id, product)} orders"
+        shown, orders = reason_for(shelf.catalog[product]), together(viewing.id, product)
+        if orders >= 2:
+            shown += f"; bought together in {orders} orders"
         if history and product in history:
             shown += "; you ordered it before"  # a fact of the customer's own orders
         return shown

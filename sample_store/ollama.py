@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
 import time
 from datetime import datetime, timezone
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import make_server
+
+from core.prompts import LABELS, candidate_lines
 
 from .server import _QuietHandler
 
@@ -76,7 +77,7 @@ class OllamaDouble:
         if spec["model"] not in self.models:
             return jsonify(error=f"model '{spec['model']}' not found"), 404
         extra = {}
-        letters = re.findall(r"^([A-Z])\. ", spec["messages"][-1]["content"], flags=re.M)
+        letters = LABELS[:len(candidate_lines(spec["messages"][-1]["content"]))]
         if spec.get("logprobs") and letters and self.logprobs:
             # A model that agrees with the order it was given: the first letter likeliest, each next one less.
             liked = letters[::-1] if self.contrary else letters

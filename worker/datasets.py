@@ -96,7 +96,6 @@ def candidates_for(stats: PairStats, viewing: Item, cart: list[Item], rng: rando
     for item in keep:
         if item not in pool:
             pool.insert(rng.randrange(len(pool) + 1), item)
-    pool = [*dict.fromkeys(pool)]
     while len(pool) > size:  # drop the lowest-ranked that need not stay
         pool.remove(next(p for p in reversed(pool) if p not in keep))
     while len(pool) < size and len(pool) < len(stats.catalog) - len(taken):  # a thin history: pad at random

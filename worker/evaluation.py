@@ -157,7 +157,7 @@ class OneOfAKind:
 
 class ModelReRank:
     """What the storefront serves (`core.recommendations.rerank`) as a recommender: the basket's last product
-    is the one viewed, the rest the cart. Sums the probability the model put on the candidates' letters."""
+    is the one viewed, the rest the cart. Keeps the mean probability the model put on the candidates' letters."""
 
     def __init__(self, rank: Ranker, shelf: Shelf):
         self.rank, self.shelf = rank, shelf
@@ -168,6 +168,10 @@ class ModelReRank:
         self.asked += 1
         self.label_mass += result.label_mass
         return result.products
+
+    @property
+    def mean_label_mass(self) -> float:
+        return round(self.label_mass / max(self.asked, 1), 4)
 
 
 # --- Metrics -----------------------------------------------------------------------------------------------
@@ -268,9 +272,9 @@ def score(recommender: Recommender, cases: Iterable[Case], catalog: set[str], rn
     report["latency_ms_p50"] = round(sorted(latency)[len(latency) // 2] * 1000, 3) if latency else None
     if relevant:
         report["relevance@4"] = round(sum(relevant) / len(relevant), 3)
-    if getattr(recommender, "label_mass", None) is not None:
+    if isinstance(recommender, ModelReRank):
         # How much of its next-token probability the model gave the candidates' letters (1: it answers as trained).
-        report["label_mass"] = round(recommender.label_mass / max(recommender.asked, 1), 4)
+        report["label_mass"] = recommender.mean_label_mass
     for name, values in per_slice.items():
         report[f"{name}_hr@10"] = round(sum(values) / len(values), 4) if values else None
         report[f"{name}_cases"] = len(values)

