@@ -263,13 +263,15 @@ def compose_one(q: Question) -> tuple[Reply, Facts]:
     """The reply to one question from the facts alone, and the facts."""
     facts = Facts(codes={c["code"].upper() for c in settings(q.shop)["discount_codes"]})
     named = named_products(q.shelf, q.message)
-    # What is asked is read without the names in it: "Hand Warmers in 10-pair" asks about stock, not pairs.
-    asked = q.message
+    # What is asked is read without the names in it: "Hand Warmers in 10-pair" asks about stock, not pairs. The
+    # reader reads a name as "it", as its training phrasings name products ("what would the X set me back?").
+    asked, as_read = q.message, q.message
     for product in named:
         asked = re.sub(re.escape(q.shelf.title(product)), " ", asked, flags=re.I)
+        as_read = re.sub(rf"(?:\b(?:the|an?)\s+)?{re.escape(q.shelf.title(product))}", "it", as_read, flags=re.I)
     read = understanding.reader()
     # Only a product's name: what is there to know about it.
-    intent = read(asked) if WORD.search(asked) else "product"
+    intent = read(as_read) if WORD.search(asked) else "product"
     focus_id = named[0] if named else (q.viewing.id if q.viewing is not None else None)
     if len(named) > 1:  # named loosely: the product in view if it is one of them, else the one with the size asked
         focus_id = q.viewing.id if q.viewing is not None and q.viewing.id in named else next(
@@ -287,7 +289,8 @@ def compose_one(q: Question) -> tuple[Reply, Facts]:
             facts.focus = None
     if facts.variant is not None:
         without = re.sub(re.escape(facts.variant.title), " ", asked, flags=re.I)
-        intent = read(without) if WORD.search(without) else intent
+        intent = read(re.sub(re.escape(facts.variant.title), " ", as_read, flags=re.I)) if WORD.search(without) \
+            else intent
     if intent == "off_topic" and named:
         intent = "product"  # it names one of the store's products: it is about that product
     if intent == "find" and len(named) == 1 and not (CHEAPEST.search(asked) or DEAREST.search(asked)):

@@ -44,9 +44,12 @@ RULES: list[tuple[str, re.Pattern]] = [(name, re.compile(pattern, re.I)) for nam
              r"(have you got|got|have) any\b(?! (left|in|more)\b)|\b(something|anything) (to|for)\b|"
              r"\b(cheapest|lightest|warmest|most (affordable|expensive)|budget)\b|recommend (a|an|some)\b|gift idea"),
     ("returns", r"\breturn|refund|exchange|send (it|an item|something|them) back"),
-    ("shipping", r"\bship|deliver|arriv|postage|(?<!american )express|how long .* take|courier"),
+    ("shipping", r"\bship|deliver|arriv|postage|(?<!american )express|how long .* take|courier|carrier|"
+                 r"pick(ing)? (it |them )?up|click and collect|collect (it|them|in person)|send (it )?to"),
     ("invoices", r"invoice|receipt|\bvat\b|tax"),
-    ("payment", r"\bpay|paypal|visa|mastercard|amex|american express|gift ?cards?|credit card|klarna|apple pay"),
+    ("payment", r"\bpay|paypal|visa|mastercard|amex|american express|gift ?cards?|(credit|debit) cards?|klarna|"
+                r"afterpay|affirm|sezzle|venmo|zelle|bitcoin|crypto|(bank|wire) transfer|cheques?|by check\b|"
+                r"cash on delivery|\bcod\b"),
     ("stock", r"in stock|stock|availab|sold out|restock|back in|\bleft\b|sizes?|colou?rs?|have (it|this|the)\b"),
     ("price", r"price|cost|how much|\$"),
     ("greeting", r"^\s*(hi|hello|hey|good (morning|afternoon|evening)|thanks|thank you)\b[\s!.,]*$"),
@@ -116,6 +119,8 @@ QUESTIONS: dict[str, dict[str, list[str]]] = {
                         "Can I get {p} sent to Mexico?", "Is delivery to Europe possible?"],
         "options": ["Do you have express delivery?", "Is next day delivery an option?",
                     "What delivery options are there?", "Can I choose a faster courier?"],
+        "pickup": ["Is local pickup available?", "can I collect it myself?", "do you have click and collect",
+                   "Could I pick it up from your warehouse?", "Can I skip delivery and fetch it in person?"],
     },
     "returns": {
         "window": ["How long do I have to return something?", "what's your return window",
@@ -144,6 +149,8 @@ QUESTIONS: dict[str, dict[str, list[str]]] = {
                     "Do you take Shop Pay?"],
         "later": ["Can I pay in instalments?", "Do you offer buy now pay later?", "can I split the payment?"],
         "gift": ["Can I use a gift card?", "Do you accept gift cards at checkout?"],
+        "other_methods": ["Do you accept Zelle?", "cash on delivery?", "is a wire transfer ok",
+                          "Can I pay with crypto?", "Do you take checks?"],
     },
     "discount": {
         "code": ["Do you have a discount code?", "any coupons?", "promo code pls", "Is there a voucher I can use?"],
@@ -158,6 +165,8 @@ QUESTIONS: dict[str, dict[str, list[str]]] = {
         "match": ["Can you price match?", "I saw {p} cheaper at another shop, can you beat it?",
                   "Another store has it for less, will you match?",
                   "Amazon sells {p} for less, can you do that price?", "Can you go lower on the price?"],
+        "promise": ["Do you promise the lowest price?", "is your price guaranteed to be the best?",
+                    "will I regret it if I find it cheaper next week?", "are you the cheapest shop for {p}?"],
     },
     "pair": {
         "goes_with": ["What goes with {p}?", "what should I buy with this", "What could I pair {p} with?"],
@@ -178,6 +187,8 @@ QUESTIONS: dict[str, dict[str, list[str]]] = {
                   "That's a lot of money, I'm not convinced", "is the quality good enough for the price?"],
         "regret": ["What if I don't like it?", "what if I change my mind after buying",
                    "I don't want to regret this", "What happens if it's not right for me?"],
+        "trust": ["Is your shop legit?", "first time ordering here, can I trust you?", "are you a reliable store?",
+                  "I've heard mixed things, is it safe to buy here?", "how do I know the quality is any good?"],
     },
     "stock": {
         "in_stock": ["Is {p} in stock?", "do you have {p} available", "Is there stock of {p} in 41?",
@@ -222,6 +233,8 @@ QUESTIONS: dict[str, dict[str, list[str]]] = {
                  "Is {p} dishwasher safe?"],
         "guarantee": ["Is there a warranty on {p}?", "does {p} come with a guarantee", "how long is it covered for",
                       "what kind of warranty do you give on this", "Is {p} guaranteed for life?"],
+        "features": ["Does it have a hood?", "Does {p} come with a stuff sack?", "does it include batteries",
+                     "Has {p} got pockets?", "Are there straps on the side?"],
     },
     "greeting": {
         "hello": ["hi", "Hello there!", "hey", "Good morning", "hello!", "Hey there"],
@@ -237,6 +250,8 @@ QUESTIONS: dict[str, dict[str, list[str]]] = {
                   "Translate this sentence into Spanish", "Help me book a flight to Paris"],
         "chat": ["What's the meaning of life?", "Are you a robot?", "do you like pizza", "How old are you?",
                  "Can you recommend a good film?"],
+        "everyday_help": ["How do I cook rice?", "Help me write an email to my boss", "what should I name my dog",
+                          "how do I get a stain out of a shirt", "Plan my weekend for me"],
     },
 }
 PRODUCT_NAMES = ("this", "it", "the tent", "the jacket", "these boots", "the stove", "the backpack", "this one",
@@ -363,3 +378,13 @@ def held_out_families(regularisation: float = REGULARISATION, rule_weight: float
     gain = np.sort((drawn[:, 1] - drawn[:, 2]) / drawn[:, 0])
     return {"questions": len(truth), "families": len(per_family), "reader": scored(learned), "rules": scored(rules),
             "accuracy_gain_95ci": [round(float(gain[25]), 3), round(float(gain[974]), 3)]}
+
+
+def probe(reader: Reader, questions: Sequence[tuple[str, str]]) -> dict:
+    """Accuracy of the reader and of the rules alone on (question, topic) pairs written apart from QUESTIONS
+    (tests/reader_probe.json), and the misreads."""
+    read = reader.topics([q for q, _ in questions])
+    return {"questions": len(questions),
+            "reader": round(sum(r == t for r, (_, t) in zip(read, questions, strict=True)) / len(questions), 3),
+            "rules": round(sum((rule_of(q) or "off_topic") == t for q, t in questions) / len(questions), 3),
+            "misread": [[q, t, r] for r, (q, t) in zip(read, questions, strict=True) if r != t]}

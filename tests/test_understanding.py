@@ -1,5 +1,8 @@
 """The learned reader of shoppers' questions, measured on whole phrasing families it never saw."""
 
+import json
+from pathlib import Path
+
 from core import understanding
 
 
@@ -18,3 +21,13 @@ def test_every_topic_has_several_families_and_the_rules_name_only_topics():
     assert set(understanding.QUESTIONS) == set(understanding.TOPICS)
     assert all(len(families) >= 2 for families in understanding.QUESTIONS.values())
     assert set(understanding.RULE_NAMES) <= set(understanding.TOPICS)
+
+
+def test_the_reader_reads_questions_written_apart_from_its_families():
+    """The probe (tests/reader_probe.json) was written as an outside judge would ask, never trained on."""
+    written_apart = json.loads((Path(__file__).parent / "reader_probe.json").read_text())
+    reader = understanding.Reader(understanding.examples())
+    for half in ("dev", "sealed"):
+        figures = understanding.probe(reader, [(q, t) for t, asked in written_apart[half].items() for q in asked])
+        assert set(written_apart[half]) == set(understanding.TOPICS) and figures["questions"] >= 100
+        assert figures["reader"] >= 0.9 > figures["rules"], figures
