@@ -730,13 +730,17 @@ def check(text: str, facts: Facts, shelf: Shelf, composed: str = "") -> list[str
     return failed
 
 
-COVERAGE = 0.6  # of the composed reply's content words a draft without figures or names must say
+COVERAGE = 0.6  # of the composed reply's content words a draft must say
+YES_OR_NO = re.compile(r"\b(yes|no)\b(?=[,.!])", re.I)  # the composed reply's plain answer
+SAYS_YES = re.compile(r"\b(yes|yep|sure|of course|absolutely|certainly|good news|indeed)\b", re.I)
+SAYS_NO = re.compile(r"\b(no|not|sorry|unfortunately|afraid|cannot|can'?t|don'?t|doesn'?t|won'?t)\b", re.I)
 
 
 def leaves_out(text: str, composed: str, facts: Facts, shelf: Shelf) -> bool:
     """Whether a draft drops what the composed reply states: any of its figures, codes or product names (the
-    products the facts are about), or, when it has none, most of its content words ("Do you take Amex?"
-    answered "We take Visa" is true and useless)."""
+    products the facts are about), its plain yes or no, or most of its content words ("Do you take Amex?"
+    answered "We take Visa" is true and useless; "Do you ship to Ireland?" answered with the delivery time
+    alone carries every figure and leaves out the answer)."""
     figures_needed = numbers(composed) - numbers(text)
     codes_needed = set(CODE_LIKE.findall(composed)) - set(CODE_LIKE.findall(text))
     named = {*facts.products, *([facts.focus.id] if facts.focus is not None else [])}
@@ -744,8 +748,12 @@ def leaves_out(text: str, composed: str, facts: Facts, shelf: Shelf) -> bool:
     names_needed = [t for t in (shelf.title(p).lower() for p in named) if t in composed.lower() and t not in lowered]
     if figures_needed or codes_needed or names_needed:
         return True
-    if numbers(composed) or CODE_LIKE.search(composed):
-        return False
+    answered = YES_OR_NO.search(composed)
+    if answered:
+        affirms = bool(SAYS_YES.search(text)) and not SAYS_NO.search(text)
+        denies = bool(SAYS_NO.search(text)) and not re.search(r"\byes\b", text, re.I)
+        if not (affirms if answered.group(1).lower() == "yes" else denies):
+            return True
     needed = stems(composed)
     return bool(needed) and len(needed & stems(text)) < COVERAGE * len(needed)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from core import assistant
+from core import assistant, understanding
 from core.history import Item, load_baskets, load_catalog, split_by_time
 from core.inputs import BadInput, load_json, plain_text, text_lines, utf8_text
 from core.models import Conversation, Product, RecommendationRating, Shop, TrainingRun, db
@@ -205,22 +205,12 @@ def dedupe_and_balance(examples: list[dict], rng: random.Random) -> list[dict]:
 
 # --- Support examples ----------------------------------------------------------------------------------
 
-POLICY_QUESTIONS = {
-    "shipping": ["How long does shipping take?", "Do you ship to Canada?", "What does delivery cost?",
-                 "Is there free shipping?"],
-    "returns": ["Can I return something?", "What is your return policy?", "How do I send an item back?",
-                "i want a refund"],
-    "invoices": ["Can I get an invoice for my order?", "I need a VAT invoice", "Where do I find my receipt?"],
-    "payment": ["Which payment methods do you take?", "Can I pay with PayPal?", "Do you accept gift cards?"],
-    "discounts": ["Do you have any discounts?", "Is there a student discount?", "Give me a 20% discount code"],
-}
-OTHER_QUESTIONS = ["Is this the lowest price anywhere?", "Can you beat the price I saw elsewhere?",
-                   "I'm not sure if I should buy it", "What if it doesn't fit?", "Hello"]
 STOCK_QUESTIONS = ["Do you have the {title} in {variant}?", "Is the {title} ({variant}) in stock?",
                    "can i still get {title} in {variant}", "How many {title} in {variant} are left?"]
 PRICE_QUESTIONS = ["How much is the {title}?", "What does the {title} cost?", "price of {title}?"]
 PAIR_QUESTIONS = ["What goes well with the {title}?", "What else do I need with the {title}?"]
 MAX_PAIR_EXAMPLES = 20  # each asks the recommender (the live model, when there is one)
+SOLD_OUT_SHARE = 0.5  # of stock questions on a product with a sold-out variant: that variant, so "no" is learned
 
 
 def support_example(shop: Shop, facts: list[str], question: str, answer: str, strategy: str, **extra) -> dict:
@@ -232,24 +222,37 @@ def support_example(shop: Shop, facts: list[str], question: str, answer: str, st
 
 def support_examples(shop: Shop, shelf: Shelf, rng: random.Random, limit: int) -> list[dict]:
     """Shoppers' questions answered by the assistant's own composer from the facts serving looks up: the model
-    learns to say what the checks let through, in the words the store uses."""
-    questions: list[tuple[str, Product | None]] = [(q, None) for qs in POLICY_QUESTIONS.values() for q in qs]
-    questions += [(q, None) for q in OTHER_QUESTIONS]
+    learns to say what the checks let through, in the words the store uses. Half are about the store's own
+    products (stock by variant, a sold-out one as often as not, and price); half are the question reader's
+    phrasing families (core/understanding.py) as shoppers type them, about the product in view where they
+    name one, so the model sees every kind of question in many wordings."""
     products = db.session.scalars(select(Product).where(Product.shop_id == shop.id, Product.on_storefront)
                                   .order_by(Product.id)).all()
     rng.shuffle(products)
+    about_products: list[tuple[str, Product | None]] = []
     for number, product in enumerate(products):
-        variant = rng.choice(product.variants) if product.variants else None
+        sold_out = [v for v in product.variants if not assistant.in_stock(v)]
+        variant = (rng.choice(sold_out) if sold_out and rng.random() < SOLD_OUT_SHARE
+                   else rng.choice(product.variants) if product.variants else None)
         if variant is not None:
-            questions.append((rng.choice(STOCK_QUESTIONS).format(title=product.title, variant=variant.title), None))
+            about_products.append((rng.choice(STOCK_QUESTIONS).format(title=product.title, variant=variant.title),
+                                   None))
         if rng.random() < 0.3:
-            questions.append((rng.choice(PRICE_QUESTIONS).format(title=product.title), None))
-        if rng.random() < 0.2:
-            questions.append((rng.choice(["Is this in stock?", "How much is this?"]), product))
+            about_products.append((rng.choice(PRICE_QUESTIONS).format(title=product.title), None))
         if number < MAX_PAIR_EXAMPLES:
-            questions.append((rng.choice(PAIR_QUESTIONS).format(title=product.title), None))
-        if len(questions) >= limit:
-            break
+            about_products.append((rng.choice(PAIR_QUESTIONS).format(title=product.title), None))
+    in_view = [p for p in products if p.variants] or [None]
+    about_shop: list[tuple[str, Product | None]] = []
+    for topic, by_family in understanding.QUESTIONS.items():
+        for template in (t for templates in by_family.values() for t in templates):
+            viewing = rng.choice(in_view)
+            named = rng.choice(["this", "it", viewing.title]) if viewing is not None else "it"
+            if topic != "pair":  # what goes with a product: the product questions ask it, a few times only
+                about_shop.append((understanding.written_as(template.replace("{p}", named), rng), viewing))
+    rng.shuffle(about_shop)
+    products_asked = min(len(about_products), limit // 2)
+    questions = about_products[:products_asked] + about_shop[:limit - products_asked]
+    rng.shuffle(questions)
     examples = []
     for question, viewing in questions[:limit]:
         reply, facts = assistant.compose(assistant.Question(shop, question, shelf, viewing))
