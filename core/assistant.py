@@ -28,7 +28,7 @@ from . import embeddings, recommendations, understanding
 from .claims import numbers, stems, supported
 from .inputs import BadInput
 from .model_hosts import ModelUnavailable, host_for, model_ref
-from .models import Conversation, Order, Product, Shop, Variant, db, locked_shop, utcnow
+from .models import Conversation, ModelVersion, Order, Product, Shop, Variant, db, locked_shop, utcnow
 from .prompts import SUPPORT_REPLY_TOKENS, SUPPORT_SYSTEM, support_prompt
 from .recommendations import Shelf, offer_json
 
@@ -800,10 +800,18 @@ UNSURE = re.compile(r"(?i)\b(i'?m not sure|i don'?t know|i do not know|rather no
                     r"hand (you )?off|pass this conversation|a person from our team)\b")
 
 
+def admits_assistant(model: ModelVersion) -> bool:
+    """Whether the deploy gate let this version word the assistant's replies: yes for a version forced past the
+    gate or gated before the gate judged the assistant."""
+    gate = (model.metrics or {}).get("gate") or {}
+    return not gate.get("passed") or "assistant" not in gate or gate["assistant"]["serves"]
+
+
 def live_chat(shop: Shop, budget: float | None = None) -> SupportChat | None:
-    """The live model as a support chat on the configured host, each reply within the budget; None: no model."""
+    """The live model as a support chat on the configured host, each reply within the budget; None: no model,
+    or one the gate admitted for the recommendations only."""
     model = recommendations.live_model(shop)
-    if model is None:
+    if model is None or not admits_assistant(model):
         return None
     host = host_for(current_app)
     budget = budget or current_app.config["ASSISTANT_BUDGET_SECONDS"]

@@ -12,6 +12,7 @@ from flask import current_app
 from sqlalchemy import func, select
 
 from core import shops
+from core.assistant import admits_assistant
 from core.models import Conversation, ModelVersion, Order, OrderLine, Product, SyncRun, Variant, db
 from core.recommendations import finish_rebuilds
 from core.signatures import signed_app_proxy_query
@@ -123,8 +124,13 @@ def fine_tune(shop, minutes: float) -> None:
     if gate:
         click.echo(f"\nDeploy gate: {gate['reason']}.")
     if model.status == "deployed":
-        click.echo(f"\nModel v{model.version} is live on the embedded llama.cpp host; storefront blocks for the "
-                   "best-sellers are precomputed.")
+        serves = (gate or {}).get("serves")
+        ranks = "every block" if serves is None else f"{', '.join(serves)} requests" if serves else "no block"
+        words = "words the assistant's replies that pass every check" if admits_assistant(model) else \
+            "leaves the assistant's replies to the facts"
+        click.echo(f"\nModel v{model.version} is live on the embedded llama.cpp host: it ranks {ranks} (the "
+                   f"retrieval's list serves the rest) and {words}; storefront blocks for the best-sellers are "
+                   "precomputed.")
     else:
         click.echo(f"\nModel v{model.version} is not live: the storefront shows the retrieval's list with reasons "
                    "from the store's own facts.")

@@ -338,6 +338,19 @@ def test_the_model_card_says_what_the_head_re_orders_and_whether_complements_ran
     row = r"<tr><th scope=\"row\">(.*?)</th><td>(\d+)</td><td>(\d+)%</td><td>(\d+)%</td><td>(.*?)</td></tr>"
     assert re.findall(row, page) == [("new products only", "14", "50", "21", "the model"),
                                      ("2-4 products", "30", "30", "40", "the retrieval")]
+    assert "Support assistant:" not in page  # a gate from before the assistant was judged says nothing of it
+    # And whether it words the assistant's replies, beside the live version's share.
+    asked = {"questions": 130, "worded": 0.31, "live_worded": 0.12, "serves": True}
+    model.metrics = {"gate": {**gate, "passed": True, "serves": [], "assistant": asked,
+                              "live": {"version": 3, "hr@4": 0.4}}}
+    db.session.commit()
+    page = " ".join(client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True).split())
+    assert "of 130 held-out shopper questions, this model's own words passed every check in 31% (live v3: 12%)" in page
+    assert "it words the assistant's replies where its draft passes every check" in page
+    model.metrics = {"gate": {**gate, "assistant": {**asked, "serves": False, "live_worded": None}}}
+    db.session.commit()
+    page = " ".join(client.get(f"/models?id_token={shopify.session_token()}").get_data(as_text=True).split())
+    assert "passed every check in 31%; the assistant answers from the facts alone" in page
 
 
 def test_home_says_whether_a_model_was_never_trained_refused_or_is_live(client, installed_shop, shopify):

@@ -311,7 +311,11 @@ def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_f
     # The line says what was decided and the figures it was decided on.
     assert gate["reason"].startswith("passed: " if gate["passed"] else "refused, ")
     assert f"(HR@4 {gate['hr@4']:.3f}), against {gate['retrieval hr@4']:.3f} for the retrieval alone" in gate["reason"]
-    assert gate["passed"] == (bool(gate["serves"]) and "below" not in gate["reason"])
+    assert gate["passed"] == (bool(gate["serves"] or gate["assistant"]["serves"]) and "below" not in gate["reason"])
+    judged = gate["assistant"]  # and whether it words the assistant's replies, on held-out shopper questions
+    assert judged["questions"] >= 100 and 0 <= judged["worded"] <= 1 and judged["live_worded"] is None
+    assert judged["forbidden_claim_rate"] == 0
+    assert f"{judged['worded']:.0%} of the assistant's replies" in gate["reason"]
     if gate["hr@4"] < gate["retrieval hr@4"] and not gate["serves"]:
         assert not gate["passed"] and "worse than the retrieval it starts from" in gate["reason"]
     # The ranking head under the model's candidates would be trained on the training period; this store's 400
@@ -384,8 +388,8 @@ def test_the_gate_decides_per_slice_of_requests_and_the_storefront_asks_the_mode
     for judged in gate["slices"].values():  # a slice is admitted on a measured gain, never on a tie or a loss
         assert not judged["serves"] or judged["hr@4"] > judged["retrieval hr@4"]
     assert gate["slices"]["2-4 products"]["hr@4"] < gate["slices"]["2-4 products"]["retrieval hr@4"]
-    assert gate["passed"] == bool(gate["serves"]) and gate["reason"].startswith("passed: " if gate["serves"] else
-                                                                                "refused, the model's re-rank is")
+    assert gate["passed"] == bool(gate["serves"] or gate["assistant"]["serves"])
+    assert gate["reason"].startswith("passed: " if gate["passed"] else "refused, the model's re-rank is")
 
     # Admitted for new products alone: the storefront asks the model about a new product viewed on its own, and
     # serves the retrieval's list for a cart of two.
@@ -406,6 +410,53 @@ def test_the_gate_decides_per_slice_of_requests_and_the_storefront_asks_the_mode
     model.metrics = {"gate": {**gate, "passed": False}, "deploy": "forced past the evaluation gate"}
     db.session.commit()
     assert served([other])[1] == "model" and len(asked) == 2
+
+
+def test_the_gate_admits_a_model_for_the_assistant_alone_where_it_words_replies_that_pass_every_check(
+        installed_shop, tiny_gguf, monkeypatch):
+    from core import assistant
+    from worker import assistant_evaluation
+
+    def answers_from_the_facts(path):
+        """A model that says what the composer would: its drafts pass the checks wherever the question needs no
+        product in view or customer."""
+        def chat(messages):
+            question = messages[-1]["content"].split("\nQuestion: ", 1)[1]
+            shelf = recommendations.shelf_for(installed_shop)
+            return assistant.compose(assistant.Question(installed_shop, question, shelf))[0].text
+        return chat
+
+    def picks_the_weakest(messages, labels):
+        return [-9.0 if i < 4 else -1.0 - i for i in range(len(labels))]
+
+    monkeypatch.setattr(assistant_evaluation, "gguf_chat", answers_from_the_facts)
+    model, gate = gate_with_ranker(installed_shop, tiny_gguf, monkeypatch, picks_the_weakest)
+    judged = gate["assistant"]
+    assert gate["serves"] == [] and judged["serves"] and judged["worded"] > 0.5 and gate["passed"]
+    assert judged["factual_accuracy"] == 1 and judged["forbidden_claim_rate"] == 0
+    assert "so it words them" in gate["reason"]
+    # Deployed, it words the assistant's replies and ranks no block: every list is the retrieval's.
+    model.status, model.metrics = "deployed", {"gate": gate}
+    db.session.commit()
+    assert assistant.live_chat(installed_shop) is not None
+    asked = []
+    monkeypatch.setattr(recommendations, "storefront_ranker", lambda live, budget: lambda *a: asked.append(a))
+    shelf = recommendations.shelf_for(installed_shop)
+    viewed = next(iter(shelf.sellable))
+    assert recommendations.served_list(installed_shop, shelf, viewed, [], limit=4, budget=5.0,
+                                       intent="related")[1] == "fallback" and not asked
+    model.metrics = {"gate": {**gate, "assistant": {**judged, "serves": False}}}  # admitted for the block alone
+    db.session.commit()
+    assert assistant.live_chat(installed_shop) is None
+
+    # A model whose every draft misleads words nothing, and is not let near the assistant.
+    monkeypatch.setattr(assistant_evaluation, "gguf_chat",
+                        lambda path: lambda messages: "We guarantee the lowest price anywhere, code SAVE90 too.")
+    model.status = "verified"
+    db.session.commit()
+    gate = gate_with_ranker(installed_shop, tiny_gguf, monkeypatch, picks_the_weakest)[1]
+    assert gate["assistant"]["worded"] == 0 and not gate["assistant"]["serves"] and not gate["passed"]
+    assert "words no more of the assistant's replies than the facts alone beyond noise" in gate["reason"]
 
 
 def test_the_gate_admits_a_slice_on_a_gain_beyond_noise():

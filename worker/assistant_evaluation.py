@@ -25,7 +25,9 @@ from core import assistant, recommendations
 from core.model_hosts import embedded_host
 from core.models import Order, Product, Shop, db
 from core.prompts import SUPPORT_REPLY_TOKENS
-from worker.base_model import smollm2_gguf
+
+from . import reports
+from .base_model import smollm2_gguf
 
 MISSES_SHOWN = 10
 PROMISES = re.compile(r"(?i)lowest price|cheapest anywhere|guarantee|price match")
@@ -307,16 +309,22 @@ def misleading_chat() -> assistant.SupportChat:
     return chat
 
 
-def run(shop: Shop, chat: assistant.SupportChat | None, cases: list[Case], label: str) -> dict:
+def answers(shop: Shop, chat: assistant.SupportChat | None, cases: list[Case], label: str,
+            progress_bar: bool = True) -> list[Scored]:
+    """Every case answered through `assistant.respond`, as the storefront answers, and timed."""
     shelf = recommendations.shelf_for(shop)
     results = []
-    for case in tqdm(cases, desc=label, unit="question"):
+    for case in tqdm(cases, desc=label, unit="question") if progress_bar else cases:
         viewing = db.session.get(Product, (shop.id, case.product_id)) if case.product_id else None
         started = time.perf_counter()
         reply = assistant.respond(assistant.Question(shop, case.question, shelf, viewing, [], case.customer_ref),
                                   chat)
         results.append(Scored(case, reply, time.perf_counter() - started))
-    return report(results)
+    return results
+
+
+def run(shop: Shop, chat: assistant.SupportChat | None, cases: list[Case], label: str) -> dict:
+    return report(answers(shop, chat, cases, label))
 
 
 def evaluate(shop: Shop, model_file: str | None = None, base: bool = True, size: int = 240,
@@ -343,8 +351,6 @@ def evaluate(shop: Shop, model_file: str | None = None, base: bool = True, size:
 def evaluate_shop(shop: Shop) -> dict:
     """The admin's Check the assistant: the question set from the facts alone and with the live model (the base
     model's row is left to `pairwell evaluate-assistant`, it only slows the check), kept as a report."""
-    from . import reports
-
     live = recommendations.live_model(shop)
     return reports.produce(shop, "assistant", lambda: evaluate(shop, base=False, size=120),
                            model_version=live.version if live else None)

@@ -14,7 +14,7 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from tqdm import tqdm
 
-from core import recommendations
+from core import assistant, recommendations
 from core.history import load_baskets, load_catalog, split_by_time
 from core.model_hosts import embedded_host, host_for, model_ref, rank_with_gguf
 from core.models import ModelVersion, Shop, TrainingRun, db, utcnow
@@ -23,7 +23,7 @@ from core.ranking_head import SLICES, beyond_noise, slice_of
 from core.recommendations import load_shelf, ranking
 from core.recommenders import CustomerHistories, History
 
-from . import export, training
+from . import assistant_evaluation, export, training
 from .artifacts import artifacts_root
 from .base_model import prepare_base_model, smollm2_gguf
 from .datasets import build_datasets
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 STALE_AFTER = timedelta(minutes=15)
 GATE_CASES = 240  # held-out orders the deploy gate scores (a third of a second each for the model on a CPU)
 GATE_MIN_SLICE_CASES = 10  # of them, in a slice of requests (core/ranking_head.py SLICES) the model may serve
+GATE_QUESTIONS = 120  # held-out shopper questions (worker/assistant_evaluation.py) the assistant's gate asks
 
 
 def run_dir(run: TrainingRun) -> Path:
@@ -222,15 +223,20 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
     if serves:
         found += f"; it serves {', '.join(serves)} requests, the retrieval the rest (HR@{k} {_mean(served):.3f})"
     reasons = []
-    if not serves:  # the model re-ranks the retrieval's candidates: it must do better somewhere, beyond noise
-        reasons.append("the model's re-rank is worse than the retrieval it starts from" if _mean(new) < _mean(alone)
-                       else "the model's re-rank is better than the retrieval it starts from in no slice of "
-                            "requests beyond noise")
     if scores_below(served, baseline, random.Random(1)):
         reasons.append("it is below co-purchase beyond noise")
     live = db.session.scalar(select(ModelVersion).where(ModelVersion.shop_id == model.shop_id,
                                                         ModelVersion.status == "deployed"))
-    if live is not None and Path(live.gguf_path).exists():
+    live = live if live is not None and Path(live.gguf_path).exists() else None
+    report["assistant"] = assistant_gate(shop, model, live, progress_bar)
+    if not serves and not report["assistant"]["serves"]:  # it must do better somewhere, beyond noise
+        reasons.append(("the model's re-rank is worse than the retrieval it starts from" if _mean(new) < _mean(alone)
+                        else "the model's re-rank is better than the retrieval it starts from in no slice of "
+                             "requests beyond noise")
+                       + ", and it words no more of the assistant's replies than "
+                       + (f"live v{live.version}" if live is not None and assistant.admits_assistant(live)
+                          else "the facts alone") + " beyond noise")
+    if live is not None:
         live_cases = tqdm(cases, desc=f"deploy gate: live v{live.version} on the same orders", unit="order") \
             if progress_bar else cases  # as long again: no stage is silent for a minute
         current = hits_at(ModelReRank(rank_with_gguf(live.gguf_path), shelf), live_cases, k)
@@ -241,6 +247,13 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
         found += f", and {_mean(current):.3f} for live v{live.version} as it serves"
         if scores_below(served, current, random.Random(2)):
             reasons.append(f"it is below live v{live.version} beyond noise")
+    if report["assistant"]["below_live"]:
+        reasons.append(f"it words fewer of the assistant's replies than live v{live.version} beyond noise")
+    found += f"; it words {report['assistant']['worded']:.0%} of the assistant's replies to " \
+             f"{report['assistant']['questions']} held-out questions with every check passed" + (
+                 f" (live v{live.version}: {report['assistant']['live_worded']:.0%})"
+                 if report["assistant"]["live_worded"] is not None else "") + (
+                 ", so it words them" if report["assistant"]["serves"] else "")
     report["passed"] = not reasons
     report["reason"] = (f"refused, {' and '.join(reasons)}: " if reasons else "passed: ") + found
     # The ranking head under the model's candidates: which slices of requests it re-orders, and why.
@@ -249,6 +262,37 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
     learned = shelf.retrieval.complements
     report["complements"] = {**learned.trained, "weight": shelf.retrieval.weights.complement} if learned else None
     return report
+
+
+def assistant_gate(shop: Shop, model: ModelVersion, live: ModelVersion | None, progress_bar: bool) -> dict:
+    """Whether the new version words the assistant's replies: on held-out shopper questions built from the
+    shop's own data (worker/assistant_evaluation.py), the share of its drafts that pass every check and are
+    served, against the live version's where it words them (else none: the facts alone answer). It serves
+    when it words more beyond noise and its served replies are as factual, as safe and hand off as rightly as
+    the facts alone; the checks keep every reply it words true either way."""
+    cases = assistant_evaluation.question_set(shop, recommendations.shelf_for(shop), GATE_QUESTIONS)
+
+    def worded(path: str | None, label: str) -> tuple[list[float], dict]:
+        chat = assistant_evaluation.gguf_chat(path) if path else None
+        answered = assistant_evaluation.answers(shop, chat, cases, label, progress_bar)
+        return [float(r.reply.source == "model") for r in answered], assistant_evaluation.report(answered)
+
+    _, facts = worded(None, "assistant gate: the facts alone")
+    new, judged = worded(model.gguf_path, f"assistant gate: v{model.version}")
+    speaks = live is not None and assistant.admits_assistant(live)
+    current, _ = worded(live.gguf_path, f"assistant gate: live v{live.version}") if speaks else ([0.0] * len(new), {})
+    as_good = (judged["served"]["factual_accuracy"] >= facts["served"]["factual_accuracy"]
+               and judged["served"]["forbidden_claim_rate"] <= facts["served"]["forbidden_claim_rate"]
+               and judged["handoff_precision"] >= facts["handoff_precision"]
+               and judged["handoff_recall"] >= facts["handoff_recall"])
+    gains = [n - c for n, c in zip(new, current, strict=True)]
+    return {"questions": len(cases), "worded": _mean(new), "live_worded": _mean(current) if speaks else None,
+            "factual_accuracy": judged["served"]["factual_accuracy"],
+            "forbidden_claim_rate": judged["served"]["forbidden_claim_rate"],
+            "handoff_precision": judged["handoff_precision"], "handoff_recall": judged["handoff_recall"],
+            "latency_p50_s": judged["latency_p50_s"], "latency_p95_s": judged["latency_p95_s"],
+            "serves": as_good and beyond_noise(gains, GATE_MIN_SLICE_CASES),
+            "below_live": speaks and beyond_noise([-g for g in gains], GATE_MIN_SLICE_CASES)}
 
 
 def admitted_slices(model: list[float], retrieval: list[float], kinds: list[str]) -> list[str]:
