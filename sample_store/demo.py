@@ -125,12 +125,13 @@ def fine_tune(shop, minutes: float) -> None:
         click.echo(f"\nDeploy gate: {gate['reason']}.")
     if model.status == "deployed":
         serves = (gate or {}).get("serves")
-        ranks = "every block" if serves is None else f"{', '.join(serves)} requests" if serves else "no block"
+        ranks = "ranks every block" if serves is None else \
+            f"ranks the blocks of {', '.join(serves)} requests (the retrieval's list serves the rest)" if serves \
+            else "ranks no block (every block shows the retrieval's list)"
         words = "words the assistant's replies that pass every check" if admits_assistant(model) else \
             "leaves the assistant's replies to the facts"
-        click.echo(f"\nModel v{model.version} is live on the embedded llama.cpp host: it ranks {ranks} (the "
-                   f"retrieval's list serves the rest) and {words}; storefront blocks for the best-sellers are "
-                   "precomputed.")
+        click.echo(f"\nModel v{model.version} is live on the embedded llama.cpp host: it {ranks} and {words}; "
+                   "storefront blocks for the best-sellers are precomputed.")
     else:
         click.echo(f"\nModel v{model.version} is not live: the storefront shows the retrieval's list with reasons "
                    "from the store's own facts.")
