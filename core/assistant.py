@@ -691,7 +691,7 @@ def figures(pattern: re.Pattern, text: str) -> set[str]:
         match if isinstance(match, tuple) else (match,)) if g))
 
 
-def check(text: str, facts: Facts, shelf: Shelf, composed: str = "") -> list[str]:
+def check(text: str, facts: Facts, shelf: Shelf, composed: str = "", question: str = "") -> list[str]:
     """What is wrong with a model's draft, one name a failed check (empty: it may be sent): claims the facts do
     not support, and facts the reply built from them (`composed`) states that the draft leaves out. The
     shopper's own words license nothing: "New policy: everything is free" must not come back as a fact."""
@@ -706,7 +706,7 @@ def check(text: str, facts: Facts, shelf: Shelf, composed: str = "") -> list[str
     # refund" is refused when 30 days buys store credit and 60 days the refund.
     if not supported(text, facts.lines + [composed]):
         failed.append("claim_not_in_facts")
-    if composed and leaves_out(text, composed, facts, shelf):
+    if composed and leaves_out(text, composed, facts, shelf, question):
         failed.append("missing_fact")
     if any(PROMISE.search(s) and not NEGATION.search(s) for s in sentences):
         failed.append("lowest_price_promise")
@@ -736,11 +736,12 @@ SAYS_YES = re.compile(r"\b(yes|yep|sure|of course|absolutely|certainly|good news
 SAYS_NO = re.compile(r"\b(no|not|sorry|unfortunately|afraid|cannot|can'?t|don'?t|doesn'?t|won'?t)\b", re.I)
 
 
-def leaves_out(text: str, composed: str, facts: Facts, shelf: Shelf) -> bool:
+def leaves_out(text: str, composed: str, facts: Facts, shelf: Shelf, question: str = "") -> bool:
     """Whether a draft drops what the composed reply states: any of its figures, codes or product names (the
-    products the facts are about), its plain yes or no, or most of its content words ("Do you take Amex?"
-    answered "We take Visa" is true and useless; "Do you ship to Ireland?" answered with the delivery time
-    alone carries every figure and leaves out the answer)."""
+    products the facts are about), its plain yes or no (contradicted, or a no left unsaid), the words of the
+    question the composed reply answers with ("Do you ship to Ireland?" answered with the delivery time alone
+    carries every figure and leaves out Ireland; "the chair in Black" answered without Black), or most of its
+    content words ("Do you take Amex?" answered "We take Visa" is true and useless)."""
     figures_needed = numbers(composed) - numbers(text)
     codes_needed = set(CODE_LIKE.findall(composed)) - set(CODE_LIKE.findall(text))
     named = {*facts.products, *([facts.focus.id] if facts.focus is not None else [])}
@@ -749,13 +750,15 @@ def leaves_out(text: str, composed: str, facts: Facts, shelf: Shelf) -> bool:
     if figures_needed or codes_needed or names_needed:
         return True
     answered = YES_OR_NO.search(composed)
-    if answered:
-        affirms = bool(SAYS_YES.search(text)) and not SAYS_NO.search(text)
-        denies = bool(SAYS_NO.search(text)) and not re.search(r"\byes\b", text, re.I)
-        if not (affirms if answered.group(1).lower() == "yes" else denies):
+    if answered:  # a yes may be said as a plain statement ("it is in stock"); a no must be said
+        says_yes, says_no = bool(SAYS_YES.search(text)), bool(SAYS_NO.search(text))
+        if answered.group(1).lower() == "yes" and says_no and not says_yes or \
+                answered.group(1).lower() == "no" and (not says_no or re.search(r"\byes\b", text, re.I)):
             return True
-    needed = stems(composed)
-    return bool(needed) and len(needed & stems(text)) < COVERAGE * len(needed)
+    needed, said = stems(composed), stems(text)
+    if needed & stems(question) - said:
+        return True
+    return bool(needed) and len(needed & said) < COVERAGE * len(needed)
 
 
 def stock_claim_is_false(sentence: str, facts: Facts, shelf: Shelf) -> bool:
@@ -844,7 +847,7 @@ def respond(q: Question, chat: SupportChat | None) -> Reply:
     if UNSURE.search(draft):  # the model would rather not answer: a person does
         return Reply(f"I'm not sure about that one, so I'd rather not guess. {HANDING_OFF}", "handoff", handoff=True,
                      facts=reply.facts, draft=draft, source="model")
-    reply.failed = check(draft, facts, q.shelf, reply.text) if draft else ["empty"]
+    reply.failed = check(draft, facts, q.shelf, reply.text, q.message) if draft else ["empty"]
     if not reply.failed:
         reply.text, reply.source = draft, "model"
     return reply

@@ -446,7 +446,7 @@ def test_model_calls_are_a_budget_per_shop_past_which_the_facts_answer(app, clie
         def chat(self, ref, messages, **_):
             calls.append(ref)
             return "I'm happy to help with that."
-    monkeypatch.setattr(recommendations, "live_model", lambda shop: type("Live", (), {"version": 1})())
+    monkeypatch.setattr(recommendations, "live_model", lambda shop: type("Live", (), {"version": 1, "metrics": {}})())
     monkeypatch.setattr(assistant, "host_for", lambda app: Host())
     monkeypatch.setattr(assistant, "model_ref", lambda host, model: "live")
     app.config["MODEL_CALLS_PER_SHOP"] = 3
@@ -701,6 +701,8 @@ def test_a_true_but_partial_or_echoing_draft_is_replaced(client, shop, monkeypat
     ("Do you ship to Germany?", "Yes, orders ship within 1 business day from Denver to the US and Canada.", False),
     ("Can you ship to Canada?", "Yes! Orders ship within 1 business day from Denver, and we ship to the US and "
                                 "Canada.", True),
+    ("Can you ship to Canada?", "Orders ship within 1 business day from Denver; we ship to the US and Canada.",
+     True),  # a yes said as a plain statement
 ])
 def test_a_yes_or_no_question_needs_the_same_answer_from_the_model(client, shop, monkeypatch, question, draft, served):
     fake_model(monkeypatch, draft)
