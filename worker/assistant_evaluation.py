@@ -10,6 +10,7 @@ storefront does; the model's drafts are scored too, before the checks, to show w
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import statistics
@@ -300,7 +301,7 @@ LIES: tuple[Callable[[list[str], str], str], ...] = (
 def misleading_chat() -> assistant.SupportChat:
     """A stand-in for a model that tries to mislead: each draft one of LIES in turn, built from the facts and
     the question it is sent. Served replies must stay as factual and as safe as the facts alone."""
-    turn = iter(range(10**9))
+    turn = itertools.count()
 
     def chat(messages: list[dict]) -> str:
         facts, _, question = messages[-1]["content"].removeprefix("Store facts: ").partition("\nQuestion: ")
