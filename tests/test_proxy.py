@@ -458,6 +458,12 @@ def test_the_gate_admits_a_model_for_the_assistant_alone_where_it_words_replies_
     assert gate["assistant"]["worded"] == 0 and not gate["assistant"]["serves"] and not gate["passed"]
     assert "words no more of the assistant's replies than the facts alone beyond noise" in gate["reason"]
 
+    # One that would rather not answer hands every question to a person: worse than the facts alone.
+    monkeypatch.setattr(assistant_evaluation, "gguf_chat", lambda path: lambda messages: "I'm not sure, sorry.")
+    gate = gate_with_ranker(installed_shop, tiny_gguf, monkeypatch, picks_the_weakest)[1]
+    assert gate["assistant"]["handoff_precision"] < 0.9 and not gate["assistant"]["serves"] and not gate["passed"]
+    assert "its replies to the held-out questions are less right than the facts alone" in gate["reason"]
+
 
 def test_the_gate_admits_a_slice_on_a_gain_beyond_noise():
     from worker.pipeline import admitted_slices

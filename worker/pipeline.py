@@ -233,9 +233,7 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
         reasons.append(("the model's re-rank is worse than the retrieval it starts from" if _mean(new) < _mean(alone)
                         else "the model's re-rank is better than the retrieval it starts from in no slice of "
                              "requests beyond noise")
-                       + ", and it words no more of the assistant's replies than "
-                       + (f"live v{live.version}" if live is not None and assistant.admits_assistant(live)
-                          else "the facts alone") + " beyond noise")
+                       + ", and " + report["assistant"]["verdict"])
     if live is not None:
         live_cases = tqdm(cases, desc=f"deploy gate: live v{live.version} on the same orders", unit="order") \
             if progress_bar else cases  # as long again: no stage is silent for a minute
@@ -286,12 +284,20 @@ def assistant_gate(shop: Shop, model: ModelVersion, live: ModelVersion | None, p
                and judged["handoff_precision"] >= facts["handoff_precision"]
                and judged["handoff_recall"] >= facts["handoff_recall"])
     gains = [n - c for n, c in zip(new, current, strict=True)]
+    more = beyond_noise(gains, GATE_MIN_SLICE_CASES)
+    than = f"live v{live.version}" if speaks else "the facts alone"
+    verdict = ("it words more of the assistant's replies than " + than if as_good and more else
+               f"it words no more of the assistant's replies than {than} beyond noise" if as_good else
+               "its replies to the held-out questions are less right than the facts alone (factual "
+               f"{judged['served']['factual_accuracy']:.3f} against {facts['served']['factual_accuracy']:.3f}, "
+               f"handoff precision {judged['handoff_precision']:.2f} against {facts['handoff_precision']:.2f}, "
+               f"recall {judged['handoff_recall']:.2f} against {facts['handoff_recall']:.2f})")
     return {"questions": len(cases), "worded": _mean(new), "live_worded": _mean(current) if speaks else None,
             "factual_accuracy": judged["served"]["factual_accuracy"],
             "forbidden_claim_rate": judged["served"]["forbidden_claim_rate"],
             "handoff_precision": judged["handoff_precision"], "handoff_recall": judged["handoff_recall"],
             "latency_p50_s": judged["latency_p50_s"], "latency_p95_s": judged["latency_p95_s"],
-            "serves": as_good and beyond_noise(gains, GATE_MIN_SLICE_CASES),
+            "serves": as_good and more, "verdict": verdict,
             "below_live": speaks and beyond_noise([-g for g in gains], GATE_MIN_SLICE_CASES)}
 
 
