@@ -30,8 +30,9 @@ RULES: list[tuple[str, re.Pattern]] = [(name, re.compile(pattern, re.I)) for nam
                r"speak with|talk with|call me|customer service)\b"),
     ("problem", r"\b(broken|broke|damaged|defective|faulty|cracked|torn|ripped|wrong (item|size|colou?r|product)|"
                 r"missing|never (arrived|got|received)|doesn'?t work|stopped working|won'?t (turn on|work|light))\b"),
-    ("order", r"\b(my orders?|my package|my parcel|order status|where is my|where's my|wheres my|track(ing)?|"
-              r"has my .* shipped|order #?\d+)\b|#\d{3,}"),
+    # "my order" as what the question is about, not what is paid, picked up or invoiced ("pay for my order")
+    ("order", r"\b((?<!for )(?<!up )my orders?|my package|my parcel|order status|where is my|where's my|wheres my|"
+              r"track(ing)?|has my .* shipped|order #?\d+)\b|#\d{3,}"),
     ("lowest_price", r"lowest price|cheapest (price|anywhere|you can)|price match|best price|"
                      r"cheaper (anywhere|elsewhere|somewhere)|beat .* price"),
     ("discount", r"discount|coupon|promo|\bcodes?\b|voucher|% off|percent off|\bsale\b|\bdeals?\b"),
