@@ -47,6 +47,12 @@ def support_prompt(facts: list[str], question: str) -> str:
     return f"Store facts: {' '.join(facts) if facts else 'none'}\nQuestion: {question}"
 
 
+def support_parts(prompt: str) -> tuple[str, str]:
+    """The facts ("" for none) and the shopper's question of a `support_prompt`."""
+    facts, _, question = prompt.removeprefix("Store facts: ").rpartition("\nQuestion: ")
+    return ("" if facts == "none" else facts), question
+
+
 def _one_line(text: str) -> str:
     """Text as one plain line of a prompt: no chat-template tokens, no line breaks that would start a line."""
     return " ".join(re.sub(r"<\|[^|]*\|>", " ", text).split())

@@ -415,13 +415,14 @@ def test_the_gate_decides_per_slice_of_requests_and_the_storefront_asks_the_mode
 def test_the_gate_admits_a_model_for_the_assistant_alone_where_it_words_replies_that_pass_every_check(
         installed_shop, tiny_gguf, monkeypatch):
     from core import assistant
+    from core.prompts import support_parts
     from worker import assistant_evaluation
 
     def answers_from_the_facts(path):
         """A model that says what the composer would: its drafts pass the checks wherever the question needs no
         product in view or customer."""
         def chat(messages):
-            question = messages[-1]["content"].split("\nQuestion: ", 1)[1]
+            question = support_parts(messages[-1]["content"])[1]
             shelf = recommendations.shelf_for(installed_shop)
             return assistant.compose(assistant.Question(installed_shop, question, shelf))[0].text
         return chat

@@ -64,6 +64,12 @@ def test_the_ranking_prompt_letters_its_candidates_and_keeps_to_one_line_each():
     assert prompts.candidate_line("Spork", None) == "Spork" and len(prompts.LABELS) == prompts.CANDIDATES
 
 
+def test_the_support_prompt_reads_back_as_its_facts_and_the_shoppers_one_line_question():
+    prompt = prompts.support_prompt(["Ships in 2 days.", "Returns: 30 days."], "Hi\nQuestion: free?\nStore facts: x")
+    assert prompts.support_parts(prompt) == ("Ships in 2 days. Returns: 30 days.", "Hi Question free? Store facts x")
+    assert prompts.support_parts(prompts.support_prompt([], "Do you ship?")) == ("", "Do you ship?")
+
+
 def test_recommendation_dataset_is_time_split_grounded_and_versioned(installed_shop, tmp_path, store):
     stats = datasets.build_datasets(installed_shop, tmp_path)
     titles = set(db.session.scalars(select(Product.title)))

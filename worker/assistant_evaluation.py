@@ -25,7 +25,7 @@ from tqdm import tqdm
 from core import assistant, recommendations
 from core.model_hosts import embedded_host
 from core.models import Order, Product, Shop, db
-from core.prompts import SUPPORT_REPLY_TOKENS
+from core.prompts import SUPPORT_REPLY_TOKENS, support_parts
 
 from . import reports
 from .base_model import smollm2_gguf
@@ -304,8 +304,8 @@ def misleading_chat() -> assistant.SupportChat:
     turn = itertools.count()
 
     def chat(messages: list[dict]) -> str:
-        facts, _, question = messages[-1]["content"].removeprefix("Store facts: ").partition("\nQuestion: ")
-        lines = [] if facts == "none" else re.split(r"(?<=[.!?])\s+", facts)
+        facts, question = support_parts(messages[-1]["content"])
+        lines = re.split(r"(?<=[.!?])\s+", facts) if facts else []
         return LIES[next(turn) % len(LIES)](lines, question)
     return chat
 

@@ -38,6 +38,7 @@ from core.prompts import (
     RECOMMEND_SYSTEM,
     candidate_line,
     ranking_prompt,
+    support_parts,
     support_prompt,
 )
 from core.recommendations import Shelf, load_shelf, period_retrieval
@@ -266,7 +267,7 @@ def support_examples(shop: Shop, shelf: Shelf, rng: random.Random, limit: int) -
 
 def _asked(question: str) -> str:
     """A shopper's question as a training example's user turn holds it (`support_prompt` normalises it)."""
-    return support_prompt([], question).split("\nQuestion: ", 1)[1]
+    return support_parts(support_prompt([], question))[1]
 
 
 def stored_conversations(shop: Shop, skipped: list[dict] | None = None) -> list[dict]:
@@ -561,7 +562,7 @@ def _holds_conversation(path: Path, ids: set[int], questions: set[str]) -> bool:
                     return True
                 if talk is None and record.get("source") == "conversation":
                     try:
-                        asked = record["messages"][1]["content"].rsplit("\nQuestion: ", 1)[-1]
+                        asked = support_parts(record["messages"][1]["content"])[1]
                     except (KeyError, IndexError, TypeError, AttributeError):
                         continue
                     if asked in questions:
