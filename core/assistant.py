@@ -752,8 +752,10 @@ def leaves_out(text: str, composed: str, facts: Facts, shelf: Shelf, question: s
     answered = YES_OR_NO.search(composed)
     if answered:  # a yes may be said as a plain statement ("it is in stock"); a no must be said
         says_yes, says_no = bool(SAYS_YES.search(text)), bool(SAYS_NO.search(text))
-        if answered.group(1).lower() == "yes" and says_no and not says_yes or \
-                answered.group(1).lower() == "no" and (not says_no or re.search(r"\byes\b", text, re.I)):
+        if answered.group(1).lower() == "yes":
+            if says_no and not says_yes:
+                return True
+        elif not says_no or re.search(r"\byes\b", text, re.I):
             return True
     needed, said = stems(composed), stems(text)
     if needed & stems(question) - said:
