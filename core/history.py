@@ -4,7 +4,7 @@ scores them)."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Container, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -41,9 +41,9 @@ def load_catalog(shop_id: int) -> dict[int, Item]:
     return {p.id: Item(p.id, p.title, p.product_type, p.description) for p in rows}
 
 
-def load_baskets(shop_id: int, catalog: dict[int, Item], customer: str | None = None) -> list[Basket]:
-    """Each order's distinct catalog products, oldest first (lines naming vanished products are dropped); only
-    `customer`'s orders when given."""
+def load_baskets(shop_id: int, catalog: Container[int] | None, customer: str | None = None) -> list[Basket]:
+    """Each order's distinct catalog products, oldest first (lines naming products not in `catalog` are dropped;
+    None keeps every product); only `customer`'s orders when given."""
     query = (select(Order.id, Order.created_at, Order.customer_ref, OrderLine.product_id)
              .join(OrderLine, (OrderLine.shop_id == Order.shop_id) & (OrderLine.order_id == Order.id))
              .where(Order.shop_id == shop_id)
@@ -53,7 +53,7 @@ def load_baskets(shop_id: int, catalog: dict[int, Item], customer: str | None = 
     baskets: dict[int, Basket] = {}
     for order_id, created_at, customer_ref, product_id in db.session.execute(query):
         basket = baskets.setdefault(order_id, Basket(str(order_id), created_at, [], customer_ref))
-        if product_id in catalog and product_id not in basket.products:
+        if (catalog is None or product_id in catalog) and product_id not in basket.products:
             basket.products.append(product_id)
     return [basket for basket in baskets.values() if basket.products]
 

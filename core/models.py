@@ -18,6 +18,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -401,3 +402,35 @@ class Conversation(db.Model):
     handoff: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+
+
+class NeighbourList(db.Model):
+    """A product's nearest products by each retrieval signal, with their scores (`core.neighbours`): what a
+    storefront request merges instead of building the store's index. Written whole by a worker's build."""
+
+    __tablename__ = "neighbour_lists"
+
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), primary_key=True)
+    product_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    popularity: Mapped[float] = mapped_column(Float)
+    cold: Mapped[bool] = mapped_column()  # too few orders for co-purchase to judge it
+    lists: Mapped[bytes] = mapped_column(LargeBinary)  # `core.neighbours.Neighbours.pack`
+    asking: Mapped[bytes | None] = mapped_column(LargeBinary)  # its need as the complements read it (float32)
+
+
+class RetrievalBuild(db.Model):
+    """A shop's last build of its neighbour lists: the blend's weights (chosen on its validation split) and the
+    facts the storefront reads with the lists (`built_at` None: never built yet). `changed_at`: the catalog or
+    orders moved since, so the sweeper has it built again; `queued_at`: when it did (once, not every minute)."""
+
+    __tablename__ = "retrieval_builds"
+
+    shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), primary_key=True)
+    weights: Mapped[dict] = mapped_column(JSON, default=dict)
+    several: Mapped[list[str]] = mapped_column(JSON, default=list)  # types shoppers buy several of at once
+    popular: Mapped[list[int]] = mapped_column(JSON, default=list)  # best-sellers, best first
+    products: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    built_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    changed_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    queued_at: Mapped[datetime | None] = mapped_column(Timestamp())

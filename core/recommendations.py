@@ -30,16 +30,16 @@ from scipy import sparse
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import cache, embeddings, understanding
+from . import cache, embeddings, neighbours, understanding
 from .claims import stems
 from .experiment import HOLDOUT
 from .history import Basket, Item, load_baskets
 from .merchandising import Rules, load_rules
 from .model_hosts import ModelUnavailable, Ranker, best_first, host_for, letter_mass, model_ref
-from .models import ModelVersion, Product, Shop, Variant, db
+from .models import ModelVersion, Product, RetrievalBuild, Shop, Variant, db, utcnow
 from .prompts import CANDIDATES, LABELS, MAX_PICKS, RECOMMEND_SYSTEM, candidate_line, ranking_prompt, reason_for
 from .ranking_head import serving_retrieval, slice_of
-from .recommenders import Blend, History, bought_before
+from .recommenders import Blend, History, Weights, bought_before
 
 log = logging.getLogger(__name__)
 INDEX_TTL_SECONDS = 600
@@ -187,12 +187,15 @@ class Shelf:
     retrieval: Blend
     offers: dict[int, Offer] = field(default_factory=dict)  # what a storefront reply shows of each sellable one
     rules: Rules = field(default_factory=Rules)  # the merchant's pins and exclusions
+    several: frozenset[str] | None = None  # `bought_several` as a build of the neighbour lists found it
 
     @cached_property
     def bought_several(self) -> frozenset[str]:
         """The product types (casefolded) shoppers buy several of in one order: at least SEVERAL_SHARE of the
         pairs bought together with a product of the type are of the type itself (two fuel canisters for a
         long trip, three colours of a lunch bag)."""
+        if self.several is not None:
+            return self.several
         copurchase = self.retrieval.copurchase
         kinds = [self.catalog[p].product_type.casefold() if p in self.catalog else "" for p in copurchase.ids]
         names, codes = np.unique(np.array(kinds + [""], dtype=object), return_inverse=True)
@@ -236,37 +239,80 @@ class Shelf:
         return cls(catalog, {p: item.product_type for p, item in catalog.items()}, retrieval)
 
 
-def load_shelf(shop: Shop, baskets: list[Basket] | None = None) -> Shelf:
-    """The shop's shelf, read in three light queries (columns, not ORM objects). Retrieval learns from all its
-    orders (remembered a few minutes), or from `baskets` when given (the deploy gate passes the training period
-    only). Stored product embeddings stand in for the encoder."""
-    products = db.session.execute(select(
-        Product.id, Product.title, Product.product_type, Product.description,
-        Product.on_storefront.label("on_storefront"), Product.handle, Product.online_store_url, Product.image_url,
-        Product.embedding_sha).where(Product.shop_id == shop.id)).all()
-    in_stock = Variant.available_for_sale & (Variant.inventory_quantity > 0)
+def storefront_products(shop_id: int, only: Iterable[int] | None = None) -> tuple[list, dict[int, Item],
+                                                                                  dict[int, Offer]]:
+    """The shop's products (or `only` these) in two light queries (columns, not ORM objects): their rows, the
+    catalog of what shoppers can see (active and published to the Online Store) and, of that, the offers of
+    what has a variant in stock (what may be shown)."""
+    query = select(Product.id, Product.title, Product.product_type, Product.description,
+                   Product.on_storefront.label("on_storefront"), Product.handle, Product.online_store_url,
+                   Product.image_url, Product.embedding_sha).where(Product.shop_id == shop_id)
+    variants = select(Variant.product_id, Variant.id, Variant.price).where(
+        Variant.shop_id == shop_id, Variant.available_for_sale, Variant.inventory_quantity > 0)
+    if only is not None:
+        wanted = sorted(set(only))
+        query, variants = query.where(Product.id.in_(wanted)), variants.where(Variant.product_id.in_(wanted))
+    products = db.session.execute(query).all()
     first_in_stock: dict[int, tuple[int, object]] = {}  # product → (variant, price): what quick add adds
-    for product, variant, price in db.session.execute(
-            select(Variant.product_id, Variant.id, Variant.price).where(Variant.shop_id == shop.id, in_stock)
-            .order_by(Variant.product_id, Variant.id)):
+    for product, variant, price in db.session.execute(variants.order_by(Variant.product_id, Variant.id)):
         first_in_stock.setdefault(product, (variant, price))
-    # Only what shoppers can see (active and published to the Online Store); of that, what has a variant in
-    # stock is sellable (`offers`).
     catalog = {p.id: Item(p.id, p.title, p.product_type, p.description) for p in products if p.on_storefront}
+    offers = {p.id: Offer(p.id, p.handle, p.title, p.online_store_url or f"/products/{p.handle}", p.image_url,
+                          str(first_in_stock[p.id][1]), first_in_stock[p.id][0])
+              for p in products if p.id in catalog and p.id in first_in_stock}
+    return products, catalog, offers
+
+
+def load_shelf(shop: Shop, baskets: list[Basket] | None = None) -> Shelf:
+    """The shop's shelf over its whole catalog. Retrieval learns from all its orders (remembered a few minutes),
+    or from `baskets` when given (the deploy gate passes the training period only). Stored product embeddings
+    stand in for the encoder."""
+    products, catalog, offers = storefront_products(shop.id)
     texts = {p.id: embeddings.product_text(p.title, p.product_type, p.description) for p in products}
     stored = [p.id for p in products if p.id in catalog and not embeddings.is_remembered(texts[p.id])
               and p.embedding_sha == embeddings.text_sha(texts[p.id])]
     if stored:
         embeddings.remember((texts[product], vector) for product, vector in db.session.execute(
             select(Product.id, Product.embedding).where(Product.shop_id == shop.id, Product.id.in_(stored))))
-    offers = {p.id: Offer(p.id, p.handle, p.title, p.online_store_url or f"/products/{p.handle}", p.image_url,
-                          str(first_in_stock[p.id][1]), first_in_stock[p.id][0])
-              for p in products if p.id in catalog and p.id in first_in_stock}
     if baskets is None:
         retrieval = retrieval_index(shop.id, catalog)
     else:
         retrieval = period_retrieval(shop.id, baskets, catalog)
     return Shelf(catalog, {p: catalog[p].product_type for p in offers}, retrieval, offers, load_rules(shop.id))
+
+
+def listed_shelf(shop: Shop, viewing: int, cart: list[int], history: History) -> Shelf | None:
+    """The shelf a storefront block needs, from the shop's neighbour lists (core/neighbours.py): the products
+    the basket's lists name, the customer's history, the pins and the best-sellers, read with their stock now.
+    No index is built or kept. None before the shop's first build (the caller uses `shelf_for`)."""
+    build = db.session.get(RetrievalBuild, shop.id)
+    if build is None or build.built_at is None:
+        return None
+    rules = load_rules(shop.id)
+    basket = [viewing, *cart]
+    lists = neighbours.load(shop.id, basket)
+    named = neighbours.candidates(lists, build.popular) | set(history) | set(rules.pins.get(viewing, [])) | \
+        set(basket)
+    lists |= neighbours.load(shop.id, named - set(lists))  # a candidate's own: orders holding two candidates
+    _, catalog, offers = storefront_products(shop.id, named)
+    facts = {p: (n.popularity, n.cold) for p, n in lists.items() if p in catalog}
+    retrieval = neighbours.ListedRetrieval(Weights(**build.weights), lists, facts, build.popular)
+    return Shelf(catalog, {p: catalog[p].product_type for p in offers}, retrieval, offers, rules,
+                 frozenset(build.several))
+
+
+def build_neighbour_lists(shop: Shop, progress: Callable[[Iterable], Iterable] = lambda products: products):
+    """Build the shop's serving retrieval from its orders now, keep it in this process (a precompute that
+    follows reuses it), and store every product's neighbour lists for the storefront. Forgets the cached
+    replies where the lists changed: they were built from the old ones."""
+    started = utcnow()
+    _, catalog, _ = storefront_products(shop.id)
+    retrieval = _build_index(serving_state(), shop.id, catalog).retrieval
+    several = Shelf(catalog, {}, retrieval).bought_several
+    build, changed = neighbours.store(shop.id, retrieval, several, started, progress)
+    if changed:
+        forget_replies(shop.id)
+    return build
 
 
 def title_words_of(text: str) -> frozenset[str]:
@@ -504,12 +550,12 @@ def served_list(shop: Shop, shelf: Shelf, viewing: Hashable, cart: list[Hashable
     return result, "model"
 
 
-def customer_history(shop: Shop, customer: str, shelf: Shelf) -> History:
+def customer_history(shop: Shop, customer: str) -> History:
     """What the signed-in customer (Shopify's `logged_in_customer_id`) bought in this shop before, by recency;
     nothing for a guest."""
     if not customer:
         return {}
-    orders = load_baskets(shop.id, shelf.catalog, customer)
+    orders = load_baskets(shop.id, None, customer)
     return bought_before(((o.created_at, o.products) for o in orders), datetime.now(timezone.utc))
 
 
@@ -619,14 +665,12 @@ def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget:
     """The proxy's reply, from the cache when it can be. `budget`: seconds the model may take (default: the
     storefront's MODEL_BUDGET_SECONDS). `customer`: the signed-in customer, whose earlier orders count (the
     holdout's co-purchase list reads none)."""
-    history: History = {}
-    if customer and arm != HOLDOUT:  # a guest's cached reply never waits for the shelf
-        shelf = shelf or shelf_for(shop)
-        history = customer_history(shop, customer, shelf)
+    history = customer_history(shop, customer) if customer and arm != HOLDOUT else {}
     key = cache_key(shop.id, viewing.id, [c.id for c in cart], limit, arm, intent, customer if history else "")
     hit = cached(key)
     if hit is not None:
         return hit
+    shelf = shelf or listed_shelf(shop, viewing.id, [c.id for c in cart], history)
     picks, source = recommend(shop, viewing, cart, limit, budget, shelf, arm, intent, history=history)
     reply = {"products": [as_json(pick.offer, pick.reason) for pick in picks], "source": source}
     # Model answers keep until the next deploy or catalog change; a fallback only briefly (the model may be back).

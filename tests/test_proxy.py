@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from core import recommendations
-from core.models import ModelVersion, Product, db
+from core.models import ModelVersion, Product, RetrievalBuild, db
 from core.signatures import signed_app_proxy_query
 
 from .conftest import API_SECRET
@@ -125,14 +125,16 @@ def test_a_stale_retrieval_index_keeps_serving_while_it_is_rebuilt_in_the_backgr
 
 def test_a_catalog_change_reaches_the_block_without_a_shopper_waiting_for_the_index(
         client, installed_shop, shopify, store, monkeypatch):
-    """A products/update moves the shop's replies on at once; its index keeps serving while a background thread
-    rebuilds it with the changed catalog, however long that build takes."""
+    """A products/update moves the shop's replies on at once (the block reads its products from the database,
+    over the neighbour lists); a process's in-memory index (the assistant's shelf) keeps serving while a
+    background thread rebuilds it with the changed catalog, however long that build takes."""
     import threading
 
     from sample_store.server import product_webhook_payload
 
     url = proxy_url(installed_shop.domain, product_id=store.products[3].id, limit=3)
-    assert client.get(url).status_code == 200  # the index is built
+    assert client.get(url).status_code == 200
+    recommendations.shelf_for(installed_shop)  # the index is built
     state = recommendations.serving_state()
     before = state.index(installed_shop.id)
     real, release, building = recommendations.serving_retrieval, threading.Event(), threading.Event()
@@ -150,6 +152,7 @@ def test_a_catalog_change_reaches_the_block_without_a_shopper_waiting_for_the_in
     client.post("/webhooks", data=body, headers=headers)
     answer = client.get(url)  # served while the rebuild is held
     assert answer.status_code == 200 and not answer.json["cached"]
+    assert recommendations.shelf_for(installed_shop).retrieval is before.retrieval  # no wait for the rebuild
     assert building.wait(timeout=30) and state.index(installed_shop.id).retrieval is before.retrieval
     release.set()
     for thread in threading.enumerate():
@@ -166,6 +169,7 @@ def test_shoppers_arriving_together_at_a_cold_store_wait_for_one_index_build(ins
     from core.history import load_catalog
 
     catalog = load_catalog(installed_shop.id)
+    recommendations.serving_state().forget(installed_shop.id)  # the sync's build of the neighbour lists kept one
     real, builds = recommendations.serving_retrieval, []
 
     def slow_build(orders, catalog):
@@ -564,7 +568,9 @@ def test_a_signed_in_customers_earlier_orders_count_and_their_reply_stays_theirs
     customer, other = [c for c in map(str, range(4242, 4400))
                        if experiment.arm(installed_shop, f"customer:{c}") == "served"][:2]  # not the A/B holdout
     shelf = recommendations.shelf_for(installed_shop)
-    monkeypatch.setattr(shelf.retrieval, "weights", replace(shelf.retrieval.weights, history=10.0))
+    build = db.session.get(RetrievalBuild, installed_shop.id)  # the weights the storefront's lists are merged by
+    build.weights = {**build.weights, "history": 10.0}
+    db.session.commit()
     viewing = next(p for p in store.products if p.item_type == "Backpacking Stove" and p.status == "ACTIVE")
     guest = [p["id"] for p in client.get(proxy_url(installed_shop.domain, product_id=viewing.id)).json["products"]]
     usual = next(p for p in shelf.offers if p not in guest and p != viewing.id

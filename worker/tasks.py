@@ -20,7 +20,7 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from tqdm import tqdm
 
-from core import schedule
+from core import neighbours, schedule
 from core.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db, locked_shop, utcnow
 
 from . import pipeline, reports, sync, webhooks
@@ -58,6 +58,7 @@ def _claim(model, row_id: int) -> None:
 def full_sync(sync_run_id: int) -> dict:
     _claim(SyncRun, sync_run_id)
     run = sync.run_full_sync(db.session.get(SyncRun, sync_run_id))
+    build_neighbours.delay(run.shop_id)
     return run.counts
 
 
@@ -125,10 +126,28 @@ def precompute_recommendations(self, shop_id: int) -> dict:
     return recommendations.precompute(db.session.get(Shop, shop_id), budget_seconds=budget, progress=progress)
 
 
+@shared_task(name="worker.tasks.build_neighbours")
+def build_neighbours(shop_id: int) -> dict:
+    """The shop's neighbour lists, which the storefront merges (core/neighbours.py): after each sync, and when
+    the sweeper finds its catalog or orders changed."""
+    from core import recommendations
+
+    shop = db.session.get(Shop, shop_id)
+    if shop is None:  # redacted meanwhile
+        return {}
+
+    def progress(products: list) -> Iterable:  # a line at least every 10 s, in a terminal or a worker's log
+        return tqdm(products, desc="neighbour lists", unit="product", mininterval=10)
+
+    build = recommendations.build_neighbour_lists(shop, progress)
+    return {"products": build.products, "seconds": round(build.seconds, 1)}
+
+
 @shared_task(name="worker.tasks.sweep")
 def sweep() -> dict:
     """Hand out again what was stored but never reached a worker (the broker was down when it was enqueued, or
-    the worker died): webhook deliveries, sync runs and training runs. Celery beat runs it every minute."""
+    the worker died): webhook deliveries, sync runs and training runs; and have the neighbour lists of shops
+    whose catalog or orders changed built again. Celery beat runs it every minute."""
     now = utcnow()
     waited = now - timedelta(seconds=current_app.config["SWEEP_AFTER_SECONDS"])
     deliveries = webhooks.waiting_deliveries(waited, now - STUCK_AFTER, now - RETRY_FAILED_EVERY,
@@ -146,8 +165,11 @@ def sweep() -> dict:
         _send_chain(run)
     dropped = webhooks.drop_old_malformed(now - KEEP_MALFORMED)
     db.session.commit()
+    builds = neighbours.due(now)
+    for shop_id in builds:
+        build_neighbours.delay(shop_id)
     return {"deliveries": len(deliveries), "sync_runs": len(syncs), "training_runs": len(runs),
-            "malformed_dropped": dropped}
+            "malformed_dropped": dropped, "neighbour_builds": len(builds)}
 
 
 @shared_task(name="worker.tasks.retrain_on_schedule")

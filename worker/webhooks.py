@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from sqlalchemy import delete, or_, select, update
 
-from core import recommendations, shops
+from core import neighbours, recommendations, shops
 from core.assistant import conversation_json
 from core.inputs import MAX_ID
 from core.models import (
@@ -61,6 +61,7 @@ def product_changed(shop: Shop | None, payload: dict, domain: str) -> dict | Non
     # Cached blocks may hold the product as it was: one unpublished (`published_at: null`), archived or sold out
     # must leave them now (Shopify sends products/update when a product leaves the Online Store).
     recommendations.invalidate(shop.id)
+    neighbours.mark_changed(shop.id)
     return {"product": product["id"], "variants": len(variants)}
 
 
@@ -71,6 +72,7 @@ def product_deleted(shop: Shop | None, payload: dict, domain: str) -> dict | Non
     deleted = db.session.execute(delete(Product).where(Product.shop_id == shop.id, Product.id == payload["id"]))
     db.session.commit()  # before the invalidation: a block rebuilt at once must not find the product still there
     recommendations.invalidate(shop.id)
+    neighbours.mark_changed(shop.id)
     return {"deleted": deleted.rowcount}
 
 
@@ -89,6 +91,7 @@ def order_changed(shop: Shop | None, payload: dict, domain: str) -> dict | None:
         OrderLine.shop_id == shop.id, OrderLine.order_id == order["id"],
         OrderLine.id.not_in([line["id"] for line in lines])))
     upsert(OrderLine, lines)
+    neighbours.mark_changed(shop.id)  # what it was bought with: the lists are built again
     return {"order": order["id"], "lines": len(lines)}
 
 
@@ -192,7 +195,8 @@ def customer_redact(shop: Shop | None, payload: dict, domain: str) -> dict | Non
     """Erase the customer: their orders and conversations; every dataset file holding their words, with the training
     files made from it (`datasets.forget_conversations`); every stored delivery about them (a waiting one is
     dropped, a processed one, such as an earlier data request's export, keeps only its id for de-duplication);
-    and the shop's cached replies (a signed-in customer's block is cached under their own key)."""
+    and the shop's cached replies (a signed-in customer's block is cached under their own key); the neighbour
+    lists, which counted their orders, are built again."""
     orders = _customer_orders(shop, payload) if shop else []
     order_ids = {order.id for order in orders}
     talks = _customer_conversations(shop, payload) if shop else []
@@ -218,6 +222,8 @@ def customer_redact(shop: Shop | None, payload: dict, domain: str) -> dict | Non
             erased += 1
     if shop is not None:
         recommendations.forget_replies(shop.id)
+        if orders:
+            neighbours.mark_changed(shop.id)  # the lists' bought-together counts held their orders
     return {"orders_deleted": len(orders), "conversations_deleted": len(talks), "deliveries_dropped": dropped,
             "delivery_results_erased": erased, **files}
 

@@ -1,0 +1,76 @@
+"""The storefront serves from neighbour lists a worker built (core/neighbours.py): the same blocks as the index
+it was built from, no index in the web process, and a changed catalog or order marked for the sweeper."""
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from core import neighbours, recommendations
+from core.models import NeighbourList, Product, RetrievalBuild, db, utcnow
+from core.recommendations import ServingState
+from core.signatures import signed_app_proxy_query
+
+from .conftest import API_SECRET
+
+
+def blocks(shop, shelf_of, baskets, limit=4, intent="complementary"):
+    """Each basket's block, from the shelf `shelf_of(viewing, cart)` gives."""
+    answers = []
+    for viewing, *cart in baskets:
+        picks, _ = recommendations.recommend(shop, db.session.get(Product, (shop.id, viewing)),
+                                             [db.session.get(Product, (shop.id, c)) for c in cart], limit,
+                                             shelf=shelf_of(viewing, cart), intent=intent)
+        answers.append([pick.offer.id for pick in picks])
+    return answers
+
+
+def test_blocks_from_the_lists_are_the_blocks_of_the_index_they_were_built_from(installed_shop):
+    """The sync built the lists. A product page's block (no cart) is the served order exactly; a cart's block
+    merges the lists as the blend weighs its signals, without the ranking head, so most of it agrees."""
+    build = db.session.get(RetrievalBuild, installed_shop.id)
+    assert build.built_at is not None and build.products > 100 and build.changed_at is None
+    full = recommendations.load_shelf(installed_shop)
+    products = sorted(full.offers)[:60]
+    alone = [[p] for p in products]
+
+    def listed(viewing, cart):
+        return recommendations.listed_shelf(installed_shop, viewing, cart, {})
+
+    for intent in ("complementary", "related"):
+        assert blocks(installed_shop, listed, alone, intent=intent) == \
+            blocks(installed_shop, lambda *_: full, alone, intent=intent)
+    carts = [[a, b, c] for a, b, c in zip(products, products[20:], products[40:], strict=False)]
+    merged = blocks(installed_shop, listed, carts, intent="related")
+    exact = blocks(installed_shop, lambda *_: full, carts, intent="related")
+    overlap = sum(len(set(m) & set(e)) for m, e in zip(merged, exact, strict=True)) / (4 * len(carts))
+    assert overlap >= 0.6, overlap
+
+
+def test_a_storefront_request_reads_the_lists_and_builds_no_index(app, client, installed_shop):
+    """A web process that never built the shop's index (a restart, another worker) answers from the lists."""
+    app.extensions["pairwell_serving"] = ServingState(2**30)
+    viewing = db.session.scalars(select(NeighbourList.product_id).where(
+        NeighbourList.shop_id == installed_shop.id).order_by(NeighbourList.popularity.desc())).first()
+    query = signed_app_proxy_query(installed_shop.domain, API_SECRET, product_id=viewing, limit=4)
+    response = client.get(f"/proxy/recommendations?{query}")
+    assert response.status_code == 200 and len(response.json["products"]) == 4
+    assert recommendations.serving_state().index(installed_shop.id) is None
+
+
+def test_changes_mark_the_lists_and_the_sweeper_builds_them_once(installed_shop, shopify, client, store):
+    from sample_store.server import product_webhook_payload
+
+    payload = product_webhook_payload(store.products[5])
+    payload.update(updated_at="2030-01-01T00:00:00Z", title="Renamed")
+    body, headers = shopify.signed_webhook("products/update", payload)
+    assert client.post("/webhooks", data=body, headers=headers).status_code == 200
+    changed = db.session.get(RetrievalBuild, installed_shop.id, populate_existing=True).changed_at
+    assert changed is not None
+    assert neighbours.due(changed + timedelta(seconds=1)) == []  # still settling: a sync sends many at once
+    later = changed + neighbours.SETTLE + timedelta(seconds=1)
+    assert neighbours.due(later) == [installed_shop.id]
+    assert neighbours.due(later + timedelta(minutes=1)) == []  # sent once, not every minute while it builds
+    assert neighbours.due(later + neighbours.REQUEUE_AFTER + timedelta(seconds=1)) == [installed_shop.id]
+    build = recommendations.build_neighbour_lists(installed_shop)
+    assert build.changed_at is None and build.queued_at is None and build.built_at > changed
+    assert neighbours.due(utcnow() + timedelta(hours=1)) == []
