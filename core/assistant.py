@@ -146,7 +146,7 @@ def loosely_named(shelf: Shelf, message: str, limit: int = 3) -> list[int]:
 
 def similar_products(shelf: Shelf, text: str, limit: int = 3, threshold: float = 0.5) -> list[int]:
     """Products whose text means what the question says ("a warm jacket"): MiniLM, stored vectors."""
-    index = shelf.retrieval.index
+    index = shelf.index
     if not index.ids:
         return []
     scores = index.vectors @ embeddings.embed([text])[0]
@@ -182,7 +182,7 @@ def alternatives(shelf: Shelf, product: Product, limit: int = 2) -> list[int]:
     same_kind = [p for p, kind in shelf.sellable.items() if kind == product.product_type and p != product.id]
     if not same_kind:
         return []
-    index = shelf.retrieval.index
+    index = shelf.index
     if product.id in index.position:
         similarity = index.similarities([product.id])
         same_kind.sort(key=lambda p: -float(similarity[index.position[p]]) if p in index.position else 0.0)
@@ -604,7 +604,7 @@ def compose_find(q: Question, facts: Facts) -> Reply:
     """A product the shopper has not named ("do you sell headlamps?", "something to cook on", "your cheapest
     sleeping bag"): the in-stock products closest in meaning; asked for the cheapest or the dearest, the closest
     one's kind by price. Nothing close: the closest, said to be only that."""
-    index = q.shelf.retrieval.index
+    index = q.shelf.index
     offered = [i for i, p in enumerate(index.ids) if p in q.shelf.offers]
     if not offered:
         return Reply(f"I couldn't find that among our products. {HANDING_OFF}", "handoff", handoff=True)
@@ -872,7 +872,7 @@ def answer(shop: Shop, session_id: str, message: str, *, viewing: Product | None
            customer_ref: str = "", chat: SupportChat | None = None, shelf: Shelf | None = None) -> Reply:
     """One shopper turn: respond, store both sides in the conversation, and give a handoff its link (with
     the transcript)."""
-    shelf = shelf or recommendations.shelf_for(shop)
+    shelf = shelf or recommendations.catalog_shelf(shop)
     reply = respond(Question(shop, message, shelf, viewing, list(cart), customer_ref), chat)
     now = utcnow().isoformat()
     turn = [{"role": "user", "content": message, "at": now},

@@ -2,15 +2,16 @@
 scores, kept in the database, so that a web process answers a "pairs well with" block by merging a few short
 lists and never builds (or keeps) a store's index.
 
-A worker computes the lists from the served retrieval (`core.recommenders.Blend` with its ranking head) at
-sync, at deploy and after catalog or order changes (`store`): for each product its top LISTED by EASE,
-co-purchase (with the orders holding both), semantic similarity, semantic similarity among new products and
-the learned complements, and the served order itself for the product alone (head included). A request reads
-the lists of the viewed product and the cart (`load`) and merges them as the blend weighs its signals
-(`ListedRetrieval`): EASE and co-purchase sum over the basket and are scaled to their best, text signals take
-the basket's best (a product outside a list counts as the list's last score, the most it can have), the
-customer's history and popularity are added, and the blend's own weights, chosen on the store's validation
-split, weigh them. A basket of one product without history gets the served order exactly."""
+A worker computes the lists from the served retrieval (`core.recommenders.Blend` with its ranking head) after
+every sync and after catalog or order changes (`store`): for each product, its top LISTED by EASE,
+co-purchase, semantic similarity, semantic similarity among new products, the learned complements and the
+served order for the product alone (head included), with every one's value by each of those signals and the
+orders holding both. A request reads the lists of the viewed product and the cart (`load`) and merges them as
+the blend weighs its signals (`ListedRetrieval`): EASE and co-purchase sum over the basket and are scaled to
+their best, text signals take the basket's best (a product off a list counts as the list's last score, the
+most it can have), the customer's history and popularity are added, and the blend's own weights, chosen on
+the store's validation split, weigh them. A basket of one product without history gets the served order
+exactly."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ import numpy as np
 from sqlalchemy import delete, insert, select, update
 
 from .models import NeighbourList, RetrievalBuild, Shop, db, locked_shop, utcnow
-from .recommenders import Blend, History, Weights
+from .recommenders import Blend, History, Weights, top_k
 
-LISTED = 40  # neighbours kept per signal: a block shows 4 of the served order's top after stock and rules
-SIGNALS = ("served", "ease", "co-purchase", "semantic", "semantic if new", "complement")
+LISTED = 40  # a product's top neighbours taken by each signal: a block shows 4 after stock and rules; on Online
+# Retail's validation split 20, 40 and 80 gave HR@10 0.275, 0.279 and 0.283 (taking the orders' signals to 100
+# or 200 moved nothing)
+COLUMNS = ("ease", "co-purchase", "semantic", "complement", "served")  # a neighbour's value by each signal
+SHORTLIST = 100  # merged candidates a block reads (their lists and stock): it shows 4, after stock and rules
 POPULAR = 50  # the shop's best-sellers, kept with the build: they fill a list its neighbours leave short
 STORED_IN = 500  # rows written per statement
 SETTLE = timedelta(seconds=20)  # after a change, wait this long for the next before building (a sync sends many)
@@ -34,52 +38,62 @@ REQUEUE_AFTER = timedelta(minutes=15)  # a build sent this long ago and not done
 
 @dataclass
 class Neighbours:
-    """One product's lists: `lists[signal]` is (product ids, scores), best first; `together` the orders holding
-    the product and each of its co-purchase neighbours; `asking` its need as the complements read it (unit
-    length; None without trained complements)."""
-    product: int
+    """One product's neighbours (`ids`: its top LISTED by EASE, co-purchase, semantic similarity, semantic
+    similarity among new products, the complements and the served order, together) with their value by each
+    signal (`values`, a column each of COLUMNS: the raw scores the blend weighs, EASE's negative ones too, and
+    the served order's score for this product alone), the orders holding both (`together`), the most a product
+    off the list can have by similarity and by the complements (`floors`: the last listed), EASE's diagonal of
+    the inverse Gram matrix for it (`floors[2]`: it turns the product's EASE weight for another into the
+    other's for it), and its need as the complements read it (`asking`, unit length; None without trained
+    complements)."""
+    product: Hashable
     popularity: float
     cold: bool
-    lists: dict[str, tuple[np.ndarray, np.ndarray]]
+    ids: np.ndarray
+    values: np.ndarray
     together: np.ndarray
+    floors: np.ndarray  # the last listed by similarity and by the complements; EASE's diagonal (0: not in EASE)
     asking: np.ndarray | None = None
 
     def pack(self) -> bytes:
-        """Each list's length, then every id (int64), every score (float32) and the together counts (int32)."""
-        counts = np.array([len(self.lists[s][0]) for s in SIGNALS], dtype=np.int32)
-        ids = np.concatenate([self.lists[s][0] for s in SIGNALS]).astype(np.int64)
-        scores = np.concatenate([self.lists[s][1] for s in SIGNALS]).astype(np.float32)
-        return counts.tobytes() + ids.tobytes() + scores.tobytes() + self.together.astype(np.int32).tobytes()
+        """The count, then the ids (int64), the values (float32, row by row), the together counts (int32) and
+        the floors (float32)."""
+        return (np.array([len(self.ids)], dtype=np.int32).tobytes() + self.ids.astype(np.int64).tobytes()
+                + self.values.astype(np.float32).tobytes() + self.together.astype(np.int32).tobytes()
+                + self.floors.astype(np.float32).tobytes())
 
     @classmethod
     def unpack(cls, product: int, popularity: float, cold: bool, packed: bytes, asking: bytes | None) -> Neighbours:
-        counts = np.frombuffer(packed, dtype=np.int32, count=len(SIGNALS))
-        total, at = int(counts.sum()), counts.nbytes
-        ids = np.frombuffer(packed, dtype=np.int64, count=total, offset=at)
-        scores = np.frombuffer(packed, dtype=np.float32, count=total, offset=at + ids.nbytes)
-        together = np.frombuffer(packed, dtype=np.int32, offset=at + ids.nbytes + scores.nbytes)
-        ends = np.cumsum(counts)
-        lists = {s: (ids[end - n:end], scores[end - n:end]) for s, n, end in zip(SIGNALS, counts, ends, strict=True)}
-        return cls(product, popularity, cold, lists, together,
+        count = int(np.frombuffer(packed, dtype=np.int32, count=1)[0])
+        at = 4
+        ids = np.frombuffer(packed, dtype=np.int64, count=count, offset=at)
+        at += ids.nbytes
+        values = np.frombuffer(packed, dtype=np.float32, count=count * len(COLUMNS), offset=at)
+        at += values.nbytes
+        together = np.frombuffer(packed, dtype=np.int32, count=count, offset=at)
+        floors = np.frombuffer(packed, dtype=np.float32, count=3, offset=at + together.nbytes)
+        return cls(product, popularity, cold, ids, values.reshape(count, len(COLUMNS)), together, floors,
                    np.frombuffer(asking, dtype=np.float32) if asking else None)
 
+    def column(self, name: str) -> np.ndarray:
+        return self.values[:, COLUMNS.index(name)]
 
-def _best(ids: Sequence[Hashable], scores: np.ndarray, k: int, positive: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The k best (id, score) of a row, best first (ties by position); only scores above 0 with `positive`."""
-    finite = np.isfinite(scores) & (scores > 0 if positive else True)
-    candidates = np.flatnonzero(finite)
+
+def _best(scores: np.ndarray, k: int, positive: bool = False) -> np.ndarray:
+    """The positions of a row's k best finite scores (only those above 0 with `positive`), best first."""
+    candidates = np.flatnonzero(np.isfinite(scores) & (scores > 0 if positive else True))
     if len(candidates) > k:
         candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
-    candidates = candidates[np.lexsort((candidates, -scores[candidates]))]
-    return np.array([ids[i] for i in candidates], dtype=np.int64), scores[candidates].astype(np.float32)
+    return candidates[np.lexsort((candidates, -scores[candidates]))]
 
 
-def neighbours_of(blend: Blend, k: int = LISTED,
+def neighbours_of(blend: Blend, products: Iterable[Hashable] | None = None, k: int = LISTED,
                   progress: Callable[[Iterable], Iterable] = lambda products: products) -> Iterable[Neighbours]:
-    """Every catalog product's lists over a fitted blend. `progress` wraps the products (a bar, a log line)."""
+    """Each catalog product's neighbours (of `products`; by default every one) over a fitted blend. `progress`
+    wraps the products (a bar, a log line)."""
     ids, position = blend.ids, blend.position
     new = blend.cold.astype(bool)
-    for product in progress(ids):
+    for product in progress(list(ids if products is None else products)):
         at = position[product]
         basket = [product]
         ease, copurchase = np.zeros(len(ids), dtype=np.float32), np.zeros(len(ids), dtype=np.float32)
@@ -89,22 +103,28 @@ def neighbours_of(blend: Blend, k: int = LISTED,
         complement = blend.complements.matches(basket, readings=(True, False))[0] \
             if blend.complements is not None else np.zeros(len(ids), dtype=np.float32)
         served = blend.scores(basket).astype(np.float32)
-        for row in (ease, copurchase, similarity, complement, served):
-            row[at] = -np.inf
-        unseen = similarity.copy()
-        unseen[~new] = -np.inf
-        lists = {"served": _best(ids, served, k), "ease": _best(ids, ease, k, positive=True),
-                 "co-purchase": _best(ids, copurchase, k, positive=True), "semantic": _best(ids, similarity, k),
-                 "semantic if new": _best(ids, unseen, k), "complement": _best(ids, complement, k)}
-        together = np.array([blend.copurchase.together(product, int(p)) for p in lists["co-purchase"][0]],
-                            dtype=np.int32)
+        rows = np.stack([ease, copurchase, similarity, complement, served])
+        rows[:, at] = -np.inf
+        unseen = np.where(new, rows[2], -np.inf)
+        semantic, matched = _best(rows[2], k), _best(rows[3], k)
+        chosen = np.unique(np.concatenate([_best(rows[0], k, positive=True), _best(rows[1], k, positive=True),
+                                           semantic, _best(unseen, k), matched, _best(rows[4], k)]))
+        chosen = chosen[np.lexsort((chosen, -rows[4, chosen]))]  # in the served order
+        neighbour_ids = np.array([ids[i] for i in chosen])
+        counts = blend.copurchase.bought_with(product)
+        together = np.array([counts.get(p, 0) for p in neighbour_ids.tolist()], dtype=np.int32)
+        in_ease = blend.ease.position.get(product)
+        floors = np.array([rows[2, semantic[-1]] if len(semantic) else 0.0,
+                           rows[3, matched[-1]] if len(matched) else 0.0,
+                           blend.ease.diagonal[in_ease] if in_ease is not None else 0.0], dtype=np.float32)
         asking = None
         if blend.complements is not None and product in blend.complements.index.position:
             complements = blend.complements
             need = complements.index.vectors[complements.index.position[product]] @ complements.weight.T + \
                 complements.bias
             asking = (need / max(float(np.linalg.norm(need)), 1e-9)).astype(np.float32)
-        yield Neighbours(int(product), float(blend.popular[at]), bool(new[at]), lists, together, asking)
+        yield Neighbours(product, float(blend.popular[at]), bool(new[at]), neighbour_ids,
+                         rows[:, chosen].T.astype(np.float32), together, floors, asking)
 
 
 # --- Storage ------------------------------------------------------------------------------------------
@@ -203,23 +223,24 @@ class ListedCoPurchase:
     """What the storefront asks of co-purchase, from the lists: orders holding two products (`together`) and
     the A/B holdout's plain co-purchase list (`__call__`)."""
 
-    def __init__(self, lists: dict[int, Neighbours], popular: list[int]):
+    def __init__(self, lists: dict[Hashable, Neighbours], popular: list[Hashable]):
         self.lists, self.popular = lists, popular
 
     def together(self, a: Hashable, b: Hashable) -> int:
         for first, second in ((a, b), (b, a)):
             if first in self.lists:
-                ids, _ = self.lists[first].lists["co-purchase"]
-                found = np.flatnonzero(ids == second)
-                return int(self.lists[first].together[found[0]]) if len(found) else 0
+                ids = self.lists[first].ids.tolist()
+                return int(self.lists[first].together[ids.index(second)]) if second in ids else 0
         return 0
 
     def __call__(self, basket: Sequence[Hashable], k: int, history: History | None = None) -> list:
-        scores: dict[int, float] = {}
+        scores: dict[Hashable, float] = {}
         for product in basket:
             if product in self.lists:
-                for p, score in zip(*self.lists[product].lists["co-purchase"], strict=True):
-                    scores[int(p)] = scores.get(int(p), 0.0) + float(score)
+                listed = self.lists[product]
+                for p, score in zip(listed.ids.tolist(), listed.column("co-purchase").tolist(), strict=True):
+                    if score > 0:
+                        scores[p] = scores.get(p, 0.0) + score
         ranked = [p for p in sorted(scores, key=lambda p: (-scores[p], p)) if p not in basket][:k]
         return ranked + [p for p in self.popular if p not in basket and p not in ranked][:k - len(ranked)]
 
@@ -230,11 +251,11 @@ class ListedRetrieval:
     the best-sellers), merged from the basket products' lists as `Blend.signals` weighs them. It stands in for
     the Blend wherever the storefront reads one: `scores`, `position`, `cold`, `copurchase`."""
     weights: Weights
-    lists: dict[int, Neighbours]  # the basket's products' and the candidates' own (for `together`)
-    facts: dict[int, tuple[float, bool]]  # every candidate's popularity and newness
-    popular: list[int]
-    ids: list[int] = field(init=False)
-    position: dict[int, int] = field(init=False)
+    lists: dict[Hashable, Neighbours]  # the basket's products' and the candidates' own (for `together`)
+    facts: dict[Hashable, tuple[float, bool]]  # every candidate's popularity and newness
+    popular: list[Hashable]
+    ids: list[Hashable] = field(init=False)
+    position: dict[Hashable, int] = field(init=False)
     cold: np.ndarray = field(init=False)
     popularity: np.ndarray = field(init=False)
     copurchase: ListedCoPurchase = field(init=False)
@@ -247,41 +268,55 @@ class ListedRetrieval:
         self.popularity = np.array([self.facts[p][0] for p in self.ids], dtype=np.float32)
         self.copurchase = ListedCoPurchase(self.lists, self.popular)
 
-    def _row(self, signal: str, product: int, floor: bool) -> np.ndarray:
-        """A basket product's list as a row over `ids`; a product off the list gets the list's last score
-        (`floor`: text signals, where that is the most it can have) or 0 (orders: it was never bought with)."""
-        ids, scores = self.lists[product].lists[signal]
-        row = np.full(len(self.ids), float(scores[-1]) if floor and len(scores) else 0.0, dtype=np.float32)
-        at = [self.position.get(int(p), -1) for p in ids]
-        inside = np.array([i >= 0 for i in at], dtype=bool)
-        if inside.any():
-            row[np.array(at)[inside]] = scores[inside]
-        return row
+    def _table(self, product: Hashable) -> np.ndarray:
+        """A basket product's values with every candidate (rows: COLUMNS). A candidate off its list whose own
+        list is loaded and names the product lends its values: co-purchase and similarity are symmetric, and
+        EASE's weight turns by the ratio of the two diagonals. Otherwise it takes 0 by the orders (never
+        bought with it, near enough) and the floors by similarity and the complements."""
+        listed = self.lists[product]
+        table = np.zeros((len(COLUMNS), len(self.ids)), dtype=np.float32)
+        table[2], table[3], table[4] = listed.floors[0], listed.floors[1], -np.inf
+        at = np.array([self.position.get(p, -1) for p in listed.ids.tolist()], dtype=np.int64)
+        inside = at >= 0
+        table[:, at[inside]] = listed.values[inside].T
+        known = set(listed.ids.tolist())
+        for candidate, other in self.lists.items():
+            if candidate in known or candidate == product or candidate not in self.position:
+                continue
+            names = np.flatnonzero(other.ids == product)
+            if len(names):
+                column, values = self.position[candidate], other.values[names[0]]
+                table[1, column], table[2, column] = values[1], values[2]
+                if other.floors[2]:
+                    table[0, column] = values[0] * listed.floors[2] / other.floors[2]
+        return table
+
+    def shortlist(self, basket: Sequence[Hashable], history: History | None = None) -> set:
+        """The SHORTLIST candidates the merged lists score best: those whose own lists a request loads, so
+        that `scores` then reads each one's values with every basket product."""
+        scores = self.scores(basket, history)
+        return {self.ids[i] for i in np.argsort(-scores, kind="stable")[:SHORTLIST]}
 
     def scores(self, basket: Sequence[Hashable], history: History | None = None) -> np.ndarray:
         known = [p for p in basket if p in self.lists]
         if not known:
-            return 1e-3 * self.popularity + self.weights.popularity * self.popularity
+            return (self.weights.popularity + 1e-3) * self.popularity
+        tables = np.array([self._table(p) for p in known])
+        merged = self.blended(tables, known, history)
         if len(basket) == 1 and not history:  # the served order, head and all, then the rest by the blend
-            merged = self.blended(known, history)
-            ids, _ = self.lists[known[0]].lists["served"]
-            top = float(np.max(merged, initial=0.0)) + 1
-            for rank, p in enumerate(ids):
-                if int(p) in self.position:
-                    merged[self.position[int(p)]] = top + len(ids) - rank
-            return merged
-        return self.blended(known, history)
+            served = tables[0, 4]
+            listed = np.isfinite(served)
+            if listed.any():
+                merged[listed] = float(np.max(merged, initial=0.0)) + 1 + served[listed] \
+                    - served[listed].min()
+        return merged
 
-    def blended(self, known: list[int], history: History | None) -> np.ndarray:
-        zeros = np.zeros(len(self.ids), dtype=np.float32)
-        ease = sum((self._row("ease", p, False) for p in known), zeros)
-        copurchase = sum((self._row("co-purchase", p, False) for p in known), zeros)
-        similarity = np.max([np.maximum(self._row("semantic", p, True),
-                                        self._row("semantic if new", p, False)) for p in known], axis=0)
-        matched = np.array([self._row("complement", p, True) for p in known])
+    def blended(self, tables: np.ndarray, known: list[Hashable], history: History | None) -> np.ndarray:
+        ease, copurchase = tables[:, 0].sum(axis=0), tables[:, 1].sum(axis=0)
+        similarity, matched = tables[:, 2].max(axis=0), tables[:, 3]
         asking = [self.lists[p].asking for p in known if self.lists[p].asking is not None]
         need = float(np.linalg.norm(np.mean(asking, axis=0))) if asking else 1.0
-        bought = zeros.copy()
+        bought = np.zeros(len(self.ids), dtype=np.float32)
         for product, weight in (history or {}).items():
             if product in self.position:
                 bought[self.position[product]] = weight
@@ -293,7 +328,31 @@ class ListedRetrieval:
         return self.weights.as_array() @ signals + 1e-3 * self.popularity
 
 
-def candidates(lists: dict[int, Neighbours], popular: Iterable[int]) -> set[int]:
+def candidates(lists: dict[Hashable, Neighbours], popular: Iterable[Hashable]) -> set:
     """Every product the basket's lists name, and the best-sellers."""
-    named = {int(p) for n in lists.values() for ids, _ in n.lists.values() for p in ids}
-    return named | set(popular)
+    return {p for n in lists.values() for p in n.ids.tolist()} | set(popular)
+
+
+class ServedFromLists:
+    """The blend as the storefront serves it from the lists, for offline evaluation: each basket product's
+    lists computed from the blend once, merged over the same candidates a request reads (the lists'
+    products, the customer's history, the best-sellers). A recommender: (basket, k, history) → products."""
+
+    def __init__(self, blend: Blend, k: int = LISTED):
+        self.blend, self.k, self.lists = blend, k, {}
+        self.popular = [blend.ids[i] for i in np.argsort(-blend.popular, kind="stable")[:POPULAR]]
+
+    def __call__(self, basket: Sequence[Hashable], k: int, history: History | None = None) -> list:
+        blend = self.blend
+        lists = self._lists(basket)
+        named = (candidates(lists, self.popular) | set(history or {}) | set(basket)) & blend.position.keys()
+        facts = {p: (float(blend.popular[blend.position[p]]), bool(blend.cold[blend.position[p]])) for p in named}
+        retrieval = ListedRetrieval(blend.weights, lists, facts, self.popular)
+        lists |= self._lists(retrieval.shortlist(basket, history))
+        return top_k(retrieval.ids, retrieval.scores(basket, history), basket, k)
+
+    def _lists(self, products: Iterable[Hashable]) -> dict[Hashable, Neighbours]:
+        products = [p for p in dict.fromkeys(products) if p in self.blend.position]
+        self.lists |= {n.product: n for n in neighbours_of(self.blend, [p for p in products if p not in self.lists],
+                                                          self.k)}
+        return {p: self.lists[p] for p in products}

@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import cache, embeddings, neighbours, understanding
 from .claims import stems
+from .embeddings import SemanticIndex, catalog_index
 from .experiment import HOLDOUT
 from .history import Basket, Item, load_baskets
 from .merchandising import Rules, load_rules
@@ -47,7 +48,7 @@ CHANGED_INDEX_SECONDS = 30  # a catalog change rebuilds an index at least this o
 PRECOMPUTE_BUDGET_SECONDS = 20.0  # nobody waits on a precompute: let the model finish
 SHELF_TTL_SECONDS = 30
 GENERATION_TTL_SECONDS = 2.0  # how late another process's bump of the reply generation may be seen
-SHELVES_KEPT = 256  # shops whose shelf a process keeps (each at most SHELF_TTL_SECONDS)
+SHELF_KINDS = ("index", "catalog")  # with the retrieval index (`shelf_for`); the assistant's (`catalog_shelf`)
 BUILD_LOCKS = 64  # cold builds of different shops run side by side; of one shop, once
 PERIODS_KEPT = 1  # training-period retrievals a process keeps: the datasets build one, the deploy gate reuses it
 
@@ -67,13 +68,15 @@ class BuiltIndex:
 class ServingState:
     """What a web process keeps to answer shoppers fast, owned by the app (`app.extensions["pairwell_serving"]`,
     made by the app factory) and bounded: the retrieval indexes, least recently used out first, within
-    `index_bytes`; the shelves of the SHELVES_KEPT most recent shops; the retrieval of the last training period
+    `index_bytes`; the shelves, within the same bytes again (each kept at most SHELF_TTL_SECONDS); the
+    retrieval of the last training period
     built (`period_retrieval`). Losing any of it costs a rebuild, never a wrong answer. Concurrent first requests
     of one shop wait for one build instead of each building."""
 
     def __init__(self, index_bytes: int):
         self.indexes: LRUCache[int, BuiltIndex] = LRUCache(maxsize=index_bytes, getsizeof=lambda built: built.size)
-        self.shelves: LRUCache[int, tuple[str, float, Shelf]] = LRUCache(maxsize=SHELVES_KEPT)
+        self.shelves: LRUCache[tuple[int, str], tuple[int, float, Shelf, int]] = LRUCache(
+            maxsize=index_bytes, getsizeof=lambda kept: kept[3])
         self.periods: LRUCache[tuple[int, str], Blend] = LRUCache(maxsize=PERIODS_KEPT)
         self.rebuilding: set[int] = set()  # shops whose index a background thread is rebuilding
         self.lock = threading.Lock()  # cachetools' caches are not thread-safe
@@ -91,13 +94,19 @@ class ServingState:
                 log.warning("the retrieval index of shop %s (%.0f MiB) is larger than PAIRWELL_INDEX_CACHE_MB",
                             shop_id, built.size / 2**20)
 
-    def shelf(self, shop_id: int) -> tuple[str, float, Shelf] | None:
+    def shelf(self, shop_id: int, kind: str) -> tuple[int, float, Shelf, int] | None:
         with self.lock:
-            return self.shelves.get(shop_id)
+            return self.shelves.get((shop_id, kind))
 
-    def keep_shelf(self, shop_id: int, kept: tuple[str, float, Shelf]) -> None:
+    def keep_shelf(self, shop_id: int, kind: str, generation: int, shelf: Shelf) -> None:
+        """Kept by its bytes (`footprint`: a shelf with an index counts the index again) within the same bound
+        as the indexes; one larger than the whole bound is served, not kept."""
+        kept = (generation, time.monotonic(), shelf, footprint(shelf))
         with self.lock:
-            self.shelves[shop_id] = kept
+            try:
+                self.shelves[(shop_id, kind)] = kept
+            except ValueError:
+                pass
 
     def build_lock(self, shop_id: int) -> threading.Lock:
         return self._builds[shop_id % BUILD_LOCKS]
@@ -105,7 +114,8 @@ class ServingState:
     def catalog_changed(self, shop_id: int) -> None:
         """The shop's shelf goes; its index keeps serving until the background rebuild replaces it."""
         with self.lock:
-            self.shelves.pop(shop_id, None)
+            for kind in SHELF_KINDS:
+                self.shelves.pop((shop_id, kind), None)
             built = self.indexes.get(shop_id)
             if built is not None and not built.changed:
                 self.indexes[shop_id] = replace(built, changed=True)
@@ -113,7 +123,8 @@ class ServingState:
     def forget(self, shop_id: int) -> None:
         with self.lock:
             self.indexes.pop(shop_id, None)
-            self.shelves.pop(shop_id, None)
+            for kind in SHELF_KINDS:
+                self.shelves.pop((shop_id, kind), None)
             for key in [key for key in self.periods if key[0] == shop_id]:
                 del self.periods[key]
 
@@ -184,10 +195,15 @@ class Shelf:
     a gate run."""
     catalog: dict[Hashable, Item]
     sellable: dict[Hashable, str]
-    retrieval: Blend
+    retrieval: Blend | neighbours.ListedRetrieval | None  # None: the assistant's shelf (`catalog_shelf`)
     offers: dict[int, Offer] = field(default_factory=dict)  # what a storefront reply shows of each sellable one
     rules: Rules = field(default_factory=Rules)  # the merchant's pins and exclusions
     several: frozenset[str] | None = None  # `bought_several` as a build of the neighbour lists found it
+    index: SemanticIndex | None = None  # the catalog's text vectors (the assistant's search); the Blend's own
+
+    def __post_init__(self):
+        if self.index is None and isinstance(self.retrieval, Blend):
+            self.index = self.retrieval.index
 
     @cached_property
     def bought_several(self) -> frozenset[str]:
@@ -268,12 +284,7 @@ def load_shelf(shop: Shop, baskets: list[Basket] | None = None) -> Shelf:
     or from `baskets` when given (the deploy gate passes the training period only). Stored product embeddings
     stand in for the encoder."""
     products, catalog, offers = storefront_products(shop.id)
-    texts = {p.id: embeddings.product_text(p.title, p.product_type, p.description) for p in products}
-    stored = [p.id for p in products if p.id in catalog and not embeddings.is_remembered(texts[p.id])
-              and p.embedding_sha == embeddings.text_sha(texts[p.id])]
-    if stored:
-        embeddings.remember((texts[product], vector) for product, vector in db.session.execute(
-            select(Product.id, Product.embedding).where(Product.shop_id == shop.id, Product.id.in_(stored))))
+    remember_stored_vectors(shop.id, products, catalog)
     if baskets is None:
         retrieval = retrieval_index(shop.id, catalog)
     else:
@@ -281,22 +292,47 @@ def load_shelf(shop: Shop, baskets: list[Basket] | None = None) -> Shelf:
     return Shelf(catalog, {p: catalog[p].product_type for p in offers}, retrieval, offers, load_rules(shop.id))
 
 
+def remember_stored_vectors(shop_id: int, products: list, catalog: dict[int, Item]) -> None:
+    """The catalog's text vectors stored at sync (and on product webhooks), where their text is unchanged: the
+    encoder runs only for the rest."""
+    texts = {p.id: embeddings.product_text(p.title, p.product_type, p.description) for p in products}
+    stored = [p.id for p in products if p.id in catalog and not embeddings.is_remembered(texts[p.id])
+              and p.embedding_sha == embeddings.text_sha(texts[p.id])]
+    if stored:
+        embeddings.remember((texts[product], vector) for product, vector in db.session.execute(
+            select(Product.id, Product.embedding).where(Product.shop_id == shop_id, Product.id.in_(stored))))
+
+
+def catalog_shelf(shop: Shop) -> Shelf:
+    """What the support assistant reads: the storefront catalog, its offers and rules and the catalog's text
+    vectors, without a retrieval index (a chat never waits for one to be built). Reused by this process like
+    `shelf_for`."""
+    def load() -> Shelf:
+        products, catalog, offers = storefront_products(shop.id)
+        remember_stored_vectors(shop.id, products, catalog)
+        return Shelf(catalog, {p: catalog[p].product_type for p in offers}, None, offers, load_rules(shop.id),
+                     index=catalog_index(catalog))
+    return _kept_shelf(shop, "catalog", load)
+
+
 def listed_shelf(shop: Shop, viewing: int, cart: list[int], history: History) -> Shelf | None:
-    """The shelf a storefront block needs, from the shop's neighbour lists (core/neighbours.py): the products
-    the basket's lists name, the customer's history, the pins and the best-sellers, read with their stock now.
-    No index is built or kept. None before the shop's first build (the caller uses `shelf_for`)."""
+    """The shelf a storefront block needs, from the shop's neighbour lists (core/neighbours.py): of the products
+    the basket's lists name, the customer's history and the best-sellers, the shortlist the merged lists
+    score best (`ListedRetrieval.shortlist`), and the pins, read with their stock now. No index is built or
+    kept. None before the shop's first build (the caller uses `shelf_for`)."""
     build = db.session.get(RetrievalBuild, shop.id)
     if build is None or build.built_at is None:
         return None
     rules = load_rules(shop.id)
     basket = [viewing, *cart]
     lists = neighbours.load(shop.id, basket)
-    named = neighbours.candidates(lists, build.popular) | set(history) | set(rules.pins.get(viewing, [])) | \
-        set(basket)
-    lists |= neighbours.load(shop.id, named - set(lists))  # a candidate's own: orders holding two candidates
-    _, catalog, offers = storefront_products(shop.id, named)
-    facts = {p: (n.popularity, n.cold) for p, n in lists.items() if p in catalog}
-    retrieval = neighbours.ListedRetrieval(Weights(**build.weights), lists, facts, build.popular)
+    pins = set(rules.pins.get(viewing, []))
+    named = neighbours.candidates(lists, build.popular) | set(history) | pins | set(basket)
+    retrieval = neighbours.ListedRetrieval(Weights(**build.weights), lists, neighbours.load_facts(shop.id, named),
+                                           build.popular)
+    shortlist = retrieval.shortlist(basket, history) | pins | set(basket)
+    lists |= neighbours.load(shop.id, shortlist - set(lists))  # each one's values with the basket, and together
+    _, catalog, offers = storefront_products(shop.id, shortlist)
     return Shelf(catalog, {p: catalog[p].product_type for p in offers}, retrieval, offers, rules,
                  frozenset(build.several))
 
@@ -321,16 +357,22 @@ def title_words_of(text: str) -> frozenset[str]:
 
 
 def shelf_for(shop: Shop) -> Shelf:
-    """The shop's shelf for a storefront request, reused by this process while the catalog has not changed
-    (a product webhook moves the shop's reply generation) and for at most SHELF_TTL_SECONDS (stock)."""
+    """The shop's shelf with its retrieval index (the admin's preview; a storefront request before the shop's
+    first build of its neighbour lists), reused by this process while the catalog has not changed (a product
+    webhook moves the shop's reply generation) and for at most SHELF_TTL_SECONDS (stock)."""
+    return _kept_shelf(shop, "index", lambda: load_shelf(shop))
+
+
+def _kept_shelf(shop: Shop, kind: str, load: Callable[[], Shelf]) -> Shelf:
     generation = reply_generation(shop.id)
     state = serving_state()
-    kept = state.shelf(shop.id)
+    kept = state.shelf(shop.id, kind)
     if kept is not None and kept[0] != generation:  # moved by a webhook, perhaps in another process
         state.catalog_changed(shop.id)
     if kept is None or kept[0] != generation or time.monotonic() - kept[1] > SHELF_TTL_SECONDS:
-        kept = (generation, time.monotonic(), load_shelf(shop))
-        state.keep_shelf(shop.id, kept)
+        shelf = load()
+        state.keep_shelf(shop.id, kind, generation, shelf)
+        return shelf
     return kept[2]
 
 

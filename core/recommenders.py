@@ -248,7 +248,7 @@ class EASE:
         self.position = {p: i for i, p in enumerate(self.ids)}
         self.popularity = Popularity(purchases.items)
         if not self.ids:  # a store with no orders yet: nothing to weigh
-            self.weights = np.zeros((0, 0), dtype=np.float32)
+            self.weights = self.diagonal = np.zeros((0, 0), dtype=np.float32)
             return
         x = purchases.matrix[:, :len(self.ids)]
         gram = (x.T @ x).toarray()
@@ -262,7 +262,8 @@ class EASE:
             raise np.linalg.LinAlgError(f"EASE: the Gram matrix is not positive definite ({failed})")
         upper = np.triu_indices_from(inverse, 1)
         inverse[upper] = inverse.T[upper]  # spotri fills the lower triangle only
-        inverse /= -np.diag(inverse)
+        self.diagonal = np.diag(inverse).copy()  # P's: B[i, j] = B[j, i] P[i, i] / P[j, j] (core/neighbours.py)
+        inverse /= -self.diagonal
         np.fill_diagonal(inverse, 0.0)
         self.weights = inverse
 

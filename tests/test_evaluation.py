@@ -189,6 +189,11 @@ def test_the_report_pairs_the_head_with_the_blend_alone_and_measures_one_of_a_ki
     assert alone["hr@10"] > rows["EASE"]["hr@10"] and alone["cold_start_hr@10"] > rows["EASE"]["cold_start_hr@10"]
     block = rows[evaluation.ONE_OF_A_KIND]
     assert block["same_type_lists@4"] == 0 < rows[evaluation.SERVED]["same_type_lists@4"]
+    # The storefront merges neighbour lists instead of scoring the catalog: as good on the same cases.
+    listed = report["neighbour_lists"]["ndcg@10_against_served"]
+    assert listed["cases"] == rows[evaluation.FROM_LISTS]["cases"] == rows[evaluation.SERVED]["cases"] <= 1000
+    assert listed["ci"][0] > 0.97 and rows[evaluation.FROM_LISTS]["hr@10"] >= 0.98 * rows[evaluation.SERVED]["hr@10"]
     table = evaluation.markdown(report)
     assert f"Ranking head: NDCG@10 {lift['ratio']}× the blend alone" in table
+    assert f"from the neighbour lists, as the storefront merges them: NDCG@10 {listed['ratio']}×" in table
     assert "Lists with two products of one type in their first 4:" in table

@@ -313,7 +313,7 @@ def misleading_chat() -> assistant.SupportChat:
 def answers(shop: Shop, chat: assistant.SupportChat | None, cases: list[Case], label: str,
             progress_bar: bool = True) -> list[Scored]:
     """Every case answered through `assistant.respond`, as the storefront answers, and timed."""
-    shelf = recommendations.shelf_for(shop)
+    shelf = recommendations.catalog_shelf(shop)
     results = []
     for case in tqdm(cases, desc=label, unit="question") if progress_bar else cases:
         viewing = db.session.get(Product, (shop.id, case.product_id)) if case.product_id else None
@@ -332,7 +332,7 @@ def evaluate(shop: Shop, model_file: str | None = None, base: bool = True, size:
              facts_only: bool = True, misleading: bool = True) -> dict:
     """The question set answered from the facts alone, by a model that tries to mislead, by the base model
     and by the fine-tuned one (the live version or `model_file`), all with the same grounding and checks."""
-    cases = question_set(shop, recommendations.shelf_for(shop), size)
+    cases = question_set(shop, recommendations.catalog_shelf(shop), size)
     if model_file is None:
         live = recommendations.live_model(shop)
         model_file = live.gguf_path if live is not None else None

@@ -18,6 +18,7 @@ from pathlib import Path
 from core.embeddings import SemanticIndex, catalog_index
 from core.history import Basket, Item, split_by_time
 from core.model_hosts import Ranker, rank_with_gguf
+from core.neighbours import ServedFromLists
 from core.prompts import PROMPT_CART
 from core.ranking_head import fit_ranking_head
 from core.recommendations import Shelf, one_of_a_kind, rerank
@@ -46,6 +47,8 @@ SERVED = "blend (served)"  # with its ranking head, where one serves
 ONE_OF_A_KIND = "blend (served), one of a kind in 4"  # the storefront's complementary block
 BLOCK = 4  # the storefront block's places
 BLEND_ALONE = "blend alone"  # without the head: the paired comparison
+FROM_LISTS = "blend (served), from neighbour lists"  # as the storefront merges them (core/neighbours.py)
+LISTED_CASES = 1000  # cases the lists are scored on, paired with the served blend on the same ones
 Progress = Callable[[Iterable, str], Iterable]  # wraps a phase's loop (a progress bar in the CLI)
 
 
@@ -290,7 +293,8 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     normalisation, shrinkage and neighbourhood, and with customers its history weight; with product `types`,
     type-level co-purchase for the cold-start slice. With titles, the semantic recommender and the served blend
     too, with its ranking head (trained on the same validation split) and without it (`BLEND_ALONE`, paired on
-    the same cases); with a model (`rank`), the blend it re-ranks, on the first `model_cases` cases (with the
+    the same cases), and as the storefront serves it, merged from neighbour lists (`FROM_LISTS`, paired on the
+    first LISTED_CASES cases); with a model (`rank`), the blend it re-ranks, on the first `model_cases` cases (with the
     blend on the same cases, for a paired comparison)."""
     rng = random.Random(seed)
     train, test = split_by_time(baskets, test_fraction)
@@ -349,6 +353,10 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     for name, recommender in recommenders.items():
         results[name] = score(recommender, progress(cases, name), catalog, random.Random(seed), slices, relevance,
                               gains.setdefault(name, []), typed)
+    if blend is not None:  # each case's products' lists cost a catalog scoring each: the first LISTED_CASES
+        listed = cases[:LISTED_CASES]
+        results[FROM_LISTS] = score(ServedFromLists(blend), progress(listed, FROM_LISTS), catalog,
+                                    random.Random(seed), slices, relevance, gains.setdefault(FROM_LISTS, []), typed)
     trained_on = None
     if train_minutes and shelf is not None:
         gguf, trained_on = fine_tune_on_orders(train, shelf, workdir, minutes=train_minutes, seed=seed)
@@ -370,7 +378,9 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
         **({"blend": {"weights": vars(blend.weights), "validation": blend.validation},
             "ranking_head": {**(blend.head.card() if blend.head else {"serves": [], "why": "too few orders to train"}),
                              "ndcg@10_against_blend_alone": paired_ratio(gains[SERVED], gains[BLEND_ALONE],
-                                                                         random.Random(seed))}} if blend else {}),
+                                                                         random.Random(seed))},
+            "neighbour_lists": {"ndcg@10_against_served": paired_ratio(
+                gains[FROM_LISTS], gains[SERVED][:len(gains[FROM_LISTS])], random.Random(seed))}} if blend else {}),
         "baselines": {
             "item-kNN": knn.validation,
             "type-level co-purchase": getattr(recommenders.get("type-level co-purchase"), "validation", None)
@@ -466,6 +476,11 @@ def markdown(report: dict) -> str:
                      + (f" (NDCG@10 gain ± its standard error on the judged validation cases; a slice is served "
                            f"when its gain is over 1.96 standard errors: {judged})" if judged
                         else f" ({head.get('why', 'no slice measured')})"))
+    if listed := report.get("neighbour_lists"):
+        lift = listed["ndcg@10_against_served"]
+        within = f" (95% CI {lift['ci'][0]}–{lift['ci'][1]})" if lift["ci"] else ""
+        notes.append(f"Served from the neighbour lists, as the storefront merges them: NDCG@10 {lift['ratio']}× "
+                     f"the served blend{within} on the same {lift['cases']} cases")
     baselines = report.get("baselines", {})
     if knn := baselines.get("item-kNN"):
         notes.append(f"item-kNN chosen on {knn['cases']} validation cases: {_setting(knn['setting'])} (HR@10 "

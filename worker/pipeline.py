@@ -268,7 +268,7 @@ def assistant_gate(shop: Shop, model: ModelVersion, live: ModelVersion | None, p
     served, against the live version's where it words them (else none: the facts alone answer). It serves
     when it words more beyond noise and its served replies are as factual, as safe and hand off as rightly as
     the facts alone; the checks keep every reply it words true either way."""
-    cases = assistant_evaluation.question_set(shop, recommendations.shelf_for(shop), GATE_QUESTIONS)
+    cases = assistant_evaluation.question_set(shop, recommendations.catalog_shelf(shop), GATE_QUESTIONS)
 
     def worded(path: str | None, label: str) -> tuple[list[float], dict]:
         chat = assistant_evaluation.gguf_chat(path) if path else None
