@@ -36,7 +36,7 @@ ID_SPAN = 10_000_000  # product ids of store i: i * ID_SPAN + 1 ...
 def app_for(url: str):
     from shopify_app import create_app
 
-    return create_app({"SQLALCHEMY_DATABASE_URI": url, "REDIS_URL": None, **CREDENTIALS})
+    return create_app({"SQLALCHEMY_DATABASE_URI": url, "REDIS_URL": None, "PROXY_LIMIT_PER_IP": 10**9, **CREDENTIALS})
 
 
 NEIGHBOURS = 150  # a product's neighbours (the union of its top lists by six signals, which overlap)
@@ -50,7 +50,8 @@ def packed_lists(rng: np.random.Generator, ids: np.ndarray) -> np.ndarray:
     count = len(ids)
     header = np.full((count, 1), NEIGHBOURS, dtype=np.int32)
     neighbours = ids[rng.integers(0, count, (count, NEIGHBOURS))]
-    values = rng.random((count, NEIGHBOURS * len(COLUMNS)), dtype=np.float32)
+    values = rng.random((count, NEIGHBOURS, len(COLUMNS)), dtype=np.float32)
+    values[:, :, COLUMNS.index("new")] = values[:, :, COLUMNS.index("new")] < 0.1
     together = rng.integers(0, 5, (count, NEIGHBOURS), dtype=np.int32)
     floors = rng.random((count, 3), dtype=np.float32)
     return np.hstack([part.view(np.uint8).reshape(count, -1)
@@ -93,7 +94,7 @@ def install(url: str, first: int, last: int, sizes: tuple[int, int], seed: int) 
                 for at, product in enumerate(ids.tolist()):
                     copy.write_row((store + 1, product, float(popularity[at]), at % 10 == 0, blobs[at].tobytes(),
                                     askings[at % 64]))
-            popular = [int(p) for p in ids[np.argsort(-popularity)[:50]]]
+            popular = [[int(ids[i]), float(popularity[i]), False] for i in np.argsort(-popularity)[:50]]
             cursor.execute("INSERT INTO retrieval_builds (shop_id, weights, several, popular, products, seconds, "
                            "built_at) VALUES (%s, '{}', '[]', %s, %s, 0, %s)",
                            (store + 1, json.dumps(popular), count, now))

@@ -428,7 +428,7 @@ class RetrievalBuild(db.Model):
     shop_id: Mapped[int] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), primary_key=True)
     weights: Mapped[dict] = mapped_column(JSON, default=dict)
     several: Mapped[list[str]] = mapped_column(JSON, default=list)  # types shoppers buy several of at once
-    popular: Mapped[list[int]] = mapped_column(JSON, default=list)  # best-sellers, best first
+    popular: Mapped[list[list]] = mapped_column(JSON, default=list)  # best-sellers: [id, popularity, new], best first
     products: Mapped[int] = mapped_column(Integer, default=0)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
     built_at: Mapped[datetime | None] = mapped_column(Timestamp())

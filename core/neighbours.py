@@ -28,7 +28,8 @@ from .recommenders import Blend, History, Weights, top_k
 LISTED = 40  # a product's top neighbours taken by each signal: a block shows 4 after stock and rules; on Online
 # Retail's validation split 20, 40 and 80 gave HR@10 0.275, 0.279 and 0.283 (taking the orders' signals to 100
 # or 200 moved nothing)
-COLUMNS = ("ease", "co-purchase", "semantic", "complement", "served")  # a neighbour's value by each signal
+# A neighbour's value by each signal, then its own popularity and newness (what a request needs of a candidate).
+COLUMNS = ("ease", "co-purchase", "semantic", "complement", "served", "popularity", "new")
 SHORTLIST = 100  # merged candidates a block reads (their lists and stock): it shows 4, after stock and rules
 POPULAR = 50  # the shop's best-sellers, kept with the build: they fill a list its neighbours leave short
 STORED_IN = 500  # rows written per statement
@@ -40,12 +41,12 @@ REQUEUE_AFTER = timedelta(minutes=15)  # a build sent this long ago and not done
 class Neighbours:
     """One product's neighbours (`ids`: its top LISTED by EASE, co-purchase, semantic similarity, semantic
     similarity among new products, the complements and the served order, together) with their value by each
-    signal (`values`, a column each of COLUMNS: the raw scores the blend weighs, EASE's negative ones too, and
-    the served order's score for this product alone), the orders holding both (`together`), the most a product
-    off the list can have by similarity and by the complements (`floors`: the last listed), EASE's diagonal of
-    the inverse Gram matrix for it (`floors[2]`: it turns the product's EASE weight for another into the
-    other's for it), and its need as the complements read it (`asking`, unit length; None without trained
-    complements)."""
+    signal (`values`, a column each of COLUMNS: the raw scores the blend weighs, EASE's negative ones too, the
+    served order's score for this product alone, and the neighbour's own popularity and newness), the orders
+    holding both (`together`), the most a product off the list can have by similarity and by the complements
+    (`floors`: the last listed), EASE's diagonal of the inverse Gram matrix for it (`floors[2]`: it turns the
+    product's EASE weight for another into the other's for it), and its need as the complements read it
+    (`asking`, unit length; None without trained complements)."""
     product: Hashable
     popularity: float
     cold: bool
@@ -105,6 +106,7 @@ def neighbours_of(blend: Blend, products: Iterable[Hashable] | None = None, k: i
         served = blend.scores(basket).astype(np.float32)
         rows = np.stack([ease, copurchase, similarity, complement, served])
         rows[:, at] = -np.inf
+        rows = np.vstack([rows, blend.popular[None], blend.cold[None]])
         unseen = np.where(new, rows[2], -np.inf)
         semantic, matched = _best(rows[2], k), _best(rows[3], k)
         chosen = np.unique(np.concatenate([_best(rows[0], k, positive=True), _best(rows[1], k, positive=True),
@@ -140,8 +142,8 @@ def store(shop_id: int, blend: Blend, several: Iterable[str], started: datetime,
              "lists": n.pack(), "asking": n.asking.tobytes() if n.asking is not None else None}
             for n in neighbours_of(blend, progress=progress)]
     facts = {"weights": {name: getattr(blend.weights, name) for name in Weights.__dataclass_fields__},
-             "several": sorted(several), "popular": [int(blend.ids[i]) for i in
-                                                    np.argsort(-blend.popular, kind="stable")[:POPULAR]]}
+             "several": sorted(several), "popular": [[int(blend.ids[i]), float(blend.popular[i]), bool(blend.cold[i])]
+                                                    for i in np.argsort(-blend.popular, kind="stable")[:POPULAR]]}
     locked_shop(shop_id)
     build = db.session.get(RetrievalBuild, shop_id, populate_existing=True) or RetrievalBuild(shop_id=shop_id)
     changed = build.built_at is None or any(getattr(build, name) != value for name, value in facts.items()) \
@@ -180,7 +182,7 @@ def mark_changed(shop_id: int) -> None:
 
 def due(now: datetime) -> list[int]:
     """The shops whose lists the sweeper should have built now, each claimed (`queued_at`) so the next sweep
-    does not send it again while it builds: changed over SETTLE_SECONDS ago, or never built, or sent over
+    does not send it again while it builds: changed over SETTLE ago, or never built, or sent over
     REQUEUE_AFTER ago and not built since. Installed shops without any build are marked first. Commits."""
     installed = select(Shop.id).where(Shop.installed_at.is_not(None), Shop.uninstalled_at.is_(None),
                                       ~Shop.id.in_(select(RetrievalBuild.shop_id)))
@@ -274,11 +276,11 @@ class ListedRetrieval:
         EASE's weight turns by the ratio of the two diagonals. Otherwise it takes 0 by the orders (never
         bought with it, near enough) and the floors by similarity and the complements."""
         listed = self.lists[product]
-        table = np.zeros((len(COLUMNS), len(self.ids)), dtype=np.float32)
+        table = np.zeros((5, len(self.ids)), dtype=np.float32)
         table[2], table[3], table[4] = listed.floors[0], listed.floors[1], -np.inf
         at = np.array([self.position.get(p, -1) for p in listed.ids.tolist()], dtype=np.int64)
         inside = at >= 0
-        table[:, at[inside]] = listed.values[inside].T
+        table[:, at[inside]] = listed.values[inside, :5].T
         known = set(listed.ids.tolist())
         for candidate, other in self.lists.items():
             if candidate in known or candidate == product or candidate not in self.position:
@@ -331,6 +333,16 @@ class ListedRetrieval:
 def candidates(lists: dict[Hashable, Neighbours], popular: Iterable[Hashable]) -> set:
     """Every product the basket's lists name, and the best-sellers."""
     return {p for n in lists.values() for p in n.ids.tolist()} | set(popular)
+
+
+def facts_of(lists: dict[Hashable, Neighbours]) -> dict[Hashable, tuple[float, bool]]:
+    """The popularity and newness of every product the lists name, and of their owners: what a request knows of
+    its candidates without reading their rows."""
+    facts = {}
+    for listed in lists.values():
+        facts |= dict(zip(listed.ids.tolist(), zip(listed.column("popularity").tolist(),
+                                                   (listed.column("new") > 0).tolist(), strict=True), strict=True))
+    return facts | {p: (n.popularity, n.cold) for p, n in lists.items()}
 
 
 class ServedFromLists:

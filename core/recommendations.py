@@ -327,9 +327,10 @@ def listed_shelf(shop: Shop, viewing: int, cart: list[int], history: History) ->
     basket = [viewing, *cart]
     lists = neighbours.load(shop.id, basket)
     pins = set(rules.pins.get(viewing, []))
-    named = neighbours.candidates(lists, build.popular) | set(history) | pins | set(basket)
-    retrieval = neighbours.ListedRetrieval(Weights(**build.weights), lists, neighbours.load_facts(shop.id, named),
-                                           build.popular)
+    popular = {p: (popularity, cold) for p, popularity, cold in build.popular}
+    facts = neighbours.facts_of(lists) | popular
+    facts |= neighbours.load_facts(shop.id, (set(history) | pins | set(basket)) - facts.keys())
+    retrieval = neighbours.ListedRetrieval(Weights(**build.weights), lists, facts, list(popular))
     shortlist = retrieval.shortlist(basket, history) | pins | set(basket)
     lists |= neighbours.load(shop.id, shortlist - set(lists))  # each one's values with the basket, and together
     _, catalog, offers = storefront_products(shop.id, shortlist)

@@ -48,7 +48,8 @@ ONE_OF_A_KIND = "blend (served), one of a kind in 4"  # the storefront's complem
 BLOCK = 4  # the storefront block's places
 BLEND_ALONE = "blend alone"  # without the head: the paired comparison
 FROM_LISTS = "blend (served), from neighbour lists"  # as the storefront merges them (core/neighbours.py)
-LISTED_CASES = 1000  # cases the lists are scored on, paired with the served blend on the same ones
+LISTED_CASES = 1000  # cases the lists are scored on, paired with the served blend on the same ones ...
+LISTED_SECONDS = 180.0  # ... as many as this allows (a 70,000-product catalog's lists take 0.1 s a product)
 Progress = Callable[[Iterable, str], Iterable]  # wraps a phase's loop (a progress bar in the CLI)
 
 
@@ -294,8 +295,8 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     type-level co-purchase for the cold-start slice. With titles, the semantic recommender and the served blend
     too, with its ranking head (trained on the same validation split) and without it (`BLEND_ALONE`, paired on
     the same cases), and as the storefront serves it, merged from neighbour lists (`FROM_LISTS`, paired on the
-    first LISTED_CASES cases); with a model (`rank`), the blend it re-ranks, on the first `model_cases` cases (with the
-    blend on the same cases, for a paired comparison)."""
+    first LISTED_CASES cases, as many as LISTED_SECONDS allow); with a model (`rank`), the blend it re-ranks, on
+    the first `model_cases` cases (with the blend on the same cases, for a paired comparison)."""
     rng = random.Random(seed)
     train, test = split_by_time(baskets, test_fraction)
     catalog = {p for b in baskets for p in b.products}
@@ -353,8 +354,8 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
     for name, recommender in recommenders.items():
         results[name] = score(recommender, progress(cases, name), catalog, random.Random(seed), slices, relevance,
                               gains.setdefault(name, []), typed)
-    if blend is not None:  # each case's products' lists cost a catalog scoring each: the first LISTED_CASES
-        listed = cases[:LISTED_CASES]
+    if blend is not None:  # each product's lists cost a catalog scoring: the first cases, LISTED_SECONDS at most
+        listed = _for_at_most(cases[:LISTED_CASES], LISTED_SECONDS)
         results[FROM_LISTS] = score(ServedFromLists(blend), progress(listed, FROM_LISTS), catalog,
                                     random.Random(seed), slices, relevance, gains.setdefault(FROM_LISTS, []), typed)
     trained_on = None
@@ -395,6 +396,15 @@ def compare_recommenders(baskets: list[Basket], titles: dict[str, str] | None = 
            if "co-purchase + history" in results else {}),
         **({"model_trained_on": trained_on} if trained_on else {}),
     }
+
+
+def _for_at_most(items: list, seconds: float) -> Iterable:
+    """The items, in order, until `seconds` have passed since the first."""
+    started = time.monotonic()
+    for item in items:
+        if time.monotonic() - started > seconds:
+            return
+        yield item
 
 
 def against_best(results: dict) -> dict:
