@@ -81,3 +81,17 @@ def test_changes_mark_the_lists_and_the_sweeper_builds_them_once(installed_shop,
     build = recommendations.build_neighbour_lists(installed_shop)
     assert build.changed_at is None and build.queued_at is None and build.built_at > changed
     assert neighbours.due(utcnow() + timedelta(hours=1)) == []
+
+
+def test_a_sync_whose_build_fails_leaves_the_shop_to_the_sweeper(installed_shop, monkeypatch):
+    """The sync succeeds whatever the build does; a build not sent or failed is marked for the sweeper."""
+    from worker.tasks import enqueue_full_sync
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no worker")
+
+    monkeypatch.setattr(recommendations, "build_neighbour_lists", broken)
+    assert enqueue_full_sync(installed_shop).status == "succeeded"
+    build = db.session.get(RetrievalBuild, installed_shop.id, populate_existing=True)
+    assert build.changed_at is not None and build.built_at is not None  # the old lists serve meanwhile
+    assert neighbours.due(build.changed_at + neighbours.SETTLE + timedelta(seconds=1)) == [installed_shop.id]

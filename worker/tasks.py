@@ -58,7 +58,13 @@ def _claim(model, row_id: int) -> None:
 def full_sync(sync_run_id: int) -> dict:
     _claim(SyncRun, sync_run_id)
     run = sync.run_full_sync(db.session.get(SyncRun, sync_run_id))
-    build_neighbours.delay(run.shop_id)
+    try:
+        build_neighbours.delay(run.shop_id)
+    except Exception:  # not sent (the broker is away) or failed in-process: the sweeper has it built
+        log.exception("building the neighbour lists of shop %d after its sync", run.shop_id)
+        db.session.rollback()
+        neighbours.mark_changed(run.shop_id)
+        db.session.commit()
     return run.counts
 
 
