@@ -26,8 +26,8 @@ from .models import NeighbourList, RetrievalBuild, Shop, db, locked_shop, utcnow
 from .recommenders import Blend, History, Weights, top_k
 
 LISTED = 40  # a product's top neighbours taken by each signal: a block shows 4 after stock and rules; on Online
-# Retail's validation split 20, 40 and 80 gave HR@10 0.275, 0.279 and 0.283 (taking the orders' signals to 100
-# or 200 moved nothing)
+# Retail's validation split 20, 40 and 80 gave HR@10 0.275-0.282, 0.273-0.279 and 0.283, within noise of each
+# other (taking the orders' signals to 100 or 200 moved nothing)
 # A neighbour's value by each signal, then its own popularity and newness (what a request needs of a candidate).
 COLUMNS = ("ease", "co-purchase", "semantic", "complement", "served", "popularity", "new")
 SHORTLIST = 50  # merged candidates a block reads (their lists and stock): it shows 4, after stock and rules;
@@ -273,10 +273,10 @@ class ListedRetrieval:
         self.copurchase = ListedCoPurchase(self.lists, self.popular)
 
     def _table(self, product: Hashable) -> np.ndarray:
-        """A basket product's values with every candidate (rows: COLUMNS). A candidate off its list whose own
-        list is loaded and names the product lends its values: co-purchase and similarity are symmetric, and
-        EASE's weight turns by the ratio of the two diagonals. Otherwise it takes 0 by the orders (never
-        bought with it, near enough) and the floors by similarity and the complements."""
+        """A basket product's values with every candidate (rows: the first five COLUMNS). A candidate off its
+        list whose own list is loaded and names the product lends its values: co-purchase and similarity are
+        symmetric, and EASE's weight turns by the ratio of the two diagonals. Otherwise it takes 0 by the
+        orders (never bought with it, near enough) and the floors by similarity and the complements."""
         listed = self.lists[product]
         table = np.zeros((5, len(self.ids)), dtype=np.float32)
         table[2], table[3], table[4] = listed.floors[0], listed.floors[1], -np.inf
