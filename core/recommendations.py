@@ -315,11 +315,13 @@ def catalog_shelf(shop: Shop) -> Shelf:
     return _kept_shelf(shop, "catalog", load)
 
 
-def listed_shelf(shop: Shop, viewing: int, cart: list[int], history: History) -> Shelf | None:
+def listed_shelf(shop: Shop, viewing: int, cart: list[int], history: History, arm: str = "served",
+                 everything: bool = False) -> Shelf | None:
     """The shelf a storefront block needs, from the shop's neighbour lists (core/neighbours.py): of the products
     the basket's lists name, the customer's history and the best-sellers, the shortlist the merged lists
-    score best (`ListedRetrieval.shortlist`), and the pins, read with their stock now. No index is built or
-    kept. None before the shop's first build (the caller uses `shelf_for`)."""
+    score best (`ListedRetrieval.shortlist`; for the A/B holdout, plain co-purchase's), or `everything`, and
+    the pins, read with their stock now. No index is built or kept. None before the shop's first build (the
+    caller uses `shelf_for`)."""
     build = db.session.get(RetrievalBuild, shop.id)
     if build is None or build.built_at is None:
         return None
@@ -331,7 +333,13 @@ def listed_shelf(shop: Shop, viewing: int, cart: list[int], history: History) ->
     facts = neighbours.facts_of(lists) | popular
     facts |= neighbours.load_facts(shop.id, (set(history) | pins | set(basket)) - facts.keys())
     retrieval = neighbours.ListedRetrieval(Weights(**build.weights), lists, facts, list(popular))
-    shortlist = retrieval.shortlist(basket, history) | pins | set(basket)
+    if everything:
+        shortlist = set(facts)
+    elif arm == HOLDOUT:
+        shortlist = set(retrieval.copurchase(basket, neighbours.SHORTLIST))
+    else:
+        shortlist = retrieval.shortlist(basket, history)
+    shortlist |= pins | set(basket)
     lists |= neighbours.load(shop.id, shortlist - set(lists))  # each one's values with the basket, and together
     _, catalog, offers = storefront_products(shop.id, shortlist)
     return Shelf(catalog, {p: catalog[p].product_type for p in offers}, retrieval, offers, rules,
@@ -713,8 +721,11 @@ def serve(shop: Shop, viewing: Product, cart: list[Product], limit: int, budget:
     hit = cached(key)
     if hit is not None:
         return hit
-    shelf = shelf or listed_shelf(shop, viewing.id, [c.id for c in cart], history)
-    picks, source = recommend(shop, viewing, cart, limit, budget, shelf, arm, intent, history=history)
+    listed = listed_shelf(shop, viewing.id, [c.id for c in cart], history, arm) if shelf is None else None
+    picks, source = recommend(shop, viewing, cart, limit, budget, shelf or listed, arm, intent, history=history)
+    if listed is not None and len(picks) < limit:  # stock and the rules left too few of the shortlist: every candidate
+        picks, source = recommend(shop, viewing, cart, limit, budget, listed_shelf(
+            shop, viewing.id, [c.id for c in cart], history, arm, everything=True), arm, intent, history=history)
     reply = {"products": [as_json(pick.offer, pick.reason) for pick in picks], "source": source}
     # Model answers keep until the next deploy or catalog change; a fallback only briefly (the model may be back).
     cache.store().set(key, json.dumps(reply), 86400 if source == "model" else 60)

@@ -40,6 +40,16 @@ def test_blocks_from_the_lists_are_the_blocks_of_the_index_they_were_built_from(
     for intent in ("complementary", "related"):
         assert blocks(installed_shop, listed, alone, intent=intent) == \
             blocks(installed_shop, lambda *_: full, alone, intent=intent)
+
+    def holdout(shelf_of):  # the A/B holdout's plain co-purchase, from the lists too
+        return [[pick.offer.id for pick in recommendations.recommend(
+            installed_shop, db.session.get(Product, (installed_shop.id, p)), [], 4, shelf=shelf_of(p),
+            arm="holdout")[0]] for p in products[:20]]
+
+    listed_holdout = holdout(lambda p: recommendations.listed_shelf(installed_shop, p, [], {}, "holdout"))
+    # Full blocks, the same co-purchase partners; the best-sellers that fill a short one may tie differently.
+    assert all(len(block) == 4 for block in listed_holdout)
+    assert sum(len(set(a) & set(b)) for a, b in zip(listed_holdout, holdout(lambda p: full), strict=True)) >= 0.9 * 80
     carts = [[a, b, c] for a, b, c in zip(products, products[20:], products[40:], strict=False)]
     merged = blocks(installed_shop, listed, carts, intent="related")
     exact = blocks(installed_shop, lambda *_: full, carts, intent="related")
