@@ -10,6 +10,10 @@
     document.documentElement.classList.add("in-admin"); // the admin shows ui-nav-menu: no tabs of our own
   }
 
+  // The page is inert until every script on it has run (DOMContentLoaded comes after them) and so wired its
+  // buttons: a click before then would be lost.
+  document.addEventListener("DOMContentLoaded", () => { document.getElementById("main").inert = false; });
+
   const banner = document.getElementById("banner");
   const status = document.getElementById("status");
 

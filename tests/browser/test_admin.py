@@ -10,6 +10,7 @@ Shopify admin does."""
 from __future__ import annotations
 
 import re
+import time
 from urllib.parse import urlencode
 
 import pytest
@@ -96,6 +97,20 @@ def test_sync_now_starts_a_run_and_its_progress_shows(page, live_app):
     expect(rows.first).to_have_attribute("data-status", "succeeded", timeout=30_000)
     expect(rows.first.locator("progress")).to_have_js_property("value", 1)
     expect(page.get_by_role("button", name="Sync now")).to_be_enabled()
+
+
+def test_a_click_while_the_page_still_loads_its_scripts_is_not_lost(page, live_app):
+    """Until admin.js and the page's own script have run, its buttons do nothing: the page stays inert until
+    then, so a merchant's early click waits rather than vanishing."""
+    def slowly(route):
+        time.sleep(2)
+        route.continue_()
+
+    page.route("**/static/admin.js", slowly)
+    page.goto(admin_url(live_app, "/"), wait_until="commit")
+    page.get_by_role("button", name="Sync now").click()
+    expect(page.locator("#status")).to_have_text("Sync started.", timeout=30_000)  # said by the click's handler
+    expect(page.locator("#sync-runs tbody tr").first).to_have_attribute("data-status", "succeeded", timeout=60_000)
 
 
 def test_train_now_runs_the_chain_with_live_progress_and_refuses_a_second_run(page, live_app):
