@@ -45,7 +45,7 @@ NEIGHBOURS = 150  # a product's neighbours (the union of its top lists by six si
 def packed_lists(rng: np.random.Generator, ids: np.ndarray) -> np.ndarray:
     """Every product's neighbours as `Neighbours.pack` lays them out (NEIGHBOURS random products, a value by
     each signal, together counts and floors), one row of bytes a product, made for the whole catalog at once."""
-    from core.neighbours import COLUMNS
+    from core.recommendations.neighbours import COLUMNS
 
     count = len(ids)
     header = np.full((count, 1), NEIGHBOURS, dtype=np.int32)
@@ -60,7 +60,7 @@ def packed_lists(rng: np.random.Generator, ids: np.ndarray) -> np.ndarray:
 
 def install(url: str, first: int, last: int, sizes: tuple[int, int], seed: int) -> None:
     """Stores first..last-1: shops, products, variants, neighbour lists and their builds, with COPY."""
-    from core.models import db
+    from core.storage.models import db
 
     app = app_for(url)
     with app.app_context():
@@ -109,14 +109,14 @@ def serve(url: str, stores: int, seed: int) -> dict:
     request and the process's RSS after."""
     import resource
 
-    from core.signatures import signed_app_proxy_query
+    from core.shopify.signatures import signed_app_proxy_query
 
     app = app_for(url)
     client = app.test_client()
     rng = random.Random(seed)
     latencies = []
     with app.app_context():
-        from core.models import db
+        from core.storage.models import db
 
         sizes = dict(db.session.execute(db.text("SELECT shop_id, products FROM retrieval_builds")).all())
     for store in rng.sample(range(len(sizes)), stores):
@@ -138,7 +138,7 @@ def serve(url: str, stores: int, seed: int) -> dict:
 
 
 def storage(url: str, stores: int) -> float:
-    from core.models import db
+    from core.storage.models import db
 
     with app_for(url).app_context():
         total = sum(db.session.execute(db.text(f"SELECT pg_total_relation_size('{table}')")).scalar()

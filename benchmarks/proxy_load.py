@@ -31,14 +31,14 @@ CREDENTIALS = {"SHOPIFY_API_KEY": "benchmark-client-id", "SHOPIFY_API_SECRET": S
 
 
 def signed_url(base: str, shop: str, **params) -> str:
-    from core.signatures import signed_app_proxy_query
+    from core.shopify.signatures import signed_app_proxy_query
 
     return f"{base}/proxy/recommendations?{signed_app_proxy_query(shop, SECRET, **params)}"
 
 
 def install_sample_store(env: dict, gguf: Path | None) -> tuple[str, list[int]]:
-    from core import shops
-    from core.models import ModelVersion, Product, db
+    from core.shopify import shops
+    from core.storage.models import ModelVersion, Product, db
     from sample_store.server import SampleShopify
     from shopify_app import create_app, migrations
 

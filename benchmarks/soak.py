@@ -34,7 +34,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.signatures import signed_app_proxy_query, webhook_hmac  # noqa: E402
+from core.shopify.signatures import signed_app_proxy_query, webhook_hmac  # noqa: E402
 
 SECRET = "soak-secret-long-enough-for-hs256"
 CREDENTIALS = {"SHOPIFY_API_KEY": "soak-client-id", "SHOPIFY_API_SECRET": SECRET,
@@ -100,11 +100,11 @@ class Postgres:
 def install(env: dict, ollama_url: str) -> tuple[str, list[dict], object]:
     """Install the sample store into the app (in this process, on the soak database) and deploy a model
     version on the Ollama host. Returns the shop, its products as webhook payloads, and the sample Shopify."""
-    from core import shops
-    from core.models import ModelVersion, TrainingRun, db
+    from core.model.pipeline import stage_deploy
+    from core.shopify import shops
+    from core.storage.models import ModelVersion, TrainingRun, db
     from sample_store.server import SampleShopify, product_webhook_payload
     from shopify_app import create_app, migrations
-    from worker.pipeline import stage_deploy
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"], **CREDENTIALS, "REDIS_URL": None,
                       "BULK_POLL_SECONDS": 0.05, "OLLAMA_HOST": ollama_url,

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.models import Shop, db, utcnow
+from core.shopify.ingest import ingest_jsonl
+from core.storage.models import Shop, db, utcnow
 from sample_store.catalog import generate_store
 from sample_store.server import order_jsonl, product_jsonl
 from shopify_app import create_app, migrations
-from worker.ingest import ingest_jsonl
 
 
 def main() -> None:

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-from worker import training
+from core.model import training
 
 
 def sample_dataset(workdir: Path) -> Path:
     """The recommendation dataset of the built-in sample store (the demo's install and sync path)."""
-    from core import shops
+    from core.model.datasets import build_datasets
+    from core.shopify import shops
     from sample_store.server import SampleShopify
     from shopify_app import create_app, migrations
-    from worker.datasets import build_datasets
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{workdir / 'bench.db'}", "REDIS_URL": None,
                       "BULK_POLL_SECONDS": 0.05})
@@ -85,7 +85,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from worker.base_model import prepare_base_model
+    from core.model.base_model import prepare_base_model
 
     workdir = Path(tempfile.mkdtemp(prefix="pairwell-train-bench-"))
     base = args.base or prepare_base_model(Path(tempfile.gettempdir()) / "pairwell-bench-artifacts")

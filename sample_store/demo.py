@@ -11,11 +11,11 @@ import click
 from flask import current_app
 from sqlalchemy import func, select
 
-from core import shops
-from core.assistant import admits_assistant
-from core.models import Conversation, ModelVersion, Order, OrderLine, Product, SyncRun, Variant, db
-from core.recommendations import finish_rebuilds
-from core.signatures import signed_app_proxy_query
+from core.assistant.replies import admits_assistant
+from core.recommendations.serving import finish_rebuilds
+from core.shopify import shops
+from core.shopify.signatures import signed_app_proxy_query
+from core.storage.models import Conversation, ModelVersion, Order, OrderLine, Product, SyncRun, Variant, db
 from shopify_app import migrations
 from worker.tasks import enqueue_pipeline
 
@@ -70,7 +70,7 @@ def run_demo(*, port: int, serve: bool, train_minutes: float = 0) -> dict:
     if serve:
         from waitress import serve as waitress_serve
 
-        from core.recommendations import warm_up
+        from core.readiness import warm_up
 
         warm_up(app)
         preview = StorefrontPreview(store, shop=shopify.shop, app_url=f"http://127.0.0.1:{port}",
@@ -100,7 +100,7 @@ def fine_tune(shop, minutes: float) -> None:
     stages = logging.StreamHandler(sys.stdout)  # each stage says when it starts, as it starts
     stages.setFormatter(logging.Formatter("  %(message)s"))
     # The pipeline's stages, and the complements' progress within the retrieval each stage builds.
-    loggers = [logging.getLogger(name) for name in ("worker", "core.complements")]
+    loggers = [logging.getLogger(name) for name in ("worker", "core.model", "core.recommendations.complements")]
     for logger in loggers:
         logger.addHandler(stages)
         logger.setLevel(logging.INFO)

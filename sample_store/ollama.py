@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import make_server
 
-from core.prompts import LABELS, candidate_lines
+from core.llm.prompts import LABELS, candidate_lines
 
 from .server import _QuietHandler
 

@@ -24,7 +24,7 @@ from graphql.error import GraphQLSyntaxError
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from core.config import API_VERSION, DEFAULT_SCOPES
-from core.signatures import webhook_hmac
+from core.shopify.signatures import webhook_hmac
 
 from .catalog import SHOP_POLICIES, SampleOrder, SampleProduct, SampleStore, generate_store
 

@@ -39,7 +39,7 @@ from liquid import Environment
 from liquid.filter import with_context
 
 from core.config import ROOT
-from core.signatures import app_proxy_signature
+from core.shopify.signatures import app_proxy_signature
 
 from .catalog import SampleProduct, SampleStore, SampleVariant
 from .server import LoopbackServer

@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.models import Shop, db  # noqa: E402
-from core.recommendations import warm_up  # noqa: E402
+from core.readiness import warm_up  # noqa: E402
+from core.storage.models import Shop, db  # noqa: E402
 from sample_store.catalog import generate_store  # noqa: E402
 from sample_store.demo import DEMO_TRAINING  # noqa: E402
 from sample_store.server import LoopbackServer, SampleShopify  # noqa: E402

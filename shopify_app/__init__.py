@@ -7,9 +7,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from core import config, logs
-from core.models import db
-from core.recommendations import ServingState, readiness
-from core.signatures import is_valid_shop_domain
+from core.readiness import readiness
+from core.recommendations.serving import ServingState
+from core.shopify.signatures import is_valid_shop_domain
+from core.storage.models import db
 
 
 def create_app(test_config: dict | None = None) -> Flask:

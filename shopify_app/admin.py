@@ -16,9 +16,12 @@ from babel.numbers import format_currency
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request
 from sqlalchemy import func, select
 
-from core import assistant, experiment, merchandising, recommendations, schedule, shopify_api, shops
-from core.models import ModelVersion, Order, Product, SyncRun, TrainingRun, db
-from core.shopify_api import ShopifyError
+from core.assistant import replies
+from core.model import schedule
+from core.recommendations import experiment, merchandising, serving
+from core.shopify import shopify_api, shops
+from core.shopify.shopify_api import ShopifyError
+from core.storage.models import ModelVersion, Order, Product, SyncRun, TrainingRun, db
 from worker.tasks import latest_evaluation, training_in_progress
 
 from . import analytics
@@ -86,7 +89,7 @@ def home_context(shop) -> dict:
                               .order_by(SyncRun.id.desc()).limit(5)).all()
     counts = {name: db.session.scalar(select(func.count()).select_from(model).where(model.shop_id == shop.id))
               for name, model in (("products", Product), ("orders", Order))}
-    live = recommendations.live_model(shop)
+    live = serving.live_model(shop)
     newest = db.session.scalars(select(ModelVersion).where(ModelVersion.shop_id == shop.id)
                                 .order_by(ModelVersion.version.desc()).limit(1)).first()
     training = training_in_progress(shop)
@@ -153,8 +156,8 @@ def experiment_page():
 
 @bp.get("/assistant")
 def assistant_page():
-    talks = assistant.conversations(g.shop, 20)
-    return render_page("assistant", g.shop, settings=assistant.settings(g.shop), policies=g.shop.policies or {},
-                       policy_kinds=assistant.POLICY_KINDS, tones=sorted(assistant.TONES),
-                       conversations=[assistant.conversation_json(t) for t in talks],
+    talks = replies.conversations(g.shop, 20)
+    return render_page("assistant", g.shop, settings=replies.settings(g.shop), policies=g.shop.policies or {},
+                       policy_kinds=replies.POLICY_KINDS, tones=sorted(replies.TONES),
+                       conversations=[replies.conversation_json(t) for t in talks],
                        evaluation=latest_evaluation(g.shop, "assistant"))

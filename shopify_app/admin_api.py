@@ -7,9 +7,12 @@ from pathlib import PurePath
 from flask import Blueprint, abort, current_app, g, request
 from sqlalchemy import func, select
 
-from core import assistant, experiment, merchandising, recommendations, schedule, shops
+from core.assistant import replies
 from core.inputs import BadInput, load_json, shopify_id, whole_number
-from core.models import ModelVersion, Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db, shop_lock
+from core.model import schedule
+from core.recommendations import experiment, merchandising, serving
+from core.shopify import shops
+from core.storage.models import ModelVersion, Order, OrderLine, Product, SyncRun, TrainingRun, Variant, db, shop_lock
 from worker.tasks import (
     PipelineError,
     add_conversations,
@@ -92,7 +95,7 @@ def shop_summary():
     }
 
 
-POLICY_KINDS = assistant.POLICY_KINDS
+POLICY_KINDS = replies.POLICY_KINDS
 MAX_POLICY_CHARS = 20_000
 
 
@@ -311,12 +314,12 @@ def block_preview(product_id: str):
         abort(400, str(exc))
     if viewing is None:
         abort(404, f"The store has no product {product_id}.")
-    picks, source = recommendations.recommend(shop, viewing, [], query_number("limit", 4, 1, 10), explain=True)
+    picks, source = serving.recommend(shop, viewing, [], query_number("limit", 4, 1, 10), explain=True)
     rated = merchandising.ratings(shop, viewing.id)
-    live = recommendations.live_model(shop)
+    live = serving.live_model(shop)
     return {"product": {"id": viewing.id, "title": viewing.title, "product_type": viewing.product_type},
             "source": source, "model_version": live.version if live else None,
-            "products": [{**recommendations.as_json(pick.offer, pick.reason), "origin": pick.origin,
+            "products": [{**serving.as_json(pick.offer, pick.reason), "origin": pick.origin,
                           "rating": rated.get(pick.offer.id)} for pick in picks]}
 
 
@@ -324,12 +327,12 @@ def block_preview(product_id: str):
 def rate_recommendation():
     """The merchant's 1–3 rating of one recommendation, kept for the version live now."""
     shop = _current_shop()
-    live = recommendations.live_model(shop)
+    live = serving.live_model(shop)
     try:
         row = merchandising.rate(shop, json_body("the rating body"), live.version if live else 0)
     except BadInput as exc:
         abort(400, str(exc))
-    recommendations.forget_replies(shop.id)  # a product rated unrelated leaves the block at once
+    serving.forget_replies(shop.id)  # a product rated unrelated leaves the block at once
     return {"viewed_product_id": row.viewed_product_id, "product_id": row.product_id, "rating": row.rating,
             "model_version": row.model_version}, 201
 
@@ -347,7 +350,7 @@ def add_rule():
         rule = merchandising.add_rule(shop, json_body("the rule body"))
     except BadInput as exc:
         abort(400, str(exc))
-    recommendations.forget_replies(shop.id)
+    serving.forget_replies(shop.id)
     return merchandising.rule_json(rule), 201
 
 
@@ -356,7 +359,7 @@ def remove_rule(rule_id: int):
     shop = _current_shop()
     if not merchandising.remove_rule(shop, rule_id):
         abort(404, f"No rule {rule_id} for this shop.")
-    recommendations.forget_replies(shop.id)
+    serving.forget_replies(shop.id)
     return "", 204
 
 
@@ -401,14 +404,14 @@ def assistant_settings():
 
 
 def assistant_json(shop) -> dict:
-    return {**assistant.settings(shop), "policies": shop.policies or {}}
+    return {**replies.settings(shop), "policies": shop.policies or {}}
 
 
 @bp.put("/assistant")
 def update_assistant_settings():
     """Switch the assistant on or off, set its tone, handoff contact and the discount codes it may name."""
     shop = _current_shop()
-    update_settings(shop, "assistant", assistant)
+    update_settings(shop, "assistant", replies)
     return assistant_json(shop)
 
 
@@ -416,7 +419,7 @@ def update_assistant_settings():
 def import_conversations():
     """Past support conversations for training (`?format=csv`: question,answer[,strategy]; `jsonl`: one
     {"messages": [...]} a line), as `pairwell dataset --conversations` takes them. The file is checked whole
-    against one schema (worker/datasets.py `conversation_records`: types, sizes, nesting, lines, encoding): it is
+    against one schema (core/model/datasets.py `conversation_records`: types, sizes, nesting, lines, encoding): it is
     kept, or refused with a 400 naming the line and the reason, and nothing of it is kept."""
     shop = _current_shop()
     kind = request.args.get("format", "csv")
@@ -432,5 +435,5 @@ def import_conversations():
 @bp.get("/conversations")
 def conversations():
     """The assistant's conversations, handed-off ones first, with their transcripts."""
-    talks = assistant.conversations(_current_shop(), query_number("limit", 50, 1, 200))
-    return {"conversations": [assistant.conversation_json(t) for t in talks]}
+    talks = replies.conversations(_current_shop(), query_number("limit", 50, 1, 200))
+    return {"conversations": [replies.conversation_json(t) for t in talks]}

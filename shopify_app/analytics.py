@@ -18,9 +18,9 @@ from decimal import Decimal
 from flask import current_app
 from sqlalchemy import insert, select
 
-from core.experiment import HOLDOUT, mean_interval, wilson
 from core.inputs import BadInput, shopify_id
-from core.models import Order, OrderLine, StorefrontEvent, Variant, db, utcnow
+from core.recommendations.experiment import HOLDOUT, mean_interval, wilson
+from core.storage.models import Order, OrderLine, StorefrontEvent, Variant, db, utcnow
 
 log = logging.getLogger(__name__)
 

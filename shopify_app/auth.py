@@ -12,10 +12,10 @@ from urllib.parse import urlencode, urlparse
 import jwt
 from flask import Blueprint, abort, current_app, g, redirect, request, session
 
-from core import shopify_api, shops
 from core.inputs import BadInput, whole_number
-from core.shopify_api import ShopifyError
-from core.signatures import MAX_TIMESTAMP, is_valid_shop_domain, same, verify_oauth_query
+from core.shopify import shopify_api, shops
+from core.shopify.shopify_api import ShopifyError
+from core.shopify.signatures import MAX_TIMESTAMP, is_valid_shop_domain, same, verify_oauth_query
 from worker.tasks import enqueue_full_sync
 
 bp = Blueprint("auth", __name__)

@@ -12,9 +12,9 @@ from flask import current_app
 from flask.cli import FlaskGroup
 from sqlalchemy import select
 
-from core import shops
 from core.config import require_production
-from core.models import ModelVersion, db
+from core.shopify import shops
+from core.storage.models import ModelVersion, db
 from worker.tasks import PipelineError, enqueue_full_sync, enqueue_pipeline, enqueue_rollback
 
 from . import create_app, migrations
@@ -77,7 +77,7 @@ def serve(host, port, threads):
     """Serve the app with waitress (production: gunicorn 'shopify_app.wsgi:app')."""
     from waitress import serve as waitress_serve
 
-    from core.recommendations import warm_up
+    from core.readiness import warm_up
 
     require_production(current_app.config)
     warm_up(current_app._get_current_object())
@@ -162,7 +162,7 @@ def export_command(shop, quantization):
 @click.option("--limit", default=4, type=int)
 def proxy_url(shop, product_id, cart, limit):
     """Print a freshly signed App Proxy URL (valid 90 s) for SHOP's recommendations, as Shopify would send it."""
-    from core.signatures import signed_app_proxy_query
+    from core.shopify.signatures import signed_app_proxy_query
 
     params = {"product_id": product_id, "limit": limit, **({"cart": cart} if cart else {})}
     query = signed_app_proxy_query(shop, current_app.config["SHOPIFY_API_SECRET"], **params)

@@ -2,7 +2,7 @@
 Every request must carry Shopify's signature; replies are JSON (passed through, not rendered as Liquid).
 
 Nothing here may answer a shopper with a 5xx trace: Redis errors fall back to in-process limits and cache
-(`core/cache.py`), model trouble to the retrieval ranking (`core/recommendations.py`), and a database that is
+(`cache.py`), model trouble to the retrieval ranking (`serving.py`), and a database that is
 away to the cache or an empty block (503, with Retry-After)."""
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from cachetools import TTLCache
 from flask import Blueprint, abort, current_app, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import assistant, cache, experiment, recommendations, shops
+from core.assistant import replies
 from core.inputs import BadInput, id_list, load_json, plain_text, shopify_id, whole_number
-from core.models import Product, Shop, db
-from core.signatures import is_valid_shop_domain, verify_app_proxy_query
+from core.recommendations import experiment, serving
+from core.shopify import shops
+from core.shopify.signatures import is_valid_shop_domain, verify_app_proxy_query
+from core.storage import cache
+from core.storage.models import Product, Shop, db
 
 from . import analytics
 
@@ -113,8 +116,8 @@ def product_recommendations():
         if visitor and not SESSION_ID.match(visitor):
             raise BadInput("visitor must be 8-64 letters, digits, - or _.")
         intent = request.args.get("intent") or "complementary"
-        if intent not in recommendations.INTENTS:
-            raise BadInput(f"intent must be one of {list(recommendations.INTENTS)}.")
+        if intent not in serving.INTENTS:
+            raise BadInput(f"intent must be one of {list(serving.INTENTS)}.")
     except BadInput as exc:
         abort(400, str(exc))
     try:
@@ -123,8 +126,8 @@ def product_recommendations():
         db.session.rollback()
         arm = "served"
     customer = signed_customer()  # their earlier orders count
-    cached = None if customer else recommendations.cached(
-        recommendations.cache_key(g.shop_id, product_id, cart_ids, limit, arm, intent))
+    cached = None if customer else serving.cached(
+        serving.cache_key(g.shop_id, product_id, cart_ids, limit, arm, intent))
     if cached is not None:  # a guest's fast path: no database query at all
         return {**cached, "arm": arm}
     try:
@@ -133,7 +136,7 @@ def product_recommendations():
             abort(400, f"Unknown product {product_id}.")
         cart = [p for p in (db.session.get(Product, (g.shop_id, c)) for c in cart_ids)
                 if p is not None]  # a cart may hold products deleted since: ignore them
-        return {**recommendations.serve(db.session.get(Shop, g.shop_id), viewing, cart, limit, arm=arm,
+        return {**serving.serve(db.session.get(Shop, g.shop_id), viewing, cart, limit, arm=arm,
                                         intent=intent, customer=customer), "arm": arm}
     except SQLAlchemyError:
         db.session.rollback()
@@ -167,7 +170,7 @@ def support_chat():
         session_id, message = body.get("session_id"), body.get("message")
         if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
             raise BadInput("session_id must be 8-64 letters, digits, - or _.")
-        message = plain_text(message, "message", assistant.MAX_MESSAGE_CHARS)
+        message = plain_text(message, "message", replies.MAX_MESSAGE_CHARS)
         product_id = shopify_id(str(body["product_id"]), "product_id") if body.get("product_id") else None
         cart = body.get("cart") or []
         if not isinstance(cart, list) or len(cart) > MAX_CART_ITEMS:
@@ -183,9 +186,9 @@ def support_chat():
     if refused is not None:
         return refused
     shop = db.session.get(Shop, g.shop_id)  # a database that is away: the app's 503 (shopify_app/__init__.py)
-    if not assistant.settings(shop)["enabled"]:
+    if not replies.settings(shop)["enabled"]:
         abort(403, "The store's assistant is switched off.")
     viewing = db.session.get(Product, (g.shop_id, product_id)) if product_id else None
-    reply = assistant.answer(shop, session_id, message, viewing=viewing, cart=cart,
-                             customer_ref=signed_customer(), chat=assistant.live_chat(shop))
+    reply = replies.answer(shop, session_id, message, viewing=viewing, cart=cart,
+                             customer_ref=signed_customer(), chat=replies.live_chat(shop))
     return reply.as_json()

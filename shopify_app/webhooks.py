@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from core.inputs import BadInput, load_json
-from core.models import WebhookDelivery, db
-from core.signatures import is_valid_shop_domain, verify_webhook
-from core.webhooks import TOPICS, check_triggered_at, stored_payload
+from core.shopify.signatures import is_valid_shop_domain, verify_webhook
+from core.shopify.webhooks import TOPICS, check_triggered_at, stored_payload
+from core.storage.models import WebhookDelivery, db
 from worker.tasks import enqueue_webhook
 
 bp = Blueprint("webhooks", __name__)

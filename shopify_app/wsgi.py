@@ -2,7 +2,7 @@
 encoder and the live models in the background, so the storefront's first request does not pay for them."""
 
 from core import config
-from core.recommendations import warm_up
+from core.readiness import warm_up
 
 from . import create_app
 

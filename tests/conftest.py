@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from core.models import Base, db
+from core.storage.models import Base, db
 from sample_store.catalog import generate_store
 from sample_store.server import SampleShopify
 from shopify_app import create_app, migrations
@@ -31,7 +31,7 @@ def database_url(tmp_path_factory) -> str:
 def one_rate_limit_window(monkeypatch):
     """The rate limits count in fixed one-minute windows: hold each test inside the window it starts in, so a
     test that fills a limit never straddles a minute boundary (however slow the machine)."""
-    from core import cache
+    from core.storage import cache
 
     started = time.time()
     monkeypatch.setattr(cache, "clock", lambda: started)
@@ -95,7 +95,7 @@ def installed_shop(client, shopify):
     """The sample shop after a real embedded install (token exchange + full sync)."""
     response = client.get(f"/?shop={shopify.shop}&id_token={shopify.session_token()}")
     assert response.status_code == 200, response.get_data(as_text=True)
-    from core import shops
+    from core.shopify import shops
 
     return shops.get_shop(shopify.shop)
 
@@ -120,7 +120,7 @@ def tiny_base(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from worker.base_model import smollm2_gguf
+    from core.model.base_model import smollm2_gguf
 
     gguf = smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -137,6 +137,6 @@ def tiny_base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gguf(tiny_base, tmp_path_factory) -> Path:
     """The tiny model as a GGUF, through the real converter, for the real llama.cpp runtime."""
-    from worker.export import convert_to_gguf
+    from core.model.export import convert_to_gguf
 
     return convert_to_gguf(tiny_base, tmp_path_factory.mktemp("gguf") / "tiny.q8_0.gguf")

@@ -13,9 +13,10 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import select
 
-from core import experiment, merchandising, recommendations, schedule
-from core.models import ModelVersion, Product, RecommendationRating, StorefrontEvent, TrainingRun, db, utcnow
-from core.signatures import signed_app_proxy_query
+from core.model import schedule
+from core.recommendations import experiment, merchandising, serving
+from core.shopify.signatures import signed_app_proxy_query
+from core.storage.models import ModelVersion, Product, RecommendationRating, StorefrontEvent, TrainingRun, db, utcnow
 from tests.conftest import API_SECRET
 from worker import tasks
 
@@ -56,7 +57,7 @@ def test_pages_for_a_shop_that_has_not_installed_are_refused(client, shopify):
 
 
 def test_sync_now_is_refused_while_a_sync_runs(client, installed_shop, shopify):
-    from core.models import SyncRun
+    from core.storage.models import SyncRun
 
     db.session.add(SyncRun(shop_id=installed_shop.id, status="running"))
     db.session.commit()
@@ -113,7 +114,7 @@ def test_rules_change_what_the_storefront_shows_at_once(client, installed_shop, 
     assert before[0] not in after and len(after) == len(before)
 
     # Pin a product from far down the ranking: first in the block, marked as pinned in the preview.
-    ranked = recommendations.ranking(recommendations.load_shelf(installed_shop), viewed.id, [])
+    ranked = serving.ranking(serving.load_shelf(installed_shop), viewed.id, [])
     pin = ranked[-1]
     assert call(client, shopify, "POST", "/api/rules", {"kind": "pin", "product_id": viewed.id,
                                                         "other_id": pin}).status_code == 201
@@ -249,7 +250,7 @@ def test_train_now_takes_a_time_budget_and_the_schedule_starts_due_runs(client, 
 
 
 def test_a_report_whose_worker_died_can_be_started_again(client, installed_shop, shopify, app, tmp_path, monkeypatch):
-    from worker import reports
+    from core.storage import reports
 
     app.config["PAIRWELL_ARTIFACTS"] = str(tmp_path)
     monkeypatch.setattr(tasks, "_later", lambda work, *args: None)  # the job itself is not the point here
@@ -291,7 +292,7 @@ def test_past_conversations_uploaded_in_the_admin_are_checked_and_trained_on(cli
     assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").rglob("*.csv"))
     good = upload(b"question,answer,strategy\nDo you price match?,We don't price match; sorry.,reassure\n", "csv")
     assert good.status_code == 201 and good.json == {"examples": 1}
-    from worker import datasets
+    from core.model import datasets
 
     datasets.build_datasets(installed_shop, tmp_path / "ds")
     rows = [json.loads(line) for name in ("train.jsonl", "eval.jsonl") for line in (tmp_path / "ds" / name).open()]

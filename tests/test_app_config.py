@@ -3,7 +3,7 @@
 import tomllib
 
 from core.config import ROOT, from_env
-from core.webhooks import TOPICS
+from core.shopify.webhooks import TOPICS
 from worker.webhooks import HANDLERS
 
 

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from core import assistant, recommendations, understanding
-from core.models import Conversation, Order, Product, Variant, db
-from core.signatures import signed_app_proxy_query
+from core.assistant import replies, understanding
+from core.recommendations import serving
+from core.shopify.signatures import signed_app_proxy_query
+from core.storage.models import Conversation, Order, Product, Variant, db
 from sample_store.catalog import MERCHANT_ASSISTANT, MERCHANT_POLICIES
 
 from .conftest import API_SECRET
@@ -27,7 +28,7 @@ def shop(installed_shop):
     installed_shop.policies = {**installed_shop.policies, **MERCHANT_POLICIES}
     installed_shop.assistant = dict(MERCHANT_ASSISTANT)
     db.session.commit()
-    recommendations.invalidate(installed_shop.id)
+    serving.invalidate(installed_shop.id)
     return installed_shop
 
 
@@ -66,7 +67,7 @@ def test_out_of_stock_suggests_in_stock_products_of_the_same_kind(client, shop):
     for variant in product.variants:
         variant.inventory_quantity = 0
     db.session.commit()
-    recommendations.invalidate(shop.id)
+    serving.invalidate(shop.id)
     body = ask(client, shop, f"Is the {product.title} in stock?")
     assert body["strategy"] == "suggest_alternative" and "sold out" in body["reply"]
     assert body["products"] and product.id not in [p["id"] for p in body["products"]]
@@ -94,8 +95,8 @@ def test_product_in_view_answers_price_questions(client, shop):
 def test_policy_questions_are_answered_from_the_shops_policies(client, shop, question, kind, answer):
     body = ask(client, shop, question)
     assert body["strategy"] == "answer" and answer in body["reply"]
-    said = body["reply"].removeprefix(assistant.TONES["friendly"]).removeprefix("Yes. ")
-    assert all(sentence in shop.policies[kind] for sentence in assistant.sentences(said))  # the policy's own words
+    said = body["reply"].removeprefix(replies.TONES["friendly"]).removeprefix("Yes. ")
+    assert all(sentence in shop.policies[kind] for sentence in replies.sentences(said))  # the policy's own words
 
 
 @pytest.mark.parametrize("question", ["Do you ship to Canada? And how long do I have to return things?",
@@ -191,7 +192,7 @@ def test_hesitation_is_reassured_with_real_policies(client, shop):
 def test_what_goes_with_uses_the_blocks_recommender(client, shop):
     product = product_with(shop, lambda p: "Stove" in p.title)
     body = ask(client, shop, f"What goes well with the {product.title}?")
-    block = recommendations.serve(shop, product, [], 3)
+    block = serving.serve(shop, product, [], 3)
     assert body["strategy"] == "pair"
     assert [p["id"] for p in body["products"]] == [p["id"] for p in block["products"]]
 
@@ -268,9 +269,9 @@ def test_a_customer_sees_only_their_own_orders(client, shop):
     body = ask(client, shop, "Where is my order?", customer=mine.customer_ref)
     newest = max((o for o in orders if o.customer_ref == mine.customer_ref), key=lambda o: o.created_at)
     assert newest.name in body["reply"]
-    assert assistant.FULFILLMENT[newest.fulfillment_status] in body["reply"]
+    assert replies.FULFILLMENT[newest.fulfillment_status] in body["reply"]
     body = ask(client, shop, f"What is the status of order {theirs.name}?", customer=mine.customer_ref)
-    assert "can't find" in body["reply"] and assistant.FULFILLMENT[theirs.fulfillment_status] not in body["reply"]
+    assert "can't find" in body["reply"] and replies.FULFILLMENT[theirs.fulfillment_status] not in body["reply"]
     # The session id is the shopper's only while signed in as them: someone else reusing it starts afresh.
     ask(client, shop, "Where is my order?", customer=theirs.customer_ref)
     talks = db.session.query(Conversation).filter_by(shop_id=shop.id, session_id=SESSION).all()
@@ -294,7 +295,7 @@ def fake_model(monkeypatch, text):
         if isinstance(text, Exception):
             raise text
         return text(messages) if callable(text) else text
-    monkeypatch.setattr(assistant, "live_chat", lambda shop, budget=None: chat)
+    monkeypatch.setattr(replies, "live_chat", lambda shop, budget=None: chat)
     return calls
 
 
@@ -359,7 +360,7 @@ def test_shopper_text_cannot_forge_facts_or_chat_turns(client, shop, monkeypatch
     assert "FREE100" not in calls[0][0]["content"]  # nothing the shopper wrote reaches the system prompt
 
 
-@pytest.mark.parametrize("failure", [assistant.ModelUnavailable("down"), assistant.ModelUnavailable("slow")])
+@pytest.mark.parametrize("failure", [replies.ModelUnavailable("down"), replies.ModelUnavailable("slow")])
 def test_model_down_or_slow_gets_the_facts_reply(client, shop, monkeypatch, failure):
     fake_model(monkeypatch, failure)
     body = ask(client, shop, "How long does shipping take?")
@@ -446,9 +447,9 @@ def test_model_calls_are_a_budget_per_shop_past_which_the_facts_answer(app, clie
         def chat(self, ref, messages, **_):
             calls.append(ref)
             return "I'm happy to help with that."
-    monkeypatch.setattr(recommendations, "live_model", lambda shop: type("Live", (), {"version": 1, "metrics": {}})())
-    monkeypatch.setattr(assistant, "host_for", lambda app: Host())
-    monkeypatch.setattr(assistant, "model_ref", lambda host, model: "live")
+    monkeypatch.setattr(serving, "live_model", lambda shop: type("Live", (), {"version": 1, "metrics": {}})())
+    monkeypatch.setattr(replies, "host_for", lambda app: Host())
+    monkeypatch.setattr(replies, "model_ref", lambda host, model: "live")
     app.config["MODEL_CALLS_PER_SHOP"] = 3
     product = product_with(shop, lambda p: True)
     for number in range(6):
@@ -458,7 +459,7 @@ def test_model_calls_are_a_budget_per_shop_past_which_the_facts_answer(app, clie
         assert response.status_code == 200 and response.json["reply"]
     assert len(calls) == 3
     with app.test_request_context():
-        assert recommendations.within_model_budget(shop.id + 1)  # another shop's budget is its own
+        assert serving.within_model_budget(shop.id + 1)  # another shop's budget is its own
 
 
 def test_forged_chat_is_401_and_a_switched_off_assistant_403(client, shop):
@@ -522,7 +523,7 @@ def test_customer_redact_and_data_request_cover_conversations(client, shopify, s
 
 
 def test_stored_conversations_become_training_examples(client, shop, tmp_path):
-    from worker.datasets import build_datasets
+    from core.model.datasets import build_datasets
 
     order = db.session.query(Order).filter(Order.shop_id == shop.id, Order.customer_ref.is_not(None)).first()
     ask(client, shop, "How long does shipping take?")
@@ -552,7 +553,7 @@ def test_variant_stock_changes_reach_the_next_reply(client, shop):
 
 
 def test_held_out_questions_cover_every_kind_and_the_facts_alone_answer_them(shop):
-    from worker.assistant_evaluation import evaluate
+    from core.model.assistant_evaluation import evaluate
 
     report = evaluate(shop, base=False, size=240)
     assert report["questions"] >= 200
@@ -567,7 +568,7 @@ def test_held_out_questions_cover_every_kind_and_the_facts_alone_answer_them(sho
 
 
 def test_check_the_assistant_holds_a_store_to_its_own_policies_and_codes(shop):
-    from worker.assistant_evaluation import evaluate
+    from core.model.assistant_evaluation import evaluate
 
     shop.policies = {
         "shipping": "Parcels leave our Leeds warehouse in 2 working days. Delivery costs $4.50, or $12 for next day. "
@@ -627,7 +628,7 @@ def test_the_assistant_answers_stores_with_their_own_random_policies_and_codes(s
     """issue #27's goal, on held-out questions of stores unlike the sample store (figures in docs/evaluation.md)."""
     import random
 
-    from worker.assistant_evaluation import evaluate
+    from core.model.assistant_evaluation import evaluate
 
     rows = ("facts only", "a model that tries to mislead + grounding")
     totals = {row: {"factual": [], "forbidden": [], "handoff_expected": 0, "handoff_said": 0, "handoff_right": 0,
@@ -733,7 +734,7 @@ def test_turns_sent_at_once_in_one_session_are_all_kept(app, shop):
     """Two tabs of one shopper: every turn is stored, none overwrites another (see tests/test_concurrency.py)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from core.signatures import signed_app_proxy_query
+    from core.shopify.signatures import signed_app_proxy_query
 
     domain = shop.domain  # read here: the threads have no app context of their own to load it in
 

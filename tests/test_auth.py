@@ -9,8 +9,8 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import jwt
 import pytest
 
-from core import shops
-from core.signatures import oauth_hmac
+from core.shopify import shops
+from core.shopify.signatures import oauth_hmac
 from shopify_app.auth import SESSION_TOKEN_CLAIMS, SESSION_TOKEN_LEEWAY_SECONDS
 
 from .conftest import API_KEY, API_SECRET
@@ -94,7 +94,7 @@ def test_expiring_token_is_refreshed_and_refresh_token_rotated(app, installed_sh
     assert installed_shop.access_token_expires_at > datetime.now(timezone.utc) + timedelta(minutes=55)
     client = shops.admin_client(installed_shop)
     assert client.session.token == new_access  # and Shopify accepts it:
-    from worker.sync import BULK_OPERATION_QUERY
+    from core.shopify.sync import BULK_OPERATION_QUERY
     assert client.execute(BULK_OPERATION_QUERY, {"id": "gid://shopify/BulkOperation/999"}) == {"bulkOperation": None}
 
 

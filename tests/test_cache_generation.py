@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from core import recommendations
-from core.signatures import signed_app_proxy_query
+from core.recommendations import serving
+from core.shopify.signatures import signed_app_proxy_query
 from shopify_app import create_app
 from tests.conftest import API_SECRET
 
@@ -31,7 +31,7 @@ def block(client, shop, product_id, **params) -> dict:
 def web_and_worker(request, app, monkeypatch):
     """The web process that serves (and caches) blocks, and another process (a worker handling a webhook)
     that invalidates them, sharing only the database, or also a Redis the worker cannot reach just then."""
-    monkeypatch.setattr(recommendations, "GENERATION_TTL_SECONDS", 0.0)  # the bump is seen on the next request
+    monkeypatch.setattr(serving, "GENERATION_TTL_SECONDS", 0.0)  # the bump is seen on the next request
     if request.param.startswith("shared"):
         web = create_app({**app.config, "REDIS_URL": REDIS_URL})
         worker = create_app({**app.config, "REDIS_URL": CLOSED_PORT})
@@ -51,9 +51,9 @@ def test_a_reply_cached_before_another_process_moved_the_generation_is_refused(i
         assert block(client, installed_shop, viewing, **who)["cached"] is True
     with worker.app_context():  # what a products/update webhook, a merchant's rule or customers/redact does
         if bump == "catalog":
-            recommendations.invalidate(installed_shop.id)
+            serving.invalidate(installed_shop.id)
         else:
-            recommendations.forget_replies(installed_shop.id)
+            serving.forget_replies(installed_shop.id)
     with web.app_context(), web.test_client() as client:
         again = block(client, installed_shop, viewing, **who)
         assert again["cached"] is False
@@ -65,13 +65,13 @@ def test_the_generation_moves_atomically_when_bumped_at_once(app, installed_shop
     """Two invalidations at once move it twice: neither is lost (one UPDATE each, no read-modify-write)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from core.models import Shop, db
+    from core.storage.models import Shop, db
 
     before = db.session.get(Shop, installed_shop.id).reply_generation
 
     def bump(_):
         with app.app_context():
-            recommendations.forget_replies(installed_shop.id)
+            serving.forget_replies(installed_shop.id)
             db.session.remove()
 
     with ThreadPoolExecutor(4) as pool:

@@ -1,6 +1,6 @@
 """Every read-modify-write of a shop's shared rows, sent at once from several threads, on the database the suite
 runs on (make test runs SQLite and Postgres): nothing is lost, nothing is doubled, nobody gets a 5xx. SQLite
-ignores FOR UPDATE, so these are what proves `core.models.locked_shop` there. Each test runs several rounds
+ignores FOR UPDATE, so these are what proves `core.storage.models.locked_shop` there. Each test runs several rounds
 to catch a race; `scripts/repeat-concurrency-tests` runs the whole file many times on both databases."""
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from core import merchandising, shops
-from core.models import (
+from core.recommendations import merchandising
+from core.shopify import shops
+from core.shopify.signatures import signed_app_proxy_query
+from core.storage.models import (
     Conversation,
     MerchandisingRule,
     Product,
@@ -24,7 +26,6 @@ from core.models import (
     db,
     utcnow,
 )
-from core.signatures import signed_app_proxy_query
 from tests.conftest import API_SECRET
 from worker import tasks
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from core import cache, recommendations
-from core.models import Base, Conversation, Order, Shop, TrainingRun, WebhookDelivery, db
-from core.signatures import signed_app_proxy_query
+from core.model import datasets, pipeline
+from core.recommendations import serving
+from core.shopify.signatures import signed_app_proxy_query
+from core.storage import cache
+from core.storage.models import Base, Conversation, Order, Shop, TrainingRun, WebhookDelivery, db
 from sample_store.catalog import MERCHANT_ASSISTANT, MERCHANT_POLICIES
-from worker import datasets, pipeline
 
 from .conftest import API_SECRET
 
@@ -83,7 +84,7 @@ def shop(installed_shop, app, tmp_path):
     installed_shop.assistant = dict(MERCHANT_ASSISTANT)
     installed_shop.experiment = {"enabled": False}  # every shopper gets the served block (never the holdout's)
     db.session.commit()
-    recommendations.invalidate(installed_shop.id)
+    serving.invalidate(installed_shop.id)
     app.config["PAIRWELL_ARTIFACTS"] = str(tmp_path / "artifacts")
     return installed_shop
 
@@ -162,7 +163,7 @@ def plant(client, shopify, shop, monkeypatch, marker: str) -> dict:
 
 def customer_block_key(shop, planted) -> str:
     """The key the storefront would look the customer's block up under now."""
-    return recommendations.cache_key(shop.id, planted["product"], [], 4, "served", "complementary",
+    return serving.cache_key(shop.id, planted["product"], [], 4, "served", "complementary",
                                      planted["customer"])
 
 
@@ -184,7 +185,7 @@ def test_customers_redact_erases_every_copy_of_their_words(app, client, shopify,
     assert customer_run / "dataset" / "train.jsonl" in holding or customer_run / "dataset" / "eval.jsonl" in holding
     assert any(planted["legacy_run"] in path.parents for path in holding)
     assert not files_holding(planted["guest_run"], marker)
-    assert recommendations.cached(customer_block_key(shop, planted)) is not None  # their own block, cached
+    assert serving.cached(customer_block_key(shop, planted)) is not None  # their own block, cached
 
     webhook(client, shopify, "customers/redact", {
         "shop_id": 1, "shop_domain": shop.domain,
@@ -216,7 +217,7 @@ def test_customers_redact_erases_every_copy_of_their_words(app, client, shopify,
     run = db.session.scalars(select(TrainingRun).where(TrainingRun.artifact_dir == str(customer_run))).one()
     assert run.cancel_requested  # a run still going on that dataset stops
     # The cache: their block is not found again.
-    assert recommendations.cached(customer_block_key(shop, planted)) is None
+    assert serving.cached(customer_block_key(shop, planted)) is None
     # A later build has none of it, and works.
     assert marker not in "".join(p.read_text() for p in build(shop).rglob("*.jsonl"))
 
@@ -237,7 +238,7 @@ def test_shop_redact_erases_everything_of_the_shop(app, client, shopify, shop, c
     other.mkdir()
     (other / "keep.txt").write_text("another shop's file")
     assert marker in database_text() and files_holding(artifacts, marker)
-    assert recommendations.cached(customer_block_key(shop, planted)) is not None
+    assert serving.cached(customer_block_key(shop, planted)) is not None
     shop_id, domain = shop.id, shop.domain
 
     webhook(client, shopify, "shop/redact", {"shop_id": 1, "shop_domain": domain})

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from core.model import evaluation
 from shopify_app.cli import cli
-from worker import evaluation
 
 RETAIL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "online_retail.parquet"
 

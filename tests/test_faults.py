@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from core import cache, shops
 from core.config import ROOT, from_env, production_problems
-from core.models import ModelVersion, StorefrontEvent, TrainingRun, db
-from core.signatures import signed_app_proxy_query
+from core.shopify import shops
+from core.shopify.signatures import signed_app_proxy_query
+from core.storage import cache
+from core.storage.models import ModelVersion, StorefrontEvent, TrainingRun, db
 from sample_store.ollama import OllamaDouble
 from shopify_app import analytics, create_app
 
@@ -102,7 +103,7 @@ def test_event_beacons_do_not_wait_for_the_database(app, client, installed_shop,
 # --- The model host ----------------------------------------------------------------------------------------
 
 def deployed_on_ollama(app, shop, tmp_path) -> OllamaDouble:
-    from worker.pipeline import stage_deploy
+    from core.model.pipeline import stage_deploy
 
     double = OllamaDouble()
     app.config["OLLAMA_HOST"] = double.url
@@ -146,8 +147,8 @@ def test_a_malformed_ollama_host_means_the_fallback(app, client, installed_shop,
 # --- Readiness and stored embeddings -----------------------------------------------------------------------
 
 def test_ready_only_once_the_encoder_and_the_live_model_are_loaded(app, client, installed_shop, tiny_gguf):
-    from core.model_hosts import embedded_host
-    from core.recommendations import warm_up
+    from core.llm.model_hosts import embedded_host
+    from core.readiness import warm_up
 
     embedded_host.retire(str(tiny_gguf))
     db.session.add(ModelVersion(shop_id=installed_shop.id, version=1, gguf_path=str(tiny_gguf), quantization="q8_0",
@@ -162,8 +163,8 @@ def test_ready_only_once_the_encoder_and_the_live_model_are_loaded(app, client, 
 
 def test_a_serving_process_reads_stored_product_embeddings(installed_shop, monkeypatch):
     from core import embeddings
-    from core.models import Product
-    from core.recommendations import load_shelf
+    from core.recommendations.serving import load_shelf
+    from core.storage.models import Product
 
     products = db.session.scalars(select(Product).where(Product.shop_id == installed_shop.id)).all()
     assert all(p.embedding and len(p.embedding) == 384 * 4 for p in products)  # computed at sync
@@ -253,7 +254,7 @@ def test_production_refuses_to_start_without_real_secrets(tmp_path):
 def test_huge_timestamps_are_refused_not_overflowed(client, installed_shop, store):
     from urllib.parse import urlencode
 
-    from core.signatures import app_proxy_signature, oauth_hmac
+    from core.shopify.signatures import app_proxy_signature, oauth_hmac
 
     params = [("code", "x"), ("shop", installed_shop.domain), ("state", "s"), ("timestamp", "9" * 5000)]
     with client.session_transaction() as session:

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import event
 
 from core import logs
-from core.models import db
-from core.signatures import signed_app_proxy_query
+from core.shopify.signatures import signed_app_proxy_query
+from core.storage.models import db
 from tests.conftest import API_SECRET
 
 MARKER = "zebra-marker-7Q4X"

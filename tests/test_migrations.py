@@ -4,7 +4,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from core.models import Base
+from core.storage.models import Base
 from shopify_app import migrations
 
 from .conftest import scratch_database

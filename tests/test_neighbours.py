@@ -1,14 +1,14 @@
-"""The storefront serves from neighbour lists a worker built (core/neighbours.py): the same blocks as the index
+"""The storefront serves from neighbour lists a worker built (neighbours.py): the same blocks as the index
 it was built from, no index in the web process, and a changed catalog or order marked for the sweeper."""
 
 from datetime import timedelta
 
 from sqlalchemy import select
 
-from core import neighbours, recommendations
-from core.models import NeighbourList, Product, RetrievalBuild, db, utcnow
-from core.recommendations import ServingState
-from core.signatures import signed_app_proxy_query
+from core.recommendations import neighbours, serving
+from core.recommendations.serving import ServingState
+from core.shopify.signatures import signed_app_proxy_query
+from core.storage.models import NeighbourList, Product, RetrievalBuild, db, utcnow
 
 from .conftest import API_SECRET
 
@@ -17,7 +17,7 @@ def blocks(shop, shelf_of, baskets, limit=4, intent="complementary"):
     """Each basket's block, from the shelf `shelf_of(viewing, cart)` gives."""
     answers = []
     for viewing, *cart in baskets:
-        picks, _ = recommendations.recommend(shop, db.session.get(Product, (shop.id, viewing)),
+        picks, _ = serving.recommend(shop, db.session.get(Product, (shop.id, viewing)),
                                              [db.session.get(Product, (shop.id, c)) for c in cart], limit,
                                              shelf=shelf_of(viewing, cart), intent=intent)
         answers.append([pick.offer.id for pick in picks])
@@ -30,23 +30,23 @@ def test_blocks_from_the_lists_are_the_blocks_of_the_index_they_were_built_from(
     estimated), so nearly all of it agrees."""
     build = db.session.get(RetrievalBuild, installed_shop.id)
     assert build.built_at is not None and build.products > 100 and build.changed_at is None
-    full = recommendations.load_shelf(installed_shop)
+    full = serving.load_shelf(installed_shop)
     products = sorted(full.offers)[:60]
     alone = [[p] for p in products]
 
     def listed(viewing, cart):
-        return recommendations.listed_shelf(installed_shop, viewing, cart, {})
+        return serving.listed_shelf(installed_shop, viewing, cart, {})
 
     for intent in ("complementary", "related"):
         assert blocks(installed_shop, listed, alone, intent=intent) == \
             blocks(installed_shop, lambda *_: full, alone, intent=intent)
 
     def holdout(shelf_of):  # the A/B holdout's plain co-purchase, from the lists too
-        return [[pick.offer.id for pick in recommendations.recommend(
+        return [[pick.offer.id for pick in serving.recommend(
             installed_shop, db.session.get(Product, (installed_shop.id, p)), [], 4, shelf=shelf_of(p),
             arm="holdout")[0]] for p in products[:20]]
 
-    listed_holdout = holdout(lambda p: recommendations.listed_shelf(installed_shop, p, [], {}, "holdout"))
+    listed_holdout = holdout(lambda p: serving.listed_shelf(installed_shop, p, [], {}, "holdout"))
     # Full blocks, the same co-purchase partners; the best-sellers that fill a short one may tie differently.
     assert all(len(block) == 4 for block in listed_holdout)
     assert sum(len(set(a) & set(b)) for a, b in zip(listed_holdout, holdout(lambda p: full), strict=True)) >= 0.9 * 80
@@ -71,7 +71,7 @@ def test_neither_a_block_nor_a_chat_builds_an_index(app, client, installed_shop)
                        json={"session_id": "restarted-1", "message": "What goes well with this?",
                              "product_id": str(viewing)})
     assert chat.status_code == 200 and chat.json["strategy"] == "pair" and chat.json["products"]
-    assert recommendations.serving_state().index(installed_shop.id) is None
+    assert serving.serving_state().index(installed_shop.id) is None
 
 
 def test_changes_mark_the_lists_and_the_sweeper_builds_them_once(installed_shop, shopify, client, store):
@@ -88,7 +88,7 @@ def test_changes_mark_the_lists_and_the_sweeper_builds_them_once(installed_shop,
     assert neighbours.due(later) == [installed_shop.id]
     assert neighbours.due(later + timedelta(minutes=1)) == []  # sent once, not every minute while it builds
     assert neighbours.due(later + neighbours.REQUEUE_AFTER + timedelta(seconds=1)) == [installed_shop.id]
-    build = recommendations.build_neighbour_lists(installed_shop)
+    build = serving.build_neighbour_lists(installed_shop)
     assert build.changed_at is None and build.queued_at is None and build.built_at > changed
     assert neighbours.due(utcnow() + timedelta(hours=1)) == []
 
@@ -100,7 +100,7 @@ def test_a_sync_whose_build_fails_leaves_the_shop_to_the_sweeper(installed_shop,
     def broken(*_args, **_kwargs):
         raise RuntimeError("no worker")
 
-    monkeypatch.setattr(recommendations, "build_neighbour_lists", broken)
+    monkeypatch.setattr(serving, "build_neighbour_lists", broken)
     assert enqueue_full_sync(installed_shop).status == "succeeded"
     build = db.session.get(RetrievalBuild, installed_shop.id, populate_existing=True)
     assert build.changed_at is not None and build.built_at is not None  # the old lists serve meanwhile

@@ -4,10 +4,10 @@ Ollama is down."""
 
 import pytest
 
-from core.model_hosts import CHATML_TEMPLATE, STOP_TOKENS, host_for
-from core.models import ModelVersion, TrainingRun, db
+from core.llm.model_hosts import CHATML_TEMPLATE, STOP_TOKENS, host_for
+from core.model.pipeline import rollback, stage_deploy
+from core.storage.models import ModelVersion, TrainingRun, db
 from sample_store.ollama import OllamaDouble
-from worker.pipeline import rollback, stage_deploy
 
 from .test_proxy import proxy_url
 
@@ -47,7 +47,7 @@ def test_deploy_uploads_and_creates_with_our_template_and_stops(app, ollama, ins
 
 def test_proxy_ranks_on_ollama_by_the_log_probabilities_of_the_candidates_letters(client, ollama, installed_shop,
                                                                                    store, tmp_path):
-    from core.recommendations import ranking, shelf_for
+    from core.recommendations.serving import ranking, shelf_for
 
     stage_deploy(verified_model(installed_shop, tmp_path, 1)[0])
     ollama.contrary = True  # the model likes the eighth candidate best, then the seventh, ...

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from core import recommendations
-from core.models import ModelVersion, Product, RetrievalBuild, db
-from core.signatures import signed_app_proxy_query
+from core.recommendations import serving
+from core.shopify.signatures import signed_app_proxy_query
+from core.storage.models import ModelVersion, Product, RetrievalBuild, db
 
 from .conftest import API_SECRET
 
@@ -106,20 +106,20 @@ def test_second_request_is_served_from_cache_until_the_catalog_changes(client, i
 def test_a_stale_retrieval_index_keeps_serving_while_it_is_rebuilt_in_the_background(installed_shop):
     import threading
 
-    from core import recommendations
-    from core.history import load_catalog
+    from core.recommendations import serving
+    from core.recommendations.history import load_catalog
 
     catalog = load_catalog(installed_shop.id)
-    first = recommendations.retrieval_index(installed_shop.id, catalog)
-    assert recommendations.retrieval_index(installed_shop.id, catalog) is first  # fresh: no rebuild
-    state = recommendations.serving_state()
+    first = serving.retrieval_index(installed_shop.id, catalog)
+    assert serving.retrieval_index(installed_shop.id, catalog) is first  # fresh: no rebuild
+    state = serving.serving_state()
     built = state.index(installed_shop.id)
-    state.keep_index(installed_shop.id, replace(built, built_at=built.built_at - recommendations.INDEX_TTL_SECONDS - 1))
-    assert recommendations.retrieval_index(installed_shop.id, catalog) is first  # stale: served at once
+    state.keep_index(installed_shop.id, replace(built, built_at=built.built_at - serving.INDEX_TTL_SECONDS - 1))
+    assert serving.retrieval_index(installed_shop.id, catalog) is first  # stale: served at once
     for thread in threading.enumerate():
         if thread.name == f"pairwell-index-{installed_shop.id}":
             thread.join(timeout=60)
-    rebuilt = recommendations.retrieval_index(installed_shop.id, catalog)
+    rebuilt = serving.retrieval_index(installed_shop.id, catalog)
     assert rebuilt is not first and rebuilt.ids == first.ids and installed_shop.id not in state.rebuilding
 
 
@@ -134,25 +134,25 @@ def test_a_catalog_change_reaches_the_block_without_a_shopper_waiting_for_the_in
 
     url = proxy_url(installed_shop.domain, product_id=store.products[3].id, limit=3)
     assert client.get(url).status_code == 200
-    recommendations.shelf_for(installed_shop)  # the index is built
-    state = recommendations.serving_state()
+    serving.shelf_for(installed_shop)  # the index is built
+    state = serving.serving_state()
     before = state.index(installed_shop.id)
-    real, release, building = recommendations.serving_retrieval, threading.Event(), threading.Event()
+    real, release, building = serving.serving_retrieval, threading.Event(), threading.Event()
 
     def held_build(orders, catalog):
         building.set()
         release.wait(timeout=60)  # the build runs until the test lets it finish
         return real(orders, catalog)
 
-    monkeypatch.setattr(recommendations, "serving_retrieval", held_build)
-    monkeypatch.setattr(recommendations, "CHANGED_INDEX_SECONDS", 0)
+    monkeypatch.setattr(serving, "serving_retrieval", held_build)
+    monkeypatch.setattr(serving, "CHANGED_INDEX_SECONDS", 0)
     payload = product_webhook_payload(store.products[5])
     payload.update(updated_at="2030-01-01T00:00:00Z", title="Renamed while shoppers browse")
     body, headers = shopify.signed_webhook("products/update", payload)
     client.post("/webhooks", data=body, headers=headers)
     answer = client.get(url)  # served while the rebuild is held
     assert answer.status_code == 200 and not answer.json["cached"]
-    assert recommendations.shelf_for(installed_shop).retrieval is before.retrieval  # no wait for the rebuild
+    assert serving.shelf_for(installed_shop).retrieval is before.retrieval  # no wait for the rebuild
     assert building.wait(timeout=30) and state.index(installed_shop.id).retrieval is before.retrieval
     release.set()
     for thread in threading.enumerate():
@@ -165,25 +165,25 @@ def test_a_catalog_change_reaches_the_block_without_a_shopper_waiting_for_the_in
 def test_shoppers_arriving_together_at_a_cold_store_wait_for_one_index_build(installed_shop, monkeypatch):
     import threading
 
-    from core import recommendations
-    from core.history import load_catalog
+    from core.recommendations import serving
+    from core.recommendations.history import load_catalog
 
     catalog = load_catalog(installed_shop.id)
-    recommendations.serving_state().forget(installed_shop.id)  # the sync's build of the neighbour lists kept one
-    real, builds = recommendations.serving_retrieval, []
+    serving.serving_state().forget(installed_shop.id)  # the sync's build of the neighbour lists kept one
+    real, builds = serving.serving_retrieval, []
 
     def slow_build(orders, catalog):
         builds.append(1)
         time.sleep(0.3)  # long enough for every shopper to arrive while it runs
         return real(orders, catalog)
 
-    monkeypatch.setattr(recommendations, "serving_retrieval", slow_build)
-    app = recommendations.current_app._get_current_object()
+    monkeypatch.setattr(serving, "serving_retrieval", slow_build)
+    app = serving.current_app._get_current_object()
     served = []
 
     def shopper():
         with app.app_context():
-            served.append(recommendations.retrieval_index(installed_shop.id, catalog))
+            served.append(serving.retrieval_index(installed_shop.id, catalog))
 
     shoppers = [threading.Thread(target=shopper) for _ in range(4)]
     for thread in shoppers:
@@ -194,21 +194,21 @@ def test_shoppers_arriving_together_at_a_cold_store_wait_for_one_index_build(ins
 
 
 def test_a_web_process_keeps_indexes_within_its_byte_bound_least_recently_used_out_first(installed_shop):
-    from core import recommendations
-    from core.history import load_catalog
+    from core.recommendations import serving
+    from core.recommendations.history import load_catalog
 
-    retrieval = recommendations.retrieval_index(installed_shop.id, load_catalog(installed_shop.id))
-    size = recommendations.footprint(retrieval)
+    retrieval = serving.retrieval_index(installed_shop.id, load_catalog(installed_shop.id))
+    size = serving.footprint(retrieval)
     arrays = retrieval.ease.weights.nbytes + retrieval.index.vectors.nbytes + retrieval.copurchase.similar.data.nbytes
     assert arrays <= size < 4 * arrays + 2**20  # the matrices, and not much besides
 
-    state = recommendations.ServingState(index_bytes=3 * size)
+    state = serving.ServingState(index_bytes=3 * size)
     for shop in (1, 2, 3):
-        state.keep_index(shop, recommendations.BuiltIndex(0.0, retrieval, size))
+        state.keep_index(shop, serving.BuiltIndex(0.0, retrieval, size))
     assert state.index(1) is not None  # shop 1 used: shop 2 is now the least recently used
-    state.keep_index(4, recommendations.BuiltIndex(0.0, retrieval, size))
+    state.keep_index(4, serving.BuiltIndex(0.0, retrieval, size))
     assert [shop for shop in (1, 2, 3, 4) if state.index(shop)] == [1, 3, 4]
-    state.keep_index(5, recommendations.BuiltIndex(0.0, retrieval, 4 * size))  # larger than the bound: not kept
+    state.keep_index(5, serving.BuiltIndex(0.0, retrieval, 4 * size))  # larger than the bound: not kept
     assert state.index(5) is None and state.index(4) is not None
 
 
@@ -228,8 +228,8 @@ PASSED_GATE = {"gate": {"passed": True, "reason": "HR@4 0.5, not below co-purcha
 
 
 def test_deploy_makes_a_gated_verified_model_live_and_refuses_a_rejected_or_ungated_one(installed_shop, tiny_gguf):
-    from core.models import TrainingRun
-    from worker.pipeline import stage_deploy
+    from core.model.pipeline import stage_deploy
+    from core.storage.models import TrainingRun
 
     runs, models = [], []
     for version, status, metrics in ((1, "verified", PASSED_GATE), (2, "rejected", {}), (3, "verified", PASSED_GATE),
@@ -260,18 +260,18 @@ def test_the_model_places_the_candidates_whose_letters_it_likes_best_and_the_ran
         app, installed_shop, store):
     import math
 
-    from core.prompts import LABELS, candidate_lines
+    from core.llm.prompts import LABELS, candidate_lines
 
-    shelf = recommendations.load_shelf(installed_shop)
+    shelf = serving.load_shelf(installed_shop)
     viewing = store.products[10].id
-    candidates = recommendations.ranking(shelf, viewing, [])[:8]
+    candidates = serving.ranking(shelf, viewing, [])[:8]
     asked, scores = [], [-5.0, -6.0, -7.0, -0.5, -0.2, -9.0, -math.inf, -8.0]
 
     def rank(messages, labels):
         asked.append((candidate_lines(messages[-1]["content"]), labels))
         return scores
 
-    result = recommendations.rerank(rank, shelf, viewing, [], 6)
+    result = serving.rerank(rank, shelf, viewing, [], 6)
     lines, labels = asked[0]
     assert labels == LABELS and [line.split(" (")[0] for line in lines] == [shelf.title(p) for p in candidates]
     assert result.picks == [candidates[4], candidates[3], candidates[0], candidates[1]]  # MAX_PICKS, best first
@@ -283,22 +283,22 @@ def test_a_training_periods_retrieval_is_built_once_for_the_same_orders_and_cata
     """The datasets and the deploy gate rank with the training period's retrieval: the second asks for the same
     orders and catalog and gets the one already built; other orders, another catalog, or the shop's erasure,
     and it is built anew."""
-    from core.history import load_baskets, load_catalog, split_by_time
+    from core.recommendations.history import load_baskets, load_catalog, split_by_time
 
     catalog = load_catalog(installed_shop.id)
     train, _ = split_by_time(load_baskets(installed_shop.id, catalog))
-    built = recommendations.period_retrieval(installed_shop.id, train, catalog)
-    assert recommendations.load_shelf(installed_shop, train).retrieval is built
-    assert recommendations.period_retrieval(installed_shop.id, train[:-1], catalog) is not built
+    built = serving.period_retrieval(installed_shop.id, train, catalog)
+    assert serving.load_shelf(installed_shop, train).retrieval is built
+    assert serving.period_retrieval(installed_shop.id, train[:-1], catalog) is not built
     renamed = {**catalog, next(iter(catalog)): replace(next(iter(catalog.values())), title="Renamed")}
-    assert recommendations.period_retrieval(installed_shop.id, train[:-1], renamed) is not built
-    recommendations.serving_state().forget(installed_shop.id)
-    assert not recommendations.serving_state().periods
+    assert serving.period_retrieval(installed_shop.id, train[:-1], renamed) is not built
+    serving.serving_state().forget(installed_shop.id)
+    assert not serving.serving_state().periods
 
 
 def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_forced(installed_shop, tiny_gguf):
-    from core.models import TrainingRun
-    from worker.pipeline import stage_deploy, stage_gate
+    from core.model.pipeline import stage_deploy, stage_gate
+    from core.storage.models import TrainingRun
 
     run = TrainingRun(shop_id=installed_shop.id, status="succeeded")
     db.session.add(run)
@@ -338,14 +338,14 @@ def test_deploy_gate_scores_held_out_orders_and_refuses_a_worse_version_unless_f
 
 def titles_offered(messages) -> list[str]:
     """The candidates' titles in a ranking prompt (each line is "Title (Type)")."""
-    from core.prompts import candidate_lines
+    from core.llm.prompts import candidate_lines
 
     return [line.rsplit(" (", 1)[0] for line in candidate_lines(messages[-1]["content"])]
 
 
 def gate_with_ranker(shop, gguf, monkeypatch, rank) -> tuple[ModelVersion, dict]:
     """A verified version whose scores `rank` gives, and the deploy gate's report on it."""
-    from worker import pipeline
+    from core.model import pipeline
 
     monkeypatch.setattr(pipeline, "rank_with_gguf", lambda path: rank)
     model = ModelVersion(shop_id=shop.id, version=1, gguf_path=str(gguf), quantization="q8_0", size_bytes=1,
@@ -368,8 +368,8 @@ def test_the_gate_decides_per_slice_of_requests_and_the_storefront_asks_the_mode
         installed_shop, tiny_gguf, monkeypatch):
     from collections import defaultdict
 
-    from core.history import load_baskets, load_catalog, split_by_time
-    from core.ranking_head import SLICES
+    from core.recommendations.history import load_baskets, load_catalog, split_by_time
+    from core.recommendations.ranking_head import SLICES
 
     catalog = load_catalog(installed_shop.id)
     _, held_out = split_by_time(load_baskets(installed_shop.id, catalog))
@@ -400,13 +400,13 @@ def test_the_gate_decides_per_slice_of_requests_and_the_storefront_asks_the_mode
     model.status, model.metrics = "deployed", {"gate": {**gate, "passed": True, "serves": ["new products only"]}}
     db.session.commit()
     asked = []
-    monkeypatch.setattr(recommendations, "storefront_ranker",
+    monkeypatch.setattr(serving, "storefront_ranker",
                         lambda live, budget: lambda *args: asked.append(args) or knows_pairs_only(*args))
-    shelf = recommendations.shelf_for(installed_shop)
+    shelf = serving.shelf_for(installed_shop)
     cold = shelf.retrieval.cold
     new = next(p for p in shelf.sellable if cold[shelf.retrieval.position[p]])
     other = next(p for p in shelf.sellable if not cold[shelf.retrieval.position[p]])  # with it: "2-4 products"
-    served = functools.partial(recommendations.served_list, installed_shop, shelf, new, limit=4, budget=5.0,
+    served = functools.partial(serving.served_list, installed_shop, shelf, new, limit=4, budget=5.0,
                                intent="related")
     assert served([])[1] == "model" and len(asked) == 1
     assert served([other])[1] == "fallback" and len(asked) == 1  # two products: the model is not asked
@@ -418,17 +418,17 @@ def test_the_gate_decides_per_slice_of_requests_and_the_storefront_asks_the_mode
 
 def test_the_gate_admits_a_model_for_the_assistant_alone_where_it_words_replies_that_pass_every_check(
         installed_shop, tiny_gguf, monkeypatch):
-    from core import assistant
-    from core.prompts import support_parts
-    from worker import assistant_evaluation
+    from core.assistant import replies
+    from core.llm.prompts import support_parts
+    from core.model import assistant_evaluation
 
     def answers_from_the_facts(path):
         """A model that says what the composer would: its drafts pass the checks wherever the question needs no
         product in view or customer."""
         def chat(messages):
             question = support_parts(messages[-1]["content"])[1]
-            shelf = recommendations.shelf_for(installed_shop)
-            return assistant.compose(assistant.Question(installed_shop, question, shelf))[0].text
+            shelf = serving.shelf_for(installed_shop)
+            return replies.compose(replies.Question(installed_shop, question, shelf))[0].text
         return chat
 
     def picks_the_weakest(messages, labels):
@@ -443,16 +443,16 @@ def test_the_gate_admits_a_model_for_the_assistant_alone_where_it_words_replies_
     # Deployed, it words the assistant's replies and ranks no block: every list is the retrieval's.
     model.status, model.metrics = "deployed", {"gate": gate}
     db.session.commit()
-    assert assistant.live_chat(installed_shop) is not None
+    assert replies.live_chat(installed_shop) is not None
     asked = []
-    monkeypatch.setattr(recommendations, "storefront_ranker", lambda live, budget: lambda *a: asked.append(a))
-    shelf = recommendations.shelf_for(installed_shop)
+    monkeypatch.setattr(serving, "storefront_ranker", lambda live, budget: lambda *a: asked.append(a))
+    shelf = serving.shelf_for(installed_shop)
     viewed = next(iter(shelf.sellable))
-    assert recommendations.served_list(installed_shop, shelf, viewed, [], limit=4, budget=5.0,
+    assert serving.served_list(installed_shop, shelf, viewed, [], limit=4, budget=5.0,
                                        intent="related")[1] == "fallback" and not asked
     model.metrics = {"gate": {**gate, "assistant": {**judged, "serves": False}}}  # admitted for the block alone
     db.session.commit()
-    assert assistant.live_chat(installed_shop) is None
+    assert replies.live_chat(installed_shop) is None
 
     # A model whose every draft misleads words nothing, and is not let near the assistant.
     monkeypatch.setattr(assistant_evaluation, "gguf_chat",
@@ -471,7 +471,7 @@ def test_the_gate_admits_a_model_for_the_assistant_alone_where_it_words_replies_
 
 
 def test_the_gate_admits_a_slice_on_a_gain_beyond_noise():
-    from worker.pipeline import admitted_slices
+    from core.model.pipeline import admitted_slices
 
     kinds = ["1 product"] * 12 + ["2-4 products"] * 12 + ["5+ products"] * 6
     model = [1.0] * 6 + [0.0] * 6 + [1.0] + [0.0] * 11 + [1.0] * 6
@@ -484,7 +484,7 @@ def test_the_gate_admits_a_slice_on_a_gain_beyond_noise():
 def test_scores_below_needs_more_than_noise():
     import random
 
-    from worker.evaluation import scores_below
+    from core.model.evaluation import scores_below
 
     assert scores_below([0.0] * 50 + [1.0] * 10, [0.0] * 20 + [1.0] * 40, random.Random(0))
     assert not scores_below([1.0, 0.0] * 15, [0.0, 1.0] * 15, random.Random(0))  # equal rates
@@ -495,9 +495,9 @@ def test_the_storefront_the_gate_and_evaluation_answer_a_case_with_the_same_list
                                                                                    store, tiny_gguf):
     """One re-rank path: what a shopper is served is what the deploy gate and offline evaluation score (they
     score the ranking itself, the `related` intent; `complementary` filters it for display)."""
-    from core.model_hosts import rank_with_gguf
-    from core.recommendations import load_shelf
-    from worker.evaluation import ModelReRank
+    from core.llm.model_hosts import rank_with_gguf
+    from core.model.evaluation import ModelReRank
+    from core.recommendations.serving import load_shelf
 
     app.config["MODEL_BUDGET_SECONDS"] = 60.0  # the first answer also loads the model
     db.session.add(ModelVersion(shop_id=installed_shop.id, version=1, gguf_path=str(tiny_gguf), quantization="q8_0",
@@ -514,7 +514,7 @@ def test_the_storefront_the_gate_and_evaluation_answer_a_case_with_the_same_list
 def test_complementary_blocks_hold_no_substitutes_unless_shoppers_bought_both(client, installed_shop):
     """A backpacking stove's block shows fuel and a pot, not another stove (unless orders hold two of them);
     `intent=related` allows substitutes, as in Shopify's own recommendations."""
-    shelf = recommendations.load_shelf(installed_shop)
+    shelf = serving.load_shelf(installed_shop)
     together = shelf.retrieval.copurchase.together
     checked = 0
     for viewing in [p for p in shelf.offers][:25]:
@@ -538,7 +538,7 @@ def test_complementary_blocks_hold_no_substitutes_unless_shoppers_bought_both(cl
 def test_a_complementary_block_shows_one_product_of_a_kind_unless_shoppers_buy_several(client, installed_shop):
     """Four places are precious: a headlamp's block holds one pack of batteries, not three, unless orders bought
     the two together. The ranking itself repeats kinds somewhere, so the rule had work to do."""
-    shelf = recommendations.load_shelf(installed_shop)
+    shelf = serving.load_shelf(installed_shop)
     together = shelf.retrieval.copurchase.together
     repeats_in_ranking = 0
     for viewing in list(shelf.offers)[:25]:
@@ -550,7 +550,7 @@ def test_a_complementary_block_shows_one_product_of_a_kind_unless_shoppers_buy_s
         for n, first in enumerate(shown):
             assert all(shelf.sellable[first] != shelf.sellable[second] or together(first, second) >= 2
                        or shelf.sellable[first].casefold() in shelf.bought_several for second in shown[n + 1:])
-        ranked = recommendations.ranking(shelf, viewing, [], "complementary")[:4]
+        ranked = serving.ranking(shelf, viewing, [], "complementary")[:4]
         repeats_in_ranking += len({shelf.sellable[p] for p in ranked}) < len(ranked)
     assert repeats_in_ranking
 
@@ -562,12 +562,12 @@ def test_a_signed_in_customers_earlier_orders_count_and_their_reply_stays_theirs
     reply says so and is cached under their own key: a guest and another customer still get the shared one."""
     from datetime import timedelta
 
-    from core import experiment
-    from core.models import Order, OrderLine, utcnow
+    from core.recommendations import experiment
+    from core.storage.models import Order, OrderLine, utcnow
 
     customer, other = [c for c in map(str, range(4242, 4400))
                        if experiment.arm(installed_shop, f"customer:{c}") == "served"][:2]  # not the A/B holdout
-    shelf = recommendations.shelf_for(installed_shop)
+    shelf = serving.shelf_for(installed_shop)
     build = db.session.get(RetrievalBuild, installed_shop.id)  # the weights the storefront's lists are merged by
     build.weights = {**build.weights, "history": 10.0}
     db.session.commit()

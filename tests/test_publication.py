@@ -13,17 +13,17 @@ from collections import Counter
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from core import recommendations
-from core.experiment import HOLDOUT
-from core.history import EVAL_FRACTION
-from core.models import ModelVersion, Product, db
-from core.prompts import candidate_lines
-from core.signatures import signed_app_proxy_query
+from core.llm.prompts import candidate_lines
+from core.model import datasets, evaluation, pipeline
+from core.recommendations import serving
+from core.recommendations.experiment import HOLDOUT
+from core.recommendations.history import EVAL_FRACTION
+from core.shopify.ingest import product_row, product_rows_from_webhook
+from core.shopify.signatures import signed_app_proxy_query
+from core.storage.models import ModelVersion, Product, db
 from sample_store.catalog import generate_store
 from sample_store.server import product_jsonl, product_webhook_payload
 from shopify_app import migrations
-from worker import datasets, evaluation, pipeline
-from worker.ingest import product_row, product_rows_from_webhook
 from worker.tasks import enqueue_full_sync
 
 from .conftest import API_SECRET, scratch_database
@@ -87,7 +87,7 @@ def offered(client, shopify, shop, hidden: Product, viewed: Product) -> dict[str
     wide = block(client, shop, viewed.id, limit=10)
     for reply in (served, wide):
         assert_sellable(shop, reply["products"])
-    holdout = recommendations.serve(shop, viewed, [], 10, arm=HOLDOUT)
+    holdout = serving.serve(shop, viewed, [], 10, arm=HOLDOUT)
     assert_sellable(shop, holdout["products"])
     named = chat(client, shop, f"Is the {hidden.title} in stock?")
     viewing = chat(client, shop, "How much is this?", product_id=hidden.id)
@@ -203,7 +203,7 @@ CHANGES = {  # how the product leaves the storefront, and how it comes back
 def test_a_products_update_webhook_takes_it_off_every_surface_and_back(client, installed_shop, shopify, pair,
                                                                        change):
     hidden, viewed = pair
-    recommendations.precompute(installed_shop)
+    serving.precompute(installed_shop)
     first = block(client, installed_shop, viewed.id)
     assert first["cached"] and hidden.id in [p["id"] for p in first["products"]]  # precomputed, and offered
     assert offered(client, shopify, installed_shop, hidden, viewed) == EVERYWHERE

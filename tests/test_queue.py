@@ -8,7 +8,7 @@ import redis
 from celery.contrib.testing.worker import start_worker
 from sqlalchemy import select
 
-from core.models import SyncRun, WebhookDelivery, db
+from core.storage.models import SyncRun, WebhookDelivery, db
 from sample_store.server import product_webhook_payload
 from shopify_app import create_app
 

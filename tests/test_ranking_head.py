@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from core.embeddings import SemanticIndex
-from core.history import Basket, Item
-from core.ranking_head import (
+from core.recommendations.history import Basket, Item
+from core.recommendations.ranking_head import (
     FEATURES,
     MIN_SLICE_CASES,
     SLICES,
@@ -20,7 +20,7 @@ from core.ranking_head import (
     serving_retrieval,
     slice_of,
 )
-from core.recommenders import Semantic, fit_blend
+from core.recommendations.recommenders import Semantic, fit_blend
 
 ACTIVITIES = [["Gas Stove", "Fuel Canister", "Cook Pot"], ["Sleeping Bag", "Sleeping Pad", "Camp Pillow"],
               ["Chalk Bag", "Climbing Shoes", "Harness"]]

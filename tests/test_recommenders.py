@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from core.embeddings import SemanticIndex
-from core.history import Basket
-from core.model_hosts import rank_with_gguf
-from core.prompts import LABELS, candidate_lines
-from core.recommendations import Shelf, ranking
-from core.recommenders import (
+from core.llm.model_hosts import rank_with_gguf
+from core.llm.prompts import LABELS, candidate_lines
+from core.model import evaluation
+from core.recommendations.history import Basket
+from core.recommendations.recommenders import (
     COSINE,
     DEFAULT_WEIGHTS,
     Blend,
@@ -27,7 +27,7 @@ from core.recommenders import (
     fit_item_knn,
     validation_split,
 )
-from worker import evaluation
+from core.recommendations.serving import Shelf, ranking
 
 TITLES = {
     "tent": "Two-Person Backpacking Tent", "stakes": "Aluminium Tent Stakes", "footprint": "Tent Footprint Groundsheet",
@@ -178,7 +178,7 @@ def test_the_real_model_in_llama_cpp_re_ranks_only_catalog_products(index, tiny_
 
 
 def test_ease_learns_what_is_bought_together_and_falls_back_to_popularity():
-    from core.recommenders import EASE
+    from core.recommendations.recommenders import EASE
 
     baskets = [["stove", "fuel"]] * 10 + [["boots", "socks"]] * 8 + [["stove", "fuel", "spork"]] * 3 + [["map"]] * 2
     ease = EASE(baskets, lam=5.0, max_items=5)  # "map" is the sixth item: outside the model
@@ -252,7 +252,7 @@ def test_a_block_shows_one_product_of_a_kind_unless_shoppers_buy_several(index):
     """A tent and a stove share a type here and nobody buys both: the block shows one and fills with other
     kinds, and takes the second back only when the list runs out of kinds. Shoppers do buy two lunch bags at
     once, so two may share a block."""
-    from core.recommendations import one_of_a_kind
+    from core.recommendations.serving import one_of_a_kind
 
     orders = [b.products for b in baskets()] + [["red-bag", "pink-bag"]] * 20
     types = {p: "Gear" if p in ("tent", "stove") else "Lunch Bag" if p.endswith("-bag") else p.title()
@@ -293,8 +293,8 @@ def test_a_new_product_gets_the_kinds_its_kind_is_bought_with_learned_from_text(
     """Sleeping bags sell with pads, stoves with fuel. A sleeping bag nobody has bought yet is known by its text
     alone: plain text similarity offers more sleeping bags, the complements learned from the orders offer pads.
     A store with too few orders gets no model."""
-    from core.complements import fit_complements
     from core.embeddings import product_text
+    from core.recommendations.complements import fit_complements
 
     texts = {f"{kind}-{n}": product_text(title, kind) for kind, titles in CAMP_TYPES.items()
              for n, title in enumerate(titles)}
@@ -319,7 +319,7 @@ def test_a_new_product_gets_the_kinds_its_kind_is_bought_with_learned_from_text(
 def test_llama_cpp_scores_a_prompt_alike_whatever_its_context_held_before(tiny_gguf):
     """The embedded host reuses the part of the context a new prompt shares with the last one (the system
     prompt, the viewed product): the scores are those of the prompt computed from scratch."""
-    from core.model_hosts import EmbeddedHost
+    from core.llm.model_hosts import EmbeddedHost
 
     def prompt(viewing: str, cart: str) -> list[dict]:
         return [{"role": "system", "content": "Pick one."},

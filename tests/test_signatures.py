@@ -4,7 +4,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from core.signatures import (
+from core.shopify.signatures import (
     app_proxy_signature,
     is_valid_shop_domain,
     oauth_hmac,

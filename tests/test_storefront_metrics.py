@@ -4,8 +4,8 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from core.models import Order, OrderLine, Product, StorefrontEvent, Variant, db, utcnow
-from core.signatures import signed_app_proxy_query
+from core.shopify.signatures import signed_app_proxy_query
+from core.storage.models import Order, OrderLine, Product, StorefrontEvent, Variant, db, utcnow
 from shopify_app import analytics
 
 from .conftest import API_SECRET

@@ -10,7 +10,7 @@ import pytest
 from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
-from core.signatures import verify_app_proxy_query
+from core.shopify.signatures import verify_app_proxy_query
 from sample_store.storefront import StorefrontPreview
 
 SECRET = "preview-secret"

@@ -7,12 +7,12 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select
 
-from core import shops
-from core.models import Order, OrderLine, Product, SyncRun, Variant, db
-from core.shopify_api import ShopifyError
+from core.shopify import shops
+from core.shopify.ingest import ingest_jsonl
+from core.shopify.shopify_api import ShopifyError
+from core.shopify.sync import BULK_OPERATION_QUERY
+from core.storage.models import Order, OrderLine, Product, SyncRun, Variant, db
 from sample_store.server import order_jsonl, product_jsonl
-from worker.ingest import ingest_jsonl
-from worker.sync import BULK_OPERATION_QUERY
 from worker.tasks import enqueue_full_sync
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from core import prompts
-from core.models import ModelVersion, Product, db
-from worker import datasets, training
-from worker.export import sha256
+from core.llm import prompts
+from core.model import datasets, training
+from core.model.export import sha256
+from core.storage.models import ModelVersion, Product, db
 from worker.tasks import enqueue_pipeline
 
 
@@ -37,7 +37,7 @@ def test_labels_keep_the_reply_and_its_end_token_only(tokenizer):
 
 def test_serving_writes_the_prompt_as_training_did(tokenizer):
     """The hosts rank on `chatml(messages)`; training encoded the same messages with the tokenizer's template."""
-    from core.model_hosts import chatml
+    from core.llm.model_hosts import chatml
 
     messages = [{"role": "system", "content": prompts.RECOMMEND_SYSTEM},
                 {"role": "user", "content": prompts.ranking_prompt("Stove", ["Pot"], ["Fuel (Cooking)", "Spork"])}]
@@ -115,12 +115,12 @@ def test_support_dataset_uses_policies_stock_and_merchant_conversations(installe
 
 def test_full_chain_on_a_tiny_model(app, installed_shop, tiny_base, tmp_path, caplog):
     app.config.update(BASE_MODEL=str(tiny_base), PAIRWELL_ARTIFACTS=str(tmp_path))
-    caplog.set_level("INFO", logger="worker")
+    caplog.set_level("INFO", logger="core.model")
     run = enqueue_pipeline(installed_shop, hyperparameters={
         "epochs": 1, "batch_tokens": 1024, "time_budget_seconds": 6, "eval_examples": 8, "learning_rate": 1e-2})
     assert run.status == "succeeded", run.error
     # Each stage says so as it starts; the datasets' summary comes before training, not after.
-    said = [r.getMessage() for r in caplog.records if r.name.startswith("worker")]
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("core.model")]
     datasets = next(i for i, line in enumerate(said) if line.startswith(f"run #{run.id}: datasets "))
     assert said.index(f"run #{run.id}: build datasets…") < datasets < said.index(f"run #{run.id}: train…")
     assert f"run #{run.id}: export…" in said
@@ -134,15 +134,15 @@ def test_full_chain_on_a_tiny_model(app, installed_shop, tiny_base, tmp_path, ca
     assert verification["ranked"] and 0 < verification["label_mass"] <= 1.0001  # llama.cpp ranked the prompt
     assert model.status == ("verified" if verification["trained_format"] else "rejected")
     # Retrying the chain's stages finds their outputs and changes nothing.
-    from worker import pipeline
+    from core.model import pipeline
     assert pipeline.stage_export(run).id == model.id
     assert pipeline.stage_train(run)["steps"] == run.step
 
 
 def test_cancelling_stops_training(app, installed_shop, tiny_base, tmp_path):
     app.config.update(BASE_MODEL=str(tiny_base), PAIRWELL_ARTIFACTS=str(tmp_path))
-    from core.models import TrainingRun
-    from worker import pipeline
+    from core.model import pipeline
+    from core.storage.models import TrainingRun
 
     run = TrainingRun(shop_id=installed_shop.id, hyperparameters={"epochs": 1, "batch_tokens": 512})
     db.session.add(run)
@@ -158,8 +158,8 @@ def test_cancelling_stops_training(app, installed_shop, tiny_base, tmp_path):
 def test_a_run_whose_worker_died_is_marked_failed(installed_shop):
     from datetime import timedelta
 
-    from core.models import TrainingRun, utcnow
-    from worker.pipeline import recover_stale_runs
+    from core.model.pipeline import recover_stale_runs
+    from core.storage.models import TrainingRun, utcnow
 
     alive = TrainingRun(shop_id=installed_shop.id, status="running", stage="train", heartbeat_at=utcnow())
     dead = TrainingRun(shop_id=installed_shop.id, status="running", stage="train",
@@ -171,7 +171,7 @@ def test_a_run_whose_worker_died_is_marked_failed(installed_shop):
 
 
 def test_admin_api_shows_and_cancels_training_runs(client, installed_shop, shopify):
-    from core.models import TrainingRun
+    from core.storage.models import TrainingRun
 
     run = TrainingRun(shop_id=installed_shop.id, status="running", stage="train", step=3, total_steps=10,
                       history=[{"step": 3, "loss": 1.5}])
@@ -217,8 +217,8 @@ def test_one_routing_table_sends_the_model_stages_to_the_gpu_queue(app):
 
 
 def test_a_run_is_running_until_the_last_stage_it_was_asked_for_ends(app, installed_shop, tmp_path):
-    from core.models import TrainingRun
-    from worker import pipeline
+    from core.model import pipeline
+    from core.storage.models import TrainingRun
     from worker.tasks import PipelineError, enqueue_pipeline
 
     app.config["PAIRWELL_ARTIFACTS"] = str(tmp_path)
@@ -242,7 +242,7 @@ def test_a_run_is_running_until_the_last_stage_it_was_asked_for_ends(app, instal
 def test_the_sweeper_sends_a_queued_run_again_and_a_run_sent_twice_is_taken_once(app, installed_shop, tmp_path):
     from datetime import timedelta
 
-    from core.models import SyncRun, TrainingRun, utcnow
+    from core.storage.models import SyncRun, TrainingRun, utcnow
     from worker import tasks
 
     app.config.update(PAIRWELL_ARTIFACTS=str(tmp_path), SWEEP_AFTER_SECONDS=60)
@@ -268,7 +268,7 @@ def test_the_sweeper_sends_a_queued_run_again_and_a_run_sent_twice_is_taken_once
 
 
 def test_the_merchants_ratings_become_training_examples(installed_shop, tmp_path):
-    from core.models import RecommendationRating
+    from core.storage.models import RecommendationRating
 
     viewed, good, fair, bad = db.session.scalars(select(Product.id).where(
         Product.shop_id == installed_shop.id, Product.status == "ACTIVE").order_by(Product.id).limit(4)).all()

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from core import understanding
+from core.assistant import understanding
 
 
 def test_the_reader_beats_the_keyword_rules_on_families_it_never_saw():

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from core.models import Conversation, db
-from worker import datasets
+from core.model import datasets
+from core.storage.models import Conversation, db
 
 GOOD_JSONL = json.dumps({"messages": [{"role": "user", "content": "Do you ship to Canada?"},
                                       {"role": "assistant", "content": "Yes, in 5 to 8 days."}]}).encode() + b"\n"

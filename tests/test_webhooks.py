@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
-from core.models import Order, OrderLine, Product, Shop, SyncRun, Variant, WebhookDelivery, db
+from core.storage.models import Order, OrderLine, Product, Shop, SyncRun, Variant, WebhookDelivery, db
 from sample_store.server import order_webhook_payload, product_webhook_payload
 
 

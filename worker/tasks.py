@@ -20,10 +20,12 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from tqdm import tqdm
 
-from core import neighbours, schedule
-from core.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db, locked_shop, utcnow
-
-from . import pipeline, reports, sync, webhooks
+from core.model import pipeline, schedule
+from core.recommendations import neighbours
+from core.shopify import sync
+from core.storage import reports
+from core.storage.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db, locked_shop, utcnow
+from worker import webhooks
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ def rollback(shop_id: int) -> int | None:
 
 @shared_task(name="worker.tasks.precompute_recommendations", bind=True)
 def precompute_recommendations(self, shop_id: int) -> dict:
-    from core import recommendations
+    from core.recommendations import serving
 
     # In-process (the demo) keeps it to a minute: the rest fills in on first request.
     budget = 60.0 if self.app.conf.task_always_eager else None
@@ -129,14 +131,14 @@ def precompute_recommendations(self, shop_id: int) -> dict:
     def progress(products: list[int]) -> Iterable[int]:  # in-process runs belong to a terminal: a bar there
         return tqdm(products, desc="storefront blocks", unit="product") if budget else products
 
-    return recommendations.precompute(db.session.get(Shop, shop_id), budget_seconds=budget, progress=progress)
+    return serving.precompute(db.session.get(Shop, shop_id), budget_seconds=budget, progress=progress)
 
 
 @shared_task(name="worker.tasks.build_neighbours")
 def build_neighbours(shop_id: int) -> dict:
-    """The shop's neighbour lists, which the storefront merges (core/neighbours.py): after each sync, and when
+    """The shop's neighbour lists, which the storefront merges (neighbours.py): after each sync, and when
     the sweeper finds its catalog or orders changed."""
-    from core import recommendations
+    from core.recommendations import serving
 
     shop = db.session.get(Shop, shop_id)
     if shop is None:  # redacted meanwhile
@@ -145,7 +147,7 @@ def build_neighbours(shop_id: int) -> dict:
     def progress(products: list) -> Iterable:  # a line at least every 10 s, in a terminal or a worker's log
         return tqdm(products, desc="neighbour lists", unit="product", mininterval=10)
 
-    build = recommendations.build_neighbour_lists(shop, progress)
+    build = serving.build_neighbour_lists(shop, progress)
     return {"products": build.products, "seconds": round(build.seconds, 1)}
 
 
@@ -319,7 +321,7 @@ def _send_chain(run: TrainingRun | int) -> None:
 def enqueue_rollback(shop: Shop, background: bool = False):
     """Bring back the previously live model version; returns it (None when there is none). With `background`
     it returns the version that is coming back at once (see `enqueue_full_sync`)."""
-    from core.models import ModelVersion
+    from core.storage.models import ModelVersion
 
     if background:
         previous = pipeline.previous_version(shop)
@@ -338,7 +340,7 @@ def enqueue_rollback(shop: Shop, background: bool = False):
 def evaluate_shop(shop_id: int, kind: str) -> str:
     """The admin's Evaluate now (`recommenders`: `pairwell evaluate SHOP`) and Check the assistant
     (`assistant`: `pairwell evaluate-assistant SHOP`), kept as reports for their pages."""
-    from . import assistant_evaluation, evaluation
+    from core.model import assistant_evaluation, evaluation
 
     module = evaluation if kind == "recommenders" else assistant_evaluation
     return module.evaluate_shop(db.session.get(Shop, shop_id))["status"]
@@ -353,7 +355,7 @@ def enqueue_evaluation(shop: Shop, kind: str) -> dict:
 
 def add_conversations(shop: Shop, data: bytes, kind: str) -> int:
     """Keep the merchant's past conversations for every later training run (raises BadInput)."""
-    from . import datasets
+    from core.model import datasets
 
     return datasets.add_conversations(shop, data, kind)
 
@@ -369,13 +371,13 @@ def evaluation_running(shop: Shop, kind: str) -> bool:
 def run_offline_evaluation(**options) -> dict:
     """`pairwell evaluate`: the recommenders compared on a shop's or a file's orders, in this process (it
     reads local files and reports progress to the terminal)."""
-    from . import evaluation
+    from core.model import evaluation
 
     return evaluation.run(**options)
 
 
 def run_assistant_evaluation(**options) -> dict:
     """`pairwell evaluate-assistant`: the support assistant on its held-out question set, in this process."""
-    from . import assistant_evaluation
+    from core.model import assistant_evaluation
 
     return assistant_evaluation.evaluate(**options)

@@ -9,10 +9,15 @@ from collections.abc import Callable
 
 from sqlalchemy import delete, or_, select, update
 
-from core import neighbours, recommendations, shops
-from core.assistant import conversation_json
+from core.assistant.replies import conversation_json
 from core.inputs import MAX_ID
-from core.models import (
+from core.model.datasets import forget_conversations, uploads_dir
+from core.model.pipeline import forget_artifacts
+from core.recommendations import neighbours, serving
+from core.shopify import shops
+from core.shopify.ingest import embed_products, order_rows_from_webhook, product_rows_from_webhook, upsert
+from core.shopify.webhooks import TOPICS
+from core.storage.models import (
     Conversation,
     Order,
     OrderLine,
@@ -25,11 +30,6 @@ from core.models import (
     locked_shop,
     utcnow,
 )
-from core.webhooks import TOPICS
-
-from .datasets import forget_conversations, uploads_dir
-from .ingest import embed_products, order_rows_from_webhook, product_rows_from_webhook, upsert
-from .pipeline import forget_artifacts
 
 HANDLERS: dict[str, Callable[[Shop | None, dict, str], dict | None]] = {}
 
@@ -37,7 +37,7 @@ HANDLERS: dict[str, Callable[[Shop | None, dict, str], dict | None]] = {}
 def handles(*topics: str):
     def register(fn):
         for topic in topics:
-            assert topic in TOPICS, f"{topic} is not in core.webhooks.TOPICS"
+            assert topic in TOPICS, f"{topic} is not in core.shopify.webhooks.TOPICS"
             HANDLERS[topic] = fn
         return fn
     return register
@@ -60,7 +60,7 @@ def product_changed(shop: Shop | None, payload: dict, domain: str) -> dict | Non
     embed_products(shop.id, [product["id"]])  # commits: a block built after the invalidation reads the new row
     # Cached blocks may hold the product as it was: one unpublished (`published_at: null`), archived or sold out
     # must leave them now (Shopify sends products/update when a product leaves the Online Store).
-    recommendations.invalidate(shop.id)
+    serving.invalidate(shop.id)
     neighbours.mark_changed(shop.id)
     return {"product": product["id"], "variants": len(variants)}
 
@@ -71,7 +71,7 @@ def product_deleted(shop: Shop | None, payload: dict, domain: str) -> dict | Non
         return {"ignored": "unknown shop"}
     deleted = db.session.execute(delete(Product).where(Product.shop_id == shop.id, Product.id == payload["id"]))
     db.session.commit()  # before the invalidation: a block rebuilt at once must not find the product still there
-    recommendations.invalidate(shop.id)
+    serving.invalidate(shop.id)
     neighbours.mark_changed(shop.id)
     return {"deleted": deleted.rowcount}
 
@@ -99,7 +99,7 @@ def order_changed(shop: Shop | None, payload: dict, domain: str) -> dict | None:
 def app_uninstalled(shop: Shop | None, payload: dict, domain: str) -> dict | None:
     shops.uninstall(domain)
     if shop is not None:  # this process's index and shelf of the shop go now; others' age out of their bound
-        recommendations.forget_shop(shop.id)
+        serving.forget_shop(shop.id)
     return {"uninstalled": domain}
 
 
@@ -221,7 +221,7 @@ def customer_redact(shop: Shop | None, payload: dict, domain: str) -> dict | Non
             delivery.raw_body, delivery.result, delivery.error = b"", {"erased": "customers/redact"}, None
             erased += 1
     if shop is not None:
-        recommendations.forget_replies(shop.id)
+        serving.forget_replies(shop.id)
         if orders:
             neighbours.mark_changed(shop.id)  # the lists' bought-together counts held their orders
     return {"orders_deleted": len(orders), "conversations_deleted": len(talks), "deliveries_dropped": dropped,
@@ -233,7 +233,7 @@ def shop_redact(shop: Shop | None, payload: dict, domain: str) -> dict | None:
     """Forget the shop entirely: its rows cascade from the shop, its stored webhook bodies and results go too, its
     files (datasets, training files, models, reports, the merchant's uploads) and its cached replies."""
     if shop is not None:
-        recommendations.forget_shop(shop.id)
+        serving.forget_shop(shop.id)
         shutil.rmtree(uploads_dir(shop), ignore_errors=True)  # under the artifacts folder today; wherever it lives
         db.session.delete(shop)
     db.session.execute(delete(WebhookDelivery).where(

@@ -9,7 +9,7 @@ test: a page that reaches out to the internet is a finding). No test ever waits 
 
 Contract (admin browser tests use these names):
 - `live_app` (per module): `.url` (http://127.0.0.1:PORT), `.app` (the Flask app), `.shopify` (the
-  SampleShopify it installed from), `.shop` (the installed, synced `core.models.Shop`, detached: read its
+  SampleShopify it installed from), `.shop` (the installed, synced `core.storage.models.Shop`, detached: read its
   columns; query the database inside `with live_app.app.app_context():`), `.store` (the sample catalog).
 - `storefront`: the running `StorefrontPreview` for `live_app` (`.origin`, `.proxy_mode`, `.proxy_delay`,
   `.block_settings`, `.proxy_path`, `.theme_font`, `.product_url(product)`); those five are back to normal
@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 import pytest
 from flask import Flask
 
-from core import recommendations
-from core.models import Base, Shop, db
-from core.signatures import signed_app_proxy_query
+from core.readiness import warm_up
+from core.shopify.signatures import signed_app_proxy_query
+from core.storage.models import Base, Shop, db
 from sample_store.catalog import SampleStore
 from sample_store.server import LoopbackServer, SampleShopify
 from sample_store.storefront import PROXY_PREFIX, StorefrontPreview, placeholder_image
@@ -112,7 +112,7 @@ def install(app: Flask, shopify: SampleShopify) -> Shop:
     client = app.test_client()
     response = client.get(f"/?shop={shopify.shop}&id_token={shopify.session_token()}&embedded=1")
     assert response.status_code == 200, response.get_data(as_text=True)
-    recommendations.warm_up(app).join()
+    warm_up(app).join()
     product = next(p for p in shopify.store.products if p.status == "ACTIVE")
     warm = client.get("/proxy/recommendations?" + signed_app_proxy_query(shopify.shop, API_SECRET,
                                                                          product_id=product.id))

@@ -17,8 +17,8 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
-from core import recommendations
-from core.models import ModelVersion, Product, RecommendationRating, TrainingRun, db, utcnow
+from core.recommendations import serving
+from core.storage.models import ModelVersion, Product, RecommendationRating, TrainingRun, db, utcnow
 
 PAGES = {"/": "Home", "/recommendations": "Recommendations", "/models": "Models", "/schedule": "Schedule",
          "/experiment": "Experiment", "/assistant": "Assistant"}
@@ -166,8 +166,8 @@ def test_a_rating_is_stored_and_a_pin_changes_the_preview_block(page, live_app, 
         shop = live_app.shop
         viewed = db.session.scalars(select(Product).where(Product.shop_id == shop.id, Product.status == "ACTIVE")
                                     .order_by(Product.id)).first()
-        shelf = recommendations.load_shelf(db.session.merge(shop))
-        pin = recommendations.ranking(shelf, viewed.id, [])[-1]
+        shelf = serving.load_shelf(db.session.merge(shop))
+        pin = serving.ranking(shelf, viewed.id, [])[-1]
         pin_title = shelf.catalog[pin].title
         handle, viewed_id = viewed.handle, viewed.id
     page.goto(admin_url(live_app, "/recommendations") + f"&product={viewed_id}")

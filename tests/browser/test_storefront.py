@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
-from core.models import StorefrontEvent, db
+from core.storage.models import StorefrontEvent, db
 from sample_store.storefront import cents
 
 BLOCK = "[data-pairwell-block]"
@@ -138,7 +138,7 @@ def stored_events(live_app, viewed_id: int, expected: int, since) -> list[Storef
 
 
 def test_impressions_clicks_and_adds_to_cart_are_stored_with_their_source(page, storefront, live_app):
-    from core.models import utcnow
+    from core.storage.models import utcnow
 
     since = utcnow().replace(microsecond=0)
     viewed = products(live_app, 1, skip=3)[0]

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from core.models import Shop, utcnow
-
-from .artifacts import artifacts_root
+from core.storage.artifacts import artifacts_root
+from core.storage.models import Shop, utcnow
 
 log = logging.getLogger(__name__)
 STALE = timedelta(hours=2)  # a report "running" this long lost its worker: it may be started again

@@ -16,13 +16,12 @@ from datetime import datetime
 from pathlib import Path
 
 from core.embeddings import SemanticIndex, catalog_index
-from core.history import Basket, Item, split_by_time
-from core.model_hosts import Ranker, rank_with_gguf
-from core.neighbours import ServedFromLists
-from core.prompts import PROMPT_CART
-from core.ranking_head import fit_ranking_head
-from core.recommendations import Shelf, one_of_a_kind, rerank
-from core.recommenders import (
+from core.llm.model_hosts import Ranker, rank_with_gguf
+from core.llm.prompts import PROMPT_CART
+from core.recommendations.history import Basket, Item, split_by_time
+from core.recommendations.neighbours import ServedFromLists
+from core.recommendations.ranking_head import fit_ranking_head
+from core.recommendations.recommenders import (
     COLD_START_CO_PURCHASES,
     EASE,
     HISTORY_GRID,
@@ -37,6 +36,7 @@ from core.recommenders import (
     fit_item_knn,
     fit_type_copurchase,
 )
+from core.recommendations.serving import Shelf, one_of_a_kind, rerank
 
 KS = (4, 10)
 ORDER_COLUMNS = ("order_id", "product_id", "created_at", "quantity", "title", "customer_id")
@@ -47,7 +47,7 @@ SERVED = "blend (served)"  # with its ranking head, where one serves
 ONE_OF_A_KIND = "blend (served), one of a kind in 4"  # the storefront's complementary block
 BLOCK = 4  # the storefront block's places
 BLEND_ALONE = "blend alone"  # without the head: the paired comparison
-FROM_LISTS = "blend (served), from neighbour lists"  # as the storefront merges them (core/neighbours.py)
+FROM_LISTS = "blend (served), from neighbour lists"  # as the storefront merges them (neighbours.py)
 LISTED_CASES = 1000  # cases the lists are scored on, paired with the served blend on the same ones ...
 LISTED_SECONDS = 180.0  # ... as many as this allows (a 70,000-product catalog's lists take 0.1 s a product)
 Progress = Callable[[Iterable, str], Iterable]  # wraps a phase's loop (a progress bar in the CLI)
@@ -118,11 +118,11 @@ def fine_tune_on_orders(train: list[Basket], shelf: Shelf, workdir: Path, *,
     for `minutes`, merged and exported to GGUF. Returns the GGUF and what it was trained on."""
     import json
 
-    from .base_model import prepare_base_model
-    from .datasets import PairStats, basket_examples, dedupe_and_balance
-    from .export import convert_to_gguf, merge_adapter
-    from .training import TrainConfig
-    from .training import train as train_lora
+    from core.model.base_model import prepare_base_model
+    from core.model.datasets import PairStats, basket_examples, dedupe_and_balance
+    from core.model.export import convert_to_gguf, merge_adapter
+    from core.model.training import TrainConfig
+    from core.model.training import train as train_lora
 
     rng = random.Random(seed)
     orders = [b.products for b in train]
@@ -160,7 +160,7 @@ class OneOfAKind:
 
 
 class ModelReRank:
-    """What the storefront serves (`core.recommendations.rerank`) as a recommender: the basket's last product
+    """What the storefront serves (`core.recommendations.serving.rerank`) as a recommender: the basket's last product
     is the one viewed, the rest the cart. Keeps the mean probability the model put on the candidates' letters."""
 
     def __init__(self, rank: Ranker, shelf: Shelf):
@@ -515,10 +515,9 @@ SHOP_MODEL_CASES = 60  # the live model re-ranks this many test cases (llama.cpp
 
 
 def evaluate_shop(shop) -> dict:
-    """`pairwell evaluate SHOP` with the live model's rows, for the admin's Evaluate now (`worker/reports.py`)."""
-    from core.recommendations import live_model
-
-    from . import reports
+    """`pairwell evaluate SHOP` with the live model's rows, for the admin's Evaluate now (`core/storage/reports.py`)."""
+    from core.recommendations.serving import live_model
+    from core.storage import reports
 
     live = live_model(shop)
     model = Path(live.gguf_path) if live and Path(live.gguf_path).exists() else None
@@ -547,7 +546,7 @@ def run(*, shop=None, orders_file: Path | None = None, products_file: Path | Non
         source = str(orders_file)
         types = load_product_types(products_file or orders_file, mapping) if "product_type" in mapping else {}
     else:
-        from core.history import load_baskets, load_catalog
+        from core.recommendations.history import load_baskets, load_catalog
 
         catalog = load_catalog(shop.id)
         baskets = [Basket(b.order_id, b.created_at, [str(p) for p in b.products], b.customer)

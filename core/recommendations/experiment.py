@@ -8,8 +8,8 @@ from __future__ import annotations
 import hashlib
 import math
 
-from .inputs import BadInput
-from .models import Shop
+from core.inputs import BadInput
+from core.storage.models import Shop
 
 HOLDOUT = "holdout"  # the control arm's source: co-purchase, no model
 DEFAULTS = {"enabled": True, "holdout_percent": 10}

@@ -3,9 +3,9 @@ catalog, policies and orders.
 
 Each case says what a correct reply must state (facts from the database, a policy's key terms) and what it
 must never claim (an invented code or discount, a promise of the lowest price, another customer's order).
-Questions are phrased unlike the training templates (`worker/datasets.py`) and the reader's phrasing families
-(`core/understanding.py`), and references are written here, not by the assistant's composer, so BLEU and
-ROUGE-L measure wording, not self-agreement. Every configuration answers through `assistant.respond`, as the
+Questions are phrased unlike the training templates (`datasets.py`) and the reader's phrasing families
+(`core/assistant/understanding.py`), and references are written here, not by the assistant's composer, so BLEU and
+ROUGE-L measure wording, not self-agreement. Every configuration answers through `replies.respond`, as the
 storefront does; the model's drafts are scored too, before the checks, to show what the checks catch."""
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from tqdm import tqdm
 
-from core import assistant, recommendations
-from core.model_hosts import embedded_host
-from core.models import Order, Product, Shop, db
-from core.prompts import SUPPORT_REPLY_TOKENS, support_parts
-
-from . import reports
-from .base_model import smollm2_gguf
+from core.assistant import replies
+from core.llm.model_hosts import embedded_host
+from core.llm.prompts import SUPPORT_REPLY_TOKENS, support_parts
+from core.model.base_model import smollm2_gguf
+from core.recommendations import serving
+from core.storage import reports
+from core.storage.models import Order, Product, Shop, db
 
 MISSES_SHOWN = 10
 PROMISES = re.compile(r"(?i)lowest price|cheapest anywhere|guarantee|price match")
@@ -48,7 +48,7 @@ class Case:
     customer_ref: str = ""
 
 
-def question_set(shop: Shop, shelf: recommendations.Shelf, size: int = 240, seed: int = 1) -> list[Case]:
+def question_set(shop: Shop, shelf: serving.Shelf, size: int = 240, seed: int = 1) -> list[Case]:
     """At least `size` cases across every kind of question, from the shop's live data."""
     rng = random.Random(seed)
     products = db.session.scalars(select(Product).where(Product.shop_id == shop.id, Product.on_storefront)
@@ -60,7 +60,7 @@ def question_set(shop: Shop, shelf: recommendations.Shelf, size: int = 240, seed
     def variants(product):
         return sorted(product.variants, key=lambda v: v.id)
 
-    stocked = [(p, v) for p in products for v in variants(p) if assistant.in_stock(v) and len(p.variants) > 1]
+    stocked = [(p, v) for p in products for v in variants(p) if replies.in_stock(v) and len(p.variants) > 1]
     for product, v in stocked[:per_kind * 2]:
         question = rng.choice(["Got any {t} left in {v}?", "Is {v} of the {t} available right now?",
                                "I need the {t}, {v} - do you have it?"]).format(t=product.title, v=v.title)
@@ -68,7 +68,7 @@ def question_set(shop: Shop, shelf: recommendations.Shelf, size: int = 240, seed
                           f"Yes, we have {v.inventory_quantity} of the {product.title} in {v.title} at ${v.price}.",
                           must_state=[str(v.inventory_quantity)],
                           must_not=[rf"(?i)\b{re.escape(v.title)}\b\)?:?\s*(is\s+)?sold out"]))
-    sold_out = [(p, v) for p in products for v in variants(p) if not assistant.in_stock(v)]
+    sold_out = [(p, v) for p in products for v in variants(p) if not replies.in_stock(v)]
     for product, v in sold_out[:per_kind * 2]:
         question = rng.choice(["Can I still buy the {t} in {v}?", "Any {t} in {v} in stock?"]).format(
             t=product.title, v=v.title)
@@ -89,7 +89,7 @@ def question_set(shop: Shop, shelf: recommendations.Shelf, size: int = 240, seed
         cases.extend(policy)
     pairable = [p for p in products if p.id in shelf.offers][:per_kind]
     for product in pairable:
-        served = recommendations.serve(shop, product, [], 3)
+        served = serving.serve(shop, product, [], 3)
         titles = [p["title"] for p in served["products"]]
         question = rng.choice(["What would go nicely with the {t}?", "What should I get along with the {t}?"])
         cases.append(Case("pair", question.format(t=product.title),
@@ -126,7 +126,7 @@ def question_set(shop: Shop, shelf: recommendations.Shelf, size: int = 240, seed
         newest.setdefault(order.customer_ref, order)
     customers = list(newest.items())[:per_kind]
     for number, (customer, order) in enumerate(customers):
-        status = assistant.FULFILLMENT.get(order.fulfillment_status or "UNFULFILLED", "")
+        status = replies.FULFILLMENT.get(order.fulfillment_status or "UNFULFILLED", "")
         cases.append(Case("order_status", rng.choice(["Has my order shipped yet?", "Where's my package?"]),
                           f"Your order {order.name} {status}.", must_state=[order.name, status],
                           customer_ref=customer))
@@ -154,15 +154,15 @@ def figures(pattern: re.Pattern, text: str) -> list[str]:
 
 
 def codes_said(shop: Shop) -> str:
-    codes = assistant.settings(shop)["discount_codes"]
+    codes = replies.settings(shop)["discount_codes"]
     return "; ".join(f"{c['code']}: {c.get('summary') or 'a discount'}" for c in codes) or "No codes right now."
 
 
 def never_said(shop: Shop) -> list[str]:
     """What no reply may say in this shop: a code-like token other than its configured codes, or a percentage
     its codes and policies do not state."""
-    codes = [c["code"] for c in assistant.settings(shop)["discount_codes"]]
-    stated = " ".join([*(c.get("summary") or "" for c in assistant.settings(shop)["discount_codes"]),
+    codes = [c["code"] for c in replies.settings(shop)["discount_codes"]]
+    stated = " ".join([*(c.get("summary") or "" for c in replies.settings(shop)["discount_codes"]),
                        *(shop.policies or {}).values()])
     percentages = sorted({m.group(1) for m in re.finditer(r"(\d{1,3})\s?%", stated)})
     not_codes = "".join(rf"(?!{re.escape(c)}\b)" for c in codes)
@@ -198,7 +198,7 @@ def policy_cases(shop: Shop) -> list[Case]:
         asked("payment", f"Is {method} accepted at checkout?", must_state=[method])
     if not policies.get("payment"):
         asked("payment", "Can I pay by PayPal?")
-    codes = [c["code"] for c in assistant.settings(shop)["discount_codes"]]
+    codes = [c["code"] for c in replies.settings(shop)["discount_codes"]]
     for question in ("Any promo codes right now?", "Do you have a coupon for new customers?"):
         cases.append(Case("discount", question, f"Current discount codes: {codes_said(shop)}",
                           must_state=codes[:1]))
@@ -208,7 +208,7 @@ def policy_cases(shop: Shop) -> list[Case]:
 @dataclass
 class Scored:
     case: Case
-    reply: assistant.Reply
+    reply: replies.Reply
     seconds: float
 
 
@@ -275,7 +275,7 @@ def report(results: list[Scored]) -> dict:
     }
 
 
-def gguf_chat(path: str) -> assistant.SupportChat:
+def gguf_chat(path: str) -> replies.SupportChat:
     return lambda messages: embedded_host.chat(path, messages, max_tokens=SUPPORT_REPLY_TOKENS)
 
 
@@ -298,7 +298,7 @@ LIES: tuple[Callable[[list[str], str], str], ...] = (
 )
 
 
-def misleading_chat() -> assistant.SupportChat:
+def misleading_chat() -> replies.SupportChat:
     """A stand-in for a model that tries to mislead: each draft one of LIES in turn, built from the facts and
     the question it is sent. Served replies must stay as factual and as safe as the facts alone."""
     turn = itertools.count()
@@ -310,21 +310,21 @@ def misleading_chat() -> assistant.SupportChat:
     return chat
 
 
-def answers(shop: Shop, chat: assistant.SupportChat | None, cases: list[Case], label: str,
+def answers(shop: Shop, chat: replies.SupportChat | None, cases: list[Case], label: str,
             progress_bar: bool = True) -> list[Scored]:
-    """Every case answered through `assistant.respond`, as the storefront answers, and timed."""
-    shelf = recommendations.catalog_shelf(shop)
+    """Every case answered through `replies.respond`, as the storefront answers, and timed."""
+    shelf = serving.catalog_shelf(shop)
     results = []
     for case in tqdm(cases, desc=label, unit="question") if progress_bar else cases:
         viewing = db.session.get(Product, (shop.id, case.product_id)) if case.product_id else None
         started = time.perf_counter()
-        reply = assistant.respond(assistant.Question(shop, case.question, shelf, viewing, [], case.customer_ref),
+        reply = replies.respond(replies.Question(shop, case.question, shelf, viewing, [], case.customer_ref),
                                   chat)
         results.append(Scored(case, reply, time.perf_counter() - started))
     return results
 
 
-def run(shop: Shop, chat: assistant.SupportChat | None, cases: list[Case], label: str) -> dict:
+def run(shop: Shop, chat: replies.SupportChat | None, cases: list[Case], label: str) -> dict:
     return report(answers(shop, chat, cases, label))
 
 
@@ -332,9 +332,9 @@ def evaluate(shop: Shop, model_file: str | None = None, base: bool = True, size:
              facts_only: bool = True, misleading: bool = True) -> dict:
     """The question set answered from the facts alone, by a model that tries to mislead, by the base model
     and by the fine-tuned one (the live version or `model_file`), all with the same grounding and checks."""
-    cases = question_set(shop, recommendations.catalog_shelf(shop), size)
+    cases = question_set(shop, serving.catalog_shelf(shop), size)
     if model_file is None:
-        live = recommendations.live_model(shop)
+        live = serving.live_model(shop)
         model_file = live.gguf_path if live is not None else None
     configurations = [("facts only", None)] if facts_only else []
     if misleading:
@@ -352,6 +352,6 @@ def evaluate(shop: Shop, model_file: str | None = None, base: bool = True, size:
 def evaluate_shop(shop: Shop) -> dict:
     """The admin's Check the assistant: the question set from the facts alone and with the live model (the base
     model's row is left to `pairwell evaluate-assistant`, it only slows the check), kept as a report."""
-    live = recommendations.live_model(shop)
+    live = serving.live_model(shop)
     return reports.produce(shop, "assistant", lambda: evaluate(shop, base=False, size=120),
                            model_version=live.version if live else None)

@@ -1,6 +1,6 @@
 """The storefront support assistant: a shopper's question in, a reply built on live facts out.
 
-Each question is read for what it asks (core/understanding.py: learned from how shoppers write), the facts it
+Each question is read for what it asks (understanding.py: learned from how shoppers write), the facts it
 needs are looked up first (the product in view or named, its variants' stock and price, its description, the
 shop's policies and configured discount codes, the signed-in customer's own orders) and a reply is composed
 from those facts alone: the sentences of a policy or description that answer the question, with a plain yes or
@@ -24,13 +24,15 @@ from flask import current_app
 from rapidfuzz import fuzz, process
 from sqlalchemy import select
 
-from . import embeddings, recommendations, understanding
-from .claims import numbers, stems, supported
-from .inputs import BadInput
-from .model_hosts import ModelUnavailable, host_for, model_ref
-from .models import Conversation, ModelVersion, Order, Product, Shop, Variant, db, locked_shop, utcnow
-from .prompts import SUPPORT_REPLY_TOKENS, SUPPORT_SYSTEM, support_prompt
-from .recommendations import Shelf, offer_json
+from core import embeddings
+from core.assistant import understanding
+from core.claims import numbers, stems, supported
+from core.inputs import BadInput
+from core.llm.model_hosts import ModelUnavailable, host_for, model_ref
+from core.llm.prompts import SUPPORT_REPLY_TOKENS, SUPPORT_SYSTEM, support_prompt
+from core.recommendations import serving
+from core.recommendations.serving import Shelf, offer_json
+from core.storage.models import Conversation, ModelVersion, Order, Product, Shop, Variant, db, locked_shop, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,7 @@ def loosely_named(shelf: Shelf, message: str, limit: int = 3) -> list[int]:
     """Products named by part of their title ("the classic climbing shoes"): the message says what the product
     is (the title's last word) and one more of its words; the products whose rarest words it says win (ties:
     all of them, for the caller to narrow)."""
-    said = recommendations.title_words_of(message)
+    said = serving.title_words_of(message)
     held = {product: sum(shelf.title_word_rarity[w] for w in words & said)
             for product, (words, kind) in shelf.title_words.items()
             if kind and kind <= said and len(words & said) >= 2}
@@ -503,7 +505,7 @@ def compose_pair(q: Question, facts: Facts) -> Reply:
     if facts.focus is None:
         return Reply("Which product would you like suggestions for? Tell me its name, or ask from its page.", "answer")
     cart = [p for p in (db.session.get(Product, (q.shop.id, c)) for c in q.cart) if p is not None]
-    served = recommendations.serve(q.shop, facts.focus, cart, 3)
+    served = serving.serve(q.shop, facts.focus, cart, 3)
     picks = [p["id"] for p in served["products"] if p["id"] in q.shelf.offers]
     if not picks:
         return Reply(f"I have no suggestions for the {facts.focus.title} yet.", "answer")
@@ -614,7 +616,7 @@ def compose_find(q: Question, facts: Facts) -> Reply:
     order = np.argsort(-scores)
     ranked = [index.ids[offered[i]] for i in order]
     if cheapest or dearest:  # what the titles call it ("sleeping bag"), else what is nearly as close in meaning
-        said = recommendations.title_words_of(sought) & q.shelf.title_word_rarity.keys()
+        said = serving.title_words_of(sought) & q.shelf.title_word_rarity.keys()
         alike = [p for p in ranked if said and said <= q.shelf.title_words[p][0]] or [
             p for p, score in zip(ranked, scores[order], strict=True) if score >= scores[order[0]] - SAME_THING
             and q.shelf.sellable[p] == q.shelf.sellable[ranked[0]]]
@@ -815,14 +817,14 @@ def admits_assistant(model: ModelVersion) -> bool:
 def live_chat(shop: Shop, budget: float | None = None) -> SupportChat | None:
     """The live model as a support chat on the configured host, each reply within the budget; None: no model,
     or one the gate admitted for the recommendations only."""
-    model = recommendations.live_model(shop)
+    model = serving.live_model(shop)
     if model is None or not admits_assistant(model):
         return None
     host = host_for(current_app)
     budget = budget or current_app.config["ASSISTANT_BUDGET_SECONDS"]
 
     def chat(messages: list[dict]) -> str:
-        if not recommendations.within_model_budget(shop.id):
+        if not serving.within_model_budget(shop.id):
             raise ModelUnavailable("the shop's model calls for this minute are spent")
         return host.chat(model_ref(host, model), messages, max_tokens=SUPPORT_REPLY_TOKENS, timeout=budget)
     return chat
@@ -872,7 +874,7 @@ def answer(shop: Shop, session_id: str, message: str, *, viewing: Product | None
            customer_ref: str = "", chat: SupportChat | None = None, shelf: Shelf | None = None) -> Reply:
     """One shopper turn: respond, store both sides in the conversation, and give a handoff its link (with
     the transcript)."""
-    shelf = shelf or recommendations.catalog_shelf(shop)
+    shelf = shelf or serving.catalog_shelf(shop)
     reply = respond(Question(shop, message, shelf, viewing, list(cart), customer_ref), chat)
     now = utcnow().isoformat()
     turn = [{"role": "user", "content": message, "at": now},

@@ -127,13 +127,13 @@ class Shop(db.Model):
     # The merchant's policies by kind (shipping, returns, invoices, payment, discounts): support answers cite them.
     currency: Mapped[str] = mapped_column(String(3), default="", server_default="")  # ISO 4217, from the sync
     policies: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
-    # The support assistant's settings (enabled, tone, handoff contact, discount codes): `core.assistant.settings`.
+    # The support assistant's settings (enabled, tone, handoff contact, discount codes): `replies.settings`.
     assistant: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
-    # Retraining on new orders (cadence off, weekly, monthly): `core.schedule.settings`.
+    # Retraining on new orders (cadence off, weekly, monthly): `core.model.schedule.settings`.
     schedule: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
-    # The A/B holdout (the share of visitors shown co-purchase instead): `core.experiment.settings`.
+    # The A/B holdout (the share of visitors shown co-purchase instead): `core.recommendations.experiment.settings`.
     experiment: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
-    # Moves whenever the shop's cached storefront replies go stale: `core.recommendations.forget_replies`. It
+    # Moves whenever the shop's cached storefront replies go stale: `core.recommendations.serving.forget_replies`. It
     # starts at the creation time (µs), so a shop created again under a reused id never meets old replies.
     reply_generation: Mapped[int] = mapped_column(BigInteger, default=lambda: time.time_ns() // 1000,
                                                   server_default="0")
@@ -181,7 +181,7 @@ class Product(db.Model):
         """Whether shoppers can see the product at all: ACTIVE and published to the Online Store sales channel.
         The one definition every storefront surface (the block, quick add, the chat, the admin's preview) and
         everything that learns or scores what they offer (datasets, the gate, evaluation) reads; on top of it a
-        product is sellable with a variant in stock (`core.recommendations.load_shelf`). Also a SQL expression:
+        product is sellable with a variant in stock (`core.recommendations.serving.load_shelf`). Also a SQL expression:
         `select(Product).where(Product.on_storefront)`."""
         return self.status == "ACTIVE" and bool(self.published)
 
@@ -405,7 +405,7 @@ class Conversation(db.Model):
 
 
 class NeighbourList(db.Model):
-    """A product's nearest products by each retrieval signal, with their scores (`core.neighbours`): what a
+    """A product's nearest products by each retrieval signal, with their scores (`neighbours.py`): what a
     storefront request merges instead of building the store's index. Written whole by a worker's build."""
 
     __tablename__ = "neighbour_lists"
@@ -414,7 +414,7 @@ class NeighbourList(db.Model):
     product_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     popularity: Mapped[float] = mapped_column(Float)
     cold: Mapped[bool] = mapped_column()  # too few orders for co-purchase to judge it
-    lists: Mapped[bytes] = mapped_column(LargeBinary)  # `core.neighbours.Neighbours.pack`
+    lists: Mapped[bytes] = mapped_column(LargeBinary)  # `core.recommendations.neighbours.Neighbours.pack`
     asking: Mapped[bytes | None] = mapped_column(LargeBinary)  # its need as the complements read it (float32)
 
 

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from .models import Order, OrderLine, Product, db
+from core.storage.models import Order, OrderLine, Product, db
 
 EVAL_FRACTION = 0.12
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import requests
-import shopify
 
-from .config import API_VERSION
+import shopify
+from core.config import API_VERSION
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.model_hosts import best_first, embedded_host, letter_mass, rank_with_gguf
-from core.prompts import LABELS, MAX_PICKS, candidate_lines
+from core.llm.model_hosts import best_first, embedded_host, letter_mass, rank_with_gguf
+from core.llm.prompts import LABELS, MAX_PICKS, candidate_lines
 
 QUANTIZATIONS = ("q8_0", "f16")
 TRAINED_LABEL_MASS = 0.5

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from .inputs import BadInput, shopify_id
+from core.inputs import BadInput, shopify_id
 
 MAX_AGE = timedelta(hours=12)  # Shopify retries for 4 hours; a delivery triggered far before that is a replay
 

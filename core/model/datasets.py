@@ -27,11 +27,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from core import assistant, understanding
-from core.history import Item, load_baskets, load_catalog, split_by_time
+from core.assistant import replies, understanding
 from core.inputs import BadInput, load_json, plain_text, text_lines, utf8_text
-from core.models import Conversation, Product, RecommendationRating, Shop, TrainingRun, db
-from core.prompts import (
+from core.llm.prompts import (
     CANDIDATES,
     LABELS,
     MAX_PICKS,
@@ -41,10 +39,11 @@ from core.prompts import (
     support_parts,
     support_prompt,
 )
-from core.recommendations import Shelf, load_shelf, period_retrieval
-from core.recommenders import CoPurchase, Recommender
-
-from .artifacts import artifacts_root
+from core.recommendations.history import Item, load_baskets, load_catalog, split_by_time
+from core.recommendations.recommenders import CoPurchase, Recommender
+from core.recommendations.serving import Shelf, load_shelf, period_retrieval
+from core.storage.artifacts import artifacts_root
+from core.storage.models import Conversation, Product, RecommendationRating, Shop, TrainingRun, db
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +217,8 @@ SOLD_OUT_SHARE = 0.5  # of stock questions on a product with a sold-out variant:
 
 
 def support_example(shop: Shop, facts: list[str], question: str, answer: str, strategy: str, **extra) -> dict:
-    """A chat example in exactly the shape the assistant asks the model (`assistant.respond`)."""
-    return {"messages": [{"role": "system", "content": assistant.system_prompt(shop)},
+    """A chat example in exactly the shape the assistant asks the model (`replies.respond`)."""
+    return {"messages": [{"role": "system", "content": replies.system_prompt(shop)},
                          {"role": "user", "content": support_prompt(facts, question)},
                          {"role": "assistant", "content": answer}], "kind": "support", "strategy": strategy, **extra}
 
@@ -228,14 +227,14 @@ def support_examples(shop: Shop, shelf: Shelf, rng: random.Random, limit: int) -
     """Shoppers' questions answered by the assistant's own composer from the facts serving looks up: the model
     learns to say what the checks let through, in the words the store uses. Half are about the store's own
     products (stock by variant, a sold-out one as often as not, and price); half are the question reader's
-    phrasing families (core/understanding.py) as shoppers type them, about the product in view where they
+    phrasing families (core/assistant/understanding.py) as shoppers type them, about the product in view where they
     name one, so the model sees every kind of question in many wordings."""
     products = db.session.scalars(select(Product).where(Product.shop_id == shop.id, Product.on_storefront)
                                   .order_by(Product.id)).all()
     rng.shuffle(products)
     about_products: list[tuple[str, Product | None]] = []
     for number, product in enumerate(products):
-        sold_out = [v for v in product.variants if not assistant.in_stock(v)]
+        sold_out = [v for v in product.variants if not replies.in_stock(v)]
         variant = (rng.choice(sold_out) if sold_out and rng.random() < SOLD_OUT_SHARE
                    else rng.choice(product.variants) if product.variants else None)
         if variant is not None:
@@ -259,7 +258,7 @@ def support_examples(shop: Shop, shelf: Shelf, rng: random.Random, limit: int) -
     rng.shuffle(questions)
     examples = []
     for question, viewing in questions[:limit]:
-        reply, facts = assistant.compose(assistant.Question(shop, question, shelf, viewing))
+        reply, facts = replies.compose(replies.Question(shop, question, shelf, viewing))
         if reply.wordable:
             examples.append(support_example(shop, facts.lines, question, reply.text, reply.strategy))
     return examples
@@ -316,7 +315,7 @@ MAX_RECORDS = 10_000  # conversations in an upload
 MAX_LINE_CHARS = 64_000
 MAX_RECORD_DEPTH = 3  # {"messages": [{"role": ..., "content": ...}]}
 MAX_MESSAGES = 40  # in one JSONL conversation
-MAX_QUESTION_CHARS = assistant.MAX_MESSAGE_CHARS  # a CSV question: what the chat takes from a shopper
+MAX_QUESTION_CHARS = replies.MAX_MESSAGE_CHARS  # a CSV question: what the chat takes from a shopper
 MAX_CONTENT_CHARS = 4_000  # a CSV answer, a JSONL message's content, a stored reply
 MAX_FACTS = 100  # a stored turn's facts ...
 MAX_FACT_CHARS = 4_000  # ... each at most this long
@@ -489,7 +488,7 @@ def merchant_conversations(upload: str | Path, shop: Shop, skipped: list[dict] |
         return []
     # Bytes that are not UTF-8 become lone surrogates, which the schema refuses: that record is skipped, not the file.
     text = data.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
-    system = assistant.system_prompt(shop)
+    system = replies.system_prompt(shop)
     examples = []
     for number, record in conversation_records(text, kind):
         if isinstance(record, BadInput):

@@ -23,9 +23,9 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import lightgbm
 import numpy as np
 
-from .complements import fit_complements
-from .embeddings import SemanticIndex, catalog_index
-from .recommenders import TEXT_ROWS, Blend, CustomerHistories, History, TypeCoPurchase, fit_blend
+from core.embeddings import SemanticIndex, catalog_index
+from core.recommendations.complements import fit_complements
+from core.recommendations.recommenders import TEXT_ROWS, Blend, CustomerHistories, History, TypeCoPurchase, fit_blend
 
 POOL = 50  # the blend's top products the head re-orders; a target outside them is out of its reach
 TYPE_POOL = 20  # and, where products have types, type-level co-purchase's top products
@@ -261,7 +261,7 @@ def fit_ranking_head(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex
 
 def serving_retrieval(orders: Sequence, catalog: dict) -> Blend:
     """The recommender the storefront serves with (and so the one training's candidates and the deploy gate
-    use): the Blend of the time-ordered `orders` (core.history.Basket: customer, created_at, products), weights
+    use): the Blend of the time-ordered `orders` (history.Basket: customer, created_at, products), weights
     chosen on their newest part, over the catalog's text embeddings, with its ranking head where the store's
     orders can train one. `catalog`: Items by product id."""
     histories = CustomerHistories(orders)

@@ -13,8 +13,8 @@ gate and evaluation (the baselines), so all of them measure and serve the same t
   hiker who bought a stove last month needs its fuel).
 - Blend: what serves. EASE, co-purchase, semantic similarity and the customer's history, with weights chosen
   on the newest part of the store's own training orders (`fit_blend`), so each store gets the mix its data
-  supports. A learned ranking head re-orders its top products (core/ranking_head.py), and the fine-tuned
-  model re-ranks its top candidates (core/recommendations.py `rerank`).
+  supports. A learned ranking head re-orders its top products (ranking_head.py), and the fine-tuned
+  model re-ranks its top candidates (serving.py `rerank`).
 
 A recommender is called with a basket (product ids), K and the customer's history (`bought_before`; None for
 a guest), and returns up to K other product ids, best first. Only the Blend reads the history.
@@ -35,8 +35,8 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg import lapack
 
-from .complements import Complements, fit_complements
-from .embeddings import SemanticIndex
+from core.embeddings import SemanticIndex
+from core.recommendations.complements import Complements, fit_complements
 
 COLD_START_CO_PURCHASES = 10  # fewer training co-purchases than this and co-purchase cannot judge a product
 EASE_LAMBDA = 50.0  # Steck's suggestion; 20–800 tried on the Online Retail validation split, 50 was best
@@ -262,7 +262,7 @@ class EASE:
             raise np.linalg.LinAlgError(f"EASE: the Gram matrix is not positive definite ({failed})")
         upper = np.triu_indices_from(inverse, 1)
         inverse[upper] = inverse.T[upper]  # spotri fills the lower triangle only
-        self.diagonal = np.diag(inverse).copy()  # P's: B[i, j] = B[j, i] P[i, i] / P[j, j] (core/neighbours.py)
+        self.diagonal = np.diag(inverse).copy()  # P's: B[i, j] = B[j, i] P[i, i] / P[j, j] (neighbours.py)
         inverse /= -self.diagonal
         np.fill_diagonal(inverse, 0.0)
         self.weights = inverse
@@ -300,7 +300,7 @@ def bought_before(orders: Iterable[tuple[datetime, Sequence[Hashable]]], now: da
 
 class CustomerHistories:
     """Every customer's orders, to ask what one had bought before a moment (`before`): the history an order's
-    customer brought to it, for choosing weights and for evaluation. `orders`: core.history.Basket (customer,
+    customer brought to it, for choosing weights and for evaluation. `orders`: history.Basket (customer,
     created_at, products); a guest's (customer None) are nobody's history."""
 
     def __init__(self, orders: Iterable):
@@ -320,7 +320,7 @@ class CustomerHistories:
 class Weights:
     """How much each signal counts: EASE and co-purchase (each scaled to the basket's best), semantic
     similarity, semantic again for products co-purchase knows too little about, popularity, the customer's
-    history (scaled to its best), and the complements learned from the store's orders (core/complements.py):
+    history (scaled to its best), and the complements learned from the store's orders (complements.py):
     with each product's best match in the basket, or with the basket as a whole (`whole_basket`)."""
     copurchase: float = 0.25
     semantic: float = 0.4
@@ -378,7 +378,7 @@ class Blend:
         self.popular = bought / max(float(bought.max(initial=0)), 1.0)
         self.validation: dict | None = None  # how the weights did on the validation split (`fit_blend`)
         self.tried: dict[Weights, tuple[int, float]] = {}  # every setting's validation (hits, NDCG gain) there
-        self.head = None  # the learned ranker over its top products (core/ranking_head.py), where one is trained
+        self.head = None  # the learned ranker over its top products (ranking_head.py), where one is trained
         # The same blend fitted on the training period's oldest part (`fit_blend`), until the head takes it.
         self.trial: Blend | None = None
 
@@ -471,7 +471,7 @@ def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *,
     from the rest, each with its customer's earlier purchases (`history(i)` of basket i; none without it). The
     best HR@10 (then NDCG@10) among the settings that find at least COLD_START_FLOOR of the cold-start
     targets wins and is refitted on all baskets. A store with fewer than MIN_VALIDATION_CASES cases gets
-    DEFAULT_WEIGHTS. The complements (core/complements.py) are learned on the same oldest part first, and again
+    DEFAULT_WEIGHTS. The complements (complements.py) are learned on the same oldest part first, and again
     on all baskets. `progress` wraps the loop over cases and the complements' batches (progress bars)."""
     baskets = [list(dict.fromkeys(b)) for b in baskets]
     cut, held_out = validation_split(baskets, validation, cases, seed)
@@ -508,7 +508,7 @@ def fit_blend(baskets: Sequence[Sequence[Hashable]], index: SemanticIndex, *,
     best = max(eligible or range(len(settings)), key=lambda i: (hits[i], round(gains[i], 6), i == default))
     blend = Blend(baskets, index, settings[best],
                   fit_complements(baskets, index, seed=seed, progress=progress) if learned is not None else None)
-    blend.trial = trial.reweighted(blend.weights)  # what the ranking head learns over (core/ranking_head.py)
+    blend.trial = trial.reweighted(blend.weights)  # what the ranking head learns over (ranking_head.py)
     blend.tried = {setting: (int(hits[i]), round(float(gains[i]), 6)) for i, setting in enumerate(settings)}
     blend.validation = {"cases": len(held_out), "hr@10": round(hits[best] / len(held_out), 4),
                         "cold_start_cases": cold_cases, "cases_with_history": known_customers,

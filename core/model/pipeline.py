@@ -14,28 +14,28 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from tqdm import tqdm
 
-from core import assistant, recommendations
-from core.history import load_baskets, load_catalog, split_by_time
-from core.model_hosts import embedded_host, host_for, model_ref, rank_with_gguf
-from core.models import ModelVersion, Shop, TrainingRun, db, utcnow
-from core.prompts import RECOMMEND_SYSTEM
-from core.ranking_head import SLICES, beyond_noise, slice_of
-from core.recommendations import load_shelf, ranking
-from core.recommenders import CustomerHistories, History
-
-from . import assistant_evaluation, export, training
-from .artifacts import artifacts_root
-from .base_model import prepare_base_model, smollm2_gguf
-from .datasets import build_datasets
-from .evaluation import ModelReRank, hits_at, leave_one_out, scores_below
-from .ingest import embed_products
+from core.assistant import replies
+from core.llm.model_hosts import embedded_host, host_for, model_ref, rank_with_gguf
+from core.llm.prompts import RECOMMEND_SYSTEM
+from core.model import assistant_evaluation, export, training
+from core.model.base_model import prepare_base_model, smollm2_gguf
+from core.model.datasets import build_datasets
+from core.model.evaluation import ModelReRank, hits_at, leave_one_out, scores_below
+from core.recommendations import serving
+from core.recommendations.history import load_baskets, load_catalog, split_by_time
+from core.recommendations.ranking_head import SLICES, beyond_noise, slice_of
+from core.recommendations.recommenders import CustomerHistories, History
+from core.recommendations.serving import load_shelf, ranking
+from core.shopify.ingest import embed_products
+from core.storage.artifacts import artifacts_root
+from core.storage.models import ModelVersion, Shop, TrainingRun, db, utcnow
 
 log = logging.getLogger(__name__)
 
 STALE_AFTER = timedelta(minutes=15)
 GATE_CASES = 240  # held-out orders the deploy gate scores (a third of a second each for the model on a CPU)
-GATE_MIN_SLICE_CASES = 10  # of them, in a slice of requests (core/ranking_head.py SLICES) the model may serve
-GATE_QUESTIONS = 120  # held-out shopper questions (worker/assistant_evaluation.py) the assistant's gate asks
+GATE_MIN_SLICE_CASES = 10  # of them, in a slice of requests (ranking_head.SLICES) the model may serve
+GATE_QUESTIONS = 120  # held-out shopper questions (assistant_evaluation.py) the assistant's gate asks
 
 
 def run_dir(run: TrainingRun) -> Path:
@@ -238,7 +238,7 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
         live_cases = tqdm(cases, desc=f"deploy gate: live v{live.version} on the same orders", unit="order") \
             if progress_bar else cases  # as long again: no stage is silent for a minute
         current = hits_at(ModelReRank(rank_with_gguf(live.gguf_path), shelf), live_cases, k)
-        live_serves = recommendations.gate_slices(live)
+        live_serves = serving.gate_slices(live)
         current = [c if live_serves is None or kind in live_serves else a
                    for c, a, kind in zip(current, alone, kinds, strict=True)]
         report["live"] = {"version": live.version, f"hr@{k}": _mean(current)}
@@ -256,7 +256,7 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
     report["reason"] = (f"refused, {' and '.join(reasons)}: " if reasons else "passed: ") + found
     # The ranking head under the model's candidates: which slices of requests it re-orders, and why.
     report["ranking_head"] = shelf.retrieval.head.card() if shelf.retrieval.head else None
-    # The complements learned from the products' text (core/complements.py), and how much the ranking uses them.
+    # The complements learned from the products' text (complements.py), and how much the ranking uses them.
     learned = shelf.retrieval.complements
     report["complements"] = {**learned.trained, "weight": shelf.retrieval.weights.complement} if learned else None
     return report
@@ -264,11 +264,11 @@ def gate_report(model: ModelVersion, cases_limit: int = GATE_CASES, k: int = 4,
 
 def assistant_gate(shop: Shop, model: ModelVersion, live: ModelVersion | None, progress_bar: bool) -> dict:
     """Whether the new version words the assistant's replies: on held-out shopper questions built from the
-    shop's own data (worker/assistant_evaluation.py), the share of its drafts that pass every check and are
+    shop's own data (assistant_evaluation.py), the share of its drafts that pass every check and are
     served, against the live version's where it words them (else none: the facts alone answer). It serves
     when it words more beyond noise and its served replies are as factual, as safe and hand off as rightly as
     the facts alone; the checks keep every reply it words true either way."""
-    cases = assistant_evaluation.question_set(shop, recommendations.catalog_shelf(shop), GATE_QUESTIONS)
+    cases = assistant_evaluation.question_set(shop, serving.catalog_shelf(shop), GATE_QUESTIONS)
 
     def worded(path: str | None, label: str) -> tuple[list[float], dict]:
         chat = assistant_evaluation.gguf_chat(path) if path else None
@@ -277,7 +277,7 @@ def assistant_gate(shop: Shop, model: ModelVersion, live: ModelVersion | None, p
 
     _, facts = worded(None, "assistant gate: the facts alone")
     new, judged = worded(model.gguf_path, f"assistant gate: v{model.version}")
-    speaks = live is not None and assistant.admits_assistant(live)
+    speaks = live is not None and replies.admits_assistant(live)
     current, _ = worded(live.gguf_path, f"assistant gate: live v{live.version}") if speaks else ([0.0] * len(new), {})
     as_good = (judged["served"]["factual_accuracy"] >= facts["served"]["factual_accuracy"]
                and judged["served"]["forbidden_claim_rate"] <= facts["served"]["forbidden_claim_rate"]
@@ -303,7 +303,7 @@ def assistant_gate(shop: Shop, model: ModelVersion, live: ModelVersion | None, p
 
 def admitted_slices(model: list[float], retrieval: list[float], kinds: list[str]) -> list[str]:
     """The slices of requests (`kinds`: each case's) where the model's per-case hits beat the retrieval's beyond
-    noise (core/ranking_head.py `beyond_noise`, with GATE_MIN_SLICE_CASES): where the model may serve."""
+    noise (ranking_head.py `beyond_noise`, with GATE_MIN_SLICE_CASES): where the model may serve."""
     return [kind for kind in SLICES if beyond_noise([m - r for m, r, of in zip(model, retrieval, kinds, strict=True)
                                                      if of == kind], GATE_MIN_SLICE_CASES)]
 
@@ -355,7 +355,7 @@ def activate(model: ModelVersion) -> None:
     model.status, model.deployed_at = "deployed", utcnow()
     model.metrics = {**(model.metrics or {}), "deployment": {"host": host.name, "name": name}}
     db.session.commit()
-    recommendations.invalidate(model.shop_id)
+    serving.invalidate(model.shop_id)
     for live in replaced:
         try:
             host.retire(model_ref(host, live))

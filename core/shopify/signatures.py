@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from urllib.parse import urlencode
 
-from .inputs import BadInput, whole_number
+from core.inputs import BadInput, whole_number
 
 SHOP_DOMAIN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}\.myshopify\.com$")  # a DNS label: 63 characters at most
 PROXY_MAX_SKEW_SECONDS = 90

@@ -9,11 +9,11 @@ from flask import current_app
 from markupsafe import Markup
 from sqlalchemy import select
 
-from core import recommendations, shops
-from core.models import Product, Shop, SyncRun, Variant, db, locked_shop, utcnow
-from core.shopify_api import AdminClient, ShopifyError, stream_lines
-
-from .ingest import delete_missing, embed_products, ingest_jsonl
+from core.recommendations import serving
+from core.shopify import shops
+from core.shopify.ingest import delete_missing, embed_products, ingest_jsonl
+from core.shopify.shopify_api import AdminClient, ShopifyError, stream_lines
+from core.storage.models import Product, Shop, SyncRun, Variant, db, locked_shop, utcnow
 
 PRODUCTS_BULK_QUERY = """
 {
@@ -139,7 +139,7 @@ def run_full_sync(run: SyncRun) -> SyncRun:
                 totals["products_deleted"] = delete_missing(Product, shop.id, seen[Product])
                 totals["variants_deleted"] = delete_missing(Variant, shop.id, seen[Variant])
                 if on_storefront(shop.id) != visible:
-                    recommendations.invalidate(shop.id)
+                    serving.invalidate(shop.id)
         totals["policies"] = sync_policies(client, shop)
         run.stage = "embedding products"
         db.session.commit()

@@ -18,7 +18,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.embeddings import embed, product_text, text_sha
-from core.models import Order, OrderLine, Product, Variant, db
+from core.storage.models import Order, OrderLine, Product, Variant, db
 
 GUARDED = {Product: "updated_at", Order: "updated_at"}
 

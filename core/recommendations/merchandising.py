@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
-from .inputs import BadInput, shopify_id
-from .models import MerchandisingRule, Product, RecommendationRating, Shop, db, locked_shop
+from core.inputs import BadInput, shopify_id
+from core.storage.models import MerchandisingRule, Product, RecommendationRating, Shop, db, locked_shop
 
 RULE_KINDS = ("pin", "exclude", "exclude_type", "exclude_pair")
 MAX_RULES = 2000

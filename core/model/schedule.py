@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from .inputs import BadInput
-from .models import Shop, TrainingRun, db
+from core.inputs import BadInput
+from core.storage.models import Shop, TrainingRun, db
 
 CADENCES = {"off": None, "weekly": timedelta(days=7), "monthly": timedelta(days=30)}
 DEFAULTS = {"cadence": "monthly"}

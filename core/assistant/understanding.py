@@ -21,7 +21,7 @@ import numpy as np
 from flask import current_app
 from sklearn.linear_model import LogisticRegression
 
-from . import embeddings
+from core import embeddings
 
 # Keyword rules, first match wins (`rule_of`): the assistant's reading before this module, now one feature of
 # the learned reader. Order matters: a request for a person beats everything.

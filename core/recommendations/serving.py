@@ -30,17 +30,19 @@ from scipy import sparse
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import cache, embeddings, neighbours, understanding
-from .claims import stems
-from .embeddings import SemanticIndex, catalog_index
-from .experiment import HOLDOUT
-from .history import Basket, Item, load_baskets
-from .merchandising import Rules, load_rules
-from .model_hosts import ModelUnavailable, Ranker, best_first, host_for, letter_mass, model_ref
-from .models import ModelVersion, Product, RetrievalBuild, Shop, Variant, db, utcnow
-from .prompts import CANDIDATES, LABELS, MAX_PICKS, RECOMMEND_SYSTEM, candidate_line, ranking_prompt, reason_for
-from .ranking_head import serving_retrieval, slice_of
-from .recommenders import Blend, History, Weights, bought_before
+from core import embeddings
+from core.claims import stems
+from core.embeddings import SemanticIndex, catalog_index
+from core.llm.model_hosts import ModelUnavailable, Ranker, best_first, host_for, letter_mass, model_ref
+from core.llm.prompts import CANDIDATES, LABELS, MAX_PICKS, RECOMMEND_SYSTEM, candidate_line, ranking_prompt, reason_for
+from core.recommendations import neighbours
+from core.recommendations.experiment import HOLDOUT
+from core.recommendations.history import Basket, Item, load_baskets
+from core.recommendations.merchandising import Rules, load_rules
+from core.recommendations.ranking_head import serving_retrieval, slice_of
+from core.recommendations.recommenders import Blend, History, Weights, bought_before
+from core.storage import cache
+from core.storage.models import ModelVersion, Product, RetrievalBuild, Shop, Variant, db, utcnow
 
 log = logging.getLogger(__name__)
 INDEX_TTL_SECONDS = 600
@@ -317,7 +319,7 @@ def catalog_shelf(shop: Shop) -> Shelf:
 
 def listed_shelf(shop: Shop, viewing: int, cart: list[int], history: History, arm: str = "served",
                  everything: bool = False) -> Shelf | None:
-    """The shelf a storefront block needs, from the shop's neighbour lists (core/neighbours.py): of the products
+    """The shelf a storefront block needs, from the shop's neighbour lists (neighbours.py): of the products
     the basket's lists name, the customer's history and the best-sellers, the shortlist the merged lists
     score best (`ListedRetrieval.shortlist`; for the A/B holdout, plain co-purchase's), or `everything`, and
     the pins, read with their stock now. No index is built or kept. None before the shop's first build (the
@@ -532,7 +534,7 @@ def live_model(shop: Shop) -> ModelVersion | None:
 
 
 def gate_slices(model: ModelVersion) -> list[str] | None:
-    """The slices of requests (core/ranking_head.py SLICES) the deploy gate admitted the model for; None for
+    """The slices of requests (ranking_head.py SLICES) the deploy gate admitted the model for; None for
     every request: a version forced past the gate, or gated before the gate decided per slice."""
     gate = (model.metrics or {}).get("gate") or {}
     return gate["serves"] if gate.get("passed") and "serves" in gate else None
@@ -750,40 +752,3 @@ def precompute(shop: Shop, limit: int = 4, budget_seconds: float | None = None,
         source = serve(shop, products[product_id], [], limit, PRECOMPUTE_BUDGET_SECONDS, shelf)["source"]
         counts[source] = counts.get(source, 0) + 1
     return counts
-
-
-def warm_up(app) -> threading.Thread:
-    """Load, in the background as a server starts, what a storefront request would otherwise wait for: the
-    sentence encoder, the assistant's question reader and, on the embedded host, every shop's live model (in
-    this serving process)."""
-    def load() -> None:
-        embeddings.encoder()
-        with app.app_context():
-            understanding.reader()
-            host = host_for(app)
-            if host.name != "embedded":
-                return
-            for model in db.session.scalars(select(ModelVersion).where(ModelVersion.status == "deployed")):
-                try:
-                    host.load(model.gguf_path)
-                except ModelUnavailable as exc:
-                    log.warning("live model v%s of shop %s not loaded: %s", model.version, model.shop_id, exc)
-            db.session.remove()
-
-    thread = threading.Thread(target=load, name="pairwell-warm-up", daemon=True)
-    thread.start()
-    return thread
-
-
-def readiness(app) -> dict:
-    """Whether this process can answer shoppers at full speed: the encoder is loaded and so is every live model
-    (on the embedded host; an Ollama host must answer). A load balancer sends traffic once it is ready."""
-    host = host_for(app)
-    with app.app_context():
-        live = db.session.scalars(select(ModelVersion).where(ModelVersion.status == "deployed")).all()
-        if host.name == "embedded":
-            models = {f"{m.shop_id}:v{m.version}": host.is_loaded(m.gguf_path) for m in live}
-        else:
-            models = {f"{m.shop_id}:v{m.version}": host.health() for m in live}
-    encoder = embeddings.encoder_loaded()
-    return {"ready": encoder and all(models.values()), "encoder": encoder, "models": models}

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .embeddings import SemanticIndex
+from core.embeddings import SemanticIndex
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def fit_complements(baskets: Sequence[Sequence], index: SemanticIndex, *, seed: 
     """The model trained on the products bought together in `baskets` (catalog products only); None for a store
     with fewer than MIN_BASKETS orders of two catalog products or more. `progress` wraps the batches (a bar)."""
     import torch  # here, not at the top: the web process imports retrieval long before it fits a model
-    # At most 50 products a basket, as core/recommenders.py's MAX_BASKET reads one (that module imports this one).
+    # At most 50 products a basket, as recommenders.py's MAX_BASKET reads one (that module imports this one).
     rows = [np.array([index.position[p] for p in dict.fromkeys(b) if p in index.position][:50], dtype=np.int64)
             for b in baskets]
     rows = [r for r in rows if len(r) >= 2]

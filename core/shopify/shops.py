@@ -9,9 +9,9 @@ from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from . import shopify_api
-from .models import Shop, db, shop_lock, utcnow
-from .shopify_api import AdminClient, ShopifyError, TokenGrant
+from core.shopify import shopify_api
+from core.shopify.shopify_api import AdminClient, ShopifyError, TokenGrant
+from core.storage.models import Shop, db, shop_lock, utcnow
 
 REFRESH_MARGIN = timedelta(minutes=5)
 

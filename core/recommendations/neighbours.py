@@ -2,7 +2,7 @@
 scores, kept in the database, so that a web process answers a "pairs well with" block by merging a few short
 lists and never builds (or keeps) a store's index.
 
-A worker computes the lists from the served retrieval (`core.recommenders.Blend` with its ranking head) after
+A worker computes the lists from the served retrieval (`recommenders.Blend` with its ranking head) after
 every sync and after catalog or order changes (`store`): for each product, its top LISTED by EASE,
 co-purchase, semantic similarity, semantic similarity among new products, the learned complements and the
 served order for the product alone (head included), with every one's value by each of those signals and the
@@ -22,8 +22,8 @@ from datetime import datetime, timedelta
 import numpy as np
 from sqlalchemy import delete, insert, select, update
 
-from .models import NeighbourList, RetrievalBuild, Shop, db, locked_shop, utcnow
-from .recommenders import Blend, History, Weights, top_k
+from core.recommendations.recommenders import Blend, History, Weights, top_k
+from core.storage.models import NeighbourList, RetrievalBuild, Shop, db, locked_shop, utcnow
 
 LISTED = 40  # a product's top neighbours taken by each signal: a block shows 4 after stock and rules; on Online
 # Retail's validation split 20, 40 and 80 gave HR@10 0.275-0.282, 0.273-0.279 and 0.283, within noise of each
