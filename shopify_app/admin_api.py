@@ -31,13 +31,6 @@ from .auth import session_token_required
 bp = Blueprint("admin_api", __name__, url_prefix="/api")
 
 
-def _current_shop():
-    shop = shops.get_shop(g.shop_domain)
-    if shop is None or not shop.is_installed:
-        abort(403, f"{g.shop_domain} has not installed Pairwell.")
-    return shop
-
-
 def sync_run_json(run: SyncRun) -> dict:
     return {
         "id": run.id, "kind": run.kind, "status": run.status, "stage": run.stage, "progress": run.progress,
@@ -76,13 +69,16 @@ def query_number(name: str, default: int, low: int, high: int) -> int:
 
 @bp.before_request
 @session_token_required
-def require_session_token():
-    """Applies the guard to every route of the blueprint."""
+def load_shop():
+    """Every route: a valid session token (the guard), and the installed shop it names, loaded once (`g.shop`)."""
+    g.shop = shops.get_shop(g.shop_domain)
+    if g.shop is None or not g.shop.is_installed:
+        abort(403, f"{g.shop_domain} has not installed Pairwell.")
 
 
 @bp.get("/shop")
 def shop_summary():
-    shop = _current_shop()
+    shop = g.shop
 
     def count(model):
         return db.session.scalar(select(func.count()).select_from(model).where(model.shop_id == shop.id))
@@ -102,7 +98,7 @@ MAX_POLICY_CHARS = 20_000
 @bp.put("/policies")
 def update_policies():
     """The merchant's own answers for the support assistant, by kind; an empty text removes one."""
-    shop = _current_shop()
+    shop = g.shop
     try:
         body = load_json(request.get_data(), "the policies body", max_depth=2)
     except BadInput as exc:
@@ -132,7 +128,7 @@ def training_run_json(run: TrainingRun) -> dict:
 
 @bp.get("/training-runs")
 def training_runs():
-    shop = _current_shop()
+    shop = g.shop
     runs = db.session.scalars(select(TrainingRun).where(TrainingRun.shop_id == shop.id)
                               .order_by(TrainingRun.id.desc()).limit(10)).all()
     return {"training_runs": [training_run_json(run) for run in runs]}
@@ -141,7 +137,7 @@ def training_runs():
 @bp.post("/training-runs/<int(min=1, max=2147483647):run_id>/cancel")
 def cancel_training(run_id: int):
     run = db.session.get(TrainingRun, run_id)
-    if run is None or run.shop_id != _current_shop().id:
+    if run is None or run.shop_id != g.shop.id:
         abort(404, f"No training run {run_id} for this shop.")
     if run.status not in ("queued", "running"):
         abort(409, f"Training run {run_id} is {run.status}; only queued or running runs can be cancelled.")
@@ -152,7 +148,7 @@ def cancel_training(run_id: int):
 
 @bp.get("/sync-runs")
 def sync_runs():
-    shop = _current_shop()
+    shop = g.shop
     runs = db.session.scalars(
         select(SyncRun).where(SyncRun.shop_id == shop.id).order_by(SyncRun.id.desc()).limit(20)).all()
     return {"sync_runs": [sync_run_json(run) for run in runs]}
@@ -161,7 +157,7 @@ def sync_runs():
 @bp.post("/sync-runs")
 def start_sync():
     """Sync now: refused while a sync is queued or running."""
-    shop = _current_shop()
+    shop = g.shop
     with shop_lock(shop.id):  # two clicks at once start one sync
         busy = db.session.scalar(select(SyncRun).where(SyncRun.shop_id == shop.id,
                                                        SyncRun.status.in_(("queued", "running"))))
@@ -175,7 +171,7 @@ def start_sync():
 @bp.post("/training-runs")
 def start_training():
     """Train now: the whole chain (datasets → train → export → gate → deploy), one run at a time."""
-    shop = _current_shop()
+    shop = g.shop
     busy = training_in_progress(shop)
     if busy is not None:
         abort(409, f"Training run #{busy.id} is {busy.status} ({busy.stage or 'waiting'}); wait for it to finish "
@@ -225,13 +221,13 @@ def model_cards(shop) -> dict:
 
 @bp.get("/models")
 def model_versions():
-    return model_cards(_current_shop())
+    return model_cards(g.shop)
 
 
 @bp.post("/models/<int(min=1, max=2147483647):model_id>/deploy")
 def deploy_model(model_id: int):
     """Deploy a verified version through the gate; one the gate refused only with `{"force": true}`."""
-    shop = _current_shop()
+    shop = g.shop
     model = db.session.get(ModelVersion, model_id)
     if model is None or model.shop_id != shop.id:
         abort(404, f"No model version {model_id} for this shop.")
@@ -259,14 +255,14 @@ def deploy_model(model_id: int):
 def evaluation(kind: str):
     """The latest report: `recommenders` (`pairwell evaluate SHOP`) or `assistant` (`pairwell
     evaluate-assistant SHOP`), if any."""
-    return latest_evaluation(_current_shop(), kind) or {"status": "none"}
+    return latest_evaluation(g.shop, kind) or {"status": "none"}
 
 
 @bp.post("/evaluations/<any(recommenders, assistant):kind>")
 def start_evaluation(kind: str):
     """Evaluate now: every recommender and the live model on the shop's newest orders, one product hidden each;
     or the assistant on its held-out questions from the shop's catalog, policies and orders."""
-    shop = _current_shop()
+    shop = g.shop
     if not db.session.scalar(select(func.count()).select_from(Order).where(Order.shop_id == shop.id)):
         abort(409, "There are no orders to evaluate on yet: sync the store first.")
     with shop_lock(shop.id):  # two clicks at once start one report
@@ -278,7 +274,7 @@ def start_evaluation(kind: str):
 @bp.post("/models/rollback")
 def roll_back():
     """Bring back the version that was live before this one."""
-    shop = _current_shop()
+    shop = g.shop
     model = enqueue_rollback(shop, background=True)
     if model is None:
         abort(409, "There is no earlier model version to roll back to.")
@@ -290,7 +286,7 @@ def roll_back():
 @bp.get("/products")
 def products():
     """Products whose title holds `q` (all when empty), for the pickers."""
-    shop = _current_shop()
+    shop = g.shop
     query = request.args.get("q", "").strip()[:100]
     rows = db.session.execute(select(
         Product.id, Product.title, Product.product_type, Product.status, Product.published).where(
@@ -307,7 +303,7 @@ def products():
 def block_preview(product_id: str):
     """What the block shows on this product's page right now (no cache, the served arm), with where each
     product came from, its reason and the merchant's rating."""
-    shop = _current_shop()
+    shop = g.shop
     try:
         viewing = db.session.get(Product, (shop.id, shopify_id(product_id, "product_id")))
     except BadInput as exc:
@@ -326,7 +322,7 @@ def block_preview(product_id: str):
 @bp.post("/ratings")
 def rate_recommendation():
     """The merchant's 1–3 rating of one recommendation, kept for the version live now."""
-    shop = _current_shop()
+    shop = g.shop
     live = serving.live_model(shop)
     try:
         row = merchandising.rate(shop, json_body("the rating body"), live.version if live else 0)
@@ -339,13 +335,13 @@ def rate_recommendation():
 
 @bp.get("/rules")
 def rules():
-    return {"rules": [merchandising.rule_json(r) for r in merchandising.list_rules(_current_shop())]}
+    return {"rules": [merchandising.rule_json(r) for r in merchandising.list_rules(g.shop)]}
 
 
 @bp.post("/rules")
 def add_rule():
     """Pin, exclude a product or a type, or exclude a pair; the storefront honours it at once."""
-    shop = _current_shop()
+    shop = g.shop
     try:
         rule = merchandising.add_rule(shop, json_body("the rule body"))
     except BadInput as exc:
@@ -356,7 +352,7 @@ def add_rule():
 
 @bp.delete("/rules/<int(min=1, max=2147483647):rule_id>")
 def remove_rule(rule_id: int):
-    shop = _current_shop()
+    shop = g.shop
     if not merchandising.remove_rule(shop, rule_id):
         abort(404, f"No rule {rule_id} for this shop.")
     serving.forget_replies(shop.id)
@@ -367,12 +363,12 @@ def remove_rule(rule_id: int):
 
 @bp.get("/schedule")
 def retraining_schedule():
-    return schedule.schedule_json(_current_shop())
+    return schedule.schedule_json(g.shop)
 
 
 @bp.put("/schedule")
 def update_schedule():
-    shop = _current_shop()
+    shop = g.shop
     update_settings(shop, "schedule", schedule)
     return schedule.schedule_json(shop)
 
@@ -380,13 +376,13 @@ def update_schedule():
 @bp.get("/experiment")
 def ab_experiment():
     """The holdout's settings and each arm's CTR, add-to-cart rate and AOV with 95% intervals."""
-    shop = _current_shop()
+    shop = g.shop
     return {**experiment.settings(shop), **analytics.experiment_summary(shop.id, query_number("days", 30, 1, 365))}
 
 
 @bp.put("/experiment")
 def update_experiment():
-    shop = _current_shop()
+    shop = g.shop
     update_settings(shop, "experiment", experiment)
     return experiment.settings(shop)
 
@@ -394,13 +390,13 @@ def update_experiment():
 @bp.get("/storefront-metrics")
 def storefront_metrics():
     """CTR, add-to-cart rate and AOV of the "pairs well with" block, overall and by source."""
-    return analytics.summary(_current_shop().id, query_number("days", 30, 1, 365))
+    return analytics.summary(g.shop.id, query_number("days", 30, 1, 365))
 
 
 @bp.get("/assistant")
 def assistant_settings():
     """What the admin's assistant page shows: the settings and the policies the assistant answers from."""
-    return assistant_json(_current_shop())
+    return assistant_json(g.shop)
 
 
 def assistant_json(shop) -> dict:
@@ -410,7 +406,7 @@ def assistant_json(shop) -> dict:
 @bp.put("/assistant")
 def update_assistant_settings():
     """Switch the assistant on or off, set its tone, handoff contact and the discount codes it may name."""
-    shop = _current_shop()
+    shop = g.shop
     update_settings(shop, "assistant", replies)
     return assistant_json(shop)
 
@@ -421,7 +417,7 @@ def import_conversations():
     {"messages": [...]} a line), as `pairwell dataset --conversations` takes them. The file is checked whole
     against one schema (core/model/datasets.py `conversation_records`: types, sizes, nesting, lines, encoding): it is
     kept, or refused with a 400 naming the line and the reason, and nothing of it is kept."""
-    shop = _current_shop()
+    shop = g.shop
     kind = request.args.get("format", "csv")
     if kind not in ("csv", "jsonl"):  # before reading the body
         abort(400, "format must be csv or jsonl.")
@@ -435,5 +431,5 @@ def import_conversations():
 @bp.get("/conversations")
 def conversations():
     """The assistant's conversations, handed-off ones first, with their transcripts."""
-    talks = replies.conversations(_current_shop(), query_number("limit", 50, 1, 200))
+    talks = replies.conversations(g.shop, query_number("limit", 50, 1, 200))
     return {"conversations": [replies.conversation_json(t) for t in talks]}
