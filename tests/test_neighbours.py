@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from core.recommendations import neighbours, serving
+from core.recommendations import neighbours, ranking_head, serving
 from core.recommendations.serving import ServingState
 from core.shopify.signatures import signed_app_proxy_query
 from core.storage.models import NeighbourList, Product, RetrievalBuild, db, utcnow
@@ -26,8 +26,9 @@ def blocks(shop, shelf_of, baskets, limit=4, intent="complementary"):
 
 def test_blocks_from_the_lists_are_the_blocks_of_the_index_they_were_built_from(installed_shop):
     """The sync built the lists. A product page's block (no cart) is the served order exactly; a cart's block
-    merges the lists as the blend weighs its signals (without the ranking head, and a product off a list
-    estimated), so nearly all of it agrees."""
+    merges the lists as the blend weighs its signals (a product off a list estimated; the ranking head re-orders
+    it where one serves, tests/test_ranking_head.py: the sample store's orders train none), so nearly all of it
+    agrees."""
     build = db.session.get(RetrievalBuild, installed_shop.id)
     assert build.built_at is not None and build.products > 100 and build.changed_at is None
     full = serving.load_shelf(installed_shop)
@@ -55,6 +56,29 @@ def test_blocks_from_the_lists_are_the_blocks_of_the_index_they_were_built_from(
     exact = blocks(installed_shop, lambda *_: full, carts, intent="related")
     overlap = sum(len(set(m) & set(e)) for m, e in zip(merged, exact, strict=True)) / (4 * len(carts))
     assert overlap >= 0.85, overlap  # 0.925 here
+
+
+def test_a_stored_ranking_head_orders_a_carts_block_as_the_index_does(installed_shop, monkeypatch):
+    """A build stores the blend's ranking head with the lists; a cart's block from the lists is then re-ordered
+    by it as the full index's is (product types read from the rows, type-level co-purchase's best-sellers
+    joining the pool). The sample store's orders are too few to train a head, so one is trained on fewer cases
+    and serves every slice."""
+    monkeypatch.setattr(ranking_head, "MIN_TRAINING_CASES", 20)
+    monkeypatch.setattr(ranking_head, "beyond_noise", lambda gains, at_least=0: True)
+    serving.build_neighbour_lists(installed_shop)
+    build = db.session.get(RetrievalBuild, installed_shop.id, populate_existing=True)
+    full = serving.load_shelf(installed_shop)  # the index that build kept in this process
+    assert build.head is not None and full.retrieval.head is not None
+    assert serving.listed_head(build).kinds  # the sample store's products have types
+    products = sorted(full.offers)
+    carts = [[a, b, c] for a, b, c in zip(products[:30], products[40:], products[80:], strict=False)]
+
+    def listed(viewing, cart):
+        return serving.listed_shelf(installed_shop, viewing, cart, {})
+
+    merged = blocks(installed_shop, listed, carts, intent="related")
+    exact = blocks(installed_shop, lambda *_: full, carts, intent="related")
+    assert sum(len(set(m) & set(e)) for m, e in zip(merged, exact, strict=True)) >= 0.95 * 4 * len(carts)
 
 
 def test_neither_a_block_nor_a_chat_builds_an_index(app, client, installed_shop):

@@ -10,6 +10,7 @@ import pytest
 
 from core.embeddings import SemanticIndex
 from core.recommendations.history import Basket, Item
+from core.recommendations.neighbours import ServedFromLists
 from core.recommendations.ranking_head import (
     FEATURES,
     MIN_SLICE_CASES,
@@ -20,7 +21,7 @@ from core.recommendations.ranking_head import (
     serving_retrieval,
     slice_of,
 )
-from core.recommendations.recommenders import Semantic, fit_blend
+from core.recommendations.recommenders import Semantic, fit_blend, top_k
 
 ACTIVITIES = [["Gas Stove", "Fuel Canister", "Cook Pot"], ["Sleeping Bag", "Sleeping Pad", "Camp Pillow"],
               ["Chalk Bag", "Climbing Shoes", "Harness"]]
@@ -65,6 +66,23 @@ def ndcg(recommender, cases) -> float:
         top = recommender(basket, 10)
         total += 1 / math.log2(top.index(target) + 2) if target in top else 0.0
     return total / len(cases)
+
+
+def test_a_cart_served_from_the_neighbour_lists_gets_the_heads_order(trained):
+    """The storefront answers a cart from the stored lists (`ServedFromLists` runs that path offline): the head
+    re-orders it there from the lists' values (orders holding both, similarity, type-level co-purchase from
+    each type's best-sellers), so its block is the full index's; without the head it would not be."""
+    assert trained.head.admitted["2-4 products"]
+    carts = [o.products for o in orders(300, seed=1) if len(o.products) >= 2][:100]
+
+    def agreement(recommender) -> float:
+        return sum(len(set(recommender(cart, 4)) & set(top_k(trained.ids, trained.scores(cart), cart, 4)))
+                   for cart in carts) / (4 * len(carts))
+
+    without_head = ServedFromLists(trained)
+    without_head.head = None
+    assert agreement(ServedFromLists(trained)) >= 0.95
+    assert agreement(without_head) < 0.8
 
 
 def test_the_head_learns_which_kinds_go_together_and_serves_where_it_measured_better(trained):

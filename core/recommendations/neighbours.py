@@ -15,13 +15,19 @@ exactly."""
 
 from __future__ import annotations
 
+import json
+import zlib
+from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 
+import lightgbm
 import numpy as np
 from sqlalchemy import delete, insert, select, update
 
+from core.recommendations.ranking_head import HISTORY_READ, POOL, SLICES, TYPE_POOL, feature_columns, reordered
 from core.recommendations.recommenders import Blend, History, Weights, top_k
 from core.storage.models import NeighbourList, RetrievalBuild, Shop, db, locked_shop, utcnow
 
@@ -80,6 +86,11 @@ class Neighbours:
 
     def column(self, name: str) -> np.ndarray:
         return self.values[:, COLUMNS.index(name)]
+
+    @cached_property
+    def at(self) -> dict[Hashable, int]:
+        """Each neighbour's row."""
+        return {p: i for i, p in enumerate(self.ids.tolist())}
 
 
 def _best(scores: np.ndarray, k: int, positive: bool = False) -> np.ndarray:
@@ -145,7 +156,8 @@ def store(shop_id: int, blend: Blend, several: Iterable[str], started: datetime,
             for n in neighbours_of(blend, progress=progress)]
     facts = {"weights": {name: getattr(blend.weights, name) for name in Weights.__dataclass_fields__},
              "several": sorted(several), "popular": [[int(blend.ids[i]), float(blend.popular[i]), bool(blend.cold[i])]
-                                                    for i in np.argsort(-blend.popular, kind="stable")[:POPULAR]]}
+                                                    for i in np.argsort(-blend.popular, kind="stable")[:POPULAR]],
+             "head": stored_head(blend)}
     locked_shop(shop_id)
     build = db.session.get(RetrievalBuild, shop_id, populate_existing=True) or RetrievalBuild(shop_id=shop_id)
     changed = build.built_at is None or any(getattr(build, name) != value for name, value in facts.items()) \
@@ -163,6 +175,11 @@ def store(shop_id: int, blend: Blend, several: Iterable[str], started: datetime,
     db.session.add(build)
     db.session.commit()
     return build, changed
+
+
+def stored_head(blend: Blend) -> bytes | None:
+    """The blend's ranking head as a build stores it (`ListedHead.load` reads it back)."""
+    return zlib.compress(json.dumps(blend.head.stored()).encode()) if blend.head is not None else None
 
 
 def _stored(shop_id: int) -> set[tuple]:
@@ -231,10 +248,12 @@ class ListedCoPurchase:
         self.lists, self.popular = lists, popular
 
     def together(self, a: Hashable, b: Hashable) -> int:
+        """Orders holding both, as either one's list names the other (0: neither does, so few or none)."""
         for first, second in ((a, b), (b, a)):
-            if first in self.lists:
-                ids = self.lists[first].ids.tolist()
-                return int(self.lists[first].together[ids.index(second)]) if second in ids else 0
+            listed = self.lists.get(first)
+            row = listed.at.get(second) if listed is not None else None
+            if row is not None:
+                return int(listed.together[row])
         return 0
 
     def __call__(self, basket: Sequence[Hashable], k: int, history: History | None = None) -> list:
@@ -249,6 +268,86 @@ class ListedCoPurchase:
         return ranked + [p for p in self.popular if p not in basket and p not in ranked][:k - len(ranked)]
 
 
+class ListedHead:
+    """The blend's ranking head as a request from the lists runs it (`RankingHead.stored`): the same booster
+    over the same FEATURES, each read from the lists instead of the full index (orders holding two products,
+    text similarity and EASE's and co-purchase's scores from the basket's and the candidates' lists; purchases
+    from popularity; type-level co-purchase from each type's scores and best-sellers), in the slices the head
+    serves."""
+
+    def __init__(self, stored: dict):
+        self.booster = lightgbm.Booster(model_str=stored["booster"])
+        self.admitted: dict[str, bool] = stored["admitted"]
+        self.purchases_scale: float = stored["purchases_scale"]
+        kinds = stored["kinds"]
+        self.kinds: dict[str, dict[str, float]] | None = kinds["scores"] if kinds else None
+        self.best: dict[str, list] = kinds["best"] if kinds else {}
+        self.size = len(stored["booster"]) + len(json.dumps(kinds))  # roughly the bytes it holds
+
+    @classmethod
+    def load(cls, stored: bytes) -> ListedHead:
+        return cls(json.loads(zlib.decompress(stored)))
+
+    def kind_scores(self, basket_types: Sequence[str]) -> dict[str, float]:
+        """Type-level co-purchase's score of each type for the basket's types (each basket product's once)."""
+        scores: dict[str, float] = defaultdict(float)
+        for kind in basket_types:
+            for other, score in (self.kinds or {}).get(kind, {}).items():
+                scores[other] += score
+        return scores
+
+    def type_pool(self, basket_types: Sequence[str], basket: Iterable[Hashable]) -> list:
+        """The TYPE_POOL products type-level co-purchase ranks first for the basket, as `CandidateFeatures.pool`
+        takes them: of the types bought with the basket's, the best-sellers, outside the basket."""
+        if self.kinds is None:
+            return []
+        scores, basket = self.kind_scores(basket_types), set(basket)
+        ranked = sorted((-score, rank, product) for kind, score in scores.items() if score > 0
+                        for product, rank in self.best.get(kind, []) if product not in basket)
+        return [product for _, _, product in ranked[:TYPE_POOL]]
+
+    def rescored(self, retrieval: ListedRetrieval, basket: Sequence[Hashable], history: History | None,
+                 known: list[Hashable], tables: np.ndarray, signals: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """`RankingHead.rescored` over the lists: the merged scores (`signals`, `scores`; `tables`: each listed
+        basket product's, `known`) with the pool re-ordered by the head."""
+        position, together_of = retrieval.position, retrieval.copurchase.together
+        scores_outside = scores.copy()
+        scores_outside[[position[p] for p in basket if p in position]] = -np.inf
+        top = _best(scores_outside, POOL)
+        basket_types = [retrieval.types[p] for p in basket if p in retrieval.types]
+        kinds = self.kind_scores(basket_types) if self.kinds is not None else None
+        if kinds is not None:
+            typed = [position[p] for p in retrieval.type_pool
+                     if p in position and p not in basket and kinds.get(retrieval.types.get(p, ""), 0.0) > 0]
+            top = np.union1d(top, np.array(typed, dtype=np.int64))
+        if not len(top):
+            return scores
+        pool = top[np.lexsort((top, -scores[top]))]
+        products = [retrieval.ids[i] for i in pool]
+
+        def together(owners: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
+            counts = np.array([[together_of(owner, p) for p in products] for owner in owners], dtype=np.float64) \
+                if owners else np.zeros((1, len(products)))
+            return np.log1p(counts.max(axis=0)), np.log1p(counts.sum(axis=0))
+
+        tables = tables[:, :, pool]
+        similar = tables[:, 2].T
+        earlier = sorted((history or {}).items(), key=lambda kv: -kv[1])[:HISTORY_READ]
+        goes_with, same_type = np.zeros(len(pool)), np.zeros(len(pool))
+        if kinds is not None:
+            for row, product in enumerate(products):
+                kind = retrieval.types.get(product)
+                if kind:
+                    goes_with[row] = kinds.get(kind, 0.0)
+                    same_type[row] = basket_types.count(kind) / max(len(basket_types), 1)
+        features = feature_columns(
+            signals[:, pool], scores[pool], retrieval.cold[pool], len(basket), together(known),
+            retrieval.popularity[pool] * self.purchases_scale, similar, tables[:, 0].sum(axis=0),
+            tables[:, 1].sum(axis=0), together([p for p, _ in earlier]), len(history or {}), goes_with, same_type)
+        learned = self.booster.predict(features, num_threads=1)
+        return reordered(scores, pool[np.argsort(-learned, kind="stable")])
+
+
 @dataclass
 class ListedRetrieval:
     """The blend over the few products a request can show (`ids`: the lists' products, the customer's history,
@@ -258,12 +357,16 @@ class ListedRetrieval:
     lists: dict[Hashable, Neighbours]  # the basket's products' and the candidates' own (for `together`)
     facts: dict[Hashable, tuple[float, bool]]  # every candidate's popularity and newness
     popular: list[Hashable]
+    head: ListedHead | None = None  # the ranking head, for the requests the lists do not answer exactly
+    type_pool: list[Hashable] = field(default_factory=list)  # `ListedHead.type_pool` for the basket
+    types: dict[Hashable, str] = field(default_factory=dict)  # the read products' types (the head reads them)
+    # the read products' text vectors, where the head serves: their similarity with the basket exactly
+    vectors: dict[Hashable, np.ndarray] = field(default_factory=dict)
     ids: list[Hashable] = field(init=False)
     position: dict[Hashable, int] = field(init=False)
     cold: np.ndarray = field(init=False)
     popularity: np.ndarray = field(init=False)
     copurchase: ListedCoPurchase = field(init=False)
-    head = None  # the served order already holds the head's
 
     def __post_init__(self):
         self.ids = sorted(self.facts)
@@ -272,7 +375,7 @@ class ListedRetrieval:
         self.popularity = np.array([self.facts[p][0] for p in self.ids], dtype=np.float32)
         self.copurchase = ListedCoPurchase(self.lists, self.popular)
 
-    def _table(self, product: Hashable) -> np.ndarray:
+    def table(self, product: Hashable) -> np.ndarray:
         """A basket product's values with every candidate (rows: the first five COLUMNS). A candidate off its
         list whose own list is loaded and names the product lends its values: co-purchase and similarity are
         symmetric, and EASE's weight turns by the ratio of the two diagonals. Otherwise it takes 0 by the
@@ -293,29 +396,53 @@ class ListedRetrieval:
                 table[1, column], table[2, column] = values[1], values[2]
                 if other.floors[2]:
                     table[0, column] = values[0] * listed.floors[2] / other.floors[2]
+        mine = self.vectors.get(product)
+        read = [p for p in self.vectors if p in self.position]
+        if mine is not None and read:
+            table[2, [self.position[p] for p in read]] = np.stack([self.vectors[p] for p in read]) @ mine
         return table
 
-    def shortlist(self, basket: Sequence[Hashable], history: History | None = None) -> set:
-        """The SHORTLIST candidates the merged lists score best: those whose own lists a request loads, so
-        that `scores` then reads each one's values with every basket product."""
-        scores = self.scores(basket, history)
-        return {self.ids[i] for i in np.argsort(-scores, kind="stable")[:SHORTLIST]}
+    def head_serves(self, basket: Sequence[Hashable], history: History | None) -> bool:
+        """Whether the ranking head re-orders this request (one the lists do not answer exactly)."""
+        return (len(basket) > 1 or bool(history)) and self.head is not None and \
+            bool(self.head.admitted.get(self.slice_of(basket)))
 
-    def scores(self, basket: Sequence[Hashable], history: History | None = None) -> np.ndarray:
+    def shortlist(self, basket: Sequence[Hashable], history: History | None = None) -> set:
+        """The SHORTLIST candidates the merged lists score best, and the type pool the head may add: those
+        whose own lists (and rows) a request loads, so that `scores` then reads each one's values with every
+        basket product."""
+        scores = self.scores(basket, history, head=False)
+        return {self.ids[i] for i in np.argsort(-scores, kind="stable")[:SHORTLIST]} | set(self.type_pool)
+
+    def scores(self, basket: Sequence[Hashable], history: History | None = None, head: bool = True) -> np.ndarray:
+        """Every candidate's score for the basket: a product page without history gets the served order, head
+        and all; any other request the merged blend, re-ordered by the ranking head where it serves."""
         known = [p for p in basket if p in self.lists]
         if not known:
             return (self.weights.popularity + 1e-3) * self.popularity
-        tables = np.array([self._table(p) for p in known])
-        merged = self.blended(tables, known, history)
+        tables = np.array([self.table(p) for p in known])
+        signals, merged = self.blended(tables, known, history)
         if len(basket) == 1 and not history:  # the served order, head and all, then the rest by the blend
             served = tables[0, 4]
             listed = np.isfinite(served)
             if listed.any():
                 merged[listed] = float(np.max(merged, initial=0.0)) + 1 + served[listed] \
                     - served[listed].min()
+        elif head and self.head_serves(basket, history):
+            merged = self.head.rescored(self, basket, history, known, tables, signals, merged)
         return merged
 
-    def blended(self, tables: np.ndarray, known: list[Hashable], history: History | None) -> np.ndarray:
+    def slice_of(self, basket: Sequence[Hashable]) -> str:
+        """`ranking_head.slice_of`, from the candidates' facts."""
+        known = [p for p in basket if p in self.position]
+        if known and all(self.facts[p][1] for p in known):
+            return SLICES[0]
+        return SLICES[1] if len(basket) <= 1 else SLICES[2] if len(basket) <= 4 else SLICES[3]
+
+    def blended(self, tables: np.ndarray, known: list[Hashable], history: History | None) -> tuple[np.ndarray,
+                                                                                                    np.ndarray]:
+        """The blend's eight signals (rows) of every candidate and its scores, merged from the basket's
+        lists (`tables`)."""
         ease, copurchase = tables[:, 0].sum(axis=0), tables[:, 1].sum(axis=0)
         similarity, matched = tables[:, 2].max(axis=0), tables[:, 3]
         asking = [self.lists[p].asking for p in known if self.lists[p].asking is not None]
@@ -329,7 +456,7 @@ class ListedRetrieval:
                             similarity, similarity * self.cold, self.popularity,
                             bought / max(float(bought.max(initial=0)), 1e-9),
                             matched.max(axis=0), matched.mean(axis=0) / max(need, 1e-9)])
-        return self.weights.as_array() @ signals + 1e-3 * self.popularity
+        return signals, self.weights.as_array() @ signals + 1e-3 * self.popularity
 
 
 def candidates(lists: dict[Hashable, Neighbours], popular: Iterable[Hashable]) -> set:
@@ -355,14 +482,24 @@ class ServedFromLists:
     def __init__(self, blend: Blend, k: int = LISTED):
         self.blend, self.k, self.lists = blend, k, {}
         self.popular = [blend.ids[i] for i in np.argsort(-blend.popular, kind="stable")[:POPULAR]]
+        self.head = ListedHead.load(stored_head(blend)) if blend.head is not None else None
+        self.types = blend.head.features.types if blend.head is not None else {}
 
     def __call__(self, basket: Sequence[Hashable], k: int, history: History | None = None) -> list:
         blend = self.blend
         lists = self._lists(basket)
-        named = (candidates(lists, self.popular) | set(history or {}) | set(basket)) & blend.position.keys()
+        type_pool = self.head.type_pool([self.types[p] for p in basket if p in self.types], basket) \
+            if self.head is not None else []
+        named = (candidates(lists, self.popular) | set(history or {}) | set(basket) | set(type_pool)) \
+            & blend.position.keys()
         facts = {p: (float(blend.popular[blend.position[p]]), bool(blend.cold[blend.position[p]])) for p in named}
-        retrieval = ListedRetrieval(blend.weights, lists, facts, self.popular)
-        lists |= self._lists(retrieval.shortlist(basket, history))
+        retrieval = ListedRetrieval(blend.weights, lists, facts, self.popular, self.head, type_pool, self.types)
+        shortlist = retrieval.shortlist(basket, history)
+        lists |= self._lists(shortlist)
+        if retrieval.head_serves(basket, history):
+            index = blend.index
+            retrieval.vectors = {p: index.vectors[index.position[p]] for p in shortlist | set(basket)
+                                 if p in index.position}
         return top_k(retrieval.ids, retrieval.scores(basket, history), basket, k)
 
     def _lists(self, products: Iterable[Hashable]) -> dict[Hashable, Neighbours]:

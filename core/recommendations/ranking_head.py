@@ -87,7 +87,8 @@ class CandidateFeatures:
             kinds = kinds.copy()
             kinds[[self.kind_at[p] for p in basket if p in self.kind_at]] = -np.inf
             kinds[kinds <= 0] = -np.inf
-            top = np.union1d(top, self.kind_positions[_best(kinds, TYPE_POOL)])
+            best = np.lexsort((np.arange(len(kinds)), -kinds))[:TYPE_POOL]  # ties: the more bought first
+            top = np.union1d(top, self.kind_positions[best[np.isfinite(kinds[best])]])
         return top[np.lexsort((top, -scores[top]))]
 
     def __call__(self, basket: Sequence[Hashable], history: History | None, signals: np.ndarray,
@@ -122,12 +123,50 @@ class CandidateFeatures:
                     same_type[row] = basket_types.count(self.types[product]) / max(len(basket_types), 1)
         signals = signals[:, pool]
         signals[TEXT_ROWS] = blend.text_signals(basket, pool)  # every one, for the pool alone
-        return np.column_stack([
-            signals.T, scores[pool], np.arange(len(pool)), blend.cold[pool],
-            np.full(len(pool), math.log1p(len(basket))), *together(basket), np.log1p(self.bought[pool]),
-            similar.mean(axis=1), (similar > 0.6).sum(axis=1), ease, bought_together,
-            *together([p for p, _ in earlier]), np.full(len(pool), math.log1p(len(history or {}))),
-            goes_with, same_type]).astype(np.float32)
+        return feature_columns(signals, scores[pool], blend.cold[pool], len(basket), together(basket),
+                               np.log1p(self.bought[pool]), similar, ease, bought_together,
+                               together([p for p, _ in earlier]), len(history or {}), goes_with, same_type)
+
+    def stored(self) -> dict | None:
+        """Type-level co-purchase as the neighbour lists' head reads it (`neighbours.ListedHead`): each bought
+        type's score with every other, and each type's best-selling products (twice TYPE_POOL, a basket may
+        hold some), each with its rank among all typed products by purchases; None without types."""
+        if self.kinds is None:
+            return None
+        knn = self.kinds.kinds
+        similar = knn.similar.tocsr()
+        scores = {knn.ids[i]: {knn.ids[j]: float(v) for j, v in zip(similar[i].indices, similar[i].data, strict=True)}
+                  for i in range(len(knn.ids))}
+        best: dict[str, list] = {}
+        for rank, product in enumerate(self.kinds.ids):  # the more bought first
+            kind = best.setdefault(self.types[product], [])
+            if len(kind) < 2 * TYPE_POOL:
+                kind.append([product, rank])
+        return {"scores": scores, "best": best}
+
+
+def feature_columns(signals: np.ndarray, scores: np.ndarray, cold: np.ndarray, basket_size: int,
+                    together: tuple[np.ndarray, np.ndarray], purchases: np.ndarray, similar: np.ndarray,
+                    ease: np.ndarray, bought_together: np.ndarray, together_with_history: tuple[np.ndarray, np.ndarray],
+                    history_size: int, goes_with: np.ndarray, same_type: np.ndarray) -> np.ndarray:
+    """The FEATURES of a pool (its products in the blend's order), one row each, from what is known of them:
+    the blend's eight signals (rows) and scores, newness, the log-counts of orders holding each with the basket
+    and with the customer's earlier purchases (most, all), the log of its purchases, its text similarity with
+    each basket product (columns), EASE's and co-purchase's raw scores, and the type-level fit. One assembly for
+    the full index (`CandidateFeatures`) and the stored lists (`neighbours.ListedHead`)."""
+    count = len(scores)
+    return np.column_stack([
+        signals.T, scores, np.arange(count), cold, np.full(count, math.log1p(basket_size)),
+        *together, purchases, similar.mean(axis=1), (similar > 0.6).sum(axis=1), ease, bought_together,
+        *together_with_history, np.full(count, math.log1p(history_size)), goes_with, same_type]).astype(np.float32)
+
+
+def reordered(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """`scores` with the positions `order` (the head's, best first) above every other, in that order."""
+    rescored = scores.copy()
+    rescored[order] = float(np.max(scores[np.isfinite(scores)], initial=0.0)) + 1 + \
+        np.arange(len(order), 0, -1, dtype=scores.dtype)
+    return rescored
 
 
 def _best(scores: np.ndarray, k: int) -> np.ndarray:
@@ -157,11 +196,15 @@ class RankingHead:
         if not len(pool):
             return scores
         learned = self.booster.predict(self.features(basket, history, signals, scores, pool, kinds), num_threads=1)
-        order = pool[np.argsort(-learned, kind="stable")]
-        rescored = scores.copy()
-        rescored[order] = float(np.max(scores[np.isfinite(scores)], initial=0.0)) + 1 + \
-            np.arange(len(order), 0, -1, dtype=scores.dtype)
-        return rescored
+        return reordered(scores, pool[np.argsort(-learned, kind="stable")])
+
+    def stored(self) -> dict:
+        """What serving the head from the neighbour lists needs (`neighbours.ListedHead`): the booster, the
+        slices it serves, the scale that turns a product's popularity back into its log-purchases, and
+        type-level co-purchase (`CandidateFeatures.stored`)."""
+        return {"booster": self.booster.model_to_string(), "admitted": self.admitted,
+                "purchases_scale": max(float(np.log1p(self.features.bought).max(initial=0.0)), 1.0),
+                "kinds": self.features.stored()}
 
     def card(self) -> dict:
         """What the head decided and why, for the model card and the admin."""

@@ -80,6 +80,9 @@ class ServingState:
         self.shelves: LRUCache[tuple[int, str], tuple[int, float, Shelf, int]] = LRUCache(
             maxsize=index_bytes, getsizeof=lambda kept: kept[3])
         self.periods: LRUCache[tuple[int, str], Blend] = LRUCache(maxsize=PERIODS_KEPT)
+        # each shop's ranking head from its last build of the lists: (built_at, head or None)
+        self.heads: LRUCache[int, tuple] = LRUCache(maxsize=index_bytes,
+                                                    getsizeof=lambda kept: kept[1].size if kept[1] else 64)
         self.rebuilding: set[int] = set()  # shops whose index a background thread is rebuilding
         self.lock = threading.Lock()  # cachetools' caches are not thread-safe
         self._builds = [threading.Lock() for _ in range(BUILD_LOCKS)]
@@ -110,6 +113,17 @@ class ServingState:
             except ValueError:
                 pass
 
+    def head(self, shop_id: int) -> tuple | None:
+        with self.lock:
+            return self.heads.get(shop_id)
+
+    def keep_head(self, shop_id: int, built_at: datetime, head: neighbours.ListedHead | None) -> None:
+        with self.lock:
+            try:
+                self.heads[shop_id] = (built_at, head)
+            except ValueError:  # larger than the whole bound: served, not kept
+                pass
+
     def build_lock(self, shop_id: int) -> threading.Lock:
         return self._builds[shop_id % BUILD_LOCKS]
 
@@ -125,6 +139,7 @@ class ServingState:
     def forget(self, shop_id: int) -> None:
         with self.lock:
             self.indexes.pop(shop_id, None)
+            self.heads.pop(shop_id, None)
             for kind in SHELF_KINDS:
                 self.shelves.pop((shop_id, kind), None)
             for key in [key for key in self.periods if key[0] == shop_id]:
@@ -332,9 +347,13 @@ def listed_shelf(shop: Shop, viewing: int, cart: list[int], history: History, ar
     lists = neighbours.load(shop.id, basket)
     pins = set(rules.pins.get(viewing, []))
     popular = {p: (popularity, cold) for p, popularity, cold in build.popular}
+    head = listed_head(build)
+    type_pool = head.type_pool(list(db.session.scalars(select(Product.product_type).where(
+        Product.shop_id == shop.id, Product.id.in_(basket), Product.product_type != ""))), basket) \
+        if head is not None and head.kinds is not None else []
     facts = neighbours.facts_of(lists) | popular
-    facts |= neighbours.load_facts(shop.id, (set(history) | pins | set(basket)) - facts.keys())
-    retrieval = neighbours.ListedRetrieval(Weights(**build.weights), lists, facts, list(popular))
+    facts |= neighbours.load_facts(shop.id, (set(history) | pins | set(basket) | set(type_pool)) - facts.keys())
+    retrieval = neighbours.ListedRetrieval(Weights(**build.weights), lists, facts, list(popular), head, type_pool)
     if everything:
         shortlist = set(facts)
     elif arm == HOLDOUT:
@@ -344,8 +363,25 @@ def listed_shelf(shop: Shop, viewing: int, cart: list[int], history: History, ar
     shortlist |= pins | set(basket)
     lists |= neighbours.load(shop.id, shortlist - set(lists))  # each one's values with the basket, and together
     _, catalog, offers = storefront_products(shop.id, shortlist)
+    retrieval.types = {p: item.product_type for p, item in catalog.items() if item.product_type}
+    if retrieval.head_serves(basket, history):  # it reads their text similarity with the basket exactly
+        retrieval.vectors = {p: np.frombuffer(vector, dtype=np.float32) for p, vector in db.session.execute(
+            select(Product.id, Product.embedding).where(Product.shop_id == shop.id, Product.id.in_(shortlist),
+                                                        Product.embedding.is_not(None)))}
     return Shelf(catalog, {p: catalog[p].product_type for p in offers}, retrieval, offers, rules,
                  frozenset(build.several))
+
+
+def listed_head(build: RetrievalBuild) -> neighbours.ListedHead | None:
+    """The shop's ranking head as its last build stored it, read once a build by this process (`ServingState`)."""
+    state = serving_state()
+    kept = state.head(build.shop_id)
+    if kept is not None and kept[0] == build.built_at:
+        return kept[1]
+    stored = build.head
+    head = neighbours.ListedHead.load(stored) if stored else None
+    state.keep_head(build.shop_id, build.built_at, head)
+    return head
 
 
 def build_neighbour_lists(shop: Shop, progress: Callable[[Iterable], Iterable] = lambda products: products):

@@ -434,3 +434,6 @@ class RetrievalBuild(db.Model):
     built_at: Mapped[datetime | None] = mapped_column(Timestamp())
     changed_at: Mapped[datetime | None] = mapped_column(Timestamp())
     queued_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    # The ranking head as the lists serve it (`RankingHead.stored`, JSON, zlib): read once a build by a process
+    # that serves the shop, so not with every request's row.
+    head: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
