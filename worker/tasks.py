@@ -1,9 +1,9 @@
 """Celery tasks, and the enqueue functions that are the web's only way into the jobs.
 
-Each task only orchestrates named stages from the modules beside it. The training pipeline is one chain,
-build_datasets → train → export → gate → deploy, whether the schedule, the admin or the CLI starts it, whole
-or a part of it; which queue a task goes to is set once, in `celery_app.ROUTES`. Without REDIS_URL the tasks
-run in-process.
+Each task only orchestrates named stages of the core's features (core/model, core/shopify,
+core/recommendations). The training pipeline is one chain, build_datasets → train → export → gate → deploy,
+whether the schedule, the admin or the CLI starts it, whole or a part of it; which queue a task goes to is set
+once, in `celery_app.ROUTES`. Without REDIS_URL the tasks run in-process.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from tqdm import tqdm
 
-from core.model import pipeline, schedule
-from core.recommendations import neighbours
+from core.model import assistant_evaluation, datasets, evaluation, pipeline, schedule
+from core.recommendations import neighbours, serving
 from core.shopify import sync
 from core.storage import reports
-from core.storage.models import Shop, SyncRun, TrainingRun, WebhookDelivery, db, locked_shop, utcnow
+from core.storage.models import ModelVersion, Shop, SyncRun, TrainingRun, WebhookDelivery, db, locked_shop, utcnow
 from worker import webhooks
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,6 @@ def rollback(shop_id: int) -> int | None:
 
 @shared_task(name="worker.tasks.precompute_recommendations", bind=True)
 def precompute_recommendations(self, shop_id: int) -> dict:
-    from core.recommendations import serving
-
     # In-process (the demo) keeps it to a minute: the rest fills in on first request.
     budget = 60.0 if self.app.conf.task_always_eager else None
     log.info("precomputing the storefront blocks of shop %d%s…", shop_id, f" (at most {budget:g} s)" if budget else "")
@@ -138,8 +136,6 @@ def precompute_recommendations(self, shop_id: int) -> dict:
 def build_neighbours(shop_id: int) -> dict:
     """The shop's neighbour lists, which the storefront merges (neighbours.py): after each sync, and when
     the sweeper finds its catalog or orders changed."""
-    from core.recommendations import serving
-
     shop = db.session.get(Shop, shop_id)
     if shop is None:  # redacted meanwhile
         return {}
@@ -321,8 +317,6 @@ def _send_chain(run: TrainingRun | int) -> None:
 def enqueue_rollback(shop: Shop, background: bool = False):
     """Bring back the previously live model version; returns it (None when there is none). With `background`
     it returns the version that is coming back at once (see `enqueue_full_sync`)."""
-    from core.storage.models import ModelVersion
-
     if background:
         previous = pipeline.previous_version(shop)
         if previous is not None:
@@ -340,8 +334,6 @@ def enqueue_rollback(shop: Shop, background: bool = False):
 def evaluate_shop(shop_id: int, kind: str) -> str:
     """The admin's Evaluate now (`recommenders`: `pairwell evaluate SHOP`) and Check the assistant
     (`assistant`: `pairwell evaluate-assistant SHOP`), kept as reports for their pages."""
-    from core.model import assistant_evaluation, evaluation
-
     module = evaluation if kind == "recommenders" else assistant_evaluation
     return module.evaluate_shop(db.session.get(Shop, shop_id))["status"]
 
@@ -355,8 +347,6 @@ def enqueue_evaluation(shop: Shop, kind: str) -> dict:
 
 def add_conversations(shop: Shop, data: bytes, kind: str) -> int:
     """Keep the merchant's past conversations for every later training run (raises BadInput)."""
-    from core.model import datasets
-
     return datasets.add_conversations(shop, data, kind)
 
 
@@ -371,13 +361,9 @@ def evaluation_running(shop: Shop, kind: str) -> bool:
 def run_offline_evaluation(**options) -> dict:
     """`pairwell evaluate`: the recommenders compared on a shop's or a file's orders, in this process (it
     reads local files and reports progress to the terminal)."""
-    from core.model import evaluation
-
     return evaluation.run(**options)
 
 
 def run_assistant_evaluation(**options) -> dict:
     """`pairwell evaluate-assistant`: the support assistant on its held-out question set, in this process."""
-    from core.model import assistant_evaluation
-
     return assistant_evaluation.evaluate(**options)

@@ -27,7 +27,15 @@ import lightgbm
 import numpy as np
 from sqlalchemy import delete, insert, select, update
 
-from core.recommendations.ranking_head import HISTORY_READ, POOL, SLICES, TYPE_POOL, feature_columns, reordered
+from core.recommendations.ranking_head import (
+    HISTORY_READ,
+    POOL,
+    SLICES,
+    TYPE_POOL,
+    best_positions,
+    feature_columns,
+    reordered,
+)
 from core.recommendations.recommenders import Blend, History, Weights, top_k
 from core.storage.models import NeighbourList, RetrievalBuild, Shop, db, locked_shop, utcnow
 
@@ -95,10 +103,8 @@ class Neighbours:
 
 def _best(scores: np.ndarray, k: int, positive: bool = False) -> np.ndarray:
     """The positions of a row's k best finite scores (only those above 0 with `positive`), best first."""
-    candidates = np.flatnonzero(np.isfinite(scores) & (scores > 0 if positive else True))
-    if len(candidates) > k:
-        candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
-    return candidates[np.lexsort((candidates, -scores[candidates]))]
+    chosen = best_positions(np.where(scores > 0, scores, -np.inf) if positive else scores, k)
+    return chosen[np.lexsort((chosen, -scores[chosen]))]
 
 
 def neighbours_of(blend: Blend, products: Iterable[Hashable] | None = None, k: int = LISTED,
@@ -313,7 +319,7 @@ class ListedHead:
         position, together_of = retrieval.position, retrieval.copurchase.together
         scores_outside = scores.copy()
         scores_outside[[position[p] for p in basket if p in position]] = -np.inf
-        top = _best(scores_outside, POOL)
+        top = best_positions(scores_outside, POOL)  # as `CandidateFeatures.pool` takes them
         basket_types = [retrieval.types[p] for p in basket if p in retrieval.types]
         kinds = self.kind_scores(basket_types) if self.kinds is not None else None
         if kinds is not None:

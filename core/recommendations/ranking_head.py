@@ -82,7 +82,7 @@ class CandidateFeatures:
         with, which the blend cannot see in its orders), by the blend's score, best first."""
         scores = scores.copy()
         scores[[self.blend.position[p] for p in basket if p in self.blend.position]] = -np.inf
-        top = _best(scores, POOL)
+        top = best_positions(scores, POOL)
         if kinds is not None:
             kinds = kinds.copy()
             kinds[[self.kind_at[p] for p in basket if p in self.kind_at]] = -np.inf
@@ -169,7 +169,7 @@ def reordered(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
     return rescored
 
 
-def _best(scores: np.ndarray, k: int) -> np.ndarray:
+def best_positions(scores: np.ndarray, k: int) -> np.ndarray:
     """The positions of the k best finite scores, in no order."""
     k = min(k, int(np.isfinite(scores).sum()))
     if k <= 0:

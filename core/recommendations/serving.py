@@ -347,10 +347,10 @@ def listed_shelf(shop: Shop, viewing: int, cart: list[int], history: History, ar
     lists = neighbours.load(shop.id, basket)
     pins = set(rules.pins.get(viewing, []))
     popular = {p: (popularity, cold) for p, popularity, cold in build.popular}
-    head = listed_head(build)
+    head = listed_head(build) if cart or history else None  # a product page's served order holds the head's
     type_pool = head.type_pool(list(db.session.scalars(select(Product.product_type).where(
         Product.shop_id == shop.id, Product.id.in_(basket), Product.product_type != ""))), basket) \
-        if head is not None and head.kinds is not None else []
+        if head is not None and head.kinds is not None and any(head.admitted.values()) else []
     facts = neighbours.facts_of(lists) | popular
     facts |= neighbours.load_facts(shop.id, (set(history) | pins | set(basket) | set(type_pool)) - facts.keys())
     retrieval = neighbours.ListedRetrieval(Weights(**build.weights), lists, facts, list(popular), head, type_pool)
