@@ -11,7 +11,8 @@ the blend weighs its signals (`ListedRetrieval`): EASE and co-purchase sum over 
 their best, text signals take the basket's best (a product off a list counts as the list's last score, the
 most it can have), the customer's history and popularity are added, and the blend's own weights, chosen on
 the store's validation split, weigh them. A basket of one product without history gets the served order
-exactly."""
+exactly; any other request, in a slice the ranking head serves, is re-ordered by the head the build stored
+(`ListedHead`), from the lists' values."""
 
 from __future__ import annotations
 

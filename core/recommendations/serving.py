@@ -70,10 +70,10 @@ class BuiltIndex:
 class ServingState:
     """What a web process keeps to answer shoppers fast, owned by the app (`app.extensions["pairwell_serving"]`,
     made by the app factory) and bounded: the retrieval indexes, least recently used out first, within
-    `index_bytes`; the shelves, within the same bytes again (each kept at most SHELF_TTL_SECONDS); the
-    retrieval of the last training period
-    built (`period_retrieval`). Losing any of it costs a rebuild, never a wrong answer. Concurrent first requests
-    of one shop wait for one build instead of each building."""
+    `index_bytes`; the shelves, within the same bytes again (each kept at most SHELF_TTL_SECONDS); the ranking
+    heads of the shops' last builds of their lists, within the same bytes again (`listed_head`); the retrieval
+    of the last training period built (`period_retrieval`). Losing any of it costs a rebuild or a read, never a
+    wrong answer. Concurrent first requests of one shop wait for one build instead of each building."""
 
     def __init__(self, index_bytes: int):
         self.indexes: LRUCache[int, BuiltIndex] = LRUCache(maxsize=index_bytes, getsizeof=lambda built: built.size)
